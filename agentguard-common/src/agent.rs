@@ -1,0 +1,189 @@
+//! Agent identity and per-agent configuration as the programs see it.
+//!
+//! Identity is the cgroup: [`CgroupEntry`] maps an instance's cgroup id to its agent. Rules and
+//! budgets are stored per policy *generation* ([`AgentKey::generation`]): a reload writes the
+//! inactive generation in full, then flips [`GlobalState::active_generation`] in one word, so a
+//! program sees either the whole old policy or the whole new one.
+
+use core::mem::size_of;
+
+/// The value stored in [`crate::maps::CGROUPS`] for an agent (or sub-agent) instance cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupEntry {
+    /// Stable id of the agent, derived from its full name (`buyer`, `buyer/search`).
+    pub agent_id: u32,
+    /// `CGROUP_*` flags.
+    pub flags: u32,
+    /// cgroup id of the enclosing agent instance for a sub-agent instance, 0 for a top-level one.
+    pub parent_cgroup_id: u64,
+    /// cgroup id of the top-level instance this cgroup belongs to (itself for a top-level one):
+    /// the boundary for ptrace and for agent-scoped budgets of sub-agents.
+    pub root_instance_id: u64,
+}
+const _: () = assert!(size_of::<CgroupEntry>() == 24);
+
+/// The process was adopted with `agentguard tag` and has no Landlock sandbox.
+pub const CGROUP_TAGGED: u32 = 1;
+
+/// Key of [`crate::maps::AGENT_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentKey {
+    /// Policy generation (0 or 1).
+    pub generation: u32,
+    /// Agent id (see [`CgroupEntry::agent_id`]).
+    pub agent_id: u32,
+}
+const _: () = assert!(size_of::<AgentKey>() == 8);
+
+/// Audit mode: would-be denials are logged as `audit-denied` and allowed.
+pub const AGENT_AUDIT: u32 = 1 << 0;
+/// Allowed actions are sent to the log as events (denials always are).
+pub const AGENT_LOG_ALLOWED: u32 = 1 << 1;
+/// The agent has exec rules: any binary not listed is denied.
+pub const AGENT_EXEC_RULES: u32 = 1 << 2;
+/// The agent has read/write rules: any path not covered is denied.
+pub const AGENT_FILE_RULES: u32 = 1 << 3;
+/// The agent may create user namespaces and mount (a weakening the policy must ask for).
+pub const AGENT_ALLOW_NAMESPACES: u32 = 1 << 4;
+
+/// Which action a budget counts.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThrottleKind {
+    /// TCP connects and UDP sends with a destination.
+    Connect = 0,
+    /// Successful execs (every binary an agent runs).
+    Exec = 1,
+    /// File opens.
+    Open = 2,
+}
+
+impl ThrottleKind {
+    /// Every kind, in index order.
+    pub const ALL: [ThrottleKind; 3] = [ThrottleKind::Connect, ThrottleKind::Exec, ThrottleKind::Open];
+}
+
+/// Whose actions a budget counts.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThrottleScope {
+    /// One bucket per process (thread group).
+    Process = 0,
+    /// One bucket per agent instance, shared by all its processes.
+    Agent = 1,
+}
+
+/// What happens when a budget is exhausted.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnExceed {
+    /// Refuse the over-budget action.
+    Deny = 0,
+    /// Refuse it and ask the daemon to freeze the instance.
+    Freeze = 1,
+    /// Refuse it and ask the daemon to kill the instance.
+    Kill = 2,
+}
+
+impl OnExceed {
+    /// Decodes the numeric value stored in a [`Throttle`].
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Deny),
+            1 => Some(Self::Freeze),
+            2 => Some(Self::Kill),
+            _ => None,
+        }
+    }
+}
+
+/// A token bucket's parameters, expressed in nanoseconds of credit so the kernel never divides:
+/// credit accrues one nanosecond per nanosecond up to `burst_ns`, and an action costs `cost_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Throttle {
+    /// Credit one action costs (interval / rate); 0 means no budget.
+    pub cost_ns: u64,
+    /// Bucket size in credit (cost * burst).
+    pub burst_ns: u64,
+    /// [`OnExceed`] as a number.
+    pub on_exceed: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<Throttle>() == 24);
+
+/// Number of budgets per agent: every [`ThrottleKind`] in every [`ThrottleScope`].
+pub const THROTTLE_SLOTS: usize = 6;
+
+/// Index of a budget in [`AgentConfig::throttles`].
+pub const fn throttle_slot(kind: ThrottleKind, scope: ThrottleScope) -> usize {
+    kind as usize * 2 + scope as usize
+}
+
+/// The value of [`crate::maps::AGENT_CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// `AGENT_*` flags.
+    pub flags: u32,
+    /// Agent id of the parent agent for a sub-agent (whose rules are intersected), else 0.
+    pub parent_agent_id: u32,
+    /// Budgets, indexed by [`throttle_slot`].
+    pub throttles: [Throttle; THROTTLE_SLOTS],
+}
+const _: () = assert!(size_of::<AgentConfig>() == 8 + 24 * THROTTLE_SLOTS);
+
+/// Key of the budget maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// tgid (process scope) or instance cgroup id (agent scope).
+    pub owner: u64,
+    /// [`ThrottleKind`] as a number.
+    pub kind: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<BucketKey>() == 16);
+
+/// A token bucket's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Credit left, in nanoseconds.
+    pub credit_ns: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<Bucket>() == 16);
+
+/// Per-instance verdict counters (per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Actions allowed.
+    pub allowed: u64,
+    /// Actions denied (including throttled and killed).
+    pub denied: u64,
+    /// Actions denied by a budget.
+    pub throttled: u64,
+    /// Would-be denials let through by audit mode.
+    pub audit_denied: u64,
+}
+const _: () = assert!(size_of::<Counters>() == 32);
+
+/// The single value of [`crate::maps::STATE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalState {
+    /// The generation programs read rules from (0 or 1).
+    pub active_generation: u32,
+    /// cgroup v2 level of the agentguard root cgroup (`<cgroup2>/agentguard`).
+    pub root_level: u32,
+    /// cgroup id of the agentguard root cgroup; 0 until the daemon has written it.
+    pub root_cgroup_id: u64,
+}
+const _: () = assert!(size_of::<GlobalState>() == 16);

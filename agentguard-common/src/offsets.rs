@@ -1,0 +1,41 @@
+//! Kernel struct field offsets, read by the daemon from the running kernel's BTF
+//! (`/sys/kernel/btf/vmlinux`) and handed to the programs as a read-only global before load.
+//!
+//! Rust eBPF cannot emit CO-RE relocations, so this is how the programs stay correct on every
+//! kernel: no offset is compiled in, each is looked up by struct and field name at start-up.
+
+use core::mem::size_of;
+
+/// Name of the global the programs read offsets from.
+pub const GLOBAL_NAME: &str = "AG_OFFSETS";
+
+/// Byte offsets of the kernel struct fields the programs read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct linux_binprm::file`.
+    pub binprm_file: u32,
+    /// `struct linux_binprm::filename`.
+    pub binprm_filename: u32,
+    /// `struct file::f_inode`.
+    pub file_inode: u32,
+    /// `struct file::f_path`.
+    pub file_path: u32,
+    /// `struct file::f_mode`.
+    pub file_mode: u32,
+    /// `struct inode::i_ino`.
+    pub inode_ino: u32,
+    /// `struct inode::i_sb`.
+    pub inode_sb: u32,
+    /// `struct super_block::s_dev`.
+    pub sb_dev: u32,
+    /// `struct dentry::d_name` + `struct qstr::name`.
+    pub dentry_name: u32,
+    /// `struct dentry::d_inode`.
+    pub dentry_inode: u32,
+    /// `struct linux_binprm::buf` (the first bytes of the file being executed).
+    pub binprm_buf: u32,
+    /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
+    pub valid: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 48);

@@ -1,0 +1,67 @@
+//! Every map, declared once. All are pinned by name so that enforcement outlives the daemon and
+//! a restarted daemon re-adopts the same state (see the userspace loader).
+
+use agentguard_common::{
+    agent::{AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState},
+    maps::{
+        EVENTS_BYTES, MAX_AGENT_BUCKETS, MAX_AGENT_CONFIGS, MAX_CGROUPS, MAX_COUNTERS,
+        MAX_EXEC_RULES, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROC_BUCKETS,
+    },
+    offsets::KernelOffsets,
+    rules::{ExecKey, NetKey, PathKey, RuleRef},
+};
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+
+#[map(name = "AG_CGROUPS")]
+pub static CGROUPS: HashMap<u64, CgroupEntry> = HashMap::pinned(MAX_CGROUPS, 0);
+
+#[map(name = "AG_AGENT_CFG")]
+pub static AGENT_CONFIG: HashMap<AgentKey, AgentConfig> = HashMap::pinned(MAX_AGENT_CONFIGS, 0);
+
+#[map(name = "AG_NET_RULES")]
+pub static NET_RULES: LpmTrie<NetKey, RuleRef> = LpmTrie::pinned(MAX_NET_RULES, 0);
+
+#[map(name = "AG_EXEC_RULES")]
+pub static EXEC_RULES: HashMap<ExecKey, RuleRef> = HashMap::pinned(MAX_EXEC_RULES, 0);
+
+#[map(name = "AG_PATH_RULES")]
+pub static PATH_RULES: LpmTrie<PathKey, RuleRef> = LpmTrie::pinned(MAX_PATH_RULES, 0);
+
+#[map(name = "AG_STATE")]
+pub static STATE: Array<GlobalState> = Array::pinned(1, 0);
+
+#[map(name = "AG_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "AG_LOST")]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "AG_PROC_BKT")]
+pub static PROC_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(MAX_PROC_BUCKETS, 0);
+
+#[map(name = "AG_AGENT_BKT")]
+pub static AGENT_BUCKETS: HashMap<BucketKey, Bucket> = HashMap::pinned(MAX_AGENT_BUCKETS, 0);
+
+#[map(name = "AG_COUNTERS")]
+pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
+
+/// Kernel struct offsets, set by the loader from the running kernel's BTF.
+#[unsafe(no_mangle)]
+pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    binprm_file: 0,
+    binprm_filename: 0,
+    file_inode: 0,
+    file_path: 0,
+    file_mode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    dentry_name: 0,
+    dentry_inode: 0,
+    binprm_buf: 0,
+    valid: 0,
+});

@@ -1,0 +1,415 @@
+//! Validation: raw TOML structs -> [`Policy`], or every problem found, each naming its field.
+
+use std::{
+    collections::HashMap,
+    path::{Component, Path, PathBuf},
+    str::FromStr,
+};
+
+use agentguard_common::{
+    agent::{OnExceed, ThrottleKind, ThrottleScope},
+    rules::PATH_KEY_LEN,
+};
+use toml::Spanned;
+
+use super::{
+    Agent, Diagnostic, Located, Location, Mode, PathRule, Policy, Source, agent_id,
+    net::{NetEntry, NetTarget, net_within},
+    runtime,
+    schema::{OnExceedRaw, RawAgent, RawPolicy, RawThrottle, Scope},
+    throttle::{DEFAULT_BURST, Limit, Rate, kind_name},
+};
+
+/// Longest path a rule may name: the kernel key holds [`PATH_KEY_LEN`] bytes including the
+/// trailing `/` a prefix is stored with, and lookups need one byte more.
+pub const MAX_RULE_PATH: usize = PATH_KEY_LEN - 2;
+
+/// Validates a parsed policy file.
+pub fn validate(src: &Source<'_>, raw: &RawPolicy) -> Result<Policy, Vec<Diagnostic>> {
+    let mut v = Validator {
+        src,
+        diags: Vec::new(),
+        agents: Vec::new(),
+    };
+    for (name, agent) in &raw.agents {
+        v.agent(name, agent, None);
+    }
+    v.check_ids();
+    if v.diags.is_empty() {
+        Ok(Policy {
+            agents: v.agents,
+            digest: *blake3::hash(src.text.as_bytes()).as_bytes(),
+            origin: src.name.to_owned(),
+        })
+    } else {
+        Err(v.diags)
+    }
+}
+
+struct Validator<'a> {
+    src: &'a Source<'a>,
+    diags: Vec<Diagnostic>,
+    agents: Vec<Agent>,
+}
+
+/// Agent and sub-agent names: what fits in a cgroup directory name and a CLI argument, and never
+/// all digits (instances are numbered).
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, field: impl Into<String>, msg: impl Into<String>) {
+        self.diags.push(self.src.diag(at.span(), field, msg));
+    }
+
+    fn location<T>(&self, at: &Spanned<T>, field: String) -> Location {
+        let (line, column) = self.src.locate(at.span().start);
+        Location {
+            line,
+            column,
+            field,
+        }
+    }
+
+    fn agent(&mut self, name: &Spanned<String>, raw: &Spanned<RawAgent>, parent: Option<usize>) {
+        let (full, field) = match parent {
+            Some(p) => (
+                format!("{}/{}", self.agents[p].name, name.get_ref()),
+                format!("{}.sub.{}", agent_field(&self.agents[p].name), name.get_ref()),
+            ),
+            None => (name.get_ref().clone(), format!("agents.{}", name.get_ref())),
+        };
+        if !valid_name(name.get_ref()) {
+            self.error(
+                name,
+                field.clone(),
+                format!(
+                    "invalid agent name {:?}: use 1 to 32 characters a-z, 0-9, '-' and '_', starting with a letter",
+                    name.get_ref()
+                ),
+            );
+        }
+        let r = raw.get_ref();
+        let parent_agent = parent.map(|p| self.agents[p].clone());
+        let mode = r.mode.as_ref().map_or_else(
+            || parent_agent.as_ref().map_or(Mode::Enforce, |p| p.mode),
+            |m| *m.get_ref(),
+        );
+        let agent = Agent {
+            id: agent_id(&full),
+            name: full,
+            parent: parent_agent.as_ref().map(|p| p.name.clone()),
+            mode,
+            log_allowed: r.log_allowed.as_ref().is_none_or(|b| *b.get_ref()),
+            dns: r.dns.as_ref().is_some_and(|b| *b.get_ref()),
+            connect: self.connect(&field, &r.connect),
+            exec: self.exec(&field, &r.exec),
+            read: self.paths(&field, "read", &r.read),
+            write: self.paths(&field, "write", &r.write),
+            capabilities: self.capabilities(&field, &r.capabilities),
+            limits: r
+                .throttle
+                .as_ref()
+                .map(|t| self.throttle(&format!("{field}.throttle"), t))
+                .unwrap_or_default(),
+        };
+        if let Some(p) = &parent_agent {
+            self.within_parent(&field, r, &agent, p);
+        }
+        self.agents.push(agent);
+        let me = self.agents.len() - 1;
+        for (sub_name, sub) in &r.sub {
+            self.agent(sub_name, sub, Some(me));
+        }
+    }
+
+    fn connect(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<NetEntry>> {
+        let mut out: Vec<Located<NetEntry>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.connect[{i}]");
+            match e.get_ref().parse::<NetEntry>() {
+                Ok(entry) if out.iter().any(|o| o.value == entry) => {
+                    self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
+                }
+                Ok(entry) => out.push(Located {
+                    value: entry,
+                    at: self.location(e, f),
+                }),
+                Err(err) => self.error(e, f, format!("invalid entry {:?}: {err}", e.get_ref())),
+            }
+        }
+        out
+    }
+
+    fn exec(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<PathBuf>> {
+        let mut out: Vec<Located<PathBuf>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.exec[{i}]");
+            match absolute(e.get_ref()) {
+                Ok(p) if out.iter().any(|o| o.value == p) => {
+                    self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
+                }
+                Ok(p) => out.push(Located {
+                    value: p,
+                    at: self.location(e, f),
+                }),
+                Err(msg) => self.error(e, f, msg),
+            }
+        }
+        out
+    }
+
+    fn paths(&mut self, field: &str, kind: &str, entries: &[Spanned<String>]) -> Vec<Located<PathRule>> {
+        let mut out: Vec<Located<PathRule>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.{kind}[{i}]");
+            let text = e.get_ref().trim();
+            let rules = if text == runtime::TOKEN {
+                if kind != "read" {
+                    self.error(e, f, format!("{} is a read baseline; it cannot be granted for {kind}", runtime::TOKEN));
+                    continue;
+                }
+                runtime::SYSTEM_RUNTIME
+                    .iter()
+                    .map(|p| PathRule::Prefix(PathBuf::from(p)))
+                    .chain([PathRule::ProcSelf])
+                    .collect()
+            } else if text.starts_with('@') {
+                self.error(e, f, format!("unknown baseline {text:?}; the only one is {}", runtime::TOKEN));
+                continue;
+            } else if text == runtime::PROC_SELF || text == "/proc/thread-self" {
+                vec![PathRule::ProcSelf]
+            } else {
+                match absolute(text) {
+                    Ok(p) if is_proc_pid(&p) => {
+                        self.error(e, f, "a numbered /proc entry names another process; use /proc/self for the agent's own");
+                        continue;
+                    }
+                    Ok(p) => vec![PathRule::Prefix(p)],
+                    Err(msg) => {
+                        self.error(e, f, msg);
+                        continue;
+                    }
+                }
+            };
+            let at = self.location(e, f.clone());
+            for rule in rules {
+                if out.iter().any(|o| o.value == rule) {
+                    if text != runtime::TOKEN {
+                        self.error(e, f.clone(), format!("duplicate entry {text:?}"));
+                    }
+                    continue;
+                }
+                out.push(Located {
+                    value: rule,
+                    at: at.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn capabilities(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<caps::Capability>> {
+        let mut out: Vec<Located<caps::Capability>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.capabilities[{i}]");
+            let upper = e.get_ref().trim().to_ascii_uppercase();
+            let name = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+            match caps::Capability::from_str(&name) {
+                Ok(c) if out.iter().any(|o| o.value == c) => {
+                    self.error(e, f, format!("duplicate capability {name}"));
+                }
+                Ok(c) => out.push(Located {
+                    value: c,
+                    at: self.location(e, f),
+                }),
+                Err(_) => self.error(e, f, format!("unknown capability {:?}", e.get_ref())),
+            }
+        }
+        out
+    }
+
+    fn throttle(&mut self, field: &str, raw: &Spanned<RawThrottle>) -> Vec<Limit> {
+        let t = raw.get_ref();
+        let burst = match &t.burst {
+            Some(b) if !b.get_ref().is_finite() || *b.get_ref() <= 0.0 || *b.get_ref() > 1000.0 => {
+                self.error(b, format!("{field}.burst"), "burst must be a number greater than 0 and at most 1000");
+                DEFAULT_BURST
+            }
+            Some(b) => *b.get_ref(),
+            None => DEFAULT_BURST,
+        };
+        let scope = match t.scope.as_ref().map(|s| *s.get_ref()) {
+            Some(Scope::Agent) => ThrottleScope::Agent,
+            Some(Scope::Process) | None => ThrottleScope::Process,
+        };
+        let on_exceed = match t.on_exceed.as_ref().map(|s| *s.get_ref()) {
+            Some(OnExceedRaw::Freeze) => OnExceed::Freeze,
+            Some(OnExceedRaw::Kill) => OnExceed::Kill,
+            Some(OnExceedRaw::Deny) | None => OnExceed::Deny,
+        };
+        let mut limits: Vec<Limit> = Vec::new();
+        let own = [
+            (ThrottleKind::Connect, &t.connect),
+            (ThrottleKind::Exec, &t.exec),
+            (ThrottleKind::Open, &t.open),
+        ];
+        for (kind, rate) in own {
+            let f = format!("{field}.{}", kind_name(kind));
+            limits.extend(rate.as_ref().and_then(|r| self.limit(r, f, kind, scope, burst, on_exceed)));
+        }
+        if let Some(agent) = &t.agent {
+            let a = agent.get_ref();
+            for (kind, rate) in [
+                (ThrottleKind::Connect, &a.connect),
+                (ThrottleKind::Exec, &a.exec),
+                (ThrottleKind::Open, &a.open),
+            ] {
+                let Some(rate) = rate else { continue };
+                let f = format!("{field}.agent.{}", kind_name(kind));
+                if limits.iter().any(|l| l.kind == kind && l.scope == ThrottleScope::Agent) {
+                    self.error(rate, f, "already limited for the whole agent by scope = \"agent\"");
+                    continue;
+                }
+                limits.extend(self.limit(rate, f, kind, ThrottleScope::Agent, burst, on_exceed));
+            }
+        }
+        limits
+    }
+
+    fn error_at(&mut self, at: &Location, msg: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            file: self.src.name.to_owned(),
+            line: at.line,
+            column: at.column,
+            field: at.field.clone(),
+            message: msg.into(),
+        });
+    }
+
+    fn limit(
+        &mut self,
+        rate: &Spanned<String>,
+        field: String,
+        kind: ThrottleKind,
+        scope: ThrottleScope,
+        burst: f64,
+        on_exceed: OnExceed,
+    ) -> Option<Limit> {
+        match rate.get_ref().parse::<Rate>() {
+            #[expect(clippy::cast_precision_loss, reason = "counts are at most 1e9")]
+            Ok(r) if burst * r.count as f64 >= 1.0 => Some(Limit {
+                kind,
+                scope,
+                rate: r,
+                burst,
+                on_exceed,
+            }),
+            Ok(_) => {
+                self.error(rate, field, "burst * count must be at least 1 (the bucket must hold one action)");
+                None
+            }
+            Err(e) => {
+                self.error(rate, field, format!("invalid rate {:?}: {e}", rate.get_ref()));
+                None
+            }
+        }
+    }
+
+    /// A sub-agent may never be allowed anything its parent is not.
+    fn within_parent(&mut self, field: &str, raw: &RawAgent, sub: &Agent, parent: &Agent) {
+        let pname = &parent.name;
+        if parent.mode == Mode::Enforce && sub.mode == Mode::Audit {
+            if let Some(m) = &raw.mode {
+                self.error(m, format!("{field}.mode"), format!("a sub-agent of enforcing agent {pname:?} cannot be in audit mode"));
+            }
+        }
+        if sub.dns && !parent.dns {
+            if let Some(d) = &raw.dns {
+                self.error(d, format!("{field}.dns"), format!("parent agent {pname:?} does not allow dns"));
+            }
+        }
+        for entry in &sub.connect {
+            let covered = parent.connect.iter().any(|p| {
+                p.value.port == entry.value.port
+                    && match (&entry.value.target, &p.value.target) {
+                        (NetTarget::Net(n), NetTarget::Net(pn)) => net_within(n, pn),
+                        (NetTarget::Name(n), NetTarget::Name(pn)) => n == pn,
+                        _ => false,
+                    }
+            });
+            if !covered {
+                self.error_at(&entry.at, format!("{} is not allowed to parent agent {pname:?}", entry.value));
+            }
+        }
+        if parent.restricts_files() {
+            for e in &sub.exec {
+                if !parent.exec.iter().any(|p| p.value == e.value) {
+                    self.error_at(&e.at, format!("{} is not in the exec list of parent agent {pname:?}", e.value.display()));
+                }
+            }
+            for (rules, parent_rules, kind) in [(&sub.read, &parent.read, "read"), (&sub.write, &parent.write, "write")] {
+                for rule in rules {
+                    let covered = parent_rules.iter().any(|p| match (&rule.value, &p.value) {
+                        (PathRule::ProcSelf, PathRule::ProcSelf) => true,
+                        (PathRule::Prefix(s), PathRule::Prefix(pp)) => s.starts_with(pp),
+                        _ => false,
+                    });
+                    if !covered {
+                        self.error_at(&rule.at, format!("{} is not within the {kind} rules of parent agent {pname:?}", rule.value));
+                    }
+                }
+            }
+        }
+        for c in &sub.capabilities {
+            if !parent.capabilities.iter().any(|p| p.value == c.value) {
+                self.error_at(&c.at, format!("{} is not granted to parent agent {pname:?}", c.value));
+            }
+        }
+    }
+
+    fn check_ids(&mut self) {
+        let mut seen: HashMap<u32, &str> = HashMap::new();
+        let mut clashes = Vec::new();
+        for a in &self.agents {
+            if let Some(other) = seen.insert(a.id, &a.name) {
+                clashes.push(format!("agents {other:?} and {:?} hash to the same id; rename one", a.name));
+            }
+        }
+        for message in clashes {
+            self.diags.push(self.src.diag(0..0, "agents", message));
+        }
+    }
+}
+
+/// The dotted field path of an agent by full name (`buyer/search` -> `agents.buyer.sub.search`).
+fn agent_field(full: &str) -> String {
+    format!("agents.{}", full.replace('/', ".sub."))
+}
+
+/// An absolute, normalised path: no `.`/`..` components, no trailing `/`, not too long.
+fn absolute(text: &str) -> Result<PathBuf, String> {
+    let text = text.trim();
+    if !text.starts_with('/') {
+        return Err(format!("{text:?} is not an absolute path"));
+    }
+    let p = Path::new(text);
+    if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(format!("{text:?} contains . or .. components; write the path it means"));
+    }
+    let normal: PathBuf = p.components().collect();
+    if normal.as_os_str().len() > MAX_RULE_PATH {
+        return Err(format!("{text:?} is longer than {MAX_RULE_PATH} bytes"));
+    }
+    Ok(normal)
+}
+
+fn is_proc_pid(p: &Path) -> bool {
+    let mut c = p.components().skip(1);
+    matches!(c.next(), Some(Component::Normal(s)) if s == "proc")
+        && matches!(c.next(), Some(Component::Normal(s)) if s.to_str().is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit())))
+}

@@ -1,0 +1,6 @@
+//! Small wrappers over what the kernel exposes outside BPF: mounts, file identities, kernel
+//! version.
+
+pub mod identity;
+pub mod kernel;
+pub mod mounts;

@@ -1,0 +1,86 @@
+//! `cargo xtask build-ebpf`: bootstrap the toolchain pieces, build the eBPF object, check it.
+
+mod elf;
+mod linker;
+mod toolchain;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::{cmd, workspace};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Build with the dev profile (object under .../debug/; point AGENTGUARD_EBPF_OBJ at it).
+    #[arg(long)]
+    debug: bool,
+    /// Install bpf-linker into DIR/bin (cargo install --root) and use it from there, instead of
+    /// using the one in PATH or installing into cargo's default root.
+    #[arg(long, value_name = "DIR")]
+    bpf_linker_root: Option<PathBuf>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let object = build(!args.debug, args.bpf_linker_root.as_deref())?;
+    println!("eBPF object: {}", object.display());
+    if args.debug {
+        println!(
+            "(the userspace build reads it with AGENTGUARD_EBPF_OBJ={})",
+            object.display()
+        );
+    }
+    Ok(())
+}
+
+/// The release build `cargo xtask test` and `vm-test` rely on; returns the object's path
+/// ([`workspace::ebpf_object`]).
+pub fn build_release() -> Result<PathBuf> {
+    build(true, None)
+}
+
+fn build(release: bool, linker_root: Option<&Path>) -> Result<PathBuf> {
+    toolchain::ensure_rust_src()?;
+    let linker = linker::ensure(linker_root)?;
+    let (profile, object) = if release {
+        ("release", workspace::ebpf_object())
+    } else {
+        let debug = workspace::ebpf_target_dir().join("bpfel-unknown-none/debug/agentguard-ebpf");
+        ("debug", debug)
+    };
+    cmd::step(
+        &format!("cargo +nightly build agentguard-ebpf ({profile})"),
+        || compile(release, &linker),
+    )?;
+    elf::verify_btf(&object)?;
+    Ok(object)
+}
+
+fn compile(release: bool, linker: &Path) -> Result<()> {
+    let mut build = cmd::cargo();
+    build
+        .current_dir(workspace::root())
+        .arg(format!("+{}", toolchain::NIGHTLY))
+        .args([
+            "build",
+            "--package",
+            "agentguard-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args(["-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(workspace::ebpf_target_dir())
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
+    if release {
+        build.arg("--release");
+    }
+    // rustc finds bpf-linker through PATH.
+    if let Some(dir) = linker.parent() {
+        build.env("PATH", cmd::path_with(dir)?);
+    }
+    cmd::run(&mut build)
+}

@@ -1,0 +1,41 @@
+//! `cargo xtask`: agentguard's build and test automation.
+//!
+//! One module per subcommand; shared helpers for running commands ([`cmd`]), workspace paths
+//! ([`workspace`]) and building the integration-test executables ([`integration`]). To add a
+//! subcommand: add a module with an `Args` struct and a `run(&Args)` function, then a variant to
+//! [`Command`] and a line to [`main`].
+
+mod build_ebpf;
+mod cmd;
+mod integration;
+mod test;
+mod vm_test;
+mod workspace;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "agentguard build and test automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF object (bootstraps rust-src and bpf-linker when missing).
+    BuildEbpf(build_ebpf::Args),
+    /// Run the privileged integration tests in a Debian 6.12 QEMU guest with BPF LSM.
+    VmTest(vm_test::Args),
+    /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test.
+    Test(test::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf(args) => build_ebpf::run(&args),
+        Command::VmTest(args) => vm_test::run(&args),
+        Command::Test(args) => test::run(&args),
+    }
+}

@@ -1,0 +1,143 @@
+//! Booting the guest with virtme-ng under TCG, its console logged to a file and the guest
+//! script's own lines echoed live; killed (with QEMU) if it outlives the timeout.
+
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Read, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use super::kernel::Kernel;
+use super::script;
+use crate::cmd;
+
+/// Active LSMs on the guest's command line (`bpf` is the point).
+const LSM_CMDLINE: &str = "lsm=landlock,lockdown,yama,bpf";
+
+pub struct Boot<'a> {
+    pub vng: &'a Path,
+    pub kernel: &'a Kernel,
+    /// Writable from the guest (`--rwdir`); also receives `vng.log`.
+    pub results: &'a Path,
+    pub script: &'a Path,
+    pub timeout: Duration,
+}
+
+/// Boots the guest and waits for vng to exit. vng's exit status says nothing about the guest
+/// (it exits 255 whatever happened), so success here only means "exited before the timeout".
+pub fn boot(boot: &Boot<'_>) -> Result<()> {
+    let mut vng = Command::new(boot.vng);
+    vng.args([
+        "--verbose",
+        "--disable-kvm",
+        "--force-9p",
+        "--cpus",
+        "2",
+        "--memory",
+        "2G",
+    ])
+    .arg("--run")
+    .arg(boot.kernel.vmlinuz())
+    .args(["--append", LSM_CMDLINE])
+    .arg(format!("--rwdir={}", boot.results.display()))
+    .arg("--exec")
+    .arg(format!(
+        "sh {}",
+        script::quote(&boot.script.to_string_lossy())
+    ))
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // Its own process group, so a timeout kills QEMU along with vng.
+    std::os::unix::process::CommandExt::process_group(&mut vng, 0);
+    let log_path = boot.results.join("vng.log");
+    eprintln!("    {}", cmd::describe(&vng));
+    eprintln!("    console log: {}", log_path.display());
+    let log =
+        Arc::new(Mutex::new(File::create(&log_path).with_context(|| {
+            format!("cannot create {}", log_path.display())
+        })?));
+    let mut child = vng
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", cmd::describe(&vng)))?;
+    let echoing = Arc::new(AtomicBool::new(false));
+    let copiers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let (log, echoing) = (Arc::clone(&log), Arc::clone(&echoing));
+        thread::spawn(move || copy_console(stream, &log, &echoing))
+    })
+    .collect();
+    let waited = wait_or_kill(&mut child, boot.timeout);
+    for copier in copiers {
+        let _ = copier.join();
+    }
+    let status = waited?;
+    eprintln!("    vng exited ({status}); its status is not the guest's, reading the results");
+    Ok(())
+}
+
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().context("cannot wait for vng")? {
+            return Ok(status);
+        }
+        if start.elapsed() > timeout {
+            let pgid = i32::try_from(child.id()).context("vng's pid does not fit a pid_t")?;
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            let _ = child.wait();
+            bail!(
+                "the VM was still running after {}: killed it",
+                cmd::seconds(timeout)
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Copies console lines into the log; echoes the guest script's lines (and everything between
+/// its begin and end markers, i.e. the tests' output) to our stderr.
+fn copy_console(stream: Box<dyn Read + Send>, log: &Mutex<File>, echoing: &AtomicBool) {
+    for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\r');
+        if let Ok(mut log) = log.lock() {
+            let _ = writeln!(log, "{text}");
+        }
+        if text.contains(script::BEGIN) {
+            echoing.store(true, Ordering::Relaxed);
+        }
+        if echoing.load(Ordering::Relaxed) || text.contains(script::MARKER) {
+            eprintln!("  | {text}");
+        }
+        if text.contains(script::END) {
+            echoing.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The last `n` lines of the console log, for error messages.
+pub fn console_tail(results: &Path, n: usize) -> String {
+    let log_path: PathBuf = results.join("vng.log");
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

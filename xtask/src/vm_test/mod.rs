@@ -1,0 +1,167 @@
+//! `cargo xtask vm-test`: run the privileged integration tests in a Debian 6.12 guest with BPF
+//! LSM active, under QEMU (TCG) via virtme-ng, sharing the host root read-only over 9p.
+//!
+//! Layout under `target/vm/`: `kernel/<release>/` (the unpacked kernel package, cached) and
+//! `run-<UTC timestamp>/` per run: `guest.sh`, `vng.log` (console), `kernel`, `lsm`,
+//! `<test>.log`, `<test>.rc` and the `done` marker.
+
+mod host_deps;
+mod kernel;
+mod launch;
+mod results;
+mod script;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result};
+
+use crate::integration::{self, TestExe};
+use crate::{build_ebpf, cmd, workspace};
+
+const DEFAULT_TIMEOUT_MINS: u64 = 20;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kill the VM if it runs longer than this many minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = DEFAULT_TIMEOUT_MINS)]
+    timeout_mins: u64,
+    /// Run these executables in the guest instead of building agentguard-tests (skips all
+    /// builds; each gets the same environment and arguments as a test executable).
+    #[arg(long, value_name = "PATH")]
+    test_exe: Vec<PathBuf>,
+    /// Extra arguments for every test executable, after `--test-threads=1`.
+    #[arg(last = true)]
+    extra: Vec<String>,
+}
+
+impl Default for Args {
+    /// What `cargo xtask test` runs: the agentguard-tests executables, no extra arguments.
+    fn default() -> Self {
+        Self {
+            timeout_mins: DEFAULT_TIMEOUT_MINS,
+            test_exe: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let tests = if args.test_exe.is_empty() {
+        build_ebpf::build_release()?;
+        integration::build_agentguard()?;
+        integration::build_test_executables()?
+    } else {
+        args.test_exe
+            .iter()
+            .map(|p| given_exe(p))
+            .collect::<Result<_>>()?
+    };
+    cmd::step("host tools for the VM", host_deps::ensure_apt_tools)?;
+    let vng = cmd::step("virtme-ng", host_deps::ensure_vng)?;
+    let kernel = cmd::step("guest kernel", kernel::ensure)?;
+    let results = new_results_dir()?;
+    let guest_script = results.join("guest.sh");
+    let plan = script::Plan {
+        results: &results,
+        tests: &tests,
+        agentguard_bin: &workspace::agentguard_bin(),
+        ci: std::env::var("CI").ok(),
+        extra_args: &args.extra,
+    };
+    std::fs::write(&guest_script, script::render(&plan))
+        .with_context(|| format!("cannot write {}", guest_script.display()))?;
+    let what = format!(
+        "VM (kernel {}): {} test executable(s), results in {}",
+        kernel.release,
+        tests.len(),
+        results.display()
+    );
+    cmd::step(&what, || {
+        launch::boot(&launch::Boot {
+            vng: &vng,
+            kernel: &kernel,
+            results: &results,
+            script: &guest_script,
+            timeout: Duration::from_secs(args.timeout_mins.saturating_mul(60)),
+        })
+    })?;
+    let report = results::read(&results, &tests)?;
+    report.print(&results);
+    report.check()
+}
+
+fn given_exe(path: &Path) -> Result<TestExe> {
+    let path = std::path::absolute(path)
+        .with_context(|| format!("cannot make {} absolute", path.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} names no file", path.display()))?;
+    Ok(TestExe {
+        name,
+        path,
+        cwd: workspace::root().to_path_buf(),
+    })
+}
+
+/// A new, empty `target/vm/run-<YYYYMMDD-HHMMSS>[-N]`.
+fn new_results_dir() -> Result<PathBuf> {
+    let stamp = utc_stamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    std::fs::create_dir_all(workspace::vm_dir())
+        .with_context(|| format!("cannot create {}", workspace::vm_dir().display()))?;
+    let mut n = 0;
+    loop {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let dir = workspace::vm_dir().join(format!("run-{stamp}{suffix}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 100 => n += 1,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` (UTC) for a time since the epoch.
+fn utc_stamp(since_epoch: Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    format!("{year:04}{month:02}{day:02}-{h:02}{m:02}{s:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps_utc() {
+        assert_eq!(utc_stamp(Duration::ZERO), "19700101-000000");
+        assert_eq!(
+            utc_stamp(Duration::from_secs(1_795_640_400)),
+            "20261125-210000"
+        );
+        assert_eq!(
+            utc_stamp(Duration::from_secs(951_782_400)),
+            "20000229-000000"
+        );
+    }
+}

@@ -1,0 +1,40 @@
+//! Paths inside the workspace. Every child cargo runs with the default target dir
+//! (`<root>/target`), so these paths are where the artifacts really are.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub fn root() -> &'static Path {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir)
+}
+
+/// `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    root().join("target")
+}
+
+/// The target dir of the eBPF build: `<root>/target/ebpf`.
+pub fn ebpf_target_dir() -> PathBuf {
+    target_dir().join("ebpf")
+}
+
+/// The eBPF object `build-ebpf` produces:
+/// `<root>/target/ebpf/bpfel-unknown-none/release/agentguard-ebpf`.
+/// agentguard-userspace's build.rs reads this path unless `AGENTGUARD_EBPF_OBJ` overrides it.
+pub fn ebpf_object() -> PathBuf {
+    ebpf_target_dir()
+        .join("bpfel-unknown-none")
+        .join("release")
+        .join("agentguard-ebpf")
+}
+
+/// The `agentguard` binary of a debug build: `<root>/target/debug/agentguard`.
+pub fn agentguard_bin() -> PathBuf {
+    target_dir().join("debug").join("agentguard")
+}
+
+/// Where the VM harness keeps its cache and results: `<root>/target/vm`.
+pub fn vm_dir() -> PathBuf {
+    target_dir().join("vm")
+}
