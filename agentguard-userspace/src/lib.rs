@@ -4,5 +4,6 @@
 //! - policy -> kernel: [`policy`] (parse, validate, resolve, compile) then [`ebpf::writer`];
 //! - kernel -> log: [`events`] (ring buffer ingestion) then [`audit`] (the chained log);
 //! - operator -> agents: [`control`] (socket protocol) then [`daemon`] and [`cgroup`].
+pub mod audit;
 pub mod policy;
 pub mod sys;

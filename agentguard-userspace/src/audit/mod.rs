@@ -1,0 +1,2 @@
+//! The immutable event log.
+pub mod record;

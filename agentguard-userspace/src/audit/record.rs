@@ -1,0 +1,286 @@
+//! What the log records: one [`Record`] per action or daemon event.
+//!
+//! [`Body`] variants and [`ActionKind`] have stable numeric ids (`Body::kind_id`): records are
+//! encoded with serde (postcard: an enum is written as its variant index), so variants may only
+//! ever be appended, never reordered or removed. docs/log-format.md lists them.
+
+use std::net::IpAddr;
+
+use agentguard_common::{
+    event::{EventKind, FileOp},
+    verdict::{Backend, Verdict},
+};
+use serde::{Deserialize, Serialize};
+
+/// One log record, before chaining (the chain adds `prev` and `hash` around its encoding).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Sequence number, from 0, without gaps across segments.
+    pub seq: u64,
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub wall_ns: u64,
+    /// CLOCK_MONOTONIC in nanoseconds (the kernel's `bpf_ktime_get_ns` for actions).
+    pub mono_ns: u64,
+    /// What happened.
+    pub body: Body,
+}
+
+/// Who asked for an operator action.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    /// A control-socket peer.
+    Peer {
+        /// Peer uid.
+        uid: u32,
+        /// Peer pid.
+        pid: u32,
+        /// Peer's executable (`/proc/PID/exe`), when readable.
+        exe: Option<String>,
+    },
+    /// The daemon itself (start-up, SIGHUP, a budget's escalation).
+    Daemon {
+        /// Why.
+        reason: String,
+    },
+    /// An agent process asking through the agent socket.
+    Agent {
+        /// Agent instance.
+        instance: String,
+        /// Peer pid.
+        pid: u32,
+    },
+}
+
+/// What happened. Append-only: the variant index is the stable record kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// An agent's action and its verdict (kind 0).
+    Action(Action),
+    /// The daemon started (kind 1).
+    DaemonStart {
+        /// agentguard version.
+        version: String,
+        /// Daemon pid.
+        pid: u32,
+        /// Kernel release.
+        kernel: String,
+        /// Backend per domain, e.g. `network=cgroup-sock-addr exec=tp-btf file=landlock`.
+        backends: String,
+        /// Whether pinned programs were re-adopted (a restart).
+        adopted: bool,
+    },
+    /// The daemon stopped cleanly (kind 2).
+    DaemonStop {
+        /// Why.
+        reason: String,
+        /// Whether enforcement stays in place.
+        enforcement_kept: bool,
+    },
+    /// A policy was applied (kind 3).
+    PolicyApplied {
+        /// blake3 of the policy file, hex.
+        digest: String,
+        /// The file.
+        origin: String,
+        /// Who applied it.
+        by: Actor,
+        /// Generation it was written to.
+        generation: u8,
+        /// Number of agents and sub-agents.
+        agents: u32,
+        /// Number of compiled rules.
+        rules: u32,
+    },
+    /// An agent instance started (kind 4).
+    InstanceStart {
+        /// Full agent name.
+        agent: String,
+        /// Instance path (`buyer/3`, `buyer/3/search/1`).
+        instance: String,
+        /// Instance cgroup id.
+        cgroup_id: u64,
+        /// First process.
+        pid: u32,
+        /// `run` or `tag`.
+        how: String,
+        /// Who started it.
+        by: Actor,
+        /// File-rule enforcement for it (e.g. `bpf-lsm`, `landlock`, `none: tagged`).
+        files: String,
+    },
+    /// An agent instance has no process left (kind 5).
+    InstanceExit {
+        /// Full agent name.
+        agent: String,
+        /// Instance path.
+        instance: String,
+        /// Instance cgroup id.
+        cgroup_id: u64,
+    },
+    /// Instances were frozen (kind 6).
+    Freeze(OperatorAction),
+    /// Instances were thawed (kind 7).
+    Thaw(OperatorAction),
+    /// Instances were killed (kind 8).
+    Kill(OperatorAction),
+    /// Kernel events were dropped before reaching the log (kind 9).
+    Lost {
+        /// Events dropped since the previous `Lost` record.
+        dropped: u64,
+        /// The kernel's cumulative drop counter.
+        total: u64,
+    },
+    /// Start-up found and cut a torn tail (kind 10).
+    Recovered {
+        /// Segment that was cut.
+        segment: String,
+        /// Bytes cut.
+        cut_bytes: u64,
+        /// Sequence number of the last intact record.
+        last_seq: Option<u64>,
+        /// What was wrong with the cut bytes.
+        reason: String,
+    },
+    /// A forward-secure seal over the chain head (kind 11).
+    Seal {
+        /// Key epoch (0 for the seed's first key).
+        epoch: u64,
+        /// Keyed blake3 MAC over the previous record's hash with this epoch's key, hex.
+        mac: String,
+    },
+}
+
+impl Body {
+    /// The stable numeric kind of this record.
+    pub fn kind_id(&self) -> u16 {
+        match self {
+            Self::Action(_) => 0,
+            Self::DaemonStart { .. } => 1,
+            Self::DaemonStop { .. } => 2,
+            Self::PolicyApplied { .. } => 3,
+            Self::InstanceStart { .. } => 4,
+            Self::InstanceExit { .. } => 5,
+            Self::Freeze(_) => 6,
+            Self::Thaw(_) => 7,
+            Self::Kill(_) => 8,
+            Self::Lost { .. } => 9,
+            Self::Recovered { .. } => 10,
+            Self::Seal { .. } => 11,
+        }
+    }
+}
+
+/// A freeze, thaw or kill.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAction {
+    /// What was asked for (`buyer`, `buyer/3`, `--all`).
+    pub target: String,
+    /// Instances affected.
+    pub instances: Vec<String>,
+    /// Who asked (an operator, or the daemon on a budget breach).
+    pub by: Actor,
+    /// The budget that was exceeded, for an escalation.
+    pub budget: Option<String>,
+    /// Milliseconds from request until the kernel reported it done.
+    pub took_ms: u64,
+    /// Whether it completed (false: timed out; `error` says what is left).
+    pub ok: bool,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// An action judged in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// Stable kind number ([`EventKind`] as u16).
+    pub kind: u16,
+    /// Verdict number ([`Verdict`] as u8).
+    pub verdict: u8,
+    /// Backend number ([`Backend`] as u8).
+    pub backend: u8,
+    /// Full agent name (`buyer`, `buyer/search`), empty when unknown.
+    pub agent: String,
+    /// Instance path, empty when unknown.
+    pub instance: String,
+    /// Instance cgroup id.
+    pub cgroup_id: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// Task comm.
+    pub comm: String,
+    /// What the action was aimed at.
+    pub target: Target,
+    /// The rule that matched, when one did.
+    pub rule: Option<String>,
+    /// `EVENT_*` flags from the kernel.
+    pub flags: u32,
+    /// Policy generation used.
+    pub generation: u32,
+}
+
+impl Action {
+    /// The kind, decoded.
+    pub fn event_kind(&self) -> Option<EventKind> {
+        EventKind::from_u16(self.kind)
+    }
+
+    /// The verdict, decoded.
+    pub fn verdict(&self) -> Option<Verdict> {
+        Verdict::from_u8(self.verdict)
+    }
+
+    /// The backend, decoded.
+    pub fn backend(&self) -> Option<Backend> {
+        Backend::from_u8(self.backend)
+    }
+}
+
+/// What an action was aimed at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// A network destination.
+    Net {
+        /// Address (IPv4-mapped addresses shown as IPv4).
+        addr: IpAddr,
+        /// Port.
+        port: u16,
+        /// IP protocol number.
+        protocol: u8,
+        /// DNS name the allowing rule came from.
+        name: Option<String>,
+    },
+    /// A binary.
+    Exec {
+        /// File name as passed to exec.
+        path: String,
+        /// Kernel `s_dev`.
+        dev: u64,
+        /// Inode.
+        ino: u64,
+    },
+    /// A file or privileged operation.
+    File {
+        /// Operation number ([`FileOp`] as u16).
+        op: u16,
+        /// `ACCESS_*` bits.
+        access: u8,
+        /// Path (empty for privileged operations without one).
+        path: String,
+        /// Target pid for ptrace.
+        target_pid: Option<u32>,
+    },
+}
+
+impl Target {
+    /// The file operation, decoded.
+    pub fn file_op(&self) -> Option<FileOp> {
+        match self {
+            Self::File { op, .. } => FileOp::from_u16(*op),
+            _ => None,
+        }
+    }
+}
