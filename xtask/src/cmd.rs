@@ -27,6 +27,22 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cmd` with its output captured and shown only if it fails (the last 40 lines).
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    if !out.status.success() {
+        let text = [out.stdout, out.stderr].concat();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        bail!("`{}` failed ({}):\n{tail}", describe(cmd), out.status);
+    }
+    Ok(())
+}
+
 /// Runs `cmd` capturing its output; fails (quoting stderr) unless it exits 0.
 pub fn output(cmd: &mut Command) -> Result<Output> {
     let out = cmd

@@ -12,7 +12,8 @@ mod test;
 mod vm_test;
 mod workspace;
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,10 +33,18 @@ enum Command {
     Test(test::Args),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
         Command::BuildEbpf(args) => build_ebpf::run(&args),
         Command::VmTest(args) => vm_test::run(&args),
         Command::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the context chain without anyhow's RUST_BACKTRACE dump.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

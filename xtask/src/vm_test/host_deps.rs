@@ -17,11 +17,16 @@ const APT_TOOLS: [(&str, &str); 3] = [
 
 /// Installs the Debian packages of the missing tools (`apt-get update` only if that fails).
 pub fn ensure_apt_tools() -> Result<()> {
-    let missing: Vec<&str> = APT_TOOLS
+    let mut missing: Vec<&str> = APT_TOOLS
         .iter()
         .filter(|(program, _)| cmd::which(program).is_none())
         .map(|&(_, package)| package)
         .collect();
+    if missing.contains(&"qemu-system-x86") {
+        // A qemu-utils newer than Debian's qemu-system-x86 (this kind of machine ships one from
+        // backports) would be removed as conflicting: install the matching one to keep qemu-img.
+        missing.push("qemu-utils");
+    }
     if missing.is_empty() {
         eprintln!("    qemu-system-x86_64, depmod, busybox: present");
         return Ok(());
@@ -34,17 +39,17 @@ pub fn ensure_apt_tools() -> Result<()> {
 /// `apt-get install -y PACKAGES`, retried once after `apt-get update`.
 pub fn apt_get_install(packages: &[&str]) -> Result<()> {
     let install = || {
-        cmd::run(
+        cmd::run_quiet(
             Command::new("apt-get")
                 .args(["install", "-y", "-q"])
                 .args(packages)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };
-    if install().is_ok() {
+    let Err(first) = install() else {
         return Ok(());
-    }
-    eprintln!("    install failed; running apt-get update and retrying");
+    };
+    eprintln!("    {first:#}\n    install failed; running apt-get update and retrying");
     apt_get_update()?;
     install()
 }
@@ -52,7 +57,7 @@ pub fn apt_get_install(packages: &[&str]) -> Result<()> {
 /// `apt-get update`.
 pub fn apt_get_update() -> Result<()> {
     cmd::step("apt-get update", || {
-        cmd::run(Command::new("apt-get").args(["update", "-q"]))
+        cmd::run_quiet(Command::new("apt-get").args(["update", "-q"]))
     })
 }
 

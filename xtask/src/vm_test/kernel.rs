@@ -52,10 +52,10 @@ pub fn ensure() -> Result<Kernel> {
         return Ok(kernel);
     }
     cmd::step(&format!("download and unpack {package}"), || {
-        if download_and_unpack(&package, &kernel).is_ok() {
+        let Err(first) = download_and_unpack(&package, &kernel) else {
             return Ok(());
-        }
-        eprintln!("    download failed; updating apt's lists and retrying");
+        };
+        eprintln!("    {first:#}\n    download failed; updating apt's lists and retrying");
         host_deps::apt_get_update()?;
         download_and_unpack(&package, &kernel)
     })?;
@@ -106,7 +106,7 @@ fn download_and_unpack(package: &str, kernel: &Kernel) -> Result<()> {
     }
     std::fs::create_dir_all(&download)
         .with_context(|| format!("cannot create {}", download.display()))?;
-    cmd::run(
+    cmd::run_quiet(
         Command::new("apt-get")
             .args(["download", "-q", package])
             .current_dir(&download),
