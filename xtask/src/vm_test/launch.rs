@@ -11,7 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use nix::sys::prctl::set_child_subreaper;
 use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::kernel::Kernel;
@@ -27,6 +29,9 @@ pub struct Boot<'a> {
     /// Writable from the guest (`--rwdir`); also receives `vng.log`.
     pub results: &'a Path,
     pub script: &'a Path,
+    /// Also writable from the guest: `target/tmp`, the `CARGO_TARGET_TMPDIR` of integration tests
+    /// (the rest of the host root is read-only in the guest).
+    pub scratch: &'a Path,
     pub timeout: Duration,
 }
 
@@ -47,6 +52,7 @@ pub fn boot(boot: &Boot<'_>) -> Result<()> {
     .arg(boot.kernel.vmlinuz())
     .args(["--append", LSM_CMDLINE])
     .arg(format!("--rwdir={}", boot.results.display()))
+    .arg(format!("--rwdir={}", boot.scratch.display()))
     .arg("--exec")
     .arg(format!(
         "sh {}",
@@ -55,8 +61,10 @@ pub fn boot(boot: &Boot<'_>) -> Result<()> {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    // Its own process group, so a timeout kills QEMU along with vng.
+    // Its own process group, so a timeout kills QEMU along with vng; as subreaper we inherit
+    // (and can reap) the processes orphaned by that kill.
     std::os::unix::process::CommandExt::process_group(&mut vng, 0);
+    let _ = set_child_subreaper(true);
     let log_path = boot.results.join("vng.log");
     eprintln!("    {}", cmd::describe(&vng));
     eprintln!("    console log: {}", log_path.display());
@@ -104,12 +112,25 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> Result<std::process::Ex
             let pgid = i32::try_from(child.id()).context("vng's pid does not fit a pid_t")?;
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
             let _ = child.wait();
+            reap_orphans();
             bail!(
                 "the VM was still running after {}: killed it",
                 cmd::seconds(timeout)
             );
         }
         thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits (briefly) for vng's killed descendants, which were re-parented to us as subreaper.
+fn reap_orphans() {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => thread::sleep(Duration::from_millis(100)),
+            Ok(_) => {}
+            Err(_) => return,
+        }
     }
 }
 

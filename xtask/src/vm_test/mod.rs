@@ -19,13 +19,13 @@ use anyhow::{Context as _, Result};
 use crate::integration::{self, TestExe};
 use crate::{build_ebpf, cmd, workspace};
 
-const DEFAULT_TIMEOUT_MINS: u64 = 20;
+const DEFAULT_TIMEOUT_SECS: u64 = 20 * 60;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kill the VM if it runs longer than this many minutes.
-    #[arg(long, value_name = "MINUTES", default_value_t = DEFAULT_TIMEOUT_MINS)]
-    timeout_mins: u64,
+    /// Kill the VM if it runs longer than this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout_secs: u64,
     /// Run these executables in the guest instead of building agentguard-tests (skips all
     /// builds; each gets the same environment and arguments as a test executable).
     #[arg(long, value_name = "PATH")]
@@ -39,7 +39,7 @@ impl Default for Args {
     /// What `cargo xtask test` runs: the agentguard-tests executables, no extra arguments.
     fn default() -> Self {
         Self {
-            timeout_mins: DEFAULT_TIMEOUT_MINS,
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
             test_exe: Vec::new(),
             extra: Vec::new(),
         }
@@ -77,15 +77,24 @@ pub fn run(args: &Args) -> Result<()> {
         tests.len(),
         results.display()
     );
-    cmd::step(&what, || {
+    let scratch = workspace::target_dir().join("tmp");
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let booted = cmd::step(&what, || {
         launch::boot(&launch::Boot {
             vng: &vng,
             kernel: &kernel,
             results: &results,
             script: &guest_script,
-            timeout: Duration::from_secs(args.timeout_mins.saturating_mul(60)),
+            scratch: &scratch,
+            timeout: Duration::from_secs(args.timeout_secs),
         })
-    })?;
+    });
+    if let Err(e) = booted {
+        // Show what the guest got through before it was stopped.
+        let _ = results::read(&results, &tests);
+        return Err(e);
+    }
     let report = results::read(&results, &tests)?;
     report.print(&results);
     report.check()
