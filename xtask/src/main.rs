@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "agentguard build and test automation")]
+#[command(bin_name = "cargo xtask", about = "agentguard build and test automation")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

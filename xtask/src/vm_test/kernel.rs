@@ -29,15 +29,15 @@ impl Kernel {
 
 /// Returns the cached kernel, downloading and unpacking the newest package first if needed.
 pub fn ensure() -> Result<Kernel> {
-    let (package, release) = match newest_package()? {
-        Some(package) => package,
-        None => {
-            eprintln!("    apt knows no linux-image-6.12.*-amd64-unsigned; updating its lists");
-            host_deps::apt_get_update()?;
-            newest_package()?.context(
-                "apt-cache finds no linux-image-6.12.*-amd64-unsigned package even after apt-get update",
-            )?
-        }
+    let Some((package, release)) = resolve()? else {
+        let kernel = newest_cached().context(
+            "apt-cache finds no linux-image-6.12.*-amd64-unsigned package and none is cached",
+        )?;
+        eprintln!(
+            "    apt offers no 6.12 kernel; using the cached {}",
+            kernel.release
+        );
+        return Ok(kernel);
     };
     let kernel = Kernel {
         dir: cache_dir().join(&release),
@@ -59,7 +59,46 @@ pub fn ensure() -> Result<Kernel> {
         host_deps::apt_get_update()?;
         download_and_unpack(&package, &kernel)
     })?;
+    prune_cache(&kernel.release);
     Ok(kernel)
+}
+
+/// The newest package apt knows, after an `apt-get update` if it knows none.
+fn resolve() -> Result<Option<(String, String)>> {
+    if let Some(found) = newest_package()? {
+        return Ok(Some(found));
+    }
+    eprintln!("    apt knows no linux-image-6.12.*-amd64-unsigned; updating its lists");
+    if let Err(e) = host_deps::apt_get_update() {
+        eprintln!("    {e:#}");
+    }
+    newest_package()
+}
+
+/// The newest completely unpacked kernel in the cache.
+fn newest_cached() -> Option<Kernel> {
+    std::fs::read_dir(cache_dir())
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|dir| dir.join(MARKER).exists())
+        .filter_map(|dir| {
+            let release = dir.file_name()?.to_string_lossy().into_owned();
+            Some(Kernel { release, dir })
+        })
+        .max_by_key(|kernel| version_key(&kernel.release))
+}
+
+/// Removes every cached kernel (and leftover of an interrupted unpack) but `keep` (best effort).
+fn prune_cache(keep: &str) {
+    let Ok(entries) = std::fs::read_dir(cache_dir()) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name() != keep {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `target/vm/kernel`.
