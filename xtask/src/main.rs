@@ -17,7 +17,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(bin_name = "cargo xtask", about = "agentguard build and test automation")]
+#[command(
+    bin_name = "cargo xtask",
+    about = "agentguard build and test automation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

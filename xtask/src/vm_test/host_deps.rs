@@ -72,7 +72,8 @@ pub fn ensure_vng() -> Result<PathBuf> {
             Command::new("python3")
                 .args(["-m", "pip", "install", "--quiet", "virtme-ng"])
                 // Debian's own python refuses pip installs without this (PEP 668).
-                .env("PIP_BREAK_SYSTEM_PACKAGES", "1"),
+                .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+                .env("PIP_ROOT_USER_ACTION", "ignore"),
         )
     })?;
     find_vng().context("pip installed virtme-ng but no `vng` program can be found")
