@@ -5,5 +5,11 @@
 //! - kernel -> log: [`events`] (ring buffer ingestion) then [`audit`] (the chained log);
 //! - operator -> agents: [`control`] (socket protocol) then [`daemon`] and [`cgroup`].
 pub mod audit;
+pub mod cgroup;
+pub mod control;
+pub mod daemon;
+pub mod ebpf;
+pub mod events;
 pub mod policy;
+pub mod sandbox;
 pub mod sys;

@@ -1,0 +1,43 @@
+//! `agentguard daemon`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use agentguard::daemon::{self, DEFAULT_STATE_DIR, Options};
+use clap::Args;
+use tracing_subscriber::EnvFilter;
+
+use super::SocketArg;
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// The policy file (TOML).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Where the log and daemon state live.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// On a clean exit, also remove the programs: agents are no longer enforced. Without it,
+    /// enforcement stays in place after the daemon exits.
+    #[arg(long)]
+    unload_on_exit: bool,
+}
+
+pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(Options {
+        policy: args.policy,
+        state_dir: args.state_dir,
+        socket: args.socket.socket,
+        unload_on_exit: args.unload_on_exit,
+    }))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,10 @@
+//! Operator -> daemon: the control socket protocol (JSON lines), its client, and peer checks.
+
+pub mod client;
+pub mod peer;
+pub mod proto;
+
+/// Default path of the administrator socket.
+pub const DEFAULT_SOCKET: &str = "/run/agentguard/agentguard.sock";
+/// Environment variable naming the socket for every client command.
+pub const SOCKET_ENV: &str = "AGENTGUARD_SOCKET";

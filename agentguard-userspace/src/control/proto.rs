@@ -1,0 +1,262 @@
+//! Requests and replies on the control socket: one JSON object per line each way.
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+/// Which instances an operator command is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Selector {
+    /// Every instance.
+    All,
+    /// Every instance of an agent (full name, e.g. `buyer` or `buyer/search`).
+    Agent(String),
+    /// One instance by path (e.g. `buyer/3`).
+    Instance(String),
+}
+
+impl FromStr for Selector {
+    type Err = String;
+
+    /// `NAME` selects an agent's instances, `NAME/N` (any path ending in a number) one instance.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().trim_matches('/');
+        if s.is_empty() {
+            return Err("empty agent name".into());
+        }
+        let last = s.rsplit('/').next().unwrap_or(s);
+        if last.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self::Instance(s.to_owned()))
+        } else {
+            Ok(Self::Agent(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("--all"),
+            Self::Agent(a) | Self::Instance(a) => f.write_str(a),
+        }
+    }
+}
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Is the daemon there?
+    Ping,
+    /// Create an instance of `agent` and move the calling process into it.
+    Run {
+        /// Full agent name.
+        agent: String,
+        /// For a sub-agent: the parent instance (default: the newest one).
+        parent: Option<String>,
+    },
+    /// Create an instance of `agent` and move `pid` into it.
+    Tag {
+        /// Full agent name.
+        agent: String,
+        /// The process to adopt.
+        pid: u32,
+        /// For a sub-agent: the parent instance.
+        parent: Option<String>,
+    },
+    /// Freeze instances.
+    Freeze {
+        /// Which.
+        target: Selector,
+        /// Milliseconds to wait for the kernel to report them frozen.
+        timeout_ms: u64,
+    },
+    /// Thaw instances.
+    Thaw {
+        /// Which.
+        target: Selector,
+        /// Milliseconds to wait.
+        timeout_ms: u64,
+    },
+    /// Kill instances.
+    Kill {
+        /// Which.
+        target: Selector,
+        /// Milliseconds to wait for them to be empty.
+        timeout_ms: u64,
+    },
+    /// Agents, instances, budgets, counters.
+    Status,
+    /// Validate and apply a policy.
+    PolicyApply {
+        /// Where the caller read it (for messages and the log).
+        origin: String,
+        /// The policy text.
+        text: String,
+    },
+    /// Stop the daemon.
+    Shutdown {
+        /// Also remove the programs (agents lose enforcement).
+        unload: bool,
+    },
+}
+
+/// What `agentguard run` must apply to itself before exec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// Landlock rules, when Landlock enforces file rules on this host.
+    pub landlock: Option<LandlockSpec>,
+    /// Capabilities the agent keeps (policy `capabilities`), as `CAP_*` names.
+    pub capabilities: Vec<String>,
+}
+
+/// File rules for Landlock.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockSpec {
+    /// Read prefixes.
+    pub read: Vec<PathBuf>,
+    /// Write prefixes.
+    pub write: Vec<PathBuf>,
+    /// Allowed binaries.
+    pub exec: Vec<PathBuf>,
+    /// Whether the agent may read its own `/proc/<pid>` entries.
+    pub proc_self: bool,
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    /// To [`Request::Ping`].
+    Pong {
+        /// Daemon version.
+        version: String,
+        /// Backends in force.
+        backends: String,
+    },
+    /// To [`Request::Run`]: the caller is now in the instance.
+    Launched {
+        /// Instance path.
+        instance: String,
+        /// What to apply before exec.
+        sandbox: Sandbox,
+    },
+    /// To [`Request::Tag`].
+    Tagged {
+        /// Instance path.
+        instance: String,
+        /// What the operator must know (unjudged sockets, no Landlock).
+        warnings: Vec<String>,
+    },
+    /// To freeze, thaw, kill.
+    Done {
+        /// Instances affected.
+        instances: Vec<String>,
+        /// Milliseconds until the kernel reported completion.
+        took_ms: u64,
+    },
+    /// To [`Request::Status`].
+    Status(StatusReport),
+    /// To [`Request::PolicyApply`].
+    Applied {
+        /// blake3 of the policy, hex.
+        digest: String,
+        /// Generation written.
+        generation: u8,
+        /// Compiled rules.
+        rules: usize,
+        /// Non-fatal notes (e.g. DNS names not resolved yet).
+        warnings: Vec<String>,
+    },
+    /// To [`Request::Shutdown`].
+    ShuttingDown,
+}
+
+/// The reply envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// Success.
+    Ok(Reply),
+    /// Failure, with a message for the operator.
+    Error(String),
+}
+
+/// `agentguard status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Daemon version.
+    pub version: String,
+    /// Backends in force.
+    pub backends: String,
+    /// blake3 of the policy in force, hex.
+    pub policy_digest: String,
+    /// The policy file.
+    pub policy_origin: String,
+    /// Agents declared by the policy.
+    pub agents: Vec<AgentStatus>,
+    /// Kernel events dropped since the programs were loaded.
+    pub lost_events: u64,
+}
+
+/// One agent in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Full name.
+    pub name: String,
+    /// `enforce` or `audit`.
+    pub mode: String,
+    /// Budgets, e.g. `connect 10/s per process (burst 1, on exceed deny)`.
+    pub budgets: Vec<String>,
+    /// Running instances.
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One instance in `status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    /// Instance path.
+    pub name: String,
+    /// cgroup id.
+    pub cgroup_id: u64,
+    /// `running` or `frozen`.
+    pub state: String,
+    /// Processes.
+    pub pids: Vec<u32>,
+    /// Actions allowed.
+    pub allowed: u64,
+    /// Actions denied.
+    pub denied: u64,
+    /// Of which by a budget.
+    pub throttled: u64,
+    /// Would-be denials in audit mode.
+    pub audit_denied: u64,
+    /// Current use of each budget, e.g. `connect (instance): 3 of 10 left`.
+    pub budget_use: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors() {
+        assert_eq!("buyer".parse(), Ok(Selector::Agent("buyer".into())));
+        assert_eq!("buyer/search".parse(), Ok(Selector::Agent("buyer/search".into())));
+        assert_eq!("buyer/3".parse(), Ok(Selector::Instance("buyer/3".into())));
+        assert_eq!("buyer/3/search/1".parse(), Ok(Selector::Instance("buyer/3/search/1".into())));
+        assert!("".parse::<Selector>().is_err());
+    }
+
+    #[test]
+    fn wire_format_is_stable_json() -> Result<(), serde_json::Error> {
+        let r = Request::Run { agent: "buyer".into(), parent: None };
+        assert_eq!(serde_json::to_string(&r)?, r#"{"op":"run","agent":"buyer","parent":null}"#);
+        let back: Request = serde_json::from_str(r#"{"op":"freeze","target":"all","timeout_ms":5}"#)?;
+        assert_eq!(back, Request::Freeze { target: Selector::All, timeout_ms: 5 });
+        let resp = Response::Error("nope".into());
+        assert_eq!(serde_json::to_string(&resp)?, r#"{"error":"nope"}"#);
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! One function per control request.
+
+use std::{sync::Arc, time::Duration};
+
+use agentguard_common::agent::ThrottleScope;
+
+use super::{Shared, apply, operator::{self, Op}};
+use crate::{
+    audit::record::{Actor, Body},
+    cgroup::{self, Instance},
+    control::{
+        peer::Peer,
+        proto::{AgentStatus, InstanceStatus, LandlockSpec, Reply, Request, Response, Sandbox, Selector, StatusReport},
+    },
+    ebpf::backends::FileBackend,
+    policy::{Agent, Mode, PathRule, throttle::kind_name},
+};
+
+/// Answers one request from an administrator.
+pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response {
+    let by = Actor::Peer {
+        uid: peer.uid,
+        pid: peer.pid,
+        exe: peer.exe(),
+    };
+    let result = match req {
+        Request::Ping => Ok(Reply::Pong {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            backends: shared.backends.to_string(),
+        }),
+        Request::Run { agent, parent } => launch(shared, by, &agent, parent.as_deref(), peer.pid, false)
+            .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox }),
+        Request::Tag { agent, pid, parent } => launch(shared, by, &agent, parent.as_deref(), pid, true)
+            .map(|(instance, _, warnings)| Reply::Tagged { instance: instance.name, warnings }),
+        Request::Freeze { target, timeout_ms } => operate(shared, Op::Freeze, &target, timeout_ms, by).await,
+        Request::Thaw { target, timeout_ms } => operate(shared, Op::Thaw, &target, timeout_ms, by).await,
+        Request::Kill { target, timeout_ms } => operate(shared, Op::Kill, &target, timeout_ms, by).await,
+        Request::Status => Ok(Reply::Status(status(shared))),
+        Request::PolicyApply { origin, text } => apply::apply_text(shared, &origin, &text, by)
+            .await
+            .map(|a| Reply::Applied {
+                digest: a.digest,
+                generation: a.generation,
+                rules: a.rules,
+                warnings: a.warnings,
+            })
+            .map_err(|e| e.to_string()),
+        Request::Shutdown { unload } => {
+            shared.request_shutdown(unload);
+            Ok(Reply::ShuttingDown)
+        }
+    };
+    match result {
+        Ok(reply) => Response::Ok(reply),
+        Err(message) => Response::Error(message),
+    }
+}
+
+/// Creates an instance of `agent`, registers it with the kernel, then moves `pid` into it: the
+/// process is judged from the moment it is in the cgroup.
+fn launch(shared: &Arc<Shared>, by: Actor, agent: &str, parent: Option<&str>, pid: u32, tagged: bool) -> Result<(Instance, Sandbox, Vec<String>), String> {
+    let mut st = shared.lock_state();
+    let Some(a) = st.policy.agent(agent).cloned() else {
+        let known: Vec<&str> = st.policy.agents.iter().map(|a| a.name.as_str()).collect();
+        return Err(format!("unknown agent {agent:?} (the policy declares: {})", known.join(", ")));
+    };
+    let files = file_enforcement(shared, &a, tagged);
+    if a.restricts_files() && shared.backends.file == FileBackend::Unenforced {
+        return Err(format!("agent {agent:?} has exec/read/write rules but nothing on this host can enforce file rules (no BPF LSM, no Landlock); refusing to start it"));
+    }
+    if st.hierarchy.contains_pid(pid).map_err(|e| e.to_string())? {
+        return Err(format!("process {pid} already belongs to an agent instance"));
+    }
+    let parent_instance = match &a.parent {
+        None => None,
+        Some(pname) => Some(match parent {
+            Some(p) => st
+                .instances
+                .values()
+                .find(|i| i.name == p && &i.agent == pname)
+                .cloned()
+                .ok_or_else(|| format!("{p:?} is not a running instance of {pname:?}"))?,
+            None => st
+                .newest_instance(pname)
+                .cloned()
+                .ok_or_else(|| format!("sub-agent {agent:?} needs a running instance of {pname:?} to nest in"))?,
+        }),
+    };
+    let inst = st.hierarchy.create_instance(agent, parent_instance.as_ref()).map_err(|e| e.to_string())?;
+    let entered = st
+        .register(&inst, tagged)
+        .map_err(|e| e.to_string())
+        .and_then(|()| st.hierarchy.move_pid(&inst, pid).map_err(|e| e.to_string()));
+    if let Err(e) = entered {
+        st.unregister(inst.id);
+        let _ = st.hierarchy.remove(&inst);
+        return Err(format!("cannot start an instance of {agent:?}: {e}"));
+    }
+    drop(st);
+    let mut warnings = Vec::new();
+    if tagged {
+        warnings.push("sockets the process opened before it was tagged keep their original cgroup and are not judged; prefer `agentguard run`".to_owned());
+        if a.restricts_files() && shared.backends.file == FileBackend::Landlock {
+            warnings.push("file rules are NOT enforced for a tagged process on this host (Landlock can only be applied by `agentguard run`); exec and network rules are".to_owned());
+        }
+    }
+    shared.log(Body::InstanceStart {
+        agent: agent.to_owned(),
+        instance: inst.name.clone(),
+        cgroup_id: inst.id,
+        pid,
+        how: if tagged { "tag" } else { "run" }.to_owned(),
+        by,
+        files,
+    });
+    let _ = shared.new_instances.send(inst.clone());
+    Ok((inst, sandbox(shared, &a), warnings))
+}
+
+fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
+    match (a.restricts_files(), shared.backends.file, tagged) {
+        (false, _, _) => "unrestricted (no exec/read/write rules)".to_owned(),
+        (true, FileBackend::BpfLsm, _) => "bpf-lsm".to_owned(),
+        (true, FileBackend::Landlock, false) => "landlock".to_owned(),
+        (true, FileBackend::Landlock, true) => "none: tagged process, file rules not enforced (no Landlock)".to_owned(),
+        (true, FileBackend::Unenforced, _) => "none: no backend".to_owned(),
+    }
+}
+
+/// What `run` applies to itself before exec.
+fn sandbox(shared: &Shared, a: &Agent) -> Sandbox {
+    let prefixes = |rules: &[crate::policy::Located<PathRule>]| {
+        rules
+            .iter()
+            .filter_map(|r| match &r.value {
+                PathRule::Prefix(p) => Some(p.clone()),
+                PathRule::ProcSelf => None,
+            })
+            .collect()
+    };
+    let landlock = (a.restricts_files() && shared.backends.file == FileBackend::Landlock).then(|| LandlockSpec {
+        read: prefixes(&a.read),
+        write: prefixes(&a.write),
+        exec: a.exec.iter().map(|e| e.value.clone()).collect(),
+        proc_self: a.read.iter().chain(&a.write).any(|r| r.value == PathRule::ProcSelf),
+    });
+    Sandbox {
+        landlock,
+        capabilities: a.capabilities.iter().map(|c| c.value.to_string()).collect(),
+    }
+}
+
+async fn operate(shared: &Arc<Shared>, op: Op, target: &Selector, timeout_ms: u64, by: Actor) -> Result<Reply, String> {
+    let instances = operator::select(shared, target)?;
+    if op == Op::Thaw {
+        // A thawed instance may be escalated again on its next breach.
+        let mut st = shared.lock_state();
+        let thawed: Vec<u64> = st
+            .instances
+            .values()
+            .filter(|s| instances.iter().any(|i| s.path.starts_with(&i.path)))
+            .map(|s| s.id)
+            .collect();
+        st.escalated.retain(|id| !thawed.contains(id));
+    }
+    let out = operator::run(shared, op, target.to_string(), instances, Duration::from_millis(timeout_ms), by, None).await;
+    if out.errors.is_empty() {
+        Ok(Reply::Done {
+            instances: out.instances,
+            took_ms: u64::try_from(out.took.as_millis()).unwrap_or(u64::MAX),
+        })
+    } else {
+        Err(out.errors.join("\n"))
+    }
+}
+
+fn status(shared: &Shared) -> StatusReport {
+    let st = shared.lock_state();
+    let lost_events = st.maps.lost_total().unwrap_or(0);
+    let agents = st
+        .policy
+        .agents
+        .iter()
+        .map(|a| AgentStatus {
+            name: a.name.clone(),
+            mode: match a.mode {
+                Mode::Enforce => "enforce",
+                Mode::Audit => "audit",
+            }
+            .to_owned(),
+            budgets: a
+                .limits
+                .iter()
+                .map(|l| {
+                    let scope = match l.scope {
+                        ThrottleScope::Process => "per process",
+                        ThrottleScope::Agent => "per instance",
+                    };
+                    format!("{} {} {scope} (burst {}, on exceed {:?})", kind_name(l.kind), l.rate, l.burst, l.on_exceed).to_lowercase()
+                })
+                .collect(),
+            instances: st
+                .instances
+                .values()
+                .filter(|i| i.agent == a.name)
+                .map(|i| {
+                    let c = st.maps.counters(i.id);
+                    let frozen = std::fs::read_to_string(i.path.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l.trim() == "frozen 1"));
+                    InstanceStatus {
+                        name: i.name.clone(),
+                        cgroup_id: i.id,
+                        state: if frozen { "frozen" } else { "running" }.to_owned(),
+                        pids: cgroup::procs(&i.path).unwrap_or_default(),
+                        allowed: c.allowed,
+                        denied: c.denied,
+                        throttled: c.throttled,
+                        audit_denied: c.audit_denied,
+                        budget_use: a
+                            .limits
+                            .iter()
+                            .filter(|l| l.scope == ThrottleScope::Agent)
+                            .filter_map(|l| st.maps.budget_left(i.id, l.kind, &l.to_kernel()).map(|left| format!("{} (instance): {left} of {} left", kind_name(l.kind), budget_size(l))))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        backends: shared.backends.to_string(),
+        policy_digest: st.policy.digest_hex(),
+        policy_origin: st.policy.origin.clone(),
+        agents,
+        lost_events,
+    }
+}
+
+fn budget_size(l: &crate::policy::throttle::Limit) -> u64 {
+    let t = l.to_kernel();
+    t.burst_ns / t.cost_ns.max(1)
+}

@@ -1,0 +1,264 @@
+//! The daemon: wiring of the policy pipeline, the kernel, the log and the control socket.
+//!
+//! Start-up order matters for fail-closed behaviour: the policy is validated before anything
+//! touches the kernel; maps are filled (state, instances, policy) before programs are attached;
+//! pinned programs of a previous daemon are adopted rather than replaced.
+
+mod apply;
+mod handlers;
+mod ingest;
+mod operator;
+mod server;
+mod state;
+mod watch;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+pub use apply::{ApplyError, Applied};
+pub use state::State;
+
+use crate::{
+    audit::{self, AuditLog, LogOptions, record::{Actor, Body}},
+    cgroup::{self, Hierarchy},
+    ebpf::{
+        backends::Backends,
+        loader::{self, LoadOptions},
+        maps::KernelMaps,
+        pins,
+    },
+    events::ring::EventRing,
+    policy,
+    sys::kernel,
+};
+
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentguard";
+
+/// How the daemon was started.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The policy file.
+    pub policy: PathBuf,
+    /// State directory (the log lives in `<state-dir>/log`).
+    pub state_dir: PathBuf,
+    /// Administrator control socket.
+    pub socket: PathBuf,
+    /// Remove programs and pins on a clean exit (agents lose enforcement).
+    pub unload_on_exit: bool,
+}
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Not root.
+    #[error("agentguard daemon must run as root (it loads BPF programs and manages cgroups)")]
+    NotRoot,
+    /// The kernel is unsupported.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// The policy is invalid; nothing was loaded.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    /// The cgroup tree is unusable.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    /// Programs could not be loaded.
+    #[error(transparent)]
+    Load(#[from] loader::LoadError),
+    /// Maps could not be used.
+    #[error(transparent)]
+    Maps(#[from] crate::ebpf::maps::MapsError),
+    /// The policy could not be applied.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The log could not be opened or written.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    /// Another daemon holds the state directory.
+    #[error("another agentguard daemon is running (state directory {0} is locked)")]
+    AlreadyRunning(PathBuf),
+    /// I/O on the state directory or socket.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What every task shares.
+pub struct Shared {
+    state: Mutex<State>,
+    log: Mutex<AuditLog>,
+    /// Backends in force.
+    pub backends: Backends,
+    /// Serialises policy applies.
+    apply_lock: tokio::sync::Mutex<()>,
+    /// Asks every task to stop; `Some(unload)` once shutdown was requested.
+    shutdown: tokio::sync::watch::Sender<Option<bool>>,
+    /// New instances for the exit watcher.
+    new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
+}
+
+impl Shared {
+    /// Locks the state; a panic elsewhere must not take enforcement bookkeeping down with it.
+    pub fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Locks the log.
+    pub fn lock_log(&self) -> MutexGuard<'_, AuditLog> {
+        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends a daemon record now. A log write failure is reported, never fatal to enforcement.
+    pub fn log(&self, body: Body) {
+        let (wall, mono) = audit::now();
+        if let Err(e) = self.lock_log().append(wall, mono, body) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    }
+
+    /// Requests shutdown.
+    pub fn request_shutdown(&self, unload: bool) {
+        let _ = self.shutdown.send(Some(unload));
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Holds `<state-dir>/daemon.lock` for the daemon's lifetime.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("cannot create state directory {}", dir.display())))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("daemon.lock"))
+        .map_err(io("cannot open the daemon lock file"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| DaemonError::AlreadyRunning(dir.to_owned()))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or a shutdown request.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let release = kernel::release();
+    kernel::check_minimum(&release)?;
+    let policy = policy::load(&opts.policy)?;
+    let (resolved, warnings) = apply::resolve(&policy)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let _lock = lock_state_dir(&opts.state_dir)?;
+
+    let hierarchy = Hierarchy::discover()?;
+    let (root_id, root_level) = hierarchy.ensure_root()?;
+    let mut loaded = loader::load(&LoadOptions::default())?;
+    let backends = loaded.backends.clone();
+    tracing::info!(%backends, restart = loaded.is_restart(), "programs loaded");
+    if let Some(reason) = &backends.lsm_unavailable {
+        tracing::info!("BPF LSM not used: {reason}");
+    }
+    let (mut maps, ring) = KernelMaps::take(&mut loaded.ebpf)?;
+    maps.set_root(root_id, root_level)?;
+
+    let log = AuditLog::open(LogOptions::new(opts.state_dir.join("log")))?;
+    let mut state = State {
+        policy: policy.clone(),
+        policy_path: opts.policy.clone(),
+        compiled: [None, None],
+        maps,
+        hierarchy: hierarchy.clone(),
+        instances: Default::default(),
+        escalated: Default::default(),
+    };
+    let readopted = watch::readopt(&mut state)?;
+
+    // Fill the inactive generation, flip, then attach: programs never see empty maps.
+    let generation = state.maps.inactive_generation()?;
+    let compiled = policy::compile::compile(&policy, generation, &resolved);
+    state.maps.apply(&compiled)?;
+    let rules = compiled.rules.len();
+    state.compiled[usize::from(generation)] = Some(compiled);
+    loaded.attach(hierarchy.root())?;
+
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
+    let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        log: Mutex::new(log),
+        backends: backends.clone(),
+        apply_lock: tokio::sync::Mutex::new(()),
+        shutdown,
+        new_instances,
+    });
+    shared.log(Body::DaemonStart {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        kernel: release,
+        backends: backends.to_string(),
+        adopted: loaded.is_restart(),
+    });
+    shared.log(Body::PolicyApplied {
+        digest: policy.digest_hex(),
+        origin: policy.origin.clone(),
+        by: Actor::Daemon { reason: "start-up".into() },
+        generation,
+        agents: u32::try_from(policy.agents.len()).unwrap_or(u32::MAX),
+        rules: u32::try_from(rules).unwrap_or(u32::MAX),
+    });
+    for inst in readopted {
+        let _ = shared.new_instances.send(inst);
+    }
+
+    let listener = server::bind(&opts.socket)?;
+    let ring = EventRing::new(ring).map_err(io("cannot register the event ring buffer"))?;
+    let tasks = vec![
+        tokio::spawn(ingest::run(shared.clone(), ring, shutdown_rx.clone())),
+        tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
+        tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
+        tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(server::signals(shared.clone(), opts.policy.clone(), shutdown_rx.clone())),
+    ];
+    tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
+
+    let mut rx = shutdown_rx;
+    let unload = loop {
+        if let Some(unload) = *rx.borrow_and_update() {
+            break unload || opts.unload_on_exit;
+        }
+        if rx.changed().await.is_err() {
+            break opts.unload_on_exit;
+        }
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    shared.log(Body::DaemonStop {
+        reason: "shutdown requested".into(),
+        enforcement_kept: !unload,
+    });
+    if let Err(e) = shared.lock_log().flush() {
+        tracing::error!(error = %e, "cannot flush the audit log");
+    }
+    if unload {
+        tracing::warn!("unloading: agents are no longer enforced");
+        pins::remove_tree(loaded.pins.base()).map_err(io("cannot remove pins"))?;
+    } else {
+        tracing::info!("exiting; enforcement stays in place (pinned programs)");
+    }
+    drop(loaded);
+    Ok(())
+}

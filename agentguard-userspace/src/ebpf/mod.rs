@@ -1,0 +1,11 @@
+//! Everything that touches BPF: the embedded object, kernel offsets, capability probes, loading
+//! and pinning programs, and the typed maps the policy writer fills.
+
+pub mod backends;
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod offsets;
+pub mod pins;
+pub mod probe;
+pub mod programs;

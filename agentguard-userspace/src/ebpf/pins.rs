@@ -1,0 +1,80 @@
+//! The bpffs layout: `/sys/fs/bpf/agentguard/<version>/{maps,links}/NAME`.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use crate::sys::mounts;
+
+/// Where bpffs is mounted (and mounted by the daemon when absent).
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// agentguard's directory in bpffs.
+pub const ROOT: &str = "/sys/fs/bpf/agentguard";
+
+/// The pin directories of one object version.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    base: PathBuf,
+}
+
+impl PinDir {
+    /// The directories for `version` under `root`.
+    pub fn new(root: &Path, version: &str) -> Self {
+        Self {
+            base: root.join(version),
+        }
+    }
+
+    /// The version's base directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Pinned maps.
+    pub fn maps(&self) -> PathBuf {
+        self.base.join("maps")
+    }
+
+    /// A pinned link.
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.base.join("links").join(program)
+    }
+
+    /// Creates the directories (bpffs must be mounted).
+    pub fn create(&self) -> io::Result<()> {
+        std::fs::create_dir_all(self.maps())?;
+        std::fs::create_dir_all(self.base.join("links"))
+    }
+}
+
+/// Mounts bpffs at [`BPFFS`] when nothing is mounted there.
+pub fn ensure_bpffs() -> Result<bool, mounts::MountError> {
+    mounts::ensure("bpf", Path::new(BPFFS))
+}
+
+/// Removes a pin tree (unlinking pinned links detaches their programs once no fd holds them).
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Version directories under `root` other than `keep`.
+pub fn other_versions(root: &Path, keep: &str) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name() != keep && entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,67 @@
+//! Capability probes for `agentguard doctor`: the same programs the daemon loads, loaded into a
+//! throwaway bpffs directory and unloaded again, so "works here" means what the daemon will do.
+
+use std::path::PathBuf;
+
+use aya::{Btf, EbpfLoader};
+use serde::Serialize;
+
+use super::{
+    object::OBJECT,
+    offsets,
+    pins,
+    programs::Group,
+};
+
+/// Whether one program group loads here.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupProbe {
+    /// The group.
+    pub group: &'static str,
+    /// `Ok` or the first error.
+    pub result: Result<(), String>,
+}
+
+/// Loads every group's programs (without attaching them) and reports per group.
+pub fn programs() -> Vec<GroupProbe> {
+    let groups = [Group::Network, Group::ExecFallback, Group::Lsm];
+    let fail_all = |e: String| {
+        groups
+            .iter()
+            .map(|g| GroupProbe { group: g.name(), result: Err(e.clone()) })
+            .collect()
+    };
+    if let Err(e) = pins::ensure_bpffs() {
+        return fail_all(format!("bpffs: {e}"));
+    }
+    let dir = PathBuf::from(format!("{}-probe-{}", pins::ROOT, std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail_all(format!("{}: {e}", dir.display()));
+    }
+    let result = (|| {
+        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+        let offsets = offsets::from_btf(std::path::Path::new(offsets::VMLINUX_BTF)).map_err(|e| e.to_string())?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global(agentguard_common::offsets::GLOBAL_NAME, &offsets, true)
+            .default_map_pin_directory(&dir)
+            .load(OBJECT)
+            .map_err(|e| format!("eBPF object: {e}"))?;
+        Ok::<_, String>(
+            groups
+                .iter()
+                .map(|g| {
+                    let result = if *g == Group::Lsm {
+                        super::backends::bpf_lsm_active()
+                    } else {
+                        Ok(())
+                    }
+                    .and_then(|()| super::loader::load_group(&mut ebpf, *g, &btf).map_err(|e| e.to_string()));
+                    GroupProbe { group: g.name(), result }
+                })
+                .collect::<Vec<_>>(),
+        )
+    })();
+    let _ = pins::remove_tree(&dir);
+    result.unwrap_or_else(fail_all)
+}

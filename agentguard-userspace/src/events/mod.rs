@@ -1,0 +1,6 @@
+//! Kernel -> log: draining the ring buffer and turning raw events into log records.
+
+pub mod convert;
+pub mod ring;
+
+pub use convert::{Names, to_action};
