@@ -1,6 +1,6 @@
 //! `agentguard daemon`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use agentguard::daemon::{self, DEFAULT_STATE_DIR, Options};
 use clap::Args;
@@ -28,6 +28,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

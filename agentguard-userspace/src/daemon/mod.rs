@@ -182,6 +182,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         hierarchy: hierarchy.clone(),
         instances: Default::default(),
         escalated: Default::default(),
+        exited: Default::default(),
     };
     let readopted = watch::readopt(&mut state)?;
 

@@ -30,7 +30,13 @@ pub struct State {
     pub instances: BTreeMap<u64, Instance>,
     /// Instances frozen or killed on a budget breach, so one breach acts once.
     pub escalated: HashSet<u64>,
+    /// Names of recently exited instances: their last events may still be in the ring buffer.
+    /// cgroup ids are never reused, so a stale entry cannot misname a new instance.
+    pub exited: BTreeMap<u64, (String, String)>,
 }
+
+/// How many exited instances stay nameable.
+const EXITED_KEPT: usize = 4096;
 
 impl State {
     /// Registers an instance with the kernel (before any process enters it).
@@ -52,7 +58,12 @@ impl State {
             tracing::warn!(cgroup_id, error = %e, "cannot remove instance from the kernel map");
         }
         self.escalated.remove(&cgroup_id);
-        self.instances.remove(&cgroup_id)
+        let gone = self.instances.remove(&cgroup_id)?;
+        self.exited.insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));
+        while self.exited.len() > EXITED_KEPT {
+            self.exited.pop_first();
+        }
+        Some(gone)
     }
 
     /// The newest instance of an agent.
@@ -70,6 +81,7 @@ impl Names for State {
         self.instances
             .get(&cgroup_id)
             .map(|i| (i.agent.clone(), i.name.clone()))
+            .or_else(|| self.exited.get(&cgroup_id).cloned())
     }
 
     fn agent(&self, agent_id: u32) -> Option<String> {

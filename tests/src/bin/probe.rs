@@ -1,0 +1,103 @@
+//! A tiny agent for the integration tests: performs one action and reports the outcome on
+//! stdout as `ok` or `errno=N`, exiting 0 or 1. Run under `agentguard run`.
+
+use std::{
+    fs::OpenOptions,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    process::ExitCode,
+    time::Duration,
+};
+
+fn report(r: std::io::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("errno={} ({e})", e.raw_os_error().unwrap_or(-1));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn addr(host: &str, port: &str) -> std::io::Result<SocketAddr> {
+    let ip: IpAddr = host.parse().map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+    let port: u16 = port.parse().map_err(|e| std::io::Error::other(format!("{port}: {e}")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The IPv4-mapped IPv6 form of an IPv4 address (`::ffff:a.b.c.d`).
+fn mapped(host: &str, port: &str) -> std::io::Result<SocketAddr> {
+    match addr(host, port)? {
+        SocketAddr::V4(a) => Ok(SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())),
+        v6 => Ok(v6),
+    }
+}
+
+fn tcp(a: SocketAddr) -> std::io::Result<()> {
+    TcpStream::connect_timeout(&a, Duration::from_secs(3)).map(drop)
+}
+
+fn udp_send(a: SocketAddr) -> std::io::Result<()> {
+    let s = UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    s.send_to(b"agentguard", a).map(drop)
+}
+
+fn status_lines() -> std::io::Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    for line in status.lines() {
+        if ["Uid:", "Gid:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:"].iter().any(|p| line.starts_with(p)) {
+            println!("{line}");
+        }
+    }
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    println!("fds: {}", fds.join(" "));
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    match a.as_slice() {
+        ["tcp", host, port] => report(addr(host, port).and_then(tcp)),
+        ["tcp-mapped", host, port] => report(mapped(host, port).and_then(tcp)),
+        ["udp", host, port] => report(addr(host, port).and_then(udp_send)),
+        ["udp-mapped", host, port] => report(mapped(host, port).and_then(udp_send)),
+        ["udp-connect", host, port] => report(addr(host, port).and_then(|a| {
+            let s = UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            s.connect(a)?;
+            s.send(b"agentguard").map(drop)
+        })),
+        ["tcp-loop", host, port, n] => {
+            let n: usize = n.parse().unwrap_or(0);
+            let mut ok = 0;
+            let mut eperm = 0;
+            for _ in 0..n {
+                match addr(host, port).and_then(tcp) {
+                    Ok(()) => ok += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                    Err(e) => println!("other error: {e}"),
+                }
+            }
+            println!("ok={ok} eperm={eperm}");
+            ExitCode::SUCCESS
+        }
+        ["status"] => report(status_lines()),
+        ["read", path] => report(std::fs::File::open(path).and_then(|mut f| {
+            let mut s = Vec::new();
+            f.read_to_end(&mut s).map(drop)
+        })),
+        ["write", path] => report(OpenOptions::new().write(true).create(true).truncate(true).open(path).and_then(|mut f| f.write_all(b"agentguard"))),
+        ["exit", code] => ExitCode::from(code.parse::<u8>().unwrap_or(1)),
+        ["sleep", secs] => {
+            std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("usage: agentguard-probe tcp|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS");
+            ExitCode::from(2)
+        }
+    }
+}

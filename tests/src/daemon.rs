@@ -1,0 +1,196 @@
+//! A private `agentguard daemon` for one test, torn down (programs, pins, cgroups) on drop.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+use crate::{agentguard, agentguard_bin, describe, expected_backend};
+
+/// How long a daemon may take to come up (the VM runs under software emulation).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running daemon with its own policy, state directory and socket.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Temporary directory holding policy, state and socket.
+    pub dir: TempDir,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Policy file.
+    pub policy: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// Backends the daemon reported.
+    pub backends: String,
+}
+
+/// Removes everything agentguard left in the kernel.
+pub fn teardown() {
+    let out = agentguard(&["teardown", "--force", "--socket", "/nonexistent/agentguard-test.sock"]);
+    assert!(out.status.success(), "teardown failed: {}", describe(&out));
+}
+
+impl Daemon {
+    /// Tears down leftovers, writes `policy`, starts the daemon and waits until it answers.
+    pub fn start(policy: &str) -> Self {
+        teardown();
+        let dir = tempfile::Builder::new().prefix("agentguard-test").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let policy_path = dir.path().join("policy.toml");
+        fs::write(&policy_path, policy).unwrap_or_else(|e| panic!("write policy: {e}"));
+        let mut d = Self {
+            child: None,
+            socket: dir.path().join("agentguard.sock"),
+            state: dir.path().join("state"),
+            policy: policy_path,
+            dir,
+            backends: String::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// The daemon's own output so far.
+    pub fn output(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| panic!("daemon log: {e}"));
+        let child = Command::new(agentguard_bin())
+            .arg("daemon")
+            .arg("--policy")
+            .arg(&self.policy)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("daemon exited with {status} during start-up:\n{}", self.output());
+                }
+            }
+            let out = self.cli(&["status", "--json"]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                self.backends = v["backends"].as_str().unwrap_or_default().to_owned();
+                self.check_backend();
+                return;
+            }
+            assert!(start.elapsed() < READY_TIMEOUT, "daemon not ready after {READY_TIMEOUT:?}:\n{}", self.output());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails the test when the daemon chose another backend than the environment expects.
+    fn check_backend(&self) {
+        eprintln!("agentguard backends: {}", self.backends);
+        match expected_backend().as_deref() {
+            Some("lsm") => assert!(self.backends.contains("exec=bpf-lsm"), "expected the BPF LSM backend, daemon reports {}", self.backends),
+            Some("fallback") => assert!(self.backends.contains("exec=tp-btf"), "expected the fallback backend, daemon reports {}", self.backends),
+            _ => {}
+        }
+    }
+
+    /// Whether the BPF LSM backend enforces.
+    pub fn lsm(&self) -> bool {
+        self.backends.contains("exec=bpf-lsm")
+    }
+
+    /// `agentguard ARGS... --socket SOCKET`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(agentguard_bin())
+            .args(args)
+            .env("AGENTGUARD_SOCKET", &self.socket)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"))
+    }
+
+    /// `agentguard run --agent AGENT -- CMD...`.
+    pub fn run(&self, agent: &str, cmd: &[&str]) -> Output {
+        let mut args = vec!["run", "--agent", agent, "--"];
+        args.extend_from_slice(cmd);
+        self.cli(&args)
+    }
+
+    /// `kill -9` the daemon (enforcement must stay).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same policy, state and socket.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Stops the daemon with SIGTERM (enforcement stays unless it was told to unload).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// The log records, as JSON objects, in order.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let file = self.state.join("log").join("events.jsonl");
+        let text = fs::read_to_string(&file).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Waits until a log record satisfies `pred`, returning it.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no log record {what} within 10 s; log:\n{}", self.records().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        teardown();
+    }
+}

@@ -1,0 +1,187 @@
+//! The network allowlist, enforced by cgroup sock_addr programs on a real kernel.
+
+use agentguard_tests::{Daemon, describe, net, privileged, stdout};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
+
+/// Listeners on allowed and denied ports, TCP and UDP, IPv4 and IPv6.
+struct Ports {
+    tcp4_ok: net::Tcp,
+    tcp4_no: net::Tcp,
+    tcp6_ok: net::Tcp,
+    tcp6_no: net::Tcp,
+    udp4_ok: net::Udp,
+    udp4_no: net::Udp,
+    udp6_ok: net::Udp,
+    udp6_no: net::Udp,
+}
+
+impl Ports {
+    fn new() -> Self {
+        Self {
+            tcp4_ok: net::Tcp::listen("127.0.0.1"),
+            tcp4_no: net::Tcp::listen("127.0.0.1"),
+            tcp6_ok: net::Tcp::listen("::1"),
+            tcp6_no: net::Tcp::listen("::1"),
+            udp4_ok: net::Udp::bind("127.0.0.1"),
+            udp4_no: net::Udp::bind("127.0.0.1"),
+            udp6_ok: net::Udp::bind("::1"),
+            udp6_no: net::Udp::bind("::1"),
+        }
+    }
+
+    fn policy(&self) -> String {
+        format!(
+            "[agents.buyer]\nconnect = [\"127.0.0.1:{}\", \"127.0.0.0/8:{}\", \"[::1]:{}\", \"[::1/128]:{}\"]\n",
+            self.tcp4_ok.port(),
+            self.udp4_ok.port(),
+            self.tcp6_ok.port(),
+            self.udp6_ok.port()
+        )
+    }
+}
+
+fn probe(d: &Daemon, args: &[&str]) -> String {
+    let mut cmd = vec![PROBE];
+    cmd.extend_from_slice(args);
+    let out = d.run("buyer", &cmd);
+    let text = stdout(&out).trim().to_owned();
+    if text.is_empty() { describe(&out) } else { text }
+}
+
+fn assert_eperm(result: &str, what: &str) {
+    assert!(result.starts_with("errno=1 "), "{what}: expected EPERM, got {result:?}");
+}
+
+#[test]
+fn tcp_connects_are_allowed_or_refused_with_eperm() {
+    if !privileged("tcp_connects_are_allowed_or_refused_with_eperm") {
+        return;
+    }
+    let p = Ports::new();
+    let d = Daemon::start(&p.policy());
+    assert_eq!(probe(&d, &["tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]), "ok", "allowed IPv4 TCP");
+    assert_eperm(&probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]), "denied IPv4 TCP");
+    assert_eq!(probe(&d, &["tcp", "::1", &p.tcp6_ok.port().to_string()]), "ok", "allowed IPv6 TCP");
+    assert_eperm(&probe(&d, &["tcp", "::1", &p.tcp6_no.port().to_string()]), "denied IPv6 TCP");
+}
+
+#[test]
+fn unconnected_udp_sends_cannot_bypass_the_allowlist() {
+    if !privileged("unconnected_udp_sends_cannot_bypass_the_allowlist") {
+        return;
+    }
+    let p = Ports::new();
+    let d = Daemon::start(&p.policy());
+    assert_eq!(probe(&d, &["udp", "127.0.0.1", &p.udp4_ok.port().to_string()]), "ok");
+    assert!(p.udp4_ok.received(), "allowed datagram must arrive");
+    assert_eperm(&probe(&d, &["udp", "127.0.0.1", &p.udp4_no.port().to_string()]), "denied IPv4 sendto");
+    assert!(!p.udp4_no.received(), "denied datagram must not arrive");
+    assert_eq!(probe(&d, &["udp", "::1", &p.udp6_ok.port().to_string()]), "ok");
+    assert_eperm(&probe(&d, &["udp", "::1", &p.udp6_no.port().to_string()]), "denied IPv6 sendto");
+    assert_eperm(&probe(&d, &["udp-connect", "127.0.0.1", &p.udp4_no.port().to_string()]), "denied UDP connect");
+}
+
+/// connect6 sees `::ffff:a.b.c.d` and must judge it as IPv4; a UDP send to a mapped address
+/// on an IPv6 socket reaches sendmsg4 instead. Both paths are tested.
+#[test]
+fn ipv4_mapped_ipv6_is_judged_as_ipv4_on_both_paths() {
+    if !privileged("ipv4_mapped_ipv6_is_judged_as_ipv4_on_both_paths") {
+        return;
+    }
+    let p = Ports::new();
+    let d = Daemon::start(&p.policy());
+    assert_eq!(probe(&d, &["tcp-mapped", "127.0.0.1", &p.tcp4_ok.port().to_string()]), "ok", "mapped TCP to an allowed IPv4 destination");
+    assert_eperm(&probe(&d, &["tcp-mapped", "127.0.0.1", &p.tcp4_no.port().to_string()]), "mapped TCP to a denied IPv4 destination");
+    assert_eq!(probe(&d, &["udp-mapped", "127.0.0.1", &p.udp4_ok.port().to_string()]), "ok", "mapped UDP to an allowed IPv4 destination");
+    assert!(p.udp4_ok.received());
+    assert_eperm(&probe(&d, &["udp-mapped", "127.0.0.1", &p.udp4_no.port().to_string()]), "mapped UDP to a denied IPv4 destination");
+}
+
+#[test]
+fn untagged_processes_are_never_touched() {
+    if !privileged("untagged_processes_are_never_touched") {
+        return;
+    }
+    let p = Ports::new();
+    let _d = Daemon::start(&p.policy());
+    let out = std::process::Command::new(PROBE)
+        .args(["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stdout(&out).trim(), "ok", "{}", describe(&out));
+}
+
+#[test]
+fn verdicts_are_logged_with_agent_instance_and_rule() {
+    if !privileged("verdicts_are_logged_with_agent_instance_and_rule") {
+        return;
+    }
+    let p = Ports::new();
+    let d = Daemon::start(&p.policy());
+    let ok_port = p.tcp4_ok.port();
+    let no_port = p.tcp4_no.port();
+    assert_eq!(probe(&d, &["tcp", "127.0.0.1", &ok_port.to_string()]), "ok");
+    assert_eperm(&probe(&d, &["tcp", "127.0.0.1", &no_port.to_string()]), "denied");
+    let net = |r: &serde_json::Value, port: u16| r["body"]["Action"]["target"]["Net"]["port"].as_u64() == Some(u64::from(port));
+    let allowed = d.wait_record("allowed connect", |r| net(r, ok_port));
+    let denied = d.wait_record("denied connect", |r| net(r, no_port));
+    let a = &allowed["body"]["Action"];
+    assert_eq!((a["agent"].as_str(), a["verdict"].as_u64(), a["backend"].as_u64()), (Some("buyer"), Some(1), Some(1)));
+    assert_eq!(a["rule"].as_str(), Some(format!("127.0.0.1:{ok_port}").as_str()));
+    assert!(a["instance"].as_str().is_some_and(|i| i.starts_with("buyer/")));
+    assert_eq!(a["target"]["Net"]["addr"].as_str(), Some("127.0.0.1"));
+    let n = &denied["body"]["Action"];
+    assert_eq!((n["verdict"].as_u64(), n["rule"].as_str()), (Some(2), None));
+    assert_eq!(n["comm"].as_str(), Some("agentguard-prob"));
+}
+
+#[test]
+fn enforcement_survives_kill_9_and_a_restart_readopts() {
+    if !privileged("enforcement_survives_kill_9_and_a_restart_readopts") {
+        return;
+    }
+    let p = Ports::new();
+    let mut d = Daemon::start(&p.policy());
+    // A long-lived agent started before the crash.
+    let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
+        .args(["run", "--agent", "buyer", "--", PROBE, "sleep", "30"])
+        .env("AGENTGUARD_SOCKET", &d.socket)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    d.wait_record("instance start", |r| r["body"]["InstanceStart"].is_object());
+    d.kill9();
+    // With no daemon at all, a process in the agent's cgroup is still refused.
+    let instance = std::fs::read_dir(agentguard_tests::cgroup_root().join("buyer"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("no instance cgroup"));
+    let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]);
+    assert!(stdout(&out).starts_with("errno=1 "), "after kill -9: {}", describe(&out));
+    let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]);
+    assert_eq!(stdout(&out).trim(), "ok", "after kill -9: {}", describe(&out));
+
+    d.restart();
+    let status = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let instances = v["agents"][0]["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(instances.len(), 1, "the running agent is re-adopted: {}", describe(&status));
+    assert!(d.output().contains("restart=true"), "programs adopted from pins:\n{}", d.output());
+    assert_eperm(&probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]), "after restart");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// Runs a command inside a cgroup without the daemon: a shell moves itself in, then execs.
+fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> std::process::Output {
+    let script = format!("echo $$ > '{}/cgroup.procs' && exec \"$@\"", cgroup.display());
+    std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
