@@ -164,30 +164,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .default_map_pin_directory(pins.maps())
         .load(OBJECT)?;
 
-    let mut adopted = Vec::new();
-    let mut pending = Vec::new();
-    let mut adopt_or_load = |ebpf: &mut Ebpf, group: Group| -> Result<(), LoadError> {
-        if adopt(&pins, group) {
-            adopted.push(group);
-        } else {
-            load_group(ebpf, group, &btf)?;
-            pending.push(group);
-        }
-        Ok(())
+    let mut groups = Groups {
+        pins: &pins,
+        btf: &btf,
+        adopted: Vec::new(),
+        pending: Vec::new(),
     };
-
-    adopt_or_load(&mut ebpf, Group::Network)?;
-    let lsm = if adopt(&pins, Group::Lsm) {
-        Ok(())
-    } else {
-        backends::bpf_lsm_active().and_then(|()| load_group(&mut ebpf, Group::Lsm, &btf).map_err(|e| e.to_string()))
-    };
+    groups.take(&mut ebpf, Group::Network)?;
+    // Loading the LSM programs is the probe: where that fails, the exec fallback takes over.
+    let lsm = backends::bpf_lsm_active()
+        .and_then(|()| groups.take(&mut ebpf, Group::Lsm).map_err(|e| e.to_string()));
     let backends = Backends::decide(lsm, backends::landlock_abi());
-    if backends.lsm() {
-        adopt_or_load(&mut ebpf, Group::Lsm)?;
-    } else {
-        adopt_or_load(&mut ebpf, Group::ExecFallback)?;
+    if !backends.lsm() {
+        groups.take(&mut ebpf, Group::ExecFallback)?;
     }
+    let (adopted, pending) = (groups.adopted, groups.pending);
     Ok(Loaded {
         ebpf,
         pins,
@@ -195,6 +186,27 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         adopted,
         pending,
     })
+}
+
+/// Which groups were adopted from pins and which were loaded and still need attaching.
+struct Groups<'a> {
+    pins: &'a PinDir,
+    btf: &'a Btf,
+    adopted: Vec<Group>,
+    pending: Vec<Group>,
+}
+
+impl Groups<'_> {
+    /// Adopts `group` from its pinned links, or loads its programs.
+    fn take(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
+        if adopt(self.pins, group) {
+            self.adopted.push(group);
+        } else {
+            load_group(ebpf, group, self.btf)?;
+            self.pending.push(group);
+        }
+        Ok(())
+    }
 }
 
 /// Whether every program of `group` has a valid pinned link. A partial set (a crash between
