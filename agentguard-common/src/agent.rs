@@ -62,7 +62,11 @@ pub enum ThrottleKind {
 
 impl ThrottleKind {
     /// Every kind, in index order.
-    pub const ALL: [ThrottleKind; 3] = [ThrottleKind::Connect, ThrottleKind::Exec, ThrottleKind::Open];
+    pub const ALL: [ThrottleKind; 3] = [
+        ThrottleKind::Connect,
+        ThrottleKind::Exec,
+        ThrottleKind::Open,
+    ];
 }
 
 /// Whose actions a budget counts.

@@ -3,9 +3,9 @@
 use core::{fmt, mem::size_of, ptr};
 
 use crate::{
-    offsets::KernelOffsets,
     agent::{AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState},
     event::{EventHeader, EventKind, ExecEvent, FileEvent, NetEvent},
+    offsets::KernelOffsets,
     rules::{ExecKey, NetKey, PathKey, RuleRef},
 };
 
@@ -77,7 +77,10 @@ impl fmt::Display for DecodeError {
                 kind,
                 len,
                 expected,
-            } => write!(f, "event of kind {kind} is {len} bytes, expected {expected}"),
+            } => write!(
+                f,
+                "event of kind {kind} is {len} bytes, expected {expected}"
+            ),
             Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
         }
     }
@@ -179,11 +182,18 @@ mod tests {
         let b = bytes_of(&ev);
         assert!(matches!(
             decode(&b[..70]),
-            Err(DecodeError::Short { kind: 2, len: 70, .. })
+            Err(DecodeError::Short {
+                kind: 2,
+                len: 70,
+                ..
+            })
         ));
         let mut unknown = header(EventKind::Exec);
         unknown.kind = 999;
-        assert_eq!(decode(bytes_of(&unknown)), Err(DecodeError::UnknownKind(999)));
+        assert_eq!(
+            decode(bytes_of(&unknown)),
+            Err(DecodeError::UnknownKind(999))
+        );
         assert_eq!(c_bytes(b"ab\0cd"), b"ab");
     }
 }

@@ -102,7 +102,10 @@ fn decide(subject: &Subject, identity: Option<(u64, u64)>, refusal: Verdict) -> 
 /// stage of the same exec.
 #[inline(always)]
 fn is_script(o: &KernelOffsets, bprm: *const u8) -> bool {
-    matches!(kernel::read::<[u8; 2]>(bprm, o.binprm_buf), Some([b'#', b'!']))
+    matches!(
+        kernel::read::<[u8; 2]>(bprm, o.binprm_buf),
+        Some([b'#', b'!'])
+    )
 }
 
 /// Judges the exec in `bprm` for the current task; `None` when the task is not an agent.

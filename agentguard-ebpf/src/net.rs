@@ -11,9 +11,7 @@ use agentguard_common::{
     rules::{NET_KEY_FIXED_BITS, NetKey},
     verdict::{Backend, Verdict},
 };
-use aya_ebpf::{
-    macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext,
-};
+use aya_ebpf::{macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 
 use crate::{
     emit,
@@ -157,7 +155,8 @@ fn decide(subject: &Subject, dst: &Destination) -> Judgement {
         if lookup(subject.generation, parent, dst).is_none() {
             return Judgement::refuse(Verdict::Denied, EVENT_PARENT_DENIED);
         }
-        parent = identity::agent_config(subject.generation, parent).map_or(0, |c| c.parent_agent_id);
+        parent =
+            identity::agent_config(subject.generation, parent).map_or(0, |c| c.parent_agent_id);
         depth += 1;
     }
     Judgement::allow(rule_id)

@@ -51,7 +51,11 @@ impl Judgement {
 /// counts the verdict, and says whether an event must be sent (every refusal, and allowed
 /// actions when the agent logs them).
 #[inline(always)]
-pub fn finish(subject: &Subject, kind: Option<ThrottleKind>, mut j: Judgement) -> (Judgement, bool) {
+pub fn finish(
+    subject: &Subject,
+    kind: Option<ThrottleKind>,
+    mut j: Judgement,
+) -> (Judgement, bool) {
     let flags = subject.flags();
     j.flags |= subject.event_flags;
     if j.verdict == Verdict::Allowed {

@@ -32,7 +32,12 @@ pub struct Daemon {
 
 /// Removes everything agentguard left in the kernel.
 pub fn teardown() {
-    let out = agentguard(&["teardown", "--force", "--socket", "/nonexistent/agentguard-test.sock"]);
+    let out = agentguard(&[
+        "teardown",
+        "--force",
+        "--socket",
+        "/nonexistent/agentguard-test.sock",
+    ]);
     assert!(out.status.success(), "teardown failed: {}", describe(&out));
 }
 
@@ -40,7 +45,10 @@ impl Daemon {
     /// Tears down leftovers, writes `policy`, starts the daemon and waits until it answers.
     pub fn start(policy: &str) -> Self {
         teardown();
-        let dir = tempfile::Builder::new().prefix("agentguard-test").tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("agentguard-test")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let policy_path = dir.path().join("policy.toml");
         fs::write(&policy_path, policy).unwrap_or_else(|e| panic!("write policy: {e}"));
         let mut d = Self {
@@ -91,10 +99,13 @@ impl Daemon {
     fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("daemon exited with {status} during start-up:\n{}", self.output());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "daemon exited with {status} during start-up:\n{}",
+                    self.output()
+                );
             }
             let out = self.cli(&["status", "--json"]);
             if out.status.success() {
@@ -103,7 +114,11 @@ impl Daemon {
                 self.check_backend();
                 return;
             }
-            assert!(start.elapsed() < READY_TIMEOUT, "daemon not ready after {READY_TIMEOUT:?}:\n{}", self.output());
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "daemon not ready after {READY_TIMEOUT:?}:\n{}",
+                self.output()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -112,8 +127,16 @@ impl Daemon {
     fn check_backend(&self) {
         eprintln!("agentguard backends: {}", self.backends);
         match expected_backend().as_deref() {
-            Some("lsm") => assert!(self.backends.contains("exec=bpf-lsm"), "expected the BPF LSM backend, daemon reports {}", self.backends),
-            Some("fallback") => assert!(self.backends.contains("exec=tp-btf"), "expected the fallback backend, daemon reports {}", self.backends),
+            Some("lsm") => assert!(
+                self.backends.contains("exec=bpf-lsm"),
+                "expected the BPF LSM backend, daemon reports {}",
+                self.backends
+            ),
+            Some("fallback") => assert!(
+                self.backends.contains("exec=tp-btf"),
+                "expected the fallback backend, daemon reports {}",
+                self.backends
+            ),
             _ => {}
         }
     }
@@ -157,7 +180,10 @@ impl Daemon {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
             let _ = child.wait();
         }
@@ -167,17 +193,31 @@ impl Daemon {
     pub fn records(&self) -> Vec<serde_json::Value> {
         let file = self.state.join("log").join("events.jsonl");
         let text = fs::read_to_string(&file).unwrap_or_default();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Waits until a log record satisfies `pred`, returning it.
-    pub fn wait_record(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    pub fn wait_record(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         let start = Instant::now();
         loop {
             if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
                 return r;
             }
-            assert!(start.elapsed() < Duration::from_secs(10), "no log record {what} within 10 s; log:\n{}", self.records().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no log record {what} within 10 s; log:\n{}",
+                self.records()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }

@@ -28,7 +28,9 @@ pub fn agentguard_bin() -> PathBuf {
 
 /// Which backend the environment expects (`fallback` on the CI host, `lsm` in the VM).
 pub fn expected_backend() -> Option<String> {
-    std::env::var("AGENTGUARD_EXPECT_BACKEND").ok().filter(|s| !s.is_empty())
+    std::env::var("AGENTGUARD_EXPECT_BACKEND")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// Whether a privileged test can run here. Prints why not; under `CI=true` panics instead, so
@@ -83,7 +85,11 @@ pub fn cgroup_root() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = mounts
         .lines()
-        .find(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
         .and_then(|l| l.split(' ').nth(4))
         .unwrap_or("/sys/fs/cgroup");
     PathBuf::from(mount).join("agentguard")

@@ -20,7 +20,8 @@ pub struct Tcp {
 impl Tcp {
     /// Listens on `host:0` (`127.0.0.1` or `::1`).
     pub fn listen(host: &str) -> Self {
-        let l = TcpListener::bind(format!("{host}:0").replace("::1:0", "[::1]:0")).unwrap_or_else(|e| panic!("bind {host}: {e}"));
+        let l = TcpListener::bind(format!("{host}:0").replace("::1:0", "[::1]:0"))
+            .unwrap_or_else(|e| panic!("bind {host}: {e}"));
         let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
         l.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
         let stop = Arc::new(AtomicBool::new(false));
@@ -56,8 +57,10 @@ pub struct Udp {
 impl Udp {
     /// Binds `host:0`.
     pub fn bind(host: &str) -> Self {
-        let sock = UdpSocket::bind(format!("{host}:0").replace("::1:0", "[::1]:0")).unwrap_or_else(|e| panic!("bind {host}: {e}"));
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap_or_else(|e| panic!("{e}"));
+        let sock = UdpSocket::bind(format!("{host}:0").replace("::1:0", "[::1]:0"))
+            .unwrap_or_else(|e| panic!("bind {host}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap_or_else(|e| panic!("{e}"));
         Self { sock }
     }
 

@@ -22,10 +22,17 @@ fn unknown_agent_is_refused_and_nothing_runs() {
     }
     let d = Daemon::start(POLICY);
     let marker = d.dir.path().join("ran");
-    let out = d.run("nosuch", &[PROBE, "write", marker.to_str().unwrap_or_default()]);
+    let out = d.run(
+        "nosuch",
+        &[PROBE, "write", marker.to_str().unwrap_or_default()],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown agent \"nosuch\"") && err.contains("buyer"), "{}", describe(&out));
+    assert!(
+        err.contains("unknown agent \"nosuch\"") && err.contains("buyer"),
+        "{}",
+        describe(&out)
+    );
     assert!(!marker.exists(), "the command must not have run");
 }
 
@@ -51,7 +58,11 @@ fn agents_get_no_root_powers_and_no_inherited_fds() {
     let s = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
     for key in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
-        assert_eq!(field(&s, key), "0000000000000000", "{key} must be empty:\n{s}");
+        assert_eq!(
+            field(&s, key),
+            "0000000000000000",
+            "{key} must be empty:\n{s}"
+        );
     }
     assert_eq!(field(&s, "NoNewPrivs:"), "1");
     // stdin, stdout, stderr and the directory the probe itself opened to list fds.
@@ -65,7 +76,16 @@ fn policy_capabilities_are_kept_and_user_switch_applies() {
         return;
     }
     let d = Daemon::start(POLICY);
-    let out = d.cli(&["run", "--agent", "privileged", "--user", "nobody", "--", PROBE, "status"]);
+    let out = d.cli(&[
+        "run",
+        "--agent",
+        "privileged",
+        "--user",
+        "nobody",
+        "--",
+        PROBE,
+        "status",
+    ]);
     let s = stdout(&out);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(field(&s, "Uid:").starts_with("65534"), "{s}");
@@ -102,7 +122,10 @@ fn tag_adopts_a_running_process() {
     // A shell that waits for a line on stdin, then connects.
     let mut child = std::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg(format!("read go; exec {PROBE} tcp 127.0.0.1 {}", listener.port()))
+        .arg(format!(
+            "read go; exec {PROBE} tcp 127.0.0.1 {}",
+            listener.port()
+        ))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -110,14 +133,22 @@ fn tag_adopts_a_running_process() {
     let out = d.cli(&["tag", "--agent", "buyer", "--pid", &child.id().to_string()]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(stdout(&out).starts_with("buyer/"), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not judged"), "tag warns about old sockets: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not judged"),
+        "tag warns about old sockets: {}",
+        describe(&out)
+    );
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
         let _ = stdin.write_all(b"go\n");
     }
     let result = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(stdout(&result).starts_with("errno=1 "), "tagged process is judged: {}", describe(&result));
+    assert!(
+        stdout(&result).starts_with("errno=1 "),
+        "tagged process is judged: {}",
+        describe(&result)
+    );
     let again = d.cli(&["tag", "--agent", "buyer", "--pid", "999999999"]);
     assert!(!again.status.success());
 }
@@ -137,11 +168,19 @@ fn teardown_refuses_while_agents_run_unless_forced() {
     d.stop();
     let out = agentguard_tests::agentguard(&["teardown", "--socket", "/nonexistent.sock"]);
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", describe(&out));
-    let out = agentguard_tests::agentguard(&["teardown", "--force", "--socket", "/nonexistent.sock"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--force"),
+        "{}",
+        describe(&out)
+    );
+    let out =
+        agentguard_tests::agentguard(&["teardown", "--force", "--socket", "/nonexistent.sock"]);
     assert!(out.status.success(), "{}", describe(&out));
     let status = agent.wait().unwrap_or_else(|e| panic!("{e}"));
     assert!(!status.success(), "the agent was killed");
     assert!(!agentguard_tests::cgroup_root().exists(), "cgroups removed");
-    assert!(!std::path::Path::new("/sys/fs/bpf/agentguard").exists(), "pins removed");
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/agentguard").exists(),
+        "pins removed"
+    );
 }

@@ -46,11 +46,18 @@ fn probe(d: &Daemon, args: &[&str]) -> String {
     cmd.extend_from_slice(args);
     let out = d.run("buyer", &cmd);
     let text = stdout(&out).trim().to_owned();
-    if text.is_empty() { describe(&out) } else { text }
+    if text.is_empty() {
+        describe(&out)
+    } else {
+        text
+    }
 }
 
 fn assert_eperm(result: &str, what: &str) {
-    assert!(result.starts_with("errno=1 "), "{what}: expected EPERM, got {result:?}");
+    assert!(
+        result.starts_with("errno=1 "),
+        "{what}: expected EPERM, got {result:?}"
+    );
 }
 
 #[test]
@@ -60,10 +67,24 @@ fn tcp_connects_are_allowed_or_refused_with_eperm() {
     }
     let p = Ports::new();
     let d = Daemon::start(&p.policy());
-    assert_eq!(probe(&d, &["tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]), "ok", "allowed IPv4 TCP");
-    assert_eperm(&probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]), "denied IPv4 TCP");
-    assert_eq!(probe(&d, &["tcp", "::1", &p.tcp6_ok.port().to_string()]), "ok", "allowed IPv6 TCP");
-    assert_eperm(&probe(&d, &["tcp", "::1", &p.tcp6_no.port().to_string()]), "denied IPv6 TCP");
+    assert_eq!(
+        probe(&d, &["tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]),
+        "ok",
+        "allowed IPv4 TCP"
+    );
+    assert_eperm(
+        &probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]),
+        "denied IPv4 TCP",
+    );
+    assert_eq!(
+        probe(&d, &["tcp", "::1", &p.tcp6_ok.port().to_string()]),
+        "ok",
+        "allowed IPv6 TCP"
+    );
+    assert_eperm(
+        &probe(&d, &["tcp", "::1", &p.tcp6_no.port().to_string()]),
+        "denied IPv6 TCP",
+    );
 }
 
 #[test]
@@ -73,13 +94,31 @@ fn unconnected_udp_sends_cannot_bypass_the_allowlist() {
     }
     let p = Ports::new();
     let d = Daemon::start(&p.policy());
-    assert_eq!(probe(&d, &["udp", "127.0.0.1", &p.udp4_ok.port().to_string()]), "ok");
+    assert_eq!(
+        probe(&d, &["udp", "127.0.0.1", &p.udp4_ok.port().to_string()]),
+        "ok"
+    );
     assert!(p.udp4_ok.received(), "allowed datagram must arrive");
-    assert_eperm(&probe(&d, &["udp", "127.0.0.1", &p.udp4_no.port().to_string()]), "denied IPv4 sendto");
+    assert_eperm(
+        &probe(&d, &["udp", "127.0.0.1", &p.udp4_no.port().to_string()]),
+        "denied IPv4 sendto",
+    );
     assert!(!p.udp4_no.received(), "denied datagram must not arrive");
-    assert_eq!(probe(&d, &["udp", "::1", &p.udp6_ok.port().to_string()]), "ok");
-    assert_eperm(&probe(&d, &["udp", "::1", &p.udp6_no.port().to_string()]), "denied IPv6 sendto");
-    assert_eperm(&probe(&d, &["udp-connect", "127.0.0.1", &p.udp4_no.port().to_string()]), "denied UDP connect");
+    assert_eq!(
+        probe(&d, &["udp", "::1", &p.udp6_ok.port().to_string()]),
+        "ok"
+    );
+    assert_eperm(
+        &probe(&d, &["udp", "::1", &p.udp6_no.port().to_string()]),
+        "denied IPv6 sendto",
+    );
+    assert_eperm(
+        &probe(
+            &d,
+            &["udp-connect", "127.0.0.1", &p.udp4_no.port().to_string()],
+        ),
+        "denied UDP connect",
+    );
 }
 
 /// connect6 sees `::ffff:a.b.c.d` and must judge it as IPv4; a UDP send to a mapped address
@@ -91,11 +130,37 @@ fn ipv4_mapped_ipv6_is_judged_as_ipv4_on_both_paths() {
     }
     let p = Ports::new();
     let d = Daemon::start(&p.policy());
-    assert_eq!(probe(&d, &["tcp-mapped", "127.0.0.1", &p.tcp4_ok.port().to_string()]), "ok", "mapped TCP to an allowed IPv4 destination");
-    assert_eperm(&probe(&d, &["tcp-mapped", "127.0.0.1", &p.tcp4_no.port().to_string()]), "mapped TCP to a denied IPv4 destination");
-    assert_eq!(probe(&d, &["udp-mapped", "127.0.0.1", &p.udp4_ok.port().to_string()]), "ok", "mapped UDP to an allowed IPv4 destination");
+    assert_eq!(
+        probe(
+            &d,
+            &["tcp-mapped", "127.0.0.1", &p.tcp4_ok.port().to_string()]
+        ),
+        "ok",
+        "mapped TCP to an allowed IPv4 destination"
+    );
+    assert_eperm(
+        &probe(
+            &d,
+            &["tcp-mapped", "127.0.0.1", &p.tcp4_no.port().to_string()],
+        ),
+        "mapped TCP to a denied IPv4 destination",
+    );
+    assert_eq!(
+        probe(
+            &d,
+            &["udp-mapped", "127.0.0.1", &p.udp4_ok.port().to_string()]
+        ),
+        "ok",
+        "mapped UDP to an allowed IPv4 destination"
+    );
     assert!(p.udp4_ok.received());
-    assert_eperm(&probe(&d, &["udp-mapped", "127.0.0.1", &p.udp4_no.port().to_string()]), "mapped UDP to a denied IPv4 destination");
+    assert_eperm(
+        &probe(
+            &d,
+            &["udp-mapped", "127.0.0.1", &p.udp4_no.port().to_string()],
+        ),
+        "mapped UDP to a denied IPv4 destination",
+    );
 }
 
 #[test]
@@ -122,14 +187,33 @@ fn verdicts_are_logged_with_agent_instance_and_rule() {
     let ok_port = p.tcp4_ok.port();
     let no_port = p.tcp4_no.port();
     assert_eq!(probe(&d, &["tcp", "127.0.0.1", &ok_port.to_string()]), "ok");
-    assert_eperm(&probe(&d, &["tcp", "127.0.0.1", &no_port.to_string()]), "denied");
-    let net = |r: &serde_json::Value, port: u16| r["body"]["Action"]["target"]["Net"]["port"].as_u64() == Some(u64::from(port));
+    assert_eperm(
+        &probe(&d, &["tcp", "127.0.0.1", &no_port.to_string()]),
+        "denied",
+    );
+    let net = |r: &serde_json::Value, port: u16| {
+        r["body"]["Action"]["target"]["Net"]["port"].as_u64() == Some(u64::from(port))
+    };
     let allowed = d.wait_record("allowed connect", |r| net(r, ok_port));
     let denied = d.wait_record("denied connect", |r| net(r, no_port));
     let a = &allowed["body"]["Action"];
-    assert_eq!((a["agent"].as_str(), a["verdict"].as_u64(), a["backend"].as_u64()), (Some("buyer"), Some(1), Some(1)));
-    assert_eq!(a["rule"].as_str(), Some(format!("127.0.0.1:{ok_port}").as_str()));
-    assert!(a["instance"].as_str().is_some_and(|i| i.starts_with("buyer/")));
+    assert_eq!(
+        (
+            a["agent"].as_str(),
+            a["verdict"].as_u64(),
+            a["backend"].as_u64()
+        ),
+        (Some("buyer"), Some(1), Some(1))
+    );
+    assert_eq!(
+        a["rule"].as_str(),
+        Some(format!("127.0.0.1:{ok_port}").as_str())
+    );
+    assert!(
+        a["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("buyer/"))
+    );
     assert_eq!(a["target"]["Net"]["addr"].as_str(), Some("127.0.0.1"));
     let n = &denied["body"]["Action"];
     assert_eq!((n["verdict"].as_u64(), n["rule"].as_str()), (Some(2), None));
@@ -158,25 +242,58 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
         .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
         .unwrap_or_else(|| panic!("no instance cgroup"));
-    let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]);
-    assert!(stdout(&out).starts_with("errno=1 "), "after kill -9: {}", describe(&out));
-    let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]);
-    assert_eq!(stdout(&out).trim(), "ok", "after kill -9: {}", describe(&out));
+    let out = run_in_cgroup(
+        &instance,
+        &[PROBE, "tcp", "127.0.0.1", &p.tcp4_no.port().to_string()],
+    );
+    assert!(
+        stdout(&out).starts_with("errno=1 "),
+        "after kill -9: {}",
+        describe(&out)
+    );
+    let out = run_in_cgroup(
+        &instance,
+        &[PROBE, "tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()],
+    );
+    assert_eq!(
+        stdout(&out).trim(),
+        "ok",
+        "after kill -9: {}",
+        describe(&out)
+    );
 
     d.restart();
     let status = d.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    let instances = v["agents"][0]["instances"].as_array().cloned().unwrap_or_default();
-    assert_eq!(instances.len(), 1, "the running agent is re-adopted: {}", describe(&status));
-    assert!(d.output().contains("restart=true"), "programs adopted from pins:\n{}", d.output());
-    assert_eperm(&probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]), "after restart");
+    let instances = v["agents"][0]["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        instances.len(),
+        1,
+        "the running agent is re-adopted: {}",
+        describe(&status)
+    );
+    assert!(
+        d.output().contains("restart=true"),
+        "programs adopted from pins:\n{}",
+        d.output()
+    );
+    assert_eperm(
+        &probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]),
+        "after restart",
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }
 
 /// Runs a command inside a cgroup without the daemon: a shell moves itself in, then execs.
 fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> std::process::Output {
-    let script = format!("echo $$ > '{}/cgroup.procs' && exec \"$@\"", cgroup.display());
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+        cgroup.display()
+    );
     std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(script)

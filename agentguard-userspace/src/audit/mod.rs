@@ -32,7 +32,10 @@ pub struct LogOptions {
 impl LogOptions {
     /// Defaults for `dir`.
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, fsync_interval: Duration::from_millis(200) }
+        Self {
+            dir,
+            fsync_interval: Duration::from_millis(200),
+        }
     }
 }
 
@@ -56,8 +59,15 @@ impl AuditLog {
     /// Opens the log.
     pub fn open(opts: LogOptions) -> Result<Self, AuditError> {
         std::fs::create_dir_all(&opts.dir)?;
-        let f = OpenOptions::new().create(true).append(true).open(opts.dir.join("events.jsonl"))?;
-        Ok(Self { out: BufWriter::new(f), next: 0, lost: None })
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(opts.dir.join("events.jsonl"))?;
+        Ok(Self {
+            out: BufWriter::new(f),
+            next: 0,
+            lost: None,
+        })
     }
 
     /// Appends a record.
@@ -65,7 +75,12 @@ impl AuditLog {
         if let Body::Lost { total, .. } = &body {
             self.lost = Some(*total);
         }
-        let r = Record { seq: self.next, wall_ns, mono_ns, body };
+        let r = Record {
+            seq: self.next,
+            wall_ns,
+            mono_ns,
+            body,
+        };
         serde_json::to_writer(&mut self.out, &r).map_err(std::io::Error::from)?;
         self.out.write_all(b"\n")?;
         self.next += 1;
@@ -86,7 +101,10 @@ impl AuditLog {
 
     /// Head.
     pub fn head(&self) -> Head {
-        Head { seq: self.next.checked_sub(1), hash: [0; 32] }
+        Head {
+            seq: self.next.checked_sub(1),
+            hash: [0; 32],
+        }
     }
 
     /// Last logged lost total.
@@ -102,7 +120,10 @@ pub fn now() -> (u64, u64) {
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0);
     let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec()).unwrap_or(0))
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
         .unwrap_or(0);
     (wall, mono)
 }

@@ -66,7 +66,12 @@ pub fn procs(cgroup: &Path) -> Result<Vec<u32>, CgroupError> {
 }
 
 /// Waits until `done(cgroup.events)` holds, woken by inotify rather than polling on a timer.
-fn wait_for(cgroup: &Path, state: &'static str, timeout: Duration, done: impl Fn(&str) -> bool) -> Result<Duration, ControlError> {
+fn wait_for(
+    cgroup: &Path,
+    state: &'static str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Result<Duration, ControlError> {
     let start = Instant::now();
     let events_path = cgroup.join("cgroup.events");
     let mut inotify = Inotify::init().map_err(io_err(&events_path))?;
@@ -111,7 +116,10 @@ fn stuck_tasks(cgroup: &Path) -> String {
         .take(10)
         .map(|pid| {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let comm = stat.split_once(" (").and_then(|(_, r)| r.rsplit_once(") ")).map(|(c, rest)| (c.to_owned(), rest.chars().next().unwrap_or('?')));
+            let comm = stat
+                .split_once(" (")
+                .and_then(|(_, r)| r.rsplit_once(") "))
+                .map(|(c, rest)| (c.to_owned(), rest.chars().next().unwrap_or('?')));
             match comm {
                 Some((c, s)) => format!("{pid} ({c}, state {s})"),
                 None => pid.to_string(),

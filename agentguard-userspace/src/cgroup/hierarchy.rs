@@ -116,7 +116,11 @@ impl Hierarchy {
 
     /// Creates a new instance of `agent` (full name). A sub-agent (`buyer/search`) is created
     /// inside `parent`, which must be an instance of its parent agent.
-    pub fn create_instance(&self, agent: &str, parent: Option<&Instance>) -> Result<Instance, CgroupError> {
+    pub fn create_instance(
+        &self,
+        agent: &str,
+        parent: Option<&Instance>,
+    ) -> Result<Instance, CgroupError> {
         let (base, name_prefix) = match parent {
             Some(p) => {
                 let sub = agent.rsplit('/').next().unwrap_or(agent);
@@ -172,7 +176,14 @@ impl Hierarchy {
         Ok(out)
     }
 
-    fn scan_agent(&self, dir: &Path, agent: &str, prefix: &str, parent: Option<&Instance>, out: &mut Vec<Instance>) -> Result<(), CgroupError> {
+    fn scan_agent(
+        &self,
+        dir: &Path,
+        agent: &str,
+        prefix: &str,
+        parent: Option<&Instance>,
+        out: &mut Vec<Instance>,
+    ) -> Result<(), CgroupError> {
         let mut instances: Vec<(u64, PathBuf)> = subdirs(dir)?
             .into_iter()
             .filter_map(|p| instance_number(&file_name(&p)).map(|n| (n, p)))
@@ -192,7 +203,13 @@ impl Hierarchy {
             for sub in subdirs(&path)? {
                 let sub_name = file_name(&sub);
                 if instance_number(&sub_name).is_none() {
-                    self.scan_agent(&sub, &format!("{agent}/{sub_name}"), &format!("{}/{sub_name}", inst.name), Some(&inst), out)?;
+                    self.scan_agent(
+                        &sub,
+                        &format!("{agent}/{sub_name}"),
+                        &format!("{}/{sub_name}", inst.name),
+                        Some(&inst),
+                        out,
+                    )?;
                 }
             }
         }
@@ -221,7 +238,11 @@ impl Hierarchy {
 
     /// Removes the whole subtree (every process must be gone).
     pub fn remove_all(&self) -> Result<(), CgroupError> {
-        if self.exists() { remove_tree(&self.root) } else { Ok(()) }
+        if self.exists() {
+            remove_tree(&self.root)
+        } else {
+            Ok(())
+        }
     }
 
     /// The cgroup path of a process relative to the cgroup2 mount, from /proc/PID/cgroup.
@@ -244,7 +265,9 @@ impl Hierarchy {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
@@ -290,7 +313,10 @@ mod tests {
         let a1 = h.create_instance("buyer", None)?;
         let a2 = h.create_instance("buyer", None)?;
         let s1 = h.create_instance("buyer/search", Some(&a1))?;
-        assert_eq!((a1.name.as_str(), a2.name.as_str(), s1.name.as_str()), ("buyer/1", "buyer/2", "buyer/1/search/1"));
+        assert_eq!(
+            (a1.name.as_str(), a2.name.as_str(), s1.name.as_str()),
+            ("buyer/1", "buyer/2", "buyer/1/search/1")
+        );
         assert_eq!(s1.parent, Some(a1.id));
         assert_eq!(s1.root_instance, a1.id);
         let scanned = h.scan()?;

@@ -36,11 +36,16 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 
 fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let result = policy::load(file).and_then(|p| {
-        resolve::binaries(&p).map(|b| (p, b)).map_err(PolicyError::Invalid)
+        resolve::binaries(&p)
+            .map(|b| (p, b))
+            .map_err(PolicyError::Invalid)
     });
     match result {
         Ok((p, binaries)) => {
-            let resolved = resolve::Resolved { binaries, ..Default::default() };
+            let resolved = resolve::Resolved {
+                binaries,
+                ..Default::default()
+            };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(
                 "{}: ok ({} agents, {} rules, blake3 {})",
@@ -60,17 +65,27 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
 }
 
 fn apply(file: &std::path::Path, socket: &SocketArg) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let reply = socket.connect()?.call(&Request::PolicyApply {
         origin: file.display().to_string(),
         text,
     })?;
-    let Reply::Applied { digest, generation, rules, warnings } = reply else {
+    let Reply::Applied {
+        digest,
+        generation,
+        rules,
+        warnings,
+    } = reply
+    else {
         bail!("unexpected reply from the daemon: {reply:?}");
     };
     for w in warnings {
         eprintln!("warning: {w}");
     }
-    println!("applied {} (generation {generation}, {rules} rules, blake3 {digest})", file.display());
+    println!(
+        "applied {} (generation {generation}, {rules} rules, blake3 {digest})",
+        file.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,11 @@
 //! `agentguard run --agent NAME [--user USER[:GROUP]] -- CMD [ARGS...]`.
 
-use std::{ffi::{CString, OsString}, os::unix::ffi::OsStrExt, process::ExitCode, str::FromStr};
+use std::{
+    ffi::{CString, OsString},
+    os::unix::ffi::OsStrExt,
+    process::ExitCode,
+    str::FromStr,
+};
 
 use agentguard::{
     control::proto::{Reply, Request},
@@ -53,9 +58,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
 
     if let Some(spec) = &sandbox.landlock {
-        let applied = landlock::apply(spec, std::process::id()).context("cannot apply file rules")?;
+        let applied =
+            landlock::apply(spec, std::process::id()).context("cannot apply file rules")?;
         for p in applied.skipped {
-            eprintln!("agentguard run: {}: does not exist, not granted", p.display());
+            eprintln!(
+                "agentguard run: {}: does not exist, not granted",
+                p.display()
+            );
         }
     }
     let keep = sandbox

@@ -27,7 +27,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("agentguard {}  backends: {}", s.version, s.backends);
-    println!("policy {} ({})  lost events: {}", s.policy_origin, &s.policy_digest[..16.min(s.policy_digest.len())], s.lost_events);
+    println!(
+        "policy {} ({})  lost events: {}",
+        s.policy_origin,
+        &s.policy_digest[..16.min(s.policy_digest.len())],
+        s.lost_events
+    );
     for a in &s.agents {
         println!("\n{} [{}]", a.name, a.mode);
         for b in &a.budgets {
@@ -40,7 +45,13 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             let pids: Vec<String> = i.pids.iter().map(ToString::to_string).collect();
             println!(
                 "  {:<20} {:<8} pids [{}]  allowed {} denied {} (throttled {}) audit-denied {}",
-                i.name, i.state, pids.join(" "), i.allowed, i.denied, i.throttled, i.audit_denied
+                i.name,
+                i.state,
+                pids.join(" "),
+                i.allowed,
+                i.denied,
+                i.throttled,
+                i.audit_denied
             );
             for u in &i.budget_use {
                 println!("    {u}");

@@ -1,6 +1,10 @@
 //! `agentguard teardown [--force]`: how an operator uninstalls and how tests start clean.
 
-use std::{path::Path, process::ExitCode, time::{Duration, Instant}};
+use std::{
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use agentguard::{
     cgroup::{self, Hierarchy},
@@ -27,7 +31,10 @@ pub fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     }
     if let Ok(mut client) = args.socket.connect() {
         if !args.force {
-            bail!("a daemon is running at {}: stop it first, or use --force", args.socket.socket.display());
+            bail!(
+                "a daemon is running at {}: stop it first, or use --force",
+                args.socket.socket.display()
+            );
         }
         let _ = client.call(&Request::Shutdown { unload: true });
         wait_gone(&args.socket.socket, Duration::from_secs(15))?;
@@ -36,12 +43,20 @@ pub fn run(args: TeardownArgs) -> anyhow::Result<ExitCode> {
     if hierarchy.exists() && cgroup::populated(hierarchy.root())? {
         let pids = cgroup::procs(hierarchy.root())?;
         if !args.force {
-            bail!("agent processes are still running ({}): use --force to kill them", pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "));
+            bail!(
+                "agent processes are still running ({}): use --force to kill them",
+                pids.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
-        cgroup::kill(hierarchy.root(), Duration::from_secs(10)).context("cannot kill agent processes")?;
+        cgroup::kill(hierarchy.root(), Duration::from_secs(10))
+            .context("cannot kill agent processes")?;
         println!("killed {} agent process(es)", pids.len());
     }
-    pins::remove_tree(Path::new(pins::ROOT)).with_context(|| format!("cannot remove {}", pins::ROOT))?;
+    pins::remove_tree(Path::new(pins::ROOT))
+        .with_context(|| format!("cannot remove {}", pins::ROOT))?;
     hierarchy.remove_all()?;
     println!("removed agentguard programs, maps and cgroups");
     Ok(ExitCode::SUCCESS)

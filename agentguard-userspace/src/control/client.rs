@@ -13,7 +13,9 @@ use super::proto::{Reply, Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon listens there.
-    #[error("cannot connect to the agentguard daemon at {path}: {source} (is `agentguard daemon` running? use --socket or AGENTGUARD_SOCKET for another socket)")]
+    #[error(
+        "cannot connect to the agentguard daemon at {path}: {source} (is `agentguard daemon` running? use --socket or AGENTGUARD_SOCKET for another socket)"
+    )]
     Connect {
         /// The socket.
         path: PathBuf,
@@ -54,12 +56,15 @@ impl Client {
 
     /// Sends a request and waits for its reply.
     pub fn call(&mut self, request: &Request) -> Result<Reply, ClientError> {
-        let mut line = serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line =
+            serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push('\n');
         self.writer.write_all(line.as_bytes())?;
         let mut answer = String::new();
         if self.reader.read_line(&mut answer)? == 0 {
-            return Err(ClientError::Protocol("the daemon closed the connection".into()));
+            return Err(ClientError::Protocol(
+                "the daemon closed the connection".into(),
+            ));
         }
         match serde_json::from_str::<Response>(&answer) {
             Ok(Response::Ok(reply)) => Ok(reply),

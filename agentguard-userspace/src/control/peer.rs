@@ -44,7 +44,8 @@ pub enum PeerError {
 impl Peer {
     /// Reads the peer of `sock`.
     pub fn of(sock: &impl AsFd) -> Result<Self, PeerError> {
-        let cred = getsockopt(sock, PeerCredentials).map_err(|e| PeerError::Credentials(e.into()))?;
+        let cred =
+            getsockopt(sock, PeerCredentials).map_err(|e| PeerError::Credentials(e.into()))?;
         Ok(Self {
             pid: u32::try_from(cred.pid()).unwrap_or(0),
             uid: cred.uid(),
@@ -80,7 +81,10 @@ impl Peer {
             .contains_pid(self.pid)
             .map_err(|e| PeerError::Unverifiable(e.to_string()))?;
         if !self.still_same_process() {
-            return Err(PeerError::Unverifiable(format!("process {} exited during the check", self.pid)));
+            return Err(PeerError::Unverifiable(format!(
+                "process {} exited during the check",
+                self.pid
+            )));
         }
         if inside {
             return Err(PeerError::InsideAgent);

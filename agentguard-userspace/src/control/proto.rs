@@ -243,18 +243,37 @@ mod tests {
     #[test]
     fn selectors() {
         assert_eq!("buyer".parse(), Ok(Selector::Agent("buyer".into())));
-        assert_eq!("buyer/search".parse(), Ok(Selector::Agent("buyer/search".into())));
+        assert_eq!(
+            "buyer/search".parse(),
+            Ok(Selector::Agent("buyer/search".into()))
+        );
         assert_eq!("buyer/3".parse(), Ok(Selector::Instance("buyer/3".into())));
-        assert_eq!("buyer/3/search/1".parse(), Ok(Selector::Instance("buyer/3/search/1".into())));
+        assert_eq!(
+            "buyer/3/search/1".parse(),
+            Ok(Selector::Instance("buyer/3/search/1".into()))
+        );
         assert!("".parse::<Selector>().is_err());
     }
 
     #[test]
     fn wire_format_is_stable_json() -> Result<(), serde_json::Error> {
-        let r = Request::Run { agent: "buyer".into(), parent: None };
-        assert_eq!(serde_json::to_string(&r)?, r#"{"op":"run","agent":"buyer","parent":null}"#);
-        let back: Request = serde_json::from_str(r#"{"op":"freeze","target":"all","timeout_ms":5}"#)?;
-        assert_eq!(back, Request::Freeze { target: Selector::All, timeout_ms: 5 });
+        let r = Request::Run {
+            agent: "buyer".into(),
+            parent: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r)?,
+            r#"{"op":"run","agent":"buyer","parent":null}"#
+        );
+        let back: Request =
+            serde_json::from_str(r#"{"op":"freeze","target":"all","timeout_ms":5}"#)?;
+        assert_eq!(
+            back,
+            Request::Freeze {
+                target: Selector::All,
+                timeout_ms: 5
+            }
+        );
         let resp = Response::Error("nope".into());
         assert_eq!(serde_json::to_string(&resp)?, r#"{"error":"nope"}"#);
         Ok(())

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     audit::record::{Actor, Body},
     ebpf::maps::GRACE,
-    policy::{self, Policy, compile, resolve::{self, Resolved}},
+    policy::{
+        self, Policy, compile,
+        resolve::{self, Resolved},
+    },
 };
 
 use super::Shared;
@@ -37,7 +40,8 @@ pub enum ApplyError {
 
 /// Everything outside the policy file that compile needs.
 pub fn resolve(policy: &Policy) -> Result<(Resolved, Vec<String>), ApplyError> {
-    let binaries = resolve::binaries(policy).map_err(|d| ApplyError::Policy(policy::PolicyError::Invalid(d)))?;
+    let binaries = resolve::binaries(policy)
+        .map_err(|d| ApplyError::Policy(policy::PolicyError::Invalid(d)))?;
     let resolved = Resolved {
         binaries,
         names: Default::default(),
@@ -47,13 +51,22 @@ pub fn resolve(policy: &Policy) -> Result<(Resolved, Vec<String>), ApplyError> {
 }
 
 /// Validates `text` and applies it; logs the result with `by`.
-pub async fn apply_text(shared: &Arc<Shared>, origin: &str, text: &str, by: Actor) -> Result<Applied, ApplyError> {
+pub async fn apply_text(
+    shared: &Arc<Shared>,
+    origin: &str,
+    text: &str,
+    by: Actor,
+) -> Result<Applied, ApplyError> {
     let policy = policy::parse(origin, text)?;
     apply_policy(shared, policy, by).await
 }
 
 /// Applies a validated policy.
-pub async fn apply_policy(shared: &Arc<Shared>, policy: Policy, by: Actor) -> Result<Applied, ApplyError> {
+pub async fn apply_policy(
+    shared: &Arc<Shared>,
+    policy: Policy,
+    by: Actor,
+) -> Result<Applied, ApplyError> {
     // One apply at a time: the next one must not reuse a generation programs may still read.
     let _serial = shared.apply_lock.lock().await;
     let (resolved, warnings) = resolve(&policy)?;

@@ -4,13 +4,19 @@ use std::{sync::Arc, time::Duration};
 
 use agentguard_common::agent::ThrottleScope;
 
-use super::{Shared, apply, operator::{self, Op}};
+use super::{
+    Shared, apply,
+    operator::{self, Op},
+};
 use crate::{
     audit::record::{Actor, Body},
     cgroup::{self, Instance},
     control::{
         peer::Peer,
-        proto::{AgentStatus, InstanceStatus, LandlockSpec, Reply, Request, Response, Sandbox, Selector, StatusReport},
+        proto::{
+            AgentStatus, InstanceStatus, LandlockSpec, Reply, Request, Response, Sandbox, Selector,
+            StatusReport,
+        },
     },
     ebpf::backends::FileBackend,
     policy::{Agent, Mode, PathRule, throttle::kind_name},
@@ -28,13 +34,31 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             version: env!("CARGO_PKG_VERSION").to_owned(),
             backends: shared.backends.to_string(),
         }),
-        Request::Run { agent, parent } => launch(shared, by, &agent, parent.as_deref(), peer.pid, false)
-            .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox }),
-        Request::Tag { agent, pid, parent } => launch(shared, by, &agent, parent.as_deref(), pid, true)
-            .map(|(instance, _, warnings)| Reply::Tagged { instance: instance.name, warnings }),
-        Request::Freeze { target, timeout_ms } => operate(shared, Op::Freeze, &target, timeout_ms, by).await,
-        Request::Thaw { target, timeout_ms } => operate(shared, Op::Thaw, &target, timeout_ms, by).await,
-        Request::Kill { target, timeout_ms } => operate(shared, Op::Kill, &target, timeout_ms, by).await,
+        Request::Run { agent, parent } => {
+            launch(shared, by, &agent, parent.as_deref(), peer.pid, false).map(
+                |(instance, sandbox, _)| Reply::Launched {
+                    instance: instance.name,
+                    sandbox,
+                },
+            )
+        }
+        Request::Tag { agent, pid, parent } => {
+            launch(shared, by, &agent, parent.as_deref(), pid, true).map(
+                |(instance, _, warnings)| Reply::Tagged {
+                    instance: instance.name,
+                    warnings,
+                },
+            )
+        }
+        Request::Freeze { target, timeout_ms } => {
+            operate(shared, Op::Freeze, &target, timeout_ms, by).await
+        }
+        Request::Thaw { target, timeout_ms } => {
+            operate(shared, Op::Thaw, &target, timeout_ms, by).await
+        }
+        Request::Kill { target, timeout_ms } => {
+            operate(shared, Op::Kill, &target, timeout_ms, by).await
+        }
         Request::Status => Ok(Reply::Status(status(shared))),
         Request::PolicyApply { origin, text } => apply::apply_text(shared, &origin, &text, by)
             .await
@@ -58,18 +82,32 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
 
 /// Creates an instance of `agent`, registers it with the kernel, then moves `pid` into it: the
 /// process is judged from the moment it is in the cgroup.
-fn launch(shared: &Arc<Shared>, by: Actor, agent: &str, parent: Option<&str>, pid: u32, tagged: bool) -> Result<(Instance, Sandbox, Vec<String>), String> {
+fn launch(
+    shared: &Arc<Shared>,
+    by: Actor,
+    agent: &str,
+    parent: Option<&str>,
+    pid: u32,
+    tagged: bool,
+) -> Result<(Instance, Sandbox, Vec<String>), String> {
     let mut st = shared.lock_state();
     let Some(a) = st.policy.agent(agent).cloned() else {
         let known: Vec<&str> = st.policy.agents.iter().map(|a| a.name.as_str()).collect();
-        return Err(format!("unknown agent {agent:?} (the policy declares: {})", known.join(", ")));
+        return Err(format!(
+            "unknown agent {agent:?} (the policy declares: {})",
+            known.join(", ")
+        ));
     };
     let files = file_enforcement(shared, &a, tagged);
     if a.restricts_files() && shared.backends.file == FileBackend::Unenforced {
-        return Err(format!("agent {agent:?} has exec/read/write rules but nothing on this host can enforce file rules (no BPF LSM, no Landlock); refusing to start it"));
+        return Err(format!(
+            "agent {agent:?} has exec/read/write rules but nothing on this host can enforce file rules (no BPF LSM, no Landlock); refusing to start it"
+        ));
     }
     if st.hierarchy.contains_pid(pid).map_err(|e| e.to_string())? {
-        return Err(format!("process {pid} already belongs to an agent instance"));
+        return Err(format!(
+            "process {pid} already belongs to an agent instance"
+        ));
     }
     let parent_instance = match &a.parent {
         None => None,
@@ -80,13 +118,15 @@ fn launch(shared: &Arc<Shared>, by: Actor, agent: &str, parent: Option<&str>, pi
                 .find(|i| i.name == p && &i.agent == pname)
                 .cloned()
                 .ok_or_else(|| format!("{p:?} is not a running instance of {pname:?}"))?,
-            None => st
-                .newest_instance(pname)
-                .cloned()
-                .ok_or_else(|| format!("sub-agent {agent:?} needs a running instance of {pname:?} to nest in"))?,
+            None => st.newest_instance(pname).cloned().ok_or_else(|| {
+                format!("sub-agent {agent:?} needs a running instance of {pname:?} to nest in")
+            })?,
         }),
     };
-    let inst = st.hierarchy.create_instance(agent, parent_instance.as_ref()).map_err(|e| e.to_string())?;
+    let inst = st
+        .hierarchy
+        .create_instance(agent, parent_instance.as_ref())
+        .map_err(|e| e.to_string())?;
     let entered = st
         .register(&inst, tagged)
         .map_err(|e| e.to_string())
@@ -122,7 +162,9 @@ fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
         (false, _, _) => "unrestricted (no exec/read/write rules)".to_owned(),
         (true, FileBackend::BpfLsm, _) => "bpf-lsm".to_owned(),
         (true, FileBackend::Landlock, false) => "landlock".to_owned(),
-        (true, FileBackend::Landlock, true) => "none: tagged process, file rules not enforced (no Landlock)".to_owned(),
+        (true, FileBackend::Landlock, true) => {
+            "none: tagged process, file rules not enforced (no Landlock)".to_owned()
+        }
         (true, FileBackend::Unenforced, _) => "none: no backend".to_owned(),
     }
 }
@@ -138,19 +180,32 @@ fn sandbox(shared: &Shared, a: &Agent) -> Sandbox {
             })
             .collect()
     };
-    let landlock = (a.restricts_files() && shared.backends.file == FileBackend::Landlock).then(|| LandlockSpec {
-        read: prefixes(&a.read),
-        write: prefixes(&a.write),
-        exec: a.exec.iter().map(|e| e.value.clone()).collect(),
-        proc_self: a.read.iter().chain(&a.write).any(|r| r.value == PathRule::ProcSelf),
-    });
+    let landlock =
+        (a.restricts_files() && shared.backends.file == FileBackend::Landlock).then(|| {
+            LandlockSpec {
+                read: prefixes(&a.read),
+                write: prefixes(&a.write),
+                exec: a.exec.iter().map(|e| e.value.clone()).collect(),
+                proc_self: a
+                    .read
+                    .iter()
+                    .chain(&a.write)
+                    .any(|r| r.value == PathRule::ProcSelf),
+            }
+        });
     Sandbox {
         landlock,
         capabilities: a.capabilities.iter().map(|c| c.value.to_string()).collect(),
     }
 }
 
-async fn operate(shared: &Arc<Shared>, op: Op, target: &Selector, timeout_ms: u64, by: Actor) -> Result<Reply, String> {
+async fn operate(
+    shared: &Arc<Shared>,
+    op: Op,
+    target: &Selector,
+    timeout_ms: u64,
+    by: Actor,
+) -> Result<Reply, String> {
     let instances = operator::select(shared, target)?;
     if op == Op::Thaw {
         // A thawed instance may be escalated again on its next breach.
@@ -163,7 +218,16 @@ async fn operate(shared: &Arc<Shared>, op: Op, target: &Selector, timeout_ms: u6
             .collect();
         st.escalated.retain(|id| !thawed.contains(id));
     }
-    let out = operator::run(shared, op, target.to_string(), instances, Duration::from_millis(timeout_ms), by, None).await;
+    let out = operator::run(
+        shared,
+        op,
+        target.to_string(),
+        instances,
+        Duration::from_millis(timeout_ms),
+        by,
+        None,
+    )
+    .await;
     if out.errors.is_empty() {
         Ok(Reply::Done {
             instances: out.instances,
@@ -196,7 +260,14 @@ fn status(shared: &Shared) -> StatusReport {
                         ThrottleScope::Process => "per process",
                         ThrottleScope::Agent => "per instance",
                     };
-                    format!("{} {} {scope} (burst {}, on exceed {:?})", kind_name(l.kind), l.rate, l.burst, l.on_exceed).to_lowercase()
+                    format!(
+                        "{} {} {scope} (burst {}, on exceed {:?})",
+                        kind_name(l.kind),
+                        l.rate,
+                        l.burst,
+                        l.on_exceed
+                    )
+                    .to_lowercase()
                 })
                 .collect(),
             instances: st
@@ -205,7 +276,8 @@ fn status(shared: &Shared) -> StatusReport {
                 .filter(|i| i.agent == a.name)
                 .map(|i| {
                     let c = st.maps.counters(i.id);
-                    let frozen = std::fs::read_to_string(i.path.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l.trim() == "frozen 1"));
+                    let frozen = std::fs::read_to_string(i.path.join("cgroup.events"))
+                        .is_ok_and(|e| e.lines().any(|l| l.trim() == "frozen 1"));
                     InstanceStatus {
                         name: i.name.clone(),
                         cgroup_id: i.id,
@@ -219,7 +291,17 @@ fn status(shared: &Shared) -> StatusReport {
                             .limits
                             .iter()
                             .filter(|l| l.scope == ThrottleScope::Agent)
-                            .filter_map(|l| st.maps.budget_left(i.id, l.kind, &l.to_kernel()).map(|left| format!("{} (instance): {left} of {} left", kind_name(l.kind), budget_size(l))))
+                            .filter_map(|l| {
+                                st.maps
+                                    .budget_left(i.id, l.kind, &l.to_kernel())
+                                    .map(|left| {
+                                        format!(
+                                            "{} (instance): {left} of {} left",
+                                            kind_name(l.kind),
+                                            budget_size(l)
+                                        )
+                                    })
+                            })
                             .collect(),
                     }
                 })

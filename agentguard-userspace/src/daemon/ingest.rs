@@ -12,7 +12,10 @@ use tokio::sync::watch;
 
 use super::{Shared, operator};
 use crate::{
-    audit::{self, record::{Actor, Body}},
+    audit::{
+        self,
+        record::{Actor, Body},
+    },
     control::proto::Selector,
     events::{ring::EventRing, to_action},
     policy::throttle::kind_name,
@@ -22,7 +25,11 @@ use crate::{
 const ESCALATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Drains the ring buffer until shutdown, then once more.
-pub async fn run(shared: Arc<Shared>, mut ring: EventRing, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut ring: EventRing,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     loop {
         let mut batch = Vec::new();
         let stop = tokio::select! {
@@ -76,7 +83,14 @@ fn check_lost(shared: &Shared) {
     let logged = log.last_lost_total().filter(|l| *l <= total).unwrap_or(0);
     if total > logged {
         let (wall, mono) = audit::now();
-        if let Err(e) = log.append(wall, mono, Body::Lost { dropped: total - logged, total }) {
+        if let Err(e) = log.append(
+            wall,
+            mono,
+            Body::Lost {
+                dropped: total - logged,
+                total,
+            },
+        ) {
             tracing::error!(error = %e, "cannot log lost events");
         }
     }
@@ -115,24 +129,26 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
             } else {
                 None
             };
-            if let Some(op) = op {
-                if st.escalated.insert(h.cgroup_id) {
-                    if let Some(inst) = st.instances.get(&h.cgroup_id) {
-                        let budget = st
-                            .policy
-                            .agent(&inst.agent)
-                            .map(|a| {
-                                a.limits
-                                    .iter()
-                                    .filter(|l| l.kind == throttle_kind(h.kind))
-                                    .map(|l| format!("{} {} per {:?}", kind_name(l.kind), l.rate, l.scope).to_lowercase())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+            if let Some(op) = op
+                && st.escalated.insert(h.cgroup_id)
+                && let Some(inst) = st.instances.get(&h.cgroup_id)
+            {
+                let budget = st
+                    .policy
+                    .agent(&inst.agent)
+                    .map(|a| {
+                        a.limits
+                            .iter()
+                            .filter(|l| l.kind == throttle_kind(h.kind))
+                            .map(|l| {
+                                format!("{} {} per {:?}", kind_name(l.kind), l.rate, l.scope)
+                                    .to_lowercase()
                             })
-                            .unwrap_or_default();
-                        escalations.push((op, inst.clone(), budget));
-                    }
-                }
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                escalations.push((op, inst.clone(), budget));
             }
             actions.push((h.ktime_ns, action));
         }
@@ -153,7 +169,18 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
         tokio::spawn(async move {
             tracing::warn!(instance = %inst.name, ?op, %budget, "budget exceeded: escalating");
             let target = Selector::Instance(inst.name.clone()).to_string();
-            let out = operator::run(&shared, op, target, vec![inst], ESCALATION_TIMEOUT, Actor::Daemon { reason: "budget exceeded".into() }, Some(budget)).await;
+            let out = operator::run(
+                &shared,
+                op,
+                target,
+                vec![inst],
+                ESCALATION_TIMEOUT,
+                Actor::Daemon {
+                    reason: "budget exceeded".into(),
+                },
+                Some(budget),
+            )
+            .await;
             for e in out.errors {
                 tracing::error!("escalation failed: {e}");
             }

@@ -17,11 +17,14 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-pub use apply::{ApplyError, Applied};
+pub use apply::{Applied, ApplyError};
 pub use state::State;
 
 use crate::{
-    audit::{self, AuditLog, LogOptions, record::{Actor, Body}},
+    audit::{
+        self, AuditLog, LogOptions,
+        record::{Actor, Body},
+    },
     cgroup::{self, Hierarchy},
     ebpf::{
         backends::Backends,
@@ -108,12 +111,16 @@ pub struct Shared {
 impl Shared {
     /// Locks the state; a panic elsewhere must not take enforcement bookkeeping down with it.
     pub fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Locks the log.
     pub fn lock_log(&self) -> MutexGuard<'_, AuditLog> {
-        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Appends a daemon record now. A log write failure is reported, never fatal to enforcement.
@@ -137,7 +144,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 
 /// Holds `<state-dir>/daemon.lock` for the daemon's lifetime.
 fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
-    std::fs::create_dir_all(dir).map_err(io(format!("cannot create state directory {}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(io(format!(
+        "cannot create state directory {}",
+        dir.display()
+    )))?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -214,7 +224,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     shared.log(Body::PolicyApplied {
         digest: policy.digest_hex(),
         origin: policy.origin.clone(),
-        by: Actor::Daemon { reason: "start-up".into() },
+        by: Actor::Daemon {
+            reason: "start-up".into(),
+        },
         generation,
         agents: u32::try_from(policy.agents.len()).unwrap_or(u32::MAX),
         rules: u32::try_from(rules).unwrap_or(u32::MAX),
@@ -230,7 +242,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
-        tokio::spawn(server::signals(shared.clone(), opts.policy.clone(), shutdown_rx.clone())),
+        tokio::spawn(server::signals(
+            shared.clone(),
+            opts.policy.clone(),
+            shutdown_rx.clone(),
+        )),
     ];
     tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
 

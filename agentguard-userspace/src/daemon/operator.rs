@@ -1,6 +1,9 @@
 //! Freeze, thaw and kill of selected instances, for operators and for budget escalations.
 
-use std::{sync::Arc, time::{Duration, Instant}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     audit::record::{Actor, Body, OperatorAction},
@@ -38,20 +41,32 @@ pub fn select(shared: &Shared, target: &Selector) -> Result<Vec<Instance>, Strin
     let st = shared.lock_state();
     let all: Vec<&Instance> = st.instances.values().collect();
     let chosen: Vec<Instance> = match target {
-        Selector::All => all.into_iter().filter(|i| i.parent.is_none()).cloned().collect(),
+        Selector::All => all
+            .into_iter()
+            .filter(|i| i.parent.is_none())
+            .cloned()
+            .collect(),
         Selector::Agent(name) => {
             if st.policy.agent(name).is_none() && !all.iter().any(|i| &i.agent == name) {
                 return Err(format!("unknown agent {name:?}"));
             }
             // An instance whose parent instance is also selected is covered by it.
-            let ids: Vec<u64> = all.iter().filter(|i| &i.agent == name).map(|i| i.id).collect();
+            let ids: Vec<u64> = all
+                .iter()
+                .filter(|i| &i.agent == name)
+                .map(|i| i.id)
+                .collect();
             all.into_iter()
                 .filter(|i| &i.agent == name && !i.parent.is_some_and(|p| ids.contains(&p)))
                 .cloned()
                 .collect()
         }
         Selector::Instance(name) => {
-            let found: Vec<Instance> = all.into_iter().filter(|i| &i.name == name).cloned().collect();
+            let found: Vec<Instance> = all
+                .into_iter()
+                .filter(|i| &i.name == name)
+                .cloned()
+                .collect();
             if found.is_empty() {
                 return Err(format!("no running instance {name:?}"));
             }
@@ -62,9 +77,20 @@ pub fn select(shared: &Shared, target: &Selector) -> Result<Vec<Instance>, Strin
 }
 
 /// Runs `op` on `instances` (blocking on the kernel's reports), then logs it.
-pub async fn run(shared: &Arc<Shared>, op: Op, target: String, instances: Vec<Instance>, timeout: Duration, by: Actor, budget: Option<String>) -> Outcome {
+pub async fn run(
+    shared: &Arc<Shared>,
+    op: Op,
+    target: String,
+    instances: Vec<Instance>,
+    timeout: Duration,
+    by: Actor,
+    budget: Option<String>,
+) -> Outcome {
     let start = Instant::now();
-    let paths: Vec<(String, std::path::PathBuf)> = instances.iter().map(|i| (i.name.clone(), i.path.clone())).collect();
+    let paths: Vec<(String, std::path::PathBuf)> = instances
+        .iter()
+        .map(|i| (i.name.clone(), i.path.clone()))
+        .collect();
     let errors = tokio::task::spawn_blocking(move || {
         let mut errors = Vec::new();
         for (name, path) in &paths {

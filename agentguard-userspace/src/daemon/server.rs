@@ -32,19 +32,28 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(DaemonError::Io {
                 what: format!("control socket {}", path.display()),
-                source: std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agentguard daemon is listening there"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another agentguard daemon is listening there",
+                ),
             });
         }
-        std::fs::remove_file(path).map_err(io(format!("cannot remove stale socket {}", path.display())))?;
+        std::fs::remove_file(path)
+            .map_err(io(format!("cannot remove stale socket {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(io(format!("cannot bind {}", path.display())))?;
+    let listener =
+        UnixListener::bind(path).map_err(io(format!("cannot bind {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(io(format!("cannot chmod {}", path.display())))?;
     Ok(listener)
 }
 
 /// Accepts connections until shutdown.
-pub async fn run(shared: Arc<Shared>, listener: UnixListener, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    listener: UnixListener,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -85,7 +94,8 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> {
             },
             (Ok(()), Err(e)) => (Response::Error(e.to_string()), true),
         };
-        let mut out = serde_json::to_string(&response).unwrap_or_else(|e| format!("{{\"error\":\"cannot encode reply: {e}\"}}"));
+        let mut out = serde_json::to_string(&response)
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode reply: {e}\"}}"));
         out.push('\n');
         write.write_all(out.as_bytes()).await?;
         if last {
@@ -96,7 +106,11 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> {
 }
 
 /// SIGTERM/SIGINT stop the daemon (enforcement stays); SIGHUP re-reads the policy file.
-pub async fn signals(shared: Arc<Shared>, policy_path: PathBuf, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn signals(
+    shared: Arc<Shared>,
+    policy_path: PathBuf,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

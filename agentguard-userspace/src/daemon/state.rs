@@ -11,7 +11,10 @@ use crate::{
     cgroup::{Hierarchy, Instance},
     ebpf::maps::KernelMaps,
     events::Names,
-    policy::{Policy, compile::{Compiled, RuleInfo}},
+    policy::{
+        Policy,
+        compile::{Compiled, RuleInfo},
+    },
 };
 
 /// Everything the control handlers and the event ingestion share.
@@ -40,7 +43,11 @@ const EXITED_KEPT: usize = 4096;
 
 impl State {
     /// Registers an instance with the kernel (before any process enters it).
-    pub fn register(&mut self, instance: &Instance, tagged: bool) -> Result<(), crate::ebpf::maps::MapsError> {
+    pub fn register(
+        &mut self,
+        instance: &Instance,
+        tagged: bool,
+    ) -> Result<(), crate::ebpf::maps::MapsError> {
         let entry = CgroupEntry {
             agent_id: crate::policy::agent_id(&instance.agent),
             flags: if tagged { CGROUP_TAGGED } else { 0 },
@@ -59,7 +66,8 @@ impl State {
         }
         self.escalated.remove(&cgroup_id);
         let gone = self.instances.remove(&cgroup_id)?;
-        self.exited.insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));
+        self.exited
+            .insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));
         while self.exited.len() > EXITED_KEPT {
             self.exited.pop_first();
         }

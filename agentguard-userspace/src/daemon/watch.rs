@@ -8,7 +8,10 @@ use inotify::{Inotify, WatchDescriptor, WatchMask};
 use tokio::sync::{mpsc, watch};
 
 use super::{DaemonError, Shared, State};
-use crate::{audit::record::Body, cgroup::{self, Instance}};
+use crate::{
+    audit::record::Body,
+    cgroup::{self, Instance},
+};
 
 /// Registers every populated instance found in the cgroup tree (a restarted daemon picks up the
 /// agents that kept running) and removes empty ones. Returns the instances to watch.
@@ -31,7 +34,11 @@ pub fn readopt(state: &mut State) -> Result<Vec<Instance>, DaemonError> {
 }
 
 /// Watches instances until shutdown; logs and cleans up each one that empties.
-pub async fn run(shared: Arc<Shared>, mut new: mpsc::UnboundedReceiver<Instance>, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut new: mpsc::UnboundedReceiver<Instance>,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let inotify = match Inotify::init() {
         Ok(i) => i,
         Err(e) => {
@@ -70,7 +77,12 @@ pub async fn run(shared: Arc<Shared>, mut new: mpsc::UnboundedReceiver<Instance>
     }
 }
 
-fn check(shared: &Shared, watched: &mut HashMap<WatchDescriptor, Instance>, watches: &mut inotify::Watches, wd: &WatchDescriptor) {
+fn check(
+    shared: &Shared,
+    watched: &mut HashMap<WatchDescriptor, Instance>,
+    watches: &mut inotify::Watches,
+    wd: &WatchDescriptor,
+) {
     let Some(inst) = watched.get(wd) else { return };
     if cgroup::populated(&inst.path).unwrap_or(false) {
         return;

@@ -141,12 +141,21 @@ mod tests {
     #[test]
     fn fallback_without_lsm() {
         let b = Backends::decide(Err("no bpf lsm".into()), Some(7));
-        assert_eq!((b.exec, b.file), (ExecBackend::TpBtfKill, FileBackend::Landlock));
-        assert_eq!(b.to_string(), "network=cgroup-sock-addr exec=tp-btf+sigkill file=landlock(abi 7)");
+        assert_eq!(
+            (b.exec, b.file),
+            (ExecBackend::TpBtfKill, FileBackend::Landlock)
+        );
+        assert_eq!(
+            b.to_string(),
+            "network=cgroup-sock-addr exec=tp-btf+sigkill file=landlock(abi 7)"
+        );
         let b = Backends::decide(Err("x".into()), None);
         assert_eq!(b.file, FileBackend::Unenforced);
         let b = Backends::decide(Ok(()), Some(6));
         assert!(b.lsm());
-        assert_eq!(b.to_string(), "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm");
+        assert_eq!(
+            b.to_string(),
+            "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm"
+        );
     }
 }

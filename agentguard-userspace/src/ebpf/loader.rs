@@ -6,7 +6,11 @@
 //! maps instead of creating new ones, and groups whose links are pinned are adopted rather than
 //! attached again, so there is no moment without enforcement.
 
-use std::{fs::File, io, path::{Path, PathBuf}};
+use std::{
+    fs::File,
+    io,
+    path::{Path, PathBuf},
+};
 
 use agentguard_common::offsets::GLOBAL_NAME;
 use aya::{
@@ -132,15 +136,35 @@ impl Loaded {
                 attach_one(&mut self.ebpf, spec, &cgroup, &self.pins)?;
             }
         }
-        let unused = if self.backends.lsm() { Group::ExecFallback } else { Group::Lsm };
+        let unused = if self.backends.lsm() {
+            Group::ExecFallback
+        } else {
+            Group::Lsm
+        };
         for spec in programs::of(unused) {
             let _ = std::fs::remove_file(self.pins.link(spec.name));
         }
-        let root = self.pins.base().parent().map(Path::to_path_buf).unwrap_or_default();
-        let keep = self.pins.base().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        for old in pins::other_versions(&root, &keep).map_err(|source| LoadError::PinDir { path: root.clone(), source })? {
+        let root = self
+            .pins
+            .base()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let keep = self
+            .pins
+            .base()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for old in pins::other_versions(&root, &keep).map_err(|source| LoadError::PinDir {
+            path: root.clone(),
+            source,
+        })? {
             tracing::info!(path = %old.display(), "removing pins of another agentguard version");
-            pins::remove_tree(&old).map_err(|source| LoadError::PinDir { path: old.clone(), source })?;
+            pins::remove_tree(&old).map_err(|source| LoadError::PinDir {
+                path: old.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -172,8 +196,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     groups.take(&mut ebpf, Group::Network)?;
     // Loading the LSM programs is the probe: where that fails, the exec fallback takes over.
-    let lsm = backends::bpf_lsm_active()
-        .and_then(|()| groups.take(&mut ebpf, Group::Lsm).map_err(|e| e.to_string()));
+    let lsm = backends::bpf_lsm_active().and_then(|()| {
+        groups
+            .take(&mut ebpf, Group::Lsm)
+            .map_err(|e| e.to_string())
+    });
     let backends = Backends::decide(lsm, backends::landlock_abi());
     if !backends.lsm() {
         groups.take(&mut ebpf, Group::ExecFallback)?;
@@ -227,7 +254,9 @@ fn program_error(name: &'static str) -> impl Fn(ProgramError) -> LoadError {
 
 pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<(), LoadError> {
     for spec in programs::of(group) {
-        let program = ebpf.program_mut(spec.name).ok_or(LoadError::MissingProgram(spec.name))?;
+        let program = ebpf
+            .program_mut(spec.name)
+            .ok_or(LoadError::MissingProgram(spec.name))?;
         let err = program_error(spec.name);
         match spec.hook {
             Hook::SockAddr => {
@@ -248,7 +277,9 @@ pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<(),
 }
 
 fn attach_one(ebpf: &mut Ebpf, spec: &Spec, cgroup: &File, pins: &PinDir) -> Result<(), LoadError> {
-    let program = ebpf.program_mut(spec.name).ok_or(LoadError::MissingProgram(spec.name))?;
+    let program = ebpf
+        .program_mut(spec.name)
+        .ok_or(LoadError::MissingProgram(spec.name))?;
     let err = program_error(spec.name);
     let link: FdLink = match spec.hook {
         Hook::SockAddr => {
@@ -257,7 +288,10 @@ fn attach_one(ebpf: &mut Ebpf, spec: &Spec, cgroup: &File, pins: &PinDir) -> Res
             // multi-attach flag is rejected for links.
             let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(&err)?;
             let link = p.take_link(id).map_err(&err)?;
-            FdLink::try_from(link).map_err(|e: LinkError| LoadError::Pin { name: spec.name, message: e.to_string() })?
+            FdLink::try_from(link).map_err(|e: LinkError| LoadError::Pin {
+                name: spec.name,
+                message: e.to_string(),
+            })?
         }
         Hook::TpBtf(_) => {
             let p: &mut BtfTracePoint = program.try_into().map_err(&err)?;

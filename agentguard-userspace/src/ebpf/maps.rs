@@ -9,13 +9,19 @@
 use std::{thread, time::Duration};
 
 use agentguard_common::{
-    agent::{AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState, Throttle, ThrottleKind},
+    agent::{
+        AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState, Throttle,
+        ThrottleKind,
+    },
     maps as names,
     rules::{ExecKey, NetKey, PathKey, RuleRef},
 };
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
+    },
 };
 
 use crate::policy::compile::Compiled;
@@ -65,17 +71,37 @@ impl KernelMaps {
     /// Takes the maps out of the loaded object; also returns the event ring buffer.
     pub fn take(ebpf: &mut Ebpf) -> Result<(Self, RingBuf<MapData>), MapsError> {
         let maps = Self {
-            cgroups: take(ebpf, names::CGROUPS)?.try_into().map_err(err(names::CGROUPS))?,
-            agents: take(ebpf, names::AGENT_CONFIG)?.try_into().map_err(err(names::AGENT_CONFIG))?,
-            net: take(ebpf, names::NET_RULES)?.try_into().map_err(err(names::NET_RULES))?,
-            exec: take(ebpf, names::EXEC_RULES)?.try_into().map_err(err(names::EXEC_RULES))?,
-            paths: take(ebpf, names::PATH_RULES)?.try_into().map_err(err(names::PATH_RULES))?,
-            state: take(ebpf, names::STATE)?.try_into().map_err(err(names::STATE))?,
-            lost: take(ebpf, names::LOST)?.try_into().map_err(err(names::LOST))?,
-            counters: take(ebpf, names::COUNTERS)?.try_into().map_err(err(names::COUNTERS))?,
-            agent_buckets: take(ebpf, names::AGENT_BUCKETS)?.try_into().map_err(err(names::AGENT_BUCKETS))?,
+            cgroups: take(ebpf, names::CGROUPS)?
+                .try_into()
+                .map_err(err(names::CGROUPS))?,
+            agents: take(ebpf, names::AGENT_CONFIG)?
+                .try_into()
+                .map_err(err(names::AGENT_CONFIG))?,
+            net: take(ebpf, names::NET_RULES)?
+                .try_into()
+                .map_err(err(names::NET_RULES))?,
+            exec: take(ebpf, names::EXEC_RULES)?
+                .try_into()
+                .map_err(err(names::EXEC_RULES))?,
+            paths: take(ebpf, names::PATH_RULES)?
+                .try_into()
+                .map_err(err(names::PATH_RULES))?,
+            state: take(ebpf, names::STATE)?
+                .try_into()
+                .map_err(err(names::STATE))?,
+            lost: take(ebpf, names::LOST)?
+                .try_into()
+                .map_err(err(names::LOST))?,
+            counters: take(ebpf, names::COUNTERS)?
+                .try_into()
+                .map_err(err(names::COUNTERS))?,
+            agent_buckets: take(ebpf, names::AGENT_BUCKETS)?
+                .try_into()
+                .map_err(err(names::AGENT_BUCKETS))?,
         };
-        let ring = take(ebpf, names::EVENTS)?.try_into().map_err(err(names::EVENTS))?;
+        let ring = take(ebpf, names::EVENTS)?
+            .try_into()
+            .map_err(err(names::EVENTS))?;
         Ok((maps, ring))
     }
 
@@ -94,7 +120,11 @@ impl KernelMaps {
 
     /// The generation a new policy is written to.
     pub fn inactive_generation(&self) -> Result<u8, MapsError> {
-        Ok(if self.state()?.active_generation == 0 { 1 } else { 0 })
+        Ok(if self.state()?.active_generation == 0 {
+            1
+        } else {
+            0
+        })
     }
 
     /// Applies a compiled policy (its generation must be the inactive one) and waits out the
@@ -134,16 +164,22 @@ impl KernelMaps {
         // Entries left over from an apply that failed earlier must not leak into this one.
         self.purge(c.generation)?;
         for (k, v) in &c.agents {
-            self.agents.insert(k, v, 0).map_err(err(names::AGENT_CONFIG))?;
+            self.agents
+                .insert(k, v, 0)
+                .map_err(err(names::AGENT_CONFIG))?;
         }
         for (k, bits, v) in &c.net {
-            self.net.insert(&Key::new(*bits, *k), v, 0).map_err(err(names::NET_RULES))?;
+            self.net
+                .insert(&Key::new(*bits, *k), v, 0)
+                .map_err(err(names::NET_RULES))?;
         }
         for (k, v) in &c.exec {
             self.exec.insert(k, v, 0).map_err(err(names::EXEC_RULES))?;
         }
         for (k, bits, v) in &c.paths {
-            self.paths.insert(&Key::new(*bits, *k), v, 0).map_err(err(names::PATH_RULES))?;
+            self.paths
+                .insert(&Key::new(*bits, *k), v, 0)
+                .map_err(err(names::PATH_RULES))?;
         }
         Ok(())
     }
@@ -151,19 +187,39 @@ impl KernelMaps {
     /// Removes every entry of `generation`.
     fn purge(&mut self, generation: u8) -> Result<(), MapsError> {
         let g = u32::from(generation);
-        let agents: Vec<AgentKey> = self.agents.keys().filter_map(Result::ok).filter(|k| k.generation == g).collect();
+        let agents: Vec<AgentKey> = self
+            .agents
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == g)
+            .collect();
         for k in agents {
             self.agents.remove(&k).map_err(err(names::AGENT_CONFIG))?;
         }
-        let net: Vec<Key<NetKey>> = self.net.keys().filter_map(Result::ok).filter(|k| k.data().generation == generation).collect();
+        let net: Vec<Key<NetKey>> = self
+            .net
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().generation == generation)
+            .collect();
         for k in net {
             self.net.remove(&k).map_err(err(names::NET_RULES))?;
         }
-        let exec: Vec<ExecKey> = self.exec.keys().filter_map(Result::ok).filter(|k| k.generation == g).collect();
+        let exec: Vec<ExecKey> = self
+            .exec
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == g)
+            .collect();
         for k in exec {
             self.exec.remove(&k).map_err(err(names::EXEC_RULES))?;
         }
-        let paths: Vec<Key<PathKey>> = self.paths.keys().filter_map(Result::ok).filter(|k| k.data().generation == generation).collect();
+        let paths: Vec<Key<PathKey>> = self
+            .paths
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().generation == generation)
+            .collect();
         for k in paths {
             self.paths.remove(&k).map_err(err(names::PATH_RULES))?;
         }
@@ -172,7 +228,9 @@ impl KernelMaps {
 
     /// Registers an agent instance cgroup: from now on the kernel judges its processes.
     pub fn add_instance(&mut self, cgroup_id: u64, entry: CgroupEntry) -> Result<(), MapsError> {
-        self.cgroups.insert(cgroup_id, entry, 0).map_err(err(names::CGROUPS))
+        self.cgroups
+            .insert(cgroup_id, entry, 0)
+            .map_err(err(names::CGROUPS))
     }
 
     /// Forgets an instance cgroup (after it has exited and been removed).
@@ -204,7 +262,10 @@ impl KernelMaps {
         };
         let b = self.agent_buckets.get(&key, 0).ok()?;
         let (_, now) = crate::audit::now();
-        let credit = b.credit_ns.saturating_add(now.saturating_sub(b.last_ns)).min(t.burst_ns);
+        let credit = b
+            .credit_ns
+            .saturating_add(now.saturating_sub(b.last_ns))
+            .min(t.burst_ns);
         Some(credit / t.cost_ns.max(1))
     }
 

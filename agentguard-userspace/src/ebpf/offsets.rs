@@ -95,10 +95,10 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> Option<(u32, Type)> {
         if member_name == name {
             return Some((m.bit_offset(), member_ty));
         }
-        if member_name.is_empty() {
-            if let Some((bits, t)) = find_member(btf, &member_ty, name) {
-                return Some((m.bit_offset() + bits, t));
-            }
+        if member_name.is_empty()
+            && let Some((bits, t)) = find_member(btf, &member_ty, name)
+        {
+            return Some((m.bit_offset() + bits, t));
         }
     }
     None

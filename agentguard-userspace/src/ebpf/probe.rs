@@ -6,12 +6,7 @@ use std::path::PathBuf;
 use aya::{Btf, EbpfLoader};
 use serde::Serialize;
 
-use super::{
-    object::OBJECT,
-    offsets,
-    pins,
-    programs::Group,
-};
+use super::{object::OBJECT, offsets, pins, programs::Group};
 
 /// Whether one program group loads here.
 #[derive(Clone, Debug, Serialize)]
@@ -28,7 +23,10 @@ pub fn programs() -> Vec<GroupProbe> {
     let fail_all = |e: String| {
         groups
             .iter()
-            .map(|g| GroupProbe { group: g.name(), result: Err(e.clone()) })
+            .map(|g| GroupProbe {
+                group: g.name(),
+                result: Err(e.clone()),
+            })
             .collect()
     };
     if let Err(e) = pins::ensure_bpffs() {
@@ -40,7 +38,8 @@ pub fn programs() -> Vec<GroupProbe> {
     }
     let result = (|| {
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
-        let offsets = offsets::from_btf(std::path::Path::new(offsets::VMLINUX_BTF)).map_err(|e| e.to_string())?;
+        let offsets = offsets::from_btf(std::path::Path::new(offsets::VMLINUX_BTF))
+            .map_err(|e| e.to_string())?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global(agentguard_common::offsets::GLOBAL_NAME, &offsets, true)
@@ -56,8 +55,13 @@ pub fn programs() -> Vec<GroupProbe> {
                     } else {
                         Ok(())
                     }
-                    .and_then(|()| super::loader::load_group(&mut ebpf, *g, &btf).map_err(|e| e.to_string()));
-                    GroupProbe { group: g.name(), result }
+                    .and_then(|()| {
+                        super::loader::load_group(&mut ebpf, *g, &btf).map_err(|e| e.to_string())
+                    });
+                    GroupProbe {
+                        group: g.name(),
+                        result,
+                    }
                 })
                 .collect::<Vec<_>>(),
         )

@@ -46,12 +46,36 @@ pub struct Spec {
 
 /// Every program agentguard loads.
 pub const SPECS: &[Spec] = &[
-    Spec { name: "ag_connect4", group: Group::Network, hook: Hook::SockAddr },
-    Spec { name: "ag_connect6", group: Group::Network, hook: Hook::SockAddr },
-    Spec { name: "ag_sendmsg4", group: Group::Network, hook: Hook::SockAddr },
-    Spec { name: "ag_sendmsg6", group: Group::Network, hook: Hook::SockAddr },
-    Spec { name: "ag_exec_fallback", group: Group::ExecFallback, hook: Hook::TpBtf("sched_process_exec") },
-    Spec { name: "ag_bprm_check", group: Group::Lsm, hook: Hook::Lsm("bprm_check_security") },
+    Spec {
+        name: "ag_connect4",
+        group: Group::Network,
+        hook: Hook::SockAddr,
+    },
+    Spec {
+        name: "ag_connect6",
+        group: Group::Network,
+        hook: Hook::SockAddr,
+    },
+    Spec {
+        name: "ag_sendmsg4",
+        group: Group::Network,
+        hook: Hook::SockAddr,
+    },
+    Spec {
+        name: "ag_sendmsg6",
+        group: Group::Network,
+        hook: Hook::SockAddr,
+    },
+    Spec {
+        name: "ag_exec_fallback",
+        group: Group::ExecFallback,
+        hook: Hook::TpBtf("sched_process_exec"),
+    },
+    Spec {
+        name: "ag_bprm_check",
+        group: Group::Lsm,
+        hook: Hook::Lsm("bprm_check_security"),
+    },
 ];
 
 /// The programs of one group.

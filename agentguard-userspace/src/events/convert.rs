@@ -134,20 +134,29 @@ mod tests {
             _pad: [0; 3],
         });
         let mut rules = HashMap::new();
-        rules.insert((1, 3), RuleInfo {
-            agent: "buyer".into(),
-            kind: RuleKind::Connect,
-            text: "api.example.com:443".into(),
-            name: Some("api.example.com".into()),
-        });
+        rules.insert(
+            (1, 3),
+            RuleInfo {
+                agent: "buyer".into(),
+                kind: RuleKind::Connect,
+                text: "api.example.com:443".into(),
+                name: Some("api.example.com".into()),
+            },
+        );
         let a = to_action(&ev, &Fake { rules });
-        assert_eq!((a.agent.as_str(), a.instance.as_str(), a.comm.as_str()), ("buyer", "buyer/1", "curl"));
+        assert_eq!(
+            (a.agent.as_str(), a.instance.as_str(), a.comm.as_str()),
+            ("buyer", "buyer/1", "curl")
+        );
         assert_eq!(a.rule.as_deref(), Some("api.example.com:443"));
-        assert_eq!(a.target, Target::Net {
-            addr: IpAddr::from([192, 0, 2, 1]),
-            port: 443,
-            protocol: PROTO_TCP,
-            name: Some("api.example.com".into()),
-        });
+        assert_eq!(
+            a.target,
+            Target::Net {
+                addr: IpAddr::from([192, 0, 2, 1]),
+                port: 443,
+                protocol: PROTO_TCP,
+                name: Some("api.example.com".into()),
+            }
+        );
     }
 }

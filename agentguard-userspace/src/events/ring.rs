@@ -1,8 +1,8 @@
 //! Draining the pinned ring buffer with tokio: woken by epoll through `AsyncFd`, never polled on
 //! a timer.
 
-use aya::maps::{MapData, RingBuf};
 use agentguard_common::user::{DecodeError, KernelEvent, decode};
+use aya::maps::{MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 /// The ring buffer, registered with tokio.
@@ -22,7 +22,10 @@ impl EventRing {
 
     /// Waits until events are available, then hands every available record to `sink` (decoded,
     /// or the decode error for a record this daemon cannot read). Returns how many were read.
-    pub async fn drain(&mut self, mut sink: impl FnMut(Result<KernelEvent, DecodeError>)) -> std::io::Result<usize> {
+    pub async fn drain(
+        &mut self,
+        mut sink: impl FnMut(Result<KernelEvent, DecodeError>),
+    ) -> std::io::Result<usize> {
         let mut guard = self.fd.readable_mut().await?;
         let ring = guard.get_inner_mut();
         let mut n = 0;

@@ -6,7 +6,9 @@ use agentguard_common::{
         AGENT_AUDIT, AGENT_EXEC_RULES, AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AgentConfig, AgentKey,
         throttle_slot,
     },
-    rules::{ExecKey, NET_KEY_FIXED_BITS, NetKey, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey, RuleRef},
+    rules::{
+        ExecKey, NET_KEY_FIXED_BITS, NetKey, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey, RuleRef,
+    },
     verdict::{ACCESS_READ, ACCESS_WRITE},
 };
 use ipnet::IpNet;
@@ -71,7 +73,13 @@ impl Compiled {
         self.rules.get(usize::try_from(rule_id).ok()?)
     }
 
-    fn add_rule(&mut self, agent: &str, kind: RuleKind, text: String, name: Option<String>) -> RuleRef {
+    fn add_rule(
+        &mut self,
+        agent: &str,
+        kind: RuleKind,
+        text: String,
+        name: Option<String>,
+    ) -> RuleRef {
         let rule_id = u32::try_from(self.rules.len()).unwrap_or(u32::MAX - 1);
         self.rules.push(RuleInfo {
             agent: agent.to_owned(),
@@ -123,28 +131,64 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
         for entry in &agent.connect {
             match &entry.value.target {
                 NetTarget::Net(net) => {
-                    let rule = out.add_rule(&agent.name, RuleKind::Connect, entry.value.to_string(), None);
-                    out.net.push(net_entry(generation, agent.id, net, entry.value.port, rule));
+                    let rule = out.add_rule(
+                        &agent.name,
+                        RuleKind::Connect,
+                        entry.value.to_string(),
+                        None,
+                    );
+                    out.net
+                        .push(net_entry(generation, agent.id, net, entry.value.port, rule));
                 }
                 NetTarget::Name(name) => {
-                    let rule = out.add_rule(&agent.name, RuleKind::Connect, entry.value.to_string(), Some(name.clone()));
+                    let rule = out.add_rule(
+                        &agent.name,
+                        RuleKind::Connect,
+                        entry.value.to_string(),
+                        Some(name.clone()),
+                    );
                     for addr in resolved.names.get(name).into_iter().flatten() {
-                        out.net.push(net_entry(generation, agent.id, &IpNet::from(*addr), entry.value.port, rule));
+                        out.net.push(net_entry(
+                            generation,
+                            agent.id,
+                            &IpNet::from(*addr),
+                            entry.value.port,
+                            rule,
+                        ));
                     }
                 }
             }
         }
         if agent.dns {
             for resolver in &resolved.resolvers {
-                let rule = out.add_rule(&agent.name, RuleKind::Dns, format!("{}", super::net::NetEntry {
-                    target: NetTarget::Net(IpNet::from(*resolver)),
-                    port: 53,
-                }), None);
-                out.net.push(net_entry(generation, agent.id, &IpNet::from(*resolver), 53, rule));
+                let rule = out.add_rule(
+                    &agent.name,
+                    RuleKind::Dns,
+                    format!(
+                        "{}",
+                        super::net::NetEntry {
+                            target: NetTarget::Net(IpNet::from(*resolver)),
+                            port: 53,
+                        }
+                    ),
+                    None,
+                );
+                out.net.push(net_entry(
+                    generation,
+                    agent.id,
+                    &IpNet::from(*resolver),
+                    53,
+                    rule,
+                ));
             }
         }
         for e in &agent.exec {
-            let rule = out.add_rule(&agent.name, RuleKind::Exec, e.value.display().to_string(), None);
+            let rule = out.add_rule(
+                &agent.name,
+                RuleKind::Exec,
+                e.value.display().to_string(),
+                None,
+            );
             if let Some(id) = resolved.binaries.get(&e.value) {
                 for (dev, ino) in id.keys() {
                     out.exec.push((
@@ -174,7 +218,13 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
     out
 }
 
-fn net_entry(generation: u8, agent_id: u32, net: &IpNet, port: u16, rule: RuleRef) -> (NetKey, u32, RuleRef) {
+fn net_entry(
+    generation: u8,
+    agent_id: u32,
+    net: &IpNet,
+    port: u16,
+    rule: RuleRef,
+) -> (NetKey, u32, RuleRef) {
     let (addr, prefix) = to_key_space(net);
     (
         NetKey {
@@ -202,7 +252,13 @@ pub fn path_key_bytes(rule: &PathRule) -> Vec<u8> {
     bytes
 }
 
-fn path_entry(generation: u8, agent_id: u32, access: u8, rule: &PathRule, value: RuleRef) -> Option<(PathKey, u32, RuleRef)> {
+fn path_entry(
+    generation: u8,
+    agent_id: u32,
+    access: u8,
+    rule: &PathRule,
+    value: RuleRef,
+) -> Option<(PathKey, u32, RuleRef)> {
     let bytes = path_key_bytes(rule);
     if bytes.len() > PATH_KEY_LEN {
         return None;
@@ -231,12 +287,17 @@ mod tests {
 
     #[test]
     fn compiles_network_rules_into_one_key_space() {
-        let p = policy("[agents.buyer]\nconnect = [\"127.0.0.1:8080\", \"10.0.0.0/8:443\", \"[::1]:8080\", \"[2001:db8::/32]:443\"]\n");
+        let p = policy(
+            "[agents.buyer]\nconnect = [\"127.0.0.1:8080\", \"10.0.0.0/8:443\", \"[::1]:8080\", \"[2001:db8::/32]:443\"]\n",
+        );
         let c = compile(&p, 1, &Resolved::default());
         assert_eq!(c.net.len(), 4);
         let id = p.agents[0].id;
         let (k, bits, r) = c.net[0];
-        assert_eq!((k.agent_id, k.generation, k.port_be), (id, 1, 8080u16.to_be_bytes()));
+        assert_eq!(
+            (k.agent_id, k.generation, k.port_be),
+            (id, 1, 8080u16.to_be_bytes())
+        );
         assert_eq!(&k.addr[10..], &[0xff, 0xff, 127, 0, 0, 1]);
         assert_eq!(bits, 64 + 128);
         assert_eq!(r.rule_id, 0);
@@ -245,7 +306,13 @@ mod tests {
         assert_eq!(c.net[3].1, 64 + 32);
         assert_eq!(c.rule(1).map(|r| r.text.as_str()), Some("10.0.0.0/8:443"));
         let (key, cfg) = c.agents[0];
-        assert_eq!(key, AgentKey { generation: 1, agent_id: id });
+        assert_eq!(
+            key,
+            AgentKey {
+                generation: 1,
+                agent_id: id
+            }
+        );
         assert_eq!(cfg.flags, AGENT_LOG_ALLOWED);
     }
 
@@ -253,38 +320,80 @@ mod tests {
     fn names_expand_to_their_addresses_and_keep_the_name() {
         let p = policy("[agents.a]\nconnect = [\"api.example.com:443\"]\ndns = true\n");
         let mut r = Resolved::default();
-        r.names.insert("api.example.com".into(), vec!["192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])), "2001:db8::1".parse().unwrap_or(IpAddr::from([0; 4]))]);
+        r.names.insert(
+            "api.example.com".into(),
+            vec![
+                "192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])),
+                "2001:db8::1".parse().unwrap_or(IpAddr::from([0; 4])),
+            ],
+        );
         r.resolvers = vec!["10.0.0.53".parse().unwrap_or(IpAddr::from([0; 4]))];
         let c = compile(&p, 0, &r);
         assert_eq!(c.net.len(), 3);
         assert_eq!(c.net[0].2, c.net[1].2);
-        assert_eq!(c.rule(0).and_then(|r| r.name.as_deref()), Some("api.example.com"));
-        assert_eq!(c.rule(1).map(|r| (r.kind, r.text.as_str())), Some((RuleKind::Dns, "10.0.0.53:53")));
+        assert_eq!(
+            c.rule(0).and_then(|r| r.name.as_deref()),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            c.rule(1).map(|r| (r.kind, r.text.as_str())),
+            Some((RuleKind::Dns, "10.0.0.53:53"))
+        );
     }
 
     #[test]
     fn file_rules_set_default_deny_and_trailing_slash_keys() {
-        let p = policy("[agents.a]\nexec = [\"/usr/bin/env\"]\nread = [\"/srv/buyer\", \"/proc/self\"]\nwrite = [\"/\"]\nmode = \"audit\"\n");
+        let p = policy(
+            "[agents.a]\nexec = [\"/usr/bin/env\"]\nread = [\"/srv/buyer\", \"/proc/self\"]\nwrite = [\"/\"]\nmode = \"audit\"\n",
+        );
         let mut r = Resolved::default();
-        r.binaries.insert(PathBuf::from("/usr/bin/env"), FileIdentity { dev: 7, stat_dev: Some(9), ino: 42 });
+        r.binaries.insert(
+            PathBuf::from("/usr/bin/env"),
+            FileIdentity {
+                dev: 7,
+                stat_dev: Some(9),
+                ino: 42,
+            },
+        );
         let c = compile(&p, 0, &r);
-        assert_eq!(c.agents[0].1.flags & (AGENT_EXEC_RULES | AGENT_FILE_RULES | AGENT_AUDIT), AGENT_EXEC_RULES | AGENT_FILE_RULES | AGENT_AUDIT);
-        assert_eq!(c.exec.iter().map(|(k, _)| (k.dev, k.ino)).collect::<Vec<_>>(), vec![(7, 42), (9, 42)]);
-        let keys: Vec<(u8, &[u8], u32)> = c.paths.iter().map(|(k, bits, _)| (k.access, &k.path[..((bits - 64) / 8) as usize], *bits)).collect();
-        assert_eq!(keys, vec![
-            (ACCESS_READ, &b"/srv/buyer/"[..], 64 + 88),
-            (ACCESS_READ, &b"/proc/self/"[..], 64 + 88),
-            (ACCESS_WRITE, &b"/"[..], 64 + 8),
-        ]);
+        assert_eq!(
+            c.agents[0].1.flags & (AGENT_EXEC_RULES | AGENT_FILE_RULES | AGENT_AUDIT),
+            AGENT_EXEC_RULES | AGENT_FILE_RULES | AGENT_AUDIT
+        );
+        assert_eq!(
+            c.exec
+                .iter()
+                .map(|(k, _)| (k.dev, k.ino))
+                .collect::<Vec<_>>(),
+            vec![(7, 42), (9, 42)]
+        );
+        let keys: Vec<(u8, &[u8], u32)> = c
+            .paths
+            .iter()
+            .map(|(k, bits, _)| (k.access, &k.path[..((bits - 64) / 8) as usize], *bits))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (ACCESS_READ, &b"/srv/buyer/"[..], 64 + 88),
+                (ACCESS_READ, &b"/proc/self/"[..], 64 + 88),
+                (ACCESS_WRITE, &b"/"[..], 64 + 8),
+            ]
+        );
     }
 
     #[test]
     fn sub_agents_point_to_their_parent_and_budgets_land_in_slots() {
-        let p = policy("[agents.a]\nconnect = [\"10.0.0.0/8:443\"]\n[agents.a.throttle]\nconnect = \"10/s\"\nscope = \"agent\"\non_exceed = \"freeze\"\n[agents.a.sub.s]\nconnect = [\"10.1.0.0/16:443\"]\n");
+        let p = policy(
+            "[agents.a]\nconnect = [\"10.0.0.0/8:443\"]\n[agents.a.throttle]\nconnect = \"10/s\"\nscope = \"agent\"\non_exceed = \"freeze\"\n[agents.a.sub.s]\nconnect = [\"10.1.0.0/16:443\"]\n",
+        );
         let c = compile(&p, 0, &Resolved::default());
         let parent = p.agents[0].id;
         assert_eq!(c.agents[1].1.parent_agent_id, parent);
-        let t = c.agents[0].1.throttles[throttle_slot(agentguard_common::agent::ThrottleKind::Connect, agentguard_common::agent::ThrottleScope::Agent)];
+        let t = c.agents[0].1.throttles[throttle_slot(
+            agentguard_common::agent::ThrottleKind::Connect,
+            agentguard_common::agent::ThrottleScope::Agent,
+        )];
         assert_eq!((t.cost_ns, t.on_exceed), (100_000_000, 1));
     }
 }

@@ -80,7 +80,12 @@ impl<'a> Source<'a> {
     }
 
     /// A diagnostic at `span` about `field`.
-    pub fn diag(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+    pub fn diag(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Diagnostic {
         let (line, column) = self.locate(span.start);
         Diagnostic {
             file: self.name.to_owned(),
@@ -147,7 +152,10 @@ mod tests {
 
     #[test]
     fn renders_every_diagnostic() {
-        let src = Source { name: "p.toml", text: "x\ny" };
+        let src = Source {
+            name: "p.toml",
+            text: "x\ny",
+        };
         let e = PolicyError::Invalid(vec![
             src.diag(0..1, "agents.a", "bad"),
             src.diag(2..3, "agents.b", "worse"),

@@ -106,7 +106,9 @@ fn parse_target(host: &str) -> Result<NetTarget, NetEntryError> {
         return Err(NetEntryError::BadAddress(host.to_owned()));
     }
     if is_dns_name(host) {
-        Ok(NetTarget::Name(host.trim_end_matches('.').to_ascii_lowercase()))
+        Ok(NetTarget::Name(
+            host.trim_end_matches('.').to_ascii_lowercase(),
+        ))
     } else {
         Err(NetEntryError::BadName(host.to_owned()))
     }
@@ -121,15 +123,21 @@ fn is_dns_name(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
 
 impl fmt::Display for NetEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {
-            NetTarget::Net(IpNet::V4(n)) if n.prefix_len() == 32 => write!(f, "{}:{}", n.addr(), self.port),
-            NetTarget::Net(IpNet::V6(n)) if n.prefix_len() == 128 => write!(f, "[{}]:{}", n.addr(), self.port),
+            NetTarget::Net(IpNet::V4(n)) if n.prefix_len() == 32 => {
+                write!(f, "{}:{}", n.addr(), self.port)
+            }
+            NetTarget::Net(IpNet::V6(n)) if n.prefix_len() == 128 => {
+                write!(f, "[{}]:{}", n.addr(), self.port)
+            }
             NetTarget::Net(IpNet::V4(n)) => write!(f, "{n}:{}", self.port),
             NetTarget::Net(IpNet::V6(n)) => write!(f, "[{n}]:{}", self.port),
             NetTarget::Name(name) => write!(f, "{name}:{}", self.port),
@@ -193,22 +201,48 @@ mod tests {
         let err = |s: &str| s.parse::<NetEntry>().err();
         assert_eq!(err("127.0.0.1"), Some(NetEntryError::MissingPort));
         assert_eq!(err("127.0.0.1:0"), Some(NetEntryError::BadPort("0".into())));
-        assert_eq!(err("127.0.0.1:99999"), Some(NetEntryError::BadPort("99999".into())));
+        assert_eq!(
+            err("127.0.0.1:99999"),
+            Some(NetEntryError::BadPort("99999".into()))
+        );
         assert_eq!(err("::1:80"), Some(NetEntryError::UnbracketedIpv6));
         assert_eq!(err("[::1]"), Some(NetEntryError::MissingPort));
-        assert_eq!(err("10.0.0.0/33:1"), Some(NetEntryError::BadPrefix("33".into())));
-        assert_eq!(err("300.1.2.3:1"), Some(NetEntryError::BadAddress("300.1.2.3".into())));
-        assert!(matches!(err("10.0.0.1/8:1"), Some(NetEntryError::HostBits { .. })));
-        assert_eq!(err("bad host!:1"), Some(NetEntryError::BadName("bad host!".into())));
-        assert_eq!(err("[1.2.3.4/40]:1"), Some(NetEntryError::BadPrefix("40".into())));
+        assert_eq!(
+            err("10.0.0.0/33:1"),
+            Some(NetEntryError::BadPrefix("33".into()))
+        );
+        assert_eq!(
+            err("300.1.2.3:1"),
+            Some(NetEntryError::BadAddress("300.1.2.3".into()))
+        );
+        assert!(matches!(
+            err("10.0.0.1/8:1"),
+            Some(NetEntryError::HostBits { .. })
+        ));
+        assert_eq!(
+            err("bad host!:1"),
+            Some(NetEntryError::BadName("bad host!".into()))
+        );
+        assert_eq!(
+            err("[1.2.3.4/40]:1"),
+            Some(NetEntryError::BadPrefix("40".into()))
+        );
     }
 
     #[test]
     fn ipv4_lives_in_the_mapped_key_space() {
         let (a, l) = to_key_space(&"10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!()));
-        assert_eq!(a, "::ffff:10.0.0.0".parse::<Ipv6Addr>().unwrap_or(Ipv6Addr::UNSPECIFIED));
+        assert_eq!(
+            a,
+            "::ffff:10.0.0.0"
+                .parse::<Ipv6Addr>()
+                .unwrap_or(Ipv6Addr::UNSPECIFIED)
+        );
         assert_eq!(l, 104);
-        assert_eq!(from_key_space(a.octets()), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)));
+        assert_eq!(
+            from_key_space(a.octets()),
+            IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0))
+        );
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
         assert_eq!(from_key_space(v6.octets()), IpAddr::V6(v6));
     }

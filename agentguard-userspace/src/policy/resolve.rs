@@ -46,7 +46,11 @@ pub fn binaries(policy: &Policy) -> Result<HashMap<PathBuf, FileIdentity>, Vec<D
             }
         }
     }
-    if diags.is_empty() { Ok(out) } else { Err(diags) }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
 }
 
 /// The `nameserver` addresses of a resolv.conf text.
@@ -76,7 +80,8 @@ mod tests {
 
     #[test]
     fn reads_nameservers() {
-        let text = "# comment\nnameserver 10.0.0.2\nsearch x\nnameserver fe80::1%eth0\nnameserver bogus\n";
+        let text =
+            "# comment\nnameserver 10.0.0.2\nsearch x\nnameserver fe80::1%eth0\nnameserver bogus\n";
         assert_eq!(
             parse_resolv_conf(text),
             vec![
@@ -88,13 +93,19 @@ mod tests {
 
     #[test]
     fn missing_binary_names_the_rule() {
-        let p = match crate::policy::parse("p.toml", "[agents.a]\nexec = [\"/nonexistent/agentguard-test\"]\n") {
+        let p = match crate::policy::parse(
+            "p.toml",
+            "[agents.a]\nexec = [\"/nonexistent/agentguard-test\"]\n",
+        ) {
             Ok(p) => p,
             Err(e) => panic!("{e}"),
         };
         let diags = binaries(&p).err().unwrap_or_default();
         assert_eq!(diags.len(), 1);
-        assert_eq!((diags[0].line, diags[0].field.as_str()), (2, "agents.a.exec[0]"));
+        assert_eq!(
+            (diags[0].line, diags[0].field.as_str()),
+            (2, "agents.a.exec[0]")
+        );
         assert!(diags[0].message.contains("/nonexistent/agentguard-test"));
     }
 }

@@ -116,9 +116,15 @@ mod tests {
 
     #[test]
     fn parses_rates() {
-        assert_eq!("10/s".parse::<Rate>().map(|r| (r.count, r.per_ns)), Ok((10, SECOND)));
+        assert_eq!(
+            "10/s".parse::<Rate>().map(|r| (r.count, r.per_ns)),
+            Ok((10, SECOND))
+        );
         assert_eq!("30/min".parse::<Rate>().map(|r| r.per_ns), Ok(60 * SECOND));
-        assert_eq!("2 / h".parse::<Rate>().map(|r| r.to_string()), Ok("2/h".to_owned()));
+        assert_eq!(
+            "2 / h".parse::<Rate>().map(|r| r.to_string()),
+            Ok("2/h".to_owned())
+        );
         assert_eq!("10".parse::<Rate>(), Err(RateError::Form));
         assert_eq!("0/s".parse::<Rate>(), Err(RateError::Count));
         assert_eq!("x/s".parse::<Rate>(), Err(RateError::Count));
@@ -130,7 +136,11 @@ mod tests {
         let l = Limit {
             kind: ThrottleKind::Connect,
             scope: ThrottleScope::Process,
-            rate: Rate { count: 5, per_ns: SECOND, unit: "s" },
+            rate: Rate {
+                count: 5,
+                per_ns: SECOND,
+                unit: "s",
+            },
             burst: 2.0,
             on_exceed: OnExceed::Freeze,
         };

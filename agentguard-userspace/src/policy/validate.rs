@@ -79,7 +79,11 @@ impl Validator<'_> {
         let (full, field) = match parent {
             Some(p) => (
                 format!("{}/{}", self.agents[p].name, name.get_ref()),
-                format!("{}.sub.{}", agent_field(&self.agents[p].name), name.get_ref()),
+                format!(
+                    "{}.sub.{}",
+                    agent_field(&self.agents[p].name),
+                    name.get_ref()
+                ),
             ),
             None => (name.get_ref().clone(), format!("agents.{}", name.get_ref())),
         };
@@ -163,14 +167,26 @@ impl Validator<'_> {
         out
     }
 
-    fn paths(&mut self, field: &str, kind: &str, entries: &[Spanned<String>]) -> Vec<Located<PathRule>> {
+    fn paths(
+        &mut self,
+        field: &str,
+        kind: &str,
+        entries: &[Spanned<String>],
+    ) -> Vec<Located<PathRule>> {
         let mut out: Vec<Located<PathRule>> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.{kind}[{i}]");
             let text = e.get_ref().trim();
             let rules = if text == runtime::TOKEN {
                 if kind != "read" {
-                    self.error(e, f, format!("{} is a read baseline; it cannot be granted for {kind}", runtime::TOKEN));
+                    self.error(
+                        e,
+                        f,
+                        format!(
+                            "{} is a read baseline; it cannot be granted for {kind}",
+                            runtime::TOKEN
+                        ),
+                    );
                     continue;
                 }
                 runtime::SYSTEM_RUNTIME
@@ -179,7 +195,14 @@ impl Validator<'_> {
                     .chain([PathRule::ProcSelf])
                     .collect()
             } else if text.starts_with('@') {
-                self.error(e, f, format!("unknown baseline {text:?}; the only one is {}", runtime::TOKEN));
+                self.error(
+                    e,
+                    f,
+                    format!(
+                        "unknown baseline {text:?}; the only one is {}",
+                        runtime::TOKEN
+                    ),
+                );
                 continue;
             } else if text == runtime::PROC_SELF || text == "/proc/thread-self" {
                 vec![PathRule::ProcSelf]
@@ -213,12 +236,20 @@ impl Validator<'_> {
         out
     }
 
-    fn capabilities(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<caps::Capability>> {
+    fn capabilities(
+        &mut self,
+        field: &str,
+        entries: &[Spanned<String>],
+    ) -> Vec<Located<caps::Capability>> {
         let mut out: Vec<Located<caps::Capability>> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.capabilities[{i}]");
             let upper = e.get_ref().trim().to_ascii_uppercase();
-            let name = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+            let name = if upper.starts_with("CAP_") {
+                upper
+            } else {
+                format!("CAP_{upper}")
+            };
             match caps::Capability::from_str(&name) {
                 Ok(c) if out.iter().any(|o| o.value == c) => {
                     self.error(e, f, format!("duplicate capability {name}"));
@@ -237,7 +268,11 @@ impl Validator<'_> {
         let t = raw.get_ref();
         let burst = match &t.burst {
             Some(b) if !b.get_ref().is_finite() || *b.get_ref() <= 0.0 || *b.get_ref() > 1000.0 => {
-                self.error(b, format!("{field}.burst"), "burst must be a number greater than 0 and at most 1000");
+                self.error(
+                    b,
+                    format!("{field}.burst"),
+                    "burst must be a number greater than 0 and at most 1000",
+                );
                 DEFAULT_BURST
             }
             Some(b) => *b.get_ref(),
@@ -260,7 +295,10 @@ impl Validator<'_> {
         ];
         for (kind, rate) in own {
             let f = format!("{field}.{}", kind_name(kind));
-            limits.extend(rate.as_ref().and_then(|r| self.limit(r, f, kind, scope, burst, on_exceed)));
+            limits.extend(
+                rate.as_ref()
+                    .and_then(|r| self.limit(r, f, kind, scope, burst, on_exceed)),
+            );
         }
         if let Some(agent) = &t.agent {
             let a = agent.get_ref();
@@ -271,8 +309,15 @@ impl Validator<'_> {
             ] {
                 let Some(rate) = rate else { continue };
                 let f = format!("{field}.agent.{}", kind_name(kind));
-                if limits.iter().any(|l| l.kind == kind && l.scope == ThrottleScope::Agent) {
-                    self.error(rate, f, "already limited for the whole agent by scope = \"agent\"");
+                if limits
+                    .iter()
+                    .any(|l| l.kind == kind && l.scope == ThrottleScope::Agent)
+                {
+                    self.error(
+                        rate,
+                        f,
+                        "already limited for the whole agent by scope = \"agent\"",
+                    );
                     continue;
                 }
                 limits.extend(self.limit(rate, f, kind, ThrottleScope::Agent, burst, on_exceed));
@@ -310,11 +355,19 @@ impl Validator<'_> {
                 on_exceed,
             }),
             Ok(_) => {
-                self.error(rate, field, "burst * count must be at least 1 (the bucket must hold one action)");
+                self.error(
+                    rate,
+                    field,
+                    "burst * count must be at least 1 (the bucket must hold one action)",
+                );
                 None
             }
             Err(e) => {
-                self.error(rate, field, format!("invalid rate {:?}: {e}", rate.get_ref()));
+                self.error(
+                    rate,
+                    field,
+                    format!("invalid rate {:?}: {e}", rate.get_ref()),
+                );
                 None
             }
         }
@@ -323,15 +376,25 @@ impl Validator<'_> {
     /// A sub-agent may never be allowed anything its parent is not.
     fn within_parent(&mut self, field: &str, raw: &RawAgent, sub: &Agent, parent: &Agent) {
         let pname = &parent.name;
-        if parent.mode == Mode::Enforce && sub.mode == Mode::Audit {
-            if let Some(m) = &raw.mode {
-                self.error(m, format!("{field}.mode"), format!("a sub-agent of enforcing agent {pname:?} cannot be in audit mode"));
-            }
+        if parent.mode == Mode::Enforce
+            && sub.mode == Mode::Audit
+            && let Some(m) = &raw.mode
+        {
+            self.error(
+                m,
+                format!("{field}.mode"),
+                format!("a sub-agent of enforcing agent {pname:?} cannot be in audit mode"),
+            );
         }
-        if sub.dns && !parent.dns {
-            if let Some(d) = &raw.dns {
-                self.error(d, format!("{field}.dns"), format!("parent agent {pname:?} does not allow dns"));
-            }
+        if sub.dns
+            && !parent.dns
+            && let Some(d) = &raw.dns
+        {
+            self.error(
+                d,
+                format!("{field}.dns"),
+                format!("parent agent {pname:?} does not allow dns"),
+            );
         }
         for entry in &sub.connect {
             let covered = parent.connect.iter().any(|p| {
@@ -343,16 +406,28 @@ impl Validator<'_> {
                     }
             });
             if !covered {
-                self.error_at(&entry.at, format!("{} is not allowed to parent agent {pname:?}", entry.value));
+                self.error_at(
+                    &entry.at,
+                    format!("{} is not allowed to parent agent {pname:?}", entry.value),
+                );
             }
         }
         if parent.restricts_files() {
             for e in &sub.exec {
                 if !parent.exec.iter().any(|p| p.value == e.value) {
-                    self.error_at(&e.at, format!("{} is not in the exec list of parent agent {pname:?}", e.value.display()));
+                    self.error_at(
+                        &e.at,
+                        format!(
+                            "{} is not in the exec list of parent agent {pname:?}",
+                            e.value.display()
+                        ),
+                    );
                 }
             }
-            for (rules, parent_rules, kind) in [(&sub.read, &parent.read, "read"), (&sub.write, &parent.write, "write")] {
+            for (rules, parent_rules, kind) in [
+                (&sub.read, &parent.read, "read"),
+                (&sub.write, &parent.write, "write"),
+            ] {
                 for rule in rules {
                     let covered = parent_rules.iter().any(|p| match (&rule.value, &p.value) {
                         (PathRule::ProcSelf, PathRule::ProcSelf) => true,
@@ -360,14 +435,23 @@ impl Validator<'_> {
                         _ => false,
                     });
                     if !covered {
-                        self.error_at(&rule.at, format!("{} is not within the {kind} rules of parent agent {pname:?}", rule.value));
+                        self.error_at(
+                            &rule.at,
+                            format!(
+                                "{} is not within the {kind} rules of parent agent {pname:?}",
+                                rule.value
+                            ),
+                        );
                     }
                 }
             }
         }
         for c in &sub.capabilities {
             if !parent.capabilities.iter().any(|p| p.value == c.value) {
-                self.error_at(&c.at, format!("{} is not granted to parent agent {pname:?}", c.value));
+                self.error_at(
+                    &c.at,
+                    format!("{} is not granted to parent agent {pname:?}", c.value),
+                );
             }
         }
     }
@@ -377,7 +461,10 @@ impl Validator<'_> {
         let mut clashes = Vec::new();
         for a in &self.agents {
             if let Some(other) = seen.insert(a.id, &a.name) {
-                clashes.push(format!("agents {other:?} and {:?} hash to the same id; rename one", a.name));
+                clashes.push(format!(
+                    "agents {other:?} and {:?} hash to the same id; rename one",
+                    a.name
+                ));
             }
         }
         for message in clashes {
@@ -398,8 +485,12 @@ fn absolute(text: &str) -> Result<PathBuf, String> {
         return Err(format!("{text:?} is not an absolute path"));
     }
     let p = Path::new(text);
-    if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return Err(format!("{text:?} contains . or .. components; write the path it means"));
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "{text:?} contains . or .. components; write the path it means"
+        ));
     }
     let normal: PathBuf = p.components().collect();
     if normal.as_os_str().len() > MAX_RULE_PATH {

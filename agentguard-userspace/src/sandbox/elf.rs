@@ -31,7 +31,12 @@ mod tests {
     fn finds_the_loader_of_a_dynamic_binary() {
         // /bin/sh is dynamically linked on every supported distribution.
         let interp = interpreter(Path::new("/bin/sh"));
-        assert!(interp.as_ref().is_some_and(|p| p.to_string_lossy().contains("ld-linux")), "{interp:?}");
+        assert!(
+            interp
+                .as_ref()
+                .is_some_and(|p| p.to_string_lossy().contains("ld-linux")),
+            "{interp:?}"
+        );
         assert_eq!(interpreter(Path::new("/etc/hostname")), None);
     }
 }

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus,
+    Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
 
 use super::elf;
@@ -41,7 +41,11 @@ pub struct Applied {
 
 fn rule(path: &Path, access: landlock::BitFlags<AccessFs>) -> Option<PathBeneath<PathFd>> {
     let fd = PathFd::new(path).ok()?;
-    let access = if path.is_dir() { access } else { access & AccessFs::from_file(ABI_TARGET) };
+    let access = if path.is_dir() {
+        access
+    } else {
+        access & AccessFs::from_file(ABI_TARGET)
+    };
     Some(PathBeneath::new(fd, access))
 }
 

@@ -57,7 +57,10 @@ pub fn resolve_user(spec: &str) -> Result<UserSpec, PrivError> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let unknown = |kind, name: &str| PrivError::Unknown { kind, name: name.to_owned() };
+    let unknown = |kind, name: &str| PrivError::Unknown {
+        kind,
+        name: name.to_owned(),
+    };
     let entry = match user.parse::<u32>() {
         Ok(uid) => User::from_uid(Uid::from_raw(uid)).ok().flatten(),
         Err(_) => User::from_name(user).ok().flatten(),
@@ -71,7 +74,12 @@ pub fn resolve_user(spec: &str) -> Result<UserSpec, PrivError> {
         None => default_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => Group::from_name(g).ok().flatten().ok_or_else(|| unknown("group", g))?.gid.as_raw(),
+            Err(_) => Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| unknown("group", g))?
+                .gid
+                .as_raw(),
         },
     };
     let groups = CString::new(name.clone())
@@ -79,7 +87,12 @@ pub fn resolve_user(spec: &str) -> Result<UserSpec, PrivError> {
         .and_then(|c| nix::unistd::getgrouplist(&c, Gid::from_raw(gid)).ok())
         .map(|g| g.into_iter().map(Gid::as_raw).collect())
         .unwrap_or_else(|| vec![gid]);
-    Ok(UserSpec { uid, gid, groups, name })
+    Ok(UserSpec {
+        uid,
+        gid,
+        groups,
+        name,
+    })
 }
 
 /// Securebits: never grant capabilities for being root, never fix them up on uid changes
@@ -95,7 +108,10 @@ pub fn drop_privileges(user: Option<&UserSpec>, keep: &[Capability]) -> Result<(
         let e = std::io::Error::last_os_error();
         // Without CAP_SETPCAP (not root) there is nothing to lock: the launcher had no powers.
         if e.raw_os_error() != Some(libc::EPERM) {
-            return Err(PrivError::Sys { what: "prctl(PR_SET_SECUREBITS)", source: e });
+            return Err(PrivError::Sys {
+                what: "prctl(PR_SET_SECUREBITS)",
+                source: e,
+            });
         }
     }
     let bounding = caps::read(None, CapSet::Bounding)?;
@@ -110,7 +126,10 @@ pub fn drop_privileges(user: Option<&UserSpec>, keep: &[Capability]) -> Result<(
         let id = Uid::from_raw(u.uid);
         setresuid(id, id, id).map_err(sys("setresuid"))?;
     }
-    let permitted: HashSet<Capability> = caps::read(None, CapSet::Permitted)?.intersection(&keep).copied().collect();
+    let permitted: HashSet<Capability> = caps::read(None, CapSet::Permitted)?
+        .intersection(&keep)
+        .copied()
+        .collect();
     caps::set(None, CapSet::Effective, &permitted)?;
     caps::set(None, CapSet::Inheritable, &permitted)?;
     caps::set(None, CapSet::Permitted, &permitted)?;
@@ -126,7 +145,14 @@ pub fn drop_privileges(user: Option<&UserSpec>, keep: &[Capability]) -> Result<(
 /// Marks every fd above stderr close-on-exec: the agent inherits stdin, stdout and stderr only.
 pub fn close_inherited_fds() -> Result<(), PrivError> {
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own descriptors.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if rc != 0 {
         return Err(PrivError::Sys {
             what: "close_range",
@@ -147,8 +173,14 @@ mod tests {
         let nobody = resolve_user("nobody:nogroup")?;
         assert_eq!(nobody.uid, 65534);
         assert_eq!(resolve_user("12345")?.uid, 12345);
-        assert!(matches!(resolve_user("no-such-user-xyz"), Err(PrivError::Unknown { kind: "user", .. })));
-        assert!(matches!(resolve_user("root:no-such-group-xyz"), Err(PrivError::Unknown { kind: "group", .. })));
+        assert!(matches!(
+            resolve_user("no-such-user-xyz"),
+            Err(PrivError::Unknown { kind: "user", .. })
+        ));
+        assert!(matches!(
+            resolve_user("root:no-such-group-xyz"),
+            Err(PrivError::Unknown { kind: "group", .. })
+        ));
         Ok(())
     }
 }

@@ -55,8 +55,14 @@ mod tests {
     fn checks_the_minimum() {
         assert!(check_minimum("6.12.107+deb12-amd64").is_ok());
         assert!(check_minimum("5.14.0").is_ok());
-        assert!(matches!(check_minimum("5.10.0-28-amd64"), Err(KernelError::TooOld { .. })));
-        assert!(matches!(check_minimum("4.19"), Err(KernelError::TooOld { .. })));
+        assert!(matches!(
+            check_minimum("5.10.0-28-amd64"),
+            Err(KernelError::TooOld { .. })
+        ));
+        assert!(matches!(
+            check_minimum("4.19"),
+            Err(KernelError::TooOld { .. })
+        ));
         assert!(matches!(parse("garbage"), Err(KernelError::Parse(_))));
     }
 }

@@ -11,7 +11,9 @@ pub enum MountError {
     #[error("cannot read /proc/self/mountinfo: {0}")]
     MountInfo(#[source] procfs::ProcError),
     /// No cgroup2 filesystem is mounted.
-    #[error("no cgroup2 filesystem is mounted (agentguard needs cgroup v2; mount it with `mount -t cgroup2 none /sys/fs/cgroup`)")]
+    #[error(
+        "no cgroup2 filesystem is mounted (agentguard needs cgroup v2; mount it with `mount -t cgroup2 none /sys/fs/cgroup`)"
+    )]
     NoCgroup2,
     /// Mounting failed.
     #[error("cannot mount {fstype} at {path}: {source}")]
@@ -77,7 +79,9 @@ pub fn ensure(fstype: &'static str, path: &Path) -> Result<bool, MountError> {
         Some(fstype),
         path,
         Some(fstype),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         None::<&str>,
     )
     .map_err(|source| MountError::Mount {

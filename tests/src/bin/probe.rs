@@ -23,15 +23,22 @@ fn report(r: std::io::Result<()>) -> ExitCode {
 }
 
 fn addr(host: &str, port: &str) -> std::io::Result<SocketAddr> {
-    let ip: IpAddr = host.parse().map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
-    let port: u16 = port.parse().map_err(|e| std::io::Error::other(format!("{port}: {e}")))?;
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{host}: {e}")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{port}: {e}")))?;
     Ok(SocketAddr::new(ip, port))
 }
 
 /// The IPv4-mapped IPv6 form of an IPv4 address (`::ffff:a.b.c.d`).
 fn mapped(host: &str, port: &str) -> std::io::Result<SocketAddr> {
     match addr(host, port)? {
-        SocketAddr::V4(a) => Ok(SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())),
+        SocketAddr::V4(a) => Ok(SocketAddr::new(
+            IpAddr::V6(a.ip().to_ipv6_mapped()),
+            a.port(),
+        )),
         v6 => Ok(v6),
     }
 }
@@ -48,11 +55,26 @@ fn udp_send(a: SocketAddr) -> std::io::Result<()> {
 fn status_lines() -> std::io::Result<()> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     for line in status.lines() {
-        if ["Uid:", "Gid:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:"].iter().any(|p| line.starts_with(p)) {
+        if [
+            "Uid:",
+            "Gid:",
+            "CapInh:",
+            "CapPrm:",
+            "CapEff:",
+            "CapBnd:",
+            "CapAmb:",
+            "NoNewPrivs:",
+        ]
+        .iter()
+        .any(|p| line.starts_with(p))
+        {
             println!("{line}");
         }
     }
-    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     println!("fds: {}", fds.join(" "));
     Ok(())
 }
@@ -89,14 +111,23 @@ fn main() -> ExitCode {
             let mut s = Vec::new();
             f.read_to_end(&mut s).map(drop)
         })),
-        ["write", path] => report(OpenOptions::new().write(true).create(true).truncate(true).open(path).and_then(|mut f| f.write_all(b"agentguard"))),
+        ["write", path] => report(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(b"agentguard")),
+        ),
         ["exit", code] => ExitCode::from(code.parse::<u8>().unwrap_or(1)),
         ["sleep", secs] => {
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));
             ExitCode::SUCCESS
         }
         _ => {
-            eprintln!("usage: agentguard-probe tcp|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS");
+            eprintln!(
+                "usage: agentguard-probe tcp|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
+            );
             ExitCode::from(2)
         }
     }
