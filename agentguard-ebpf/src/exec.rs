@@ -38,11 +38,11 @@ const EPERM: i32 = 1;
 pub fn ag_exec_fallback(ctx: BtfTracePointContext) -> i32 {
     // Arguments: (struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm).
     let bprm: *const u8 = ctx.arg(2);
-    if let Some(j) = judge(bprm, Backend::TpBtfExec, Verdict::Killed) {
-        if !j.permits() {
-            // SAFETY: helper without memory arguments; signals the current process.
-            unsafe { bpf_send_signal(SIGKILL) };
-        }
+    if let Some(j) = judge(bprm, Backend::TpBtfExec, Verdict::Killed)
+        && !j.permits()
+    {
+        // SAFETY: helper without memory arguments; signals the current process.
+        unsafe { bpf_send_signal(SIGKILL) };
     }
     0
 }
@@ -70,7 +70,7 @@ fn lookup(generation: u32, agent_id: u32, dev: u64, ino: u64) -> Option<u32> {
         ino,
     };
     // SAFETY: map values stay valid for the duration of the program run.
-    unsafe { EXEC_RULES.get(&key) }.map(|r| r.rule_id)
+    unsafe { EXEC_RULES.get(key) }.map(|r| r.rule_id)
 }
 
 #[inline(always)]
@@ -132,32 +132,30 @@ fn judge(bprm: *const u8, backend: Backend, refusal: Verdict) -> Option<Judgemen
         Some(ThrottleKind::Exec),
         decide(&subject, file_id, refusal),
     );
-    if log {
-        if let Some(mut entry) = emit::reserve::<ExecEvent>() {
-            let ev = entry.as_mut_ptr();
-            let (dev, ino) = file_id.unwrap_or((0, 0));
-            let mut flags = 0;
-            // SAFETY: `ev` points to reserved ring buffer memory of the right size; fields are
-            // written in place (the event is too large for the BPF stack).
-            unsafe {
-                (*ev).dev = dev;
-                (*ev).ino = ino;
-                (*ev).filename[0] = 0;
-                if let Some(o) = &offsets {
-                    if let Some(name) = kernel::read::<*const u8>(bprm, o.binprm_filename) {
-                        match bpf_probe_read_kernel_str_bytes(name, &mut (*ev).filename) {
-                            Ok(s) if s.len() + 1 >= EXEC_PATH_LEN => flags |= EVENT_TRUNCATED,
-                            Ok(_) => {}
-                            Err(_) => (*ev).filename[0] = 0,
-                        }
-                    }
+    if log && let Some(mut entry) = emit::reserve::<ExecEvent>() {
+        let ev = entry.as_mut_ptr();
+        let (dev, ino) = file_id.unwrap_or((0, 0));
+        let mut flags = 0;
+        // SAFETY: `ev` points to reserved ring buffer memory of the right size; fields are
+        // written in place (the event is too large for the BPF stack).
+        unsafe {
+            (*ev).dev = dev;
+            (*ev).ino = ino;
+            (*ev).filename[0] = 0;
+            if let Some(o) = &offsets
+                && let Some(name) = kernel::read::<*const u8>(bprm, o.binprm_filename)
+            {
+                match bpf_probe_read_kernel_str_bytes(name, &mut (*ev).filename) {
+                    Ok(s) if s.len() + 1 >= EXEC_PATH_LEN => flags |= EVENT_TRUNCATED,
+                    Ok(_) => {}
+                    Err(_) => (*ev).filename[0] = 0,
                 }
-                let mut header = emit::header(EventKind::Exec, backend, &subject, &j);
-                header.flags |= flags;
-                (*ev).header = header;
             }
-            entry.submit(0);
+            let mut header = emit::header(EventKind::Exec, backend, &subject, &j);
+            header.flags |= flags;
+            (*ev).header = header;
         }
+        entry.submit(0);
     }
     Some(j)
 }

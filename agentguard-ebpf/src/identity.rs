@@ -50,7 +50,7 @@ pub fn agent_config(generation: u32, agent_id: u32) -> Option<&'static AgentConf
         agent_id,
     };
     // SAFETY: map values stay valid for the duration of the program run.
-    unsafe { AGENT_CONFIG.get(&key) }
+    unsafe { AGENT_CONFIG.get(key) }
 }
 
 /// Identifies the current task: `None` when it is not inside the agentguard cgroup subtree.
@@ -66,7 +66,7 @@ pub fn current() -> Option<Subject> {
     // SAFETY: helper without memory arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: map values stay valid for the duration of the program run.
-    if let Some(entry) = unsafe { CGROUPS.get(&cgroup_id) } {
+    if let Some(entry) = unsafe { CGROUPS.get(cgroup_id) } {
         return Some(Subject {
             cgroup_id,
             agent_id: entry.agent_id,
@@ -89,7 +89,7 @@ pub fn current() -> Option<Subject> {
         let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(root_level + depth) };
         if ancestor != 0 {
             // SAFETY: as above.
-            if let Some(entry) = unsafe { CGROUPS.get(&ancestor) } {
+            if let Some(entry) = unsafe { CGROUPS.get(ancestor) } {
                 return Some(Subject {
                     cgroup_id: ancestor,
                     agent_id: entry.agent_id,

@@ -170,18 +170,16 @@ fn judge(dst: &Destination, kind: EventKind) -> i32 {
         return ALLOW;
     };
     let (j, log) = verdict::finish(&subject, Some(ThrottleKind::Connect), decide(&subject, dst));
-    if log {
-        if let Some(mut entry) = emit::reserve::<NetEvent>() {
-            entry.write(NetEvent {
-                header: emit::header(kind, Backend::CgroupSockAddr, &subject, &j),
-                addr: dst.addr,
-                port: u16::from_be_bytes(dst.port_be),
-                family: dst.family,
-                protocol: dst.protocol,
-                _pad: [0; 3],
-            });
-            entry.submit(0);
-        }
+    if log && let Some(mut entry) = emit::reserve::<NetEvent>() {
+        entry.write(NetEvent {
+            header: emit::header(kind, Backend::CgroupSockAddr, &subject, &j),
+            addr: dst.addr,
+            port: u16::from_be_bytes(dst.port_be),
+            family: dst.family,
+            protocol: dst.protocol,
+            _pad: [0; 3],
+        });
+        entry.submit(0);
     }
     if j.permits() { ALLOW } else { DENY }
 }

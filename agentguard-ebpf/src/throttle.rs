@@ -34,9 +34,9 @@ pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Op
         let fresh = |b: &Bucket| {
             // A full map leaves the action unthrottled rather than refused: budgets bound
             // runaway agents, the allowlist is what contains them.
-            let _ = PROC_BUCKETS.insert(&key, b, 0);
+            let _ = PROC_BUCKETS.insert(key, b, 0);
         };
-        if !take(PROC_BUCKETS.get_ptr_mut(&key), process, now, fresh) {
+        if !take(PROC_BUCKETS.get_ptr_mut(key), process, now, fresh) {
             return Some(escalation(process));
         }
     }
@@ -48,9 +48,9 @@ pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Op
             _pad: 0,
         };
         let fresh = |b: &Bucket| {
-            let _ = AGENT_BUCKETS.insert(&key, b, 0);
+            let _ = AGENT_BUCKETS.insert(key, b, 0);
         };
-        if !take(AGENT_BUCKETS.get_ptr_mut(&key), agent, now, fresh) {
+        if !take(AGENT_BUCKETS.get_ptr_mut(key), agent, now, fresh) {
             return Some(escalation(agent));
         }
     }

@@ -58,13 +58,12 @@ pub fn finish(
 ) -> (Judgement, bool) {
     let flags = subject.flags();
     j.flags |= subject.event_flags;
-    if j.verdict == Verdict::Allowed {
-        if let (Some(kind), Some(config)) = (kind, subject.config) {
-            if let Some(escalation) = throttle::charge(subject, config, kind) {
-                j.verdict = Verdict::Throttled;
-                j.flags |= escalation;
-            }
-        }
+    if j.verdict == Verdict::Allowed
+        && let (Some(kind), Some(config)) = (kind, subject.config)
+        && let Some(escalation) = throttle::charge(subject, config, kind)
+    {
+        j.verdict = Verdict::Throttled;
+        j.flags |= escalation;
     }
     if flags & AGENT_AUDIT != 0 && !matches!(j.verdict, Verdict::Allowed) {
         j.verdict = Verdict::AuditDenied;
@@ -78,7 +77,7 @@ pub fn finish(
 
 #[inline(always)]
 fn count(cgroup_id: u64, verdict: Verdict) {
-    match COUNTERS.get_ptr_mut(&cgroup_id) {
+    match COUNTERS.get_ptr_mut(cgroup_id) {
         Some(c) => {
             // SAFETY: per-CPU value of a map entry, valid for this program run; no other
             // program touches this CPU's copy concurrently.
@@ -105,7 +104,7 @@ fn count(cgroup_id: u64, verdict: Verdict) {
                 Verdict::Denied | Verdict::Killed => c.denied = 1,
             }
             // A full map only loses statistics, never a verdict.
-            let _ = COUNTERS.insert(&cgroup_id, &c, 0);
+            let _ = COUNTERS.insert(cgroup_id, c, 0);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod build_ebpf;
 mod cmd;
+mod demo;
 mod integration;
 mod test;
 mod vm_test;
@@ -32,6 +33,8 @@ enum Command {
     BuildEbpf(build_ebpf::Args),
     /// Run the privileged integration tests in a Debian 6.12 QEMU guest with BPF LSM.
     VmTest(vm_test::Args),
+    /// Build everything and run the daemon with the bundled example policy and a sample agent.
+    Demo(demo::Args),
     /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test.
     Test(test::Args),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf(args) => build_ebpf::run(&args),
         Command::VmTest(args) => vm_test::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
