@@ -8,6 +8,9 @@ use core::mem::size_of;
 
 /// Name of the global the programs read offsets from.
 pub const GLOBAL_NAME: &str = "AG_OFFSETS";
+/// Name of the global holding `struct file::f_path` on its own: the verifier must see that one
+/// as a constant to accept `bpf_d_path(&file->f_path)`.
+pub const FILE_F_PATH_GLOBAL: &str = "AG_FILE_F_PATH";
 
 /// Byte offsets of the kernel struct fields the programs read.
 #[repr(C)]
@@ -35,7 +38,17 @@ pub struct KernelOffsets {
     pub dentry_inode: u32,
     /// `struct linux_binprm::buf` (the first bytes of the file being executed).
     pub binprm_buf: u32,
+    /// `struct task_struct::tgid`.
+    pub task_tgid: u32,
+    /// `struct task_struct::cgroups` (the task's `css_set`).
+    pub task_cgroups: u32,
+    /// `struct css_set::dfl_cgrp` (its cgroup v2 cgroup).
+    pub css_set_dfl_cgrp: u32,
+    /// `struct cgroup::kn`.
+    pub cgroup_kn: u32,
+    /// `struct kernfs_node::id` (the cgroup id).
+    pub kernfs_node_id: u32,
     /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
     pub valid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 48);
+const _: () = assert!(size_of::<KernelOffsets>() == 68);

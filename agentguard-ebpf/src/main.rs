@@ -12,6 +12,8 @@ mod emit;
 #[cfg(target_arch = "bpf")]
 mod exec;
 #[cfg(target_arch = "bpf")]
+mod file;
+#[cfg(target_arch = "bpf")]
 mod identity;
 #[cfg(target_arch = "bpf")]
 mod kernel;
@@ -19,6 +21,8 @@ mod kernel;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;
+#[cfg(target_arch = "bpf")]
+mod privileged;
 #[cfg(target_arch = "bpf")]
 mod throttle;
 #[cfg(target_arch = "bpf")]

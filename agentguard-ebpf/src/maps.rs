@@ -49,6 +49,15 @@ pub static AGENT_BUCKETS: HashMap<BucketKey, Bucket> = HashMap::pinned(MAX_AGENT
 #[map(name = "AG_COUNTERS")]
 pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
 
+/// Per-CPU scratch space for path lookups (too large for the 512-byte BPF stack).
+#[map(name = "AG_SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::file::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// `struct file::f_path`, separately from [`AG_OFFSETS`]: the verifier must see it as a
+/// constant (read straight from frozen `.rodata`) to accept `bpf_d_path(&file->f_path)`.
+#[unsafe(no_mangle)]
+pub static AG_FILE_F_PATH: Global<u32> = Global::new(0);
+
 /// Kernel struct offsets, set by the loader from the running kernel's BTF.
 #[unsafe(no_mangle)]
 pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
@@ -63,5 +72,10 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     dentry_name: 0,
     dentry_inode: 0,
     binprm_buf: 0,
+    task_tgid: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
     valid: 0,
 });

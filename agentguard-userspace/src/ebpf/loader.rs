@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agentguard_common::offsets::GLOBAL_NAME;
+use agentguard_common::offsets::{FILE_F_PATH_GLOBAL, GLOBAL_NAME, KernelOffsets};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
@@ -182,11 +182,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     })?;
     let btf = Btf::from_sys_fs()?;
     let offsets = offsets::from_btf(Path::new(offsets::VMLINUX_BTF))?;
-    let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
-        .override_global(GLOBAL_NAME, &offsets, true)
-        .default_map_pin_directory(pins.maps())
-        .load(OBJECT)?;
+    let mut ebpf = open_object(&btf, &offsets, &pins.maps())?;
 
     let mut groups = Groups {
         pins: &pins,
@@ -213,6 +209,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         adopted,
         pending,
     })
+}
+
+/// Opens the object with the kernel's offsets filled in, maps pinned (or re-opened) in `maps_dir`.
+pub(crate) fn open_object(btf: &Btf, offsets: &KernelOffsets, maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
+    EbpfLoader::new()
+        .btf(Some(btf))
+        .override_global(GLOBAL_NAME, offsets, true)
+        .override_global(FILE_F_PATH_GLOBAL, &offsets.file_path, true)
+        .default_map_pin_directory(maps_dir)
+        .load(OBJECT)
 }
 
 /// Which groups were adopted from pins and which were loaded and still need attaching.

@@ -56,6 +56,11 @@ pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
         sb_dev: f("super_block", &["s_dev"])?,
         dentry_name: f("dentry", &["d_name", "name"])?,
         dentry_inode: f("dentry", &["d_inode"])?,
+        task_tgid: f("task_struct", &["tgid"])?,
+        task_cgroups: f("task_struct", &["cgroups"])?,
+        css_set_dfl_cgrp: f("css_set", &["dfl_cgrp"])?,
+        cgroup_kn: f("cgroup", &["kn"])?,
+        kernfs_node_id: f("kernfs_node", &["id"])?,
         valid: 1,
     })
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use aya::{Btf, EbpfLoader};
+use aya::Btf;
 use serde::Serialize;
 
 use super::{object::OBJECT, offsets, pins, programs::Group};
@@ -40,12 +40,7 @@ pub fn programs() -> Vec<GroupProbe> {
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
         let offsets = offsets::from_btf(std::path::Path::new(offsets::VMLINUX_BTF))
             .map_err(|e| e.to_string())?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .override_global(agentguard_common::offsets::GLOBAL_NAME, &offsets, true)
-            .default_map_pin_directory(&dir)
-            .load(OBJECT)
-            .map_err(|e| format!("eBPF object: {e}"))?;
+        let mut ebpf = super::loader::open_object(&btf, &offsets, &dir).map_err(|e| format!("eBPF object: {e}"))?;
         Ok::<_, String>(
             groups
                 .iter()

@@ -1,0 +1,421 @@
+//! File allowlist (BPF LSM backend): `file_open` checks read/write prefixes on the full path
+//! from `bpf_d_path`; `path_*` hooks apply the write rules to creating, deleting, renaming,
+//! linking, truncating and changing attributes.
+//!
+//! Paths are looked up in an LPM trie keyed by (agent, generation, access, path bytes). Rules are
+//! stored with a trailing `/` and paths are looked up with one appended, so `/srv/buyer` covers
+//! `/srv/buyer` and `/srv/buyer/x` but never `/srv/buyerX`. A path too long to judge is denied.
+//! `/proc/<own pid>/...` is looked up as `/proc/self/...`, so the agent's own /proc entries are a
+//! rule like any other.
+
+use agentguard_common::{
+    agent::{AGENT_FILE_RULES, ThrottleKind},
+    event::{
+        EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EventKind, FILE_PATH_LEN,
+        FileEvent, FileOp,
+    },
+    maps::MAX_AGENT_DEPTH,
+    rules::{NO_RULE, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey},
+    verdict::{ACCESS_READ, ACCESS_WRITE, Backend, Verdict},
+};
+use aya_ebpf::{
+    bindings::path,
+    helpers::{
+        bpf_d_path, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
+        generated::bpf_probe_read_kernel,
+    },
+    macros::lsm,
+    maps::lpm_trie::Key,
+    programs::LsmContext,
+};
+
+use crate::{
+    emit,
+    identity::{self, Subject},
+    kernel,
+    maps::{AG_FILE_F_PATH, PATH_RULES, SCRATCH},
+    verdict::{self, Judgement},
+};
+
+const EPERM: i32 = 1;
+const FMODE_READ: u32 = 1 << 0;
+const FMODE_WRITE: u32 = 1 << 1;
+const FMODE_EXEC: u32 = 1 << 5;
+
+/// Room to assemble a path: a directory of up to [`PATH_KEY_LEN`] bytes plus a name of up to
+/// as many again, so every write the verifier sees stays in bounds.
+const STAGE_LEN: usize = 2 * PATH_KEY_LEN + 16;
+
+/// Per-CPU working memory for one lookup.
+#[repr(C)]
+pub struct Scratch {
+    /// The LPM key being built.
+    pub key: Key<PathKey>,
+    /// The path as the kernel rendered it.
+    pub stage: [u8; STAGE_LEN],
+}
+
+/// A path ready for lookup in [`Scratch::key`]: its length (without the trailing `/`) and how it
+/// was rendered.
+struct Resolved {
+    len: usize,
+    flags: u32,
+}
+
+#[lsm(hook = "file_open")]
+pub fn ag_file_open(ctx: LsmContext) -> i32 {
+    // Arguments: (struct file *file, int ret).
+    let ret: i32 = ctx.arg(1);
+    if ret != 0 {
+        return ret;
+    }
+    let file: *const u8 = ctx.arg(0);
+    if try_file_open(file) { 0 } else { -EPERM }
+}
+
+fn try_file_open(file: *const u8) -> bool {
+    let Some(subject) = identity::current() else {
+        return true;
+    };
+    let Some(o) = kernel::offsets() else {
+        return true;
+    };
+    let mode: u32 = kernel::read(file, o.file_mode).unwrap_or(0);
+    // The exec of a binary or its interpreter: bprm_check_security judges those.
+    if mode & FMODE_EXEC != 0 {
+        return true;
+    }
+    let mut access = 0;
+    if mode & FMODE_READ != 0 {
+        access |= ACCESS_READ;
+    }
+    if mode & FMODE_WRITE != 0 {
+        access |= ACCESS_WRITE;
+    }
+    if subject.flags() & AGENT_FILE_RULES == 0 {
+        // No file rules: only the open budget applies, and nothing is logged.
+        let (j, _) = verdict::finish(&subject, Some(ThrottleKind::Open), Judgement::allow(NO_RULE));
+        return j.permits();
+    }
+    let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
+    let resolved = resolve(f_path);
+    judge(&subject, resolved, access, FileOp::Open)
+}
+
+/// Renders `p` with `bpf_d_path` into the scratch stage and prepares the lookup key.
+fn resolve(p: *mut path) -> Option<Resolved> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: `s` is this CPU's scratch entry, valid for the program run; `p` is a kernel
+    // `struct path` the hook received (or derived from one at a BTF offset).
+    let n = unsafe { bpf_d_path(p, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
+    if n <= 0 {
+        return Some(Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG });
+    }
+    finish_key(s, (n - 1) as usize)
+}
+
+/// Renders `dir` + "/" + the name of `dentry` (a path that is about to exist or stop existing).
+fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
+    let o = kernel::offsets()?;
+    let s = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: as in `resolve`.
+    let n = unsafe { bpf_d_path(dir, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
+    if n <= 0 {
+        return Some(Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG });
+    }
+    let mut start = (n - 1) as usize;
+    if start >= PATH_KEY_LEN {
+        return Some(Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG });
+    }
+    // SAFETY: `start` < PATH_KEY_LEN and the stage has room for a slash and a whole name.
+    unsafe {
+        if start != 1 {
+            (*s).stage[start] = b'/';
+            start += 1;
+        }
+    }
+    let name: *const u8 = kernel::read(dentry, o.dentry_name)?;
+    let start = start & 0xff;
+    // SAFETY: the destination slice lies inside the stage (start <= PATH_KEY_LEN).
+    let copied = unsafe {
+        let dst = core::slice::from_raw_parts_mut((*s).stage.as_mut_ptr().add(start), PATH_KEY_LEN);
+        bpf_probe_read_kernel_str_bytes(name, dst).map(|b| b.len()).unwrap_or(0)
+    };
+    finish_key(s, start + copied)
+}
+
+/// Moves the rendered path from the stage into the key: `/proc/<own pid>` becomes `/proc/self`,
+/// a `/` is appended, the prefix length is set.
+fn finish_key(s: *mut Scratch, len: usize) -> Option<Resolved> {
+    const TOO_LONG: Resolved = Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG };
+    const SELF: &[u8; 10] = b"/proc/self";
+    if len >= PATH_KEY_LEN {
+        return Some(TOO_LONG);
+    }
+    // SAFETY: `s` is this CPU's scratch entry; copies stay inside the key and the stage (the
+    // stage is twice a key long, so reading PATH_KEY_LEN bytes past any offset below is fine).
+    unsafe {
+        let key_path = core::ptr::addr_of_mut!((*s).key.data.path).cast::<u8>();
+        let stage = (*s).stage.as_ptr();
+        let (out_len, flags) = match own_proc_prefix(&(*s).stage) {
+            None => {
+                bpf_probe_read_kernel(key_path.cast(), PATH_KEY_LEN as u32, stage.cast());
+                (len, 0)
+            }
+            Some(skip) => {
+                let mut i = 0;
+                while i < SELF.len() {
+                    *key_path.add(i) = SELF[i];
+                    i += 1;
+                }
+                let skip = skip & 0x1f;
+                bpf_probe_read_kernel(key_path.add(SELF.len()).cast(), (PATH_KEY_LEN - SELF.len()) as u32, stage.add(skip).cast());
+                ((len + SELF.len()).saturating_sub(skip), EVENT_PROC_SELF)
+            }
+        };
+        let out_len = out_len & 0xff;
+        if out_len >= PATH_KEY_LEN {
+            return Some(TOO_LONG);
+        }
+        *key_path.add(out_len) = b'/';
+        (*s).key.prefix_len = PATH_KEY_FIXED_BITS + 8 * (out_len as u32 + 1);
+        Some(Resolved { len: out_len, flags })
+    }
+}
+
+/// If `stage` starts with `/proc/<pid>` where pid is the current process or thread, the number of
+/// bytes to replace with `/proc/self`.
+fn own_proc_prefix(stage: &[u8; STAGE_LEN]) -> Option<usize> {
+    if &stage[..6] != b"/proc/" {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = (pid_tgid >> 32, pid_tgid & 0xffff_ffff);
+    let mut n: u64 = 0;
+    let mut i = 6;
+    while i < 17 {
+        let c = stage[i];
+        if c.is_ascii_digit() {
+            n = n * 10 + u64::from(c - b'0');
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    let end = stage[i];
+    if i > 6 && (end == b'/' || end == 0) && (n == tgid || n == tid) { Some(i) } else { None }
+}
+
+fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option<u32> {
+    // SAFETY: this CPU's scratch entry; the key was prepared by `finish_key`.
+    unsafe {
+        (*s).key.data.agent_id = agent_id;
+        (*s).key.data.generation = generation as u8;
+        (*s).key.data.access = access;
+        (*s).key.data._pad = [0; 2];
+        PATH_RULES.get(&*s.cast_const().cast::<Key<PathKey>>()).map(|r| r.rule_id)
+    }
+}
+
+/// The rule decision for the path in the scratch key: every access asked for must be allowed by
+/// the agent's rules and by each ancestor agent that has file rules.
+fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgement {
+    let Some(r) = resolved else {
+        return Judgement::refuse(Verdict::Denied, 0);
+    };
+    if r.len == usize::MAX || subject.config.is_none() {
+        return Judgement::refuse(Verdict::Denied, r.flags);
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return Judgement::refuse(Verdict::Denied, r.flags);
+    };
+    let mut rule_id = NO_RULE;
+    for bit in [ACCESS_READ, ACCESS_WRITE] {
+        if access & bit == 0 {
+            continue;
+        }
+        match lookup(s, subject.generation, subject.agent_id, bit) {
+            Some(id) => rule_id = id,
+            None => return Judgement::refuse(Verdict::Denied, r.flags),
+        }
+        let mut parent = subject.parent_agent_id();
+        let mut depth = 0;
+        while parent != 0 && depth < MAX_AGENT_DEPTH {
+            let cfg = identity::agent_config(subject.generation, parent);
+            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0) && lookup(s, subject.generation, parent, bit).is_none() {
+                return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+            }
+            parent = cfg.map_or(0, |c| c.parent_agent_id);
+            depth += 1;
+        }
+    }
+    Judgement {
+        verdict: Verdict::Allowed,
+        rule_id,
+        flags: r.flags,
+    }
+}
+
+/// What a file event reports besides the header.
+#[derive(Clone, Copy)]
+pub struct FileInfo {
+    /// Event kind.
+    pub kind: EventKind,
+    /// Operation.
+    pub op: FileOp,
+    /// Access asked for.
+    pub access: u8,
+    /// Length of the path in the scratch key, or `usize::MAX` for none.
+    pub len: usize,
+    /// Target pid (ptrace).
+    pub target_pid: u32,
+}
+
+#[inline(always)]
+fn judge(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) -> bool {
+    // Opens count against the open budget; other path operations do not.
+    let (kind, budget) = match op {
+        FileOp::Open => (EventKind::FileOpen, Some(ThrottleKind::Open)),
+        _ => (EventKind::PathOp, None),
+    };
+    let (j, log) = verdict::finish(subject, budget, decide(subject, &resolved, access));
+    if log {
+        let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
+        emit_file(subject, &j, &FileInfo { kind, op, access, len, target_pid: 0 });
+    }
+    j.permits()
+}
+
+/// Sends a [`FileEvent`] with the path currently in the scratch key (if `info.len` is valid).
+pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
+    let FileInfo { kind, op, access, len, target_pid } = *info;
+    let Some(mut entry) = emit::reserve::<FileEvent>() else {
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is reserved ring buffer memory of the right size, written field by field;
+    // the path comes from this CPU's scratch entry.
+    unsafe {
+        (*ev).header = emit::header(kind, Backend::BpfLsm, subject, j);
+        (*ev).op = op as u16;
+        (*ev).access = access;
+        (*ev)._pad = 0;
+        (*ev).target_pid = target_pid;
+        (*ev).path[0] = 0;
+        if len < PATH_KEY_LEN {
+            if let Some(s) = SCRATCH.get_ptr_mut(0) {
+                let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
+                bpf_probe_read_kernel((*ev).path.as_mut_ptr().cast(), PATH_KEY_LEN as u32, src.cast());
+                (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+/// A write-rule check for a path operation on `dir`/`dentry`.
+fn path_child_op(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
+    let Some(subject) = identity::current() else {
+        return 0;
+    };
+    if subject.flags() & AGENT_FILE_RULES == 0 {
+        return 0;
+    }
+    let resolved = resolve_child(dir, dentry);
+    if judge(&subject, resolved, ACCESS_WRITE, op) { 0 } else { -EPERM }
+}
+
+/// A write-rule check for a path operation on an existing `path`.
+fn path_op(p: *mut path, op: FileOp) -> i32 {
+    let Some(subject) = identity::current() else {
+        return 0;
+    };
+    if subject.flags() & AGENT_FILE_RULES == 0 {
+        return 0;
+    }
+    let resolved = resolve(p);
+    if judge(&subject, resolved, ACCESS_WRITE, op) { 0 } else { -EPERM }
+}
+
+macro_rules! child_hook {
+    ($name:ident, $hook:literal, $op:expr, $ret_arg:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            let ret: i32 = ctx.arg($ret_arg);
+            if ret != 0 {
+                return ret;
+            }
+            path_child_op(ctx.arg(0), ctx.arg(1), $op)
+        }
+    };
+}
+
+child_hook!(ag_path_unlink, "path_unlink", FileOp::Unlink, 2);
+child_hook!(ag_path_mkdir, "path_mkdir", FileOp::Mkdir, 3);
+child_hook!(ag_path_rmdir, "path_rmdir", FileOp::Rmdir, 2);
+child_hook!(ag_path_symlink, "path_symlink", FileOp::Symlink, 3);
+
+#[lsm(hook = "path_rename")]
+pub fn ag_path_rename(ctx: LsmContext) -> i32 {
+    // Arguments: (old_dir, old_dentry, new_dir, new_dentry, flags, ret). Both ends need write.
+    let ret: i32 = ctx.arg(5);
+    if ret != 0 {
+        return ret;
+    }
+    let r = path_child_op(ctx.arg(0), ctx.arg(1), FileOp::Rename);
+    if r != 0 {
+        return r;
+    }
+    path_child_op(ctx.arg(2), ctx.arg(3), FileOp::Rename)
+}
+
+#[lsm(hook = "path_link")]
+pub fn ag_path_link(ctx: LsmContext) -> i32 {
+    // Arguments: (old_dentry, new_dir, new_dentry, ret). The source's path cannot be rendered
+    // here, and a second name would let a file escape the rules of its first: agents with file
+    // rules may not make hard links at all.
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(subject) = identity::current() else {
+        return 0;
+    };
+    if subject.flags() & AGENT_FILE_RULES == 0 {
+        return 0;
+    }
+    let resolved = resolve_child(ctx.arg(1), ctx.arg(2));
+    let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
+    let (j, log) = verdict::finish(&subject, None, Judgement::refuse(Verdict::Denied, 0));
+    if log {
+        emit_file(&subject, &j, &FileInfo { kind: EventKind::PathOp, op: FileOp::Link, access: ACCESS_WRITE, len, target_pid: 0 });
+    }
+    if j.permits() { 0 } else { -EPERM }
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn ag_path_truncate(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    if ret != 0 {
+        return ret;
+    }
+    path_op(ctx.arg(0), FileOp::Truncate)
+}
+
+#[lsm(hook = "path_chmod")]
+pub fn ag_path_chmod(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(2);
+    if ret != 0 {
+        return ret;
+    }
+    path_op(ctx.arg(0), FileOp::Chmod)
+}
+
+#[lsm(hook = "path_chown")]
+pub fn ag_path_chown(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return ret;
+    }
+    path_op(ctx.arg(0), FileOp::Chown)
+}
