@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use aya::Btf;
 use serde::Serialize;
 
-use super::{object::OBJECT, offsets, pins, programs::Group};
+use super::{offsets, pins, programs::Group};
 
 /// Whether one program group loads here.
 #[derive(Clone, Debug, Serialize)]
