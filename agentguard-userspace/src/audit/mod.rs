@@ -21,6 +21,8 @@ pub mod recovery;
 pub mod seal;
 pub mod segment;
 pub mod show;
+#[cfg(test)]
+mod testutil;
 pub mod verify;
 pub mod writer;
 

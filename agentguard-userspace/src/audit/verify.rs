@@ -427,26 +427,36 @@ impl Verifier<'_> {
 
     fn frame(&mut self, frame: &ScannedFrame) -> Result<Option<Problem>, AuditError> {
         let at = Some((frame.index, frame.offset));
-        if !frame.self_consistent {
+        let broken = match (&frame.record, frame.self_consistent) {
+            (Ok(_), true) => None,
+            (_, false) => Some("the record's content does not match its hash".to_owned()),
+            (Err(e), true) => Some(format!(
+                "hash matches but the bytes are not a record this agentguard knows ({e})"
+            )),
+        };
+        if let Some(what) = broken {
+            if frame.index + 1 == self.segments.len() && !self.intact_after(frame.index, frame.end)? {
+                // What recovery would cut: nothing intact follows.
+                return Ok(Some(self.problem(
+                    Class::TornTail,
+                    Some(self.expected),
+                    at,
+                    format!(
+                        "the log ends in bytes that are not an intact record ({what}): a write \
+                         cut short by a crash (or a damaged last record); the daemon cuts them \
+                         on its next start and logs a Recovered record"
+                    ),
+                )));
+            }
             return Ok(Some(self.problem(
                 Class::Modified,
                 frame.seq().or(Some(self.expected)),
                 at,
-                "the record's content does not match its hash".to_owned(),
+                what,
             )));
         }
-        let record = match &frame.record {
-            Ok(r) => r,
-            Err(e) => {
-                return Ok(Some(self.problem(
-                    Class::Modified,
-                    Some(self.expected),
-                    at,
-                    format!(
-                        "hash matches but the bytes are not a record this agentguard knows ({e})"
-                    ),
-                )));
-            }
+        let Ok(record) = &frame.record else {
+            return Ok(None);
         };
         let meta = Meta::of(frame, record);
         if record.seq != self.expected || frame.prev != self.prev {
@@ -510,12 +520,15 @@ impl Verifier<'_> {
         let seq = Some(meta.seq);
         if epoch != self.next_epoch {
             let detail = if epoch > self.next_epoch {
+                let missing = if epoch - self.next_epoch == 1 {
+                    format!("seal epoch {} is missing", self.next_epoch)
+                } else {
+                    format!("seal epochs {}..={} are missing", self.next_epoch, epoch - 1)
+                };
                 format!(
-                    "seal epoch {epoch} follows epoch {}: seals {}..{} are missing (records \
-                     were cut and the chain continued with a later key)",
-                    self.next_epoch.wrapping_sub(1),
-                    self.next_epoch,
-                    epoch - 1
+                    "seal epoch {epoch} comes where epoch {} belongs: {missing} (records were \
+                     cut and the chain continued with a later key)",
+                    self.next_epoch
                 )
             } else {
                 format!("seal epoch {epoch} repeats (expected {})", self.next_epoch)
@@ -694,10 +707,13 @@ impl Verifier<'_> {
                     Some(r.seq),
                     Some((r.index, r.offset)),
                     format!(
-                        "records {}..={} were inserted: the record at {} with the same seq is \
-                         the one the chain continues from",
-                        r.seq,
-                        expected - 1,
+                        "{} inserted: the record at {} has the same seq and is the one the \
+                         chain continues from",
+                        if r.seq + 1 == expected {
+                            format!("record {} was", r.seq)
+                        } else {
+                            format!("records {}..={} were", r.seq, expected - 1)
+                        },
                         self.location(a.index, a.offset)
                     ),
                 ),
@@ -712,6 +728,20 @@ impl Verifier<'_> {
                 ),
             ),
         })
+    }
+
+    /// Whether an intact frame follows `offset` in segment `index`.
+    fn intact_after(&self, index: usize, offset: u64) -> Result<bool, AuditError> {
+        let one = self.segments.get(index..=index).unwrap_or_default().to_vec();
+        let mut scanner = Scanner::at(one, 0, offset)?;
+        while let Some(item) = scanner.next_item()? {
+            if let Scanned::Frame(f) = item
+                && f.self_consistent
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Up to [`WINDOW`] intact records after `a`.
@@ -778,5 +808,270 @@ impl Verifier<'_> {
         }
         report.problem = problem;
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::audit::{
+        self, AuditLog, LogOptions,
+        record::Action,
+        testutil::{Surgery, action, options},
+    };
+
+    /// A sealed log of 100 actions (a seal after every 10) in one segment.
+    fn sealed_log() -> (tempfile::TempDir, SealSeed, Head) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = audit::init(dir.path(), false).expect("init");
+        let mut log = AuditLog::open(LogOptions {
+            seal_every: 10,
+            ..options(dir.path())
+        })
+        .expect("open");
+        for i in 0..100 {
+            log.append(1_700_000_000_000_000_000 + i, i, action(i)).expect("append");
+        }
+        let head = log.head();
+        drop(log);
+        let report = verify(dir.path(), Some(&seed), Some(head.anchor())).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.seals, Seals::Verified { count: 10 });
+        (dir, seed, head)
+    }
+
+    fn problem(dir: &Path, seed: Option<&SealSeed>, head: Option<Head>) -> Problem {
+        let report = verify(dir, seed, head.map(|h| h.anchor())).expect("verify");
+        assert!(!report.intact());
+        // Shown with --nocapture, to read the messages.
+        println!("{report}");
+        report.problem.expect("a problem")
+    }
+
+    /// The record with its verdict turned from denied to allowed or back.
+    fn flip_verdict(mut record: Record) -> Record {
+        if let Body::Action(Action { verdict, .. }) = &mut record.body {
+            *verdict = if *verdict == 1 { 2 } else { 1 };
+        }
+        record
+    }
+
+    #[test]
+    fn flipped_byte_is_modified() {
+        let (dir, seed, head) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        let seq = s.record(i).seq;
+        let mid = s.frames[i].len() / 2;
+        s.frames[i][mid] ^= 0x20;
+        s.save();
+        let p = problem(dir.path(), Some(&seed), Some(head));
+        assert_eq!((p.class, p.seq), (Class::Modified, Some(seq)), "{p}");
+        assert_eq!(problem(dir.path(), None, None).class, Class::Modified);
+    }
+
+    #[test]
+    fn record_edited_with_its_hash_fixed_is_modified() {
+        let (dir, _, _) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        let record = flip_verdict(s.record(i));
+        s.rewrite(i, &record);
+        s.save();
+        let p = problem(dir.path(), None, None);
+        assert_eq!((p.class, p.seq), (Class::Modified, Some(record.seq)), "{p}");
+    }
+
+    #[test]
+    fn deleted_record_is_deleted() {
+        let (dir, seed, head) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        let seq = s.record(i).seq;
+        s.frames.remove(i);
+        s.save();
+        let p = problem(dir.path(), Some(&seed), Some(head));
+        assert_eq!((p.class, p.seq), (Class::Deleted, Some(seq)), "{p}");
+
+        let mut s = Surgery::open(dir.path(), 0);
+        s.frames.drain(i..i + 3);
+        s.save();
+        let p = problem(dir.path(), None, None);
+        assert_eq!((p.class, p.seq), (Class::Deleted, Some(seq)), "{p}");
+    }
+
+    #[test]
+    fn inserted_record_is_inserted() {
+        let (dir, seed, head) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        // A forgery that fits after record i: the next seq, chained from i, its own hash right.
+        let mut forged = flip_verdict(s.record(i));
+        forged.seq += 1;
+        let frame = Surgery::frame(&s.hash(i), &forged);
+        s.frames.insert(i + 1, frame);
+        s.save();
+        let p = problem(dir.path(), Some(&seed), Some(head));
+        assert_eq!((p.class, p.seq), (Class::Inserted, Some(forged.seq)), "{p}");
+        let s = Surgery::open(dir.path(), 0);
+        let want = Location {
+            segment: segment::file_name(0),
+            offset: (audit::header::SEGMENT_HEADER_LEN
+                + s.frames[..=i].iter().map(Vec::len).sum::<usize>()) as u64,
+        };
+        assert_eq!(p.location, Some(want), "points at the forgery");
+    }
+
+    #[test]
+    fn copied_record_is_inserted() {
+        let (dir, _, _) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        let copy = s.frames[i].clone();
+        s.frames.insert(i + 2, copy);
+        s.save();
+        let p = problem(dir.path(), None, None);
+        assert_eq!(p.class, Class::Inserted, "{p}");
+        assert!(p.detail.contains("copy"), "{p}");
+    }
+
+    #[test]
+    fn garbage_record_is_inserted() {
+        let (dir, _, _) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        let mut forged = s.record(i);
+        forged.seq = 5000;
+        s.frames.insert(i, Surgery::frame(&[7; 32], &forged));
+        s.save();
+        let p = problem(dir.path(), None, None);
+        assert_eq!((p.class, p.seq), (Class::Inserted, Some(5000)), "{p}");
+    }
+
+    #[test]
+    fn swapped_records_are_reordered() {
+        let (dir, seed, head) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(50);
+        let seq = s.record(i).seq;
+        s.frames.swap(i, i + 1);
+        s.save();
+        let p = problem(dir.path(), Some(&seed), Some(head));
+        assert_eq!((p.class, p.seq), (Class::Reordered, Some(seq + 1)), "{p}");
+
+        // A record moved a few places later.
+        let (dir, _, _) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let moved = s.frames.remove(i);
+        s.frames.insert(i + 3, moved);
+        s.save();
+        assert_eq!(problem(dir.path(), None, None).class, Class::Reordered);
+    }
+
+    #[test]
+    fn cut_before_a_known_head_is_truncated() {
+        let (dir, seed, head) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let n = s.frames.len();
+        s.frames.truncate(n - 3);
+        s.save();
+        let p = problem(dir.path(), Some(&seed), Some(head));
+        assert_eq!((p.class, p.seq), (Class::Truncated, head.seq), "{p}");
+        let bare = Anchor {
+            seq: None,
+            hash: head.hash,
+        };
+        let report = verify(dir.path(), Some(&seed), Some(bare)).expect("verify");
+        assert_eq!(report.problem.expect("problem").class, Class::Truncated);
+        // Without an anchor, a cut at a record boundary is invisible; the report says so.
+        let report = verify(dir.path(), Some(&seed), None).expect("verify");
+        assert!(report.intact());
+        assert!(report.to_string().contains("undetectable without one"), "{report}");
+    }
+
+    #[test]
+    fn rechained_without_the_key_is_caught_by_the_seal() {
+        let (dir, seed, head) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let i = s.action_at_or_after(45);
+        let seq = s.record(i).seq;
+        let record = flip_verdict(s.record(i));
+        s.rewrite(i, &record);
+        s.rechain(i);
+        s.save();
+        // The chain is perfect again: without the key only an anchor can tell.
+        let report = verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.seals, Seals::NotChecked { count: 10 });
+        let p = problem(dir.path(), None, Some(head));
+        assert_eq!(p.class, Class::Modified, "{p}");
+        // The first seal after the change does not verify.
+        let p = problem(dir.path(), Some(&seed), None);
+        assert_eq!(p.class, Class::BadSeal, "{p}");
+        let seal_seq = p.seq.expect("seq");
+        assert!(seal_seq > seq && seal_seq <= seq + 11, "seal {seal_seq} after {seq}");
+        assert!(p.detail.contains("re-chained"), "{p}");
+    }
+
+    #[test]
+    fn stripped_seal_is_a_bad_seal() {
+        let (dir, seed, _) = sealed_log();
+        let mut s = Surgery::open(dir.path(), 0);
+        let seal = (30..s.frames.len())
+            .find(|&j| matches!(s.record(j).body, Body::Seal { .. }))
+            .expect("a seal");
+        s.frames.remove(seal);
+        // Renumber and re-chain so only the seals can tell.
+        for j in seal..s.frames.len() {
+            let mut r = s.record(j);
+            r.seq -= 1;
+            s.frames[j] = Surgery::frame(&s.prev(j), &r);
+        }
+        s.rechain(seal);
+        s.save();
+        let p = problem(dir.path(), Some(&seed), None);
+        assert_eq!(p.class, Class::BadSeal, "{p}");
+    }
+
+    #[test]
+    fn replaced_genesis_is_a_bad_header() {
+        let (dir, _, _) = sealed_log();
+        let header = files::read_log_header(dir.path()).expect("read").expect("header");
+        let forged = audit::header::LogHeader {
+            genesis: [1; 32],
+            ..header
+        };
+        fs::write(dir.path().join(files::LOG_HEADER), forged.encode()).expect("write");
+        let p = problem(dir.path(), None, None);
+        assert_eq!((p.class, p.seq), (Class::BadHeader, Some(0)), "{p}");
+        fs::write(dir.path().join(files::LOG_HEADER), b"junk").expect("write");
+        assert_eq!(problem(dir.path(), None, None).class, Class::BadHeader);
+    }
+
+    #[test]
+    fn deleted_segment_is_deleted_and_renamed_one_a_bad_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(LogOptions {
+            segment_bytes: 2048,
+            ..options(dir.path())
+        })
+        .expect("open");
+        for i in 0..100 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let segments = segment::list(dir.path()).expect("list");
+        assert!(segments.len() > 3);
+        let gone = &segments[1];
+        fs::rename(&gone.path, dir.path().join("moved-away")).expect("move");
+        let p = problem(dir.path(), None, None);
+        assert_eq!((p.class, p.seq), (Class::Deleted, Some(gone.first_seq)), "{p}");
+        fs::rename(dir.path().join("moved-away"), &gone.path).expect("move back");
+        assert!(verify(dir.path(), None, None).expect("verify").intact());
+        fs::rename(&gone.path, dir.path().join(segment::file_name(gone.first_seq + 1)))
+            .expect("rename");
+        assert_eq!(problem(dir.path(), None, None).class, Class::BadHeader);
     }
 }

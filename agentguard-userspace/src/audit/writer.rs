@@ -392,3 +392,331 @@ fn catch_up(
         last: Instant::now(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::audit::{
+        self, Class, SealSeed,
+        follow::Tail,
+        testutil::{Surgery, action, options},
+        verify::Seals,
+    };
+
+    fn read_all(dir: &std::path::Path) -> Vec<Record> {
+        let mut tail = Tail::new(dir);
+        let mut out = Vec::new();
+        loop {
+            let batch = tail.poll().expect("poll");
+            assert!(batch.warnings.is_empty(), "{:?}", batch.warnings);
+            out.extend(batch.records);
+            if !batch.more {
+                return out;
+            }
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_continue_after_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        assert_eq!(log.head().seq, None);
+        let bodies: Vec<Body> = (0..50).map(action).collect();
+        for (i, body) in bodies.iter().enumerate() {
+            assert_eq!(log.append(i as u64, 7, body.clone()).expect("append"), i as u64);
+        }
+        let head = log.head();
+        drop(log);
+        assert_eq!(audit::head(dir.path()).expect("head"), head);
+        let mut log = AuditLog::open(options(dir.path())).expect("reopen");
+        assert_eq!(log.head(), head);
+        assert_eq!(log.append(99, 7, action(99)).expect("append"), 50);
+        log.flush().expect("flush");
+        let records = read_all(dir.path());
+        assert_eq!(records.len(), 51);
+        for (i, r) in records.iter().take(50).enumerate() {
+            assert_eq!((r.seq, r.wall_ns, r.mono_ns), (i as u64, i as u64, 7));
+            assert_eq!(r.body, bodies[i]);
+        }
+        let report = audit::verify(dir.path(), None, Some(log.head().anchor())).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.seals, Seals::Unsealed);
+    }
+
+    #[test]
+    fn rotation_keeps_the_chain_across_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts.clone()).expect("open");
+        for i in 0..300 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let segments = segment::list(dir.path()).expect("list");
+        assert!(segments.len() > 5, "{} segments", segments.len());
+        for s in &segments {
+            assert!(fs::metadata(&s.path).expect("stat").len() <= 4096);
+            let first = Surgery::open(dir.path(), s.first_seq);
+            assert_eq!(first.record(0).seq, s.first_seq);
+        }
+        // The first record of each segment chains to the last of the one before.
+        for pair in segments.windows(2) {
+            let a = Surgery::open(dir.path(), pair[0].first_seq);
+            let b = Surgery::open(dir.path(), pair[1].first_seq);
+            assert_eq!(b.prev(0), a.hash(a.frames.len() - 1));
+        }
+        let mut log = AuditLog::open(opts).expect("reopen");
+        log.append(1, 1, action(1)).expect("append");
+        drop(log);
+        let records = read_all(dir.path());
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (0..301).collect::<Vec<_>>());
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.records, 301);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_and_described() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        for i in 0..20 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        // A crash: the last record half written, then junk where the disk had no data yet.
+        let seg = dir.path().join(segment::file_name(0));
+        let intact = Surgery::open(dir.path(), 0);
+        let full = fs::metadata(&seg).expect("stat").len();
+        let last_len = intact.frames[19].len() as u64;
+        let f = OpenOptions::new().write(true).open(&seg).expect("open seg");
+        f.set_len(full - last_len / 2).expect("truncate");
+        drop(f);
+        let mut f = OpenOptions::new().append(true).open(&seg).expect("open seg");
+        f.write_all(&[0u8; 100]).expect("junk");
+        drop(f);
+        let cut = full - last_len / 2 + 100 - (full - last_len);
+
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert_eq!(report.problem.expect("torn").class, Class::TornTail);
+
+        let log = AuditLog::open(options(dir.path())).expect("recover");
+        assert_eq!(log.head().seq, Some(19));
+        drop(log);
+        let records = read_all(dir.path());
+        assert_eq!(records.len(), 20);
+        match &records[19].body {
+            Body::Recovered {
+                segment,
+                cut_bytes,
+                last_seq,
+                reason,
+            } => {
+                assert_eq!(segment, &segment::file_name(0));
+                assert_eq!(*cut_bytes, cut);
+                assert_eq!(*last_seq, Some(18));
+                assert!(reason.contains("torn tail"), "{reason}");
+            }
+            other => panic!("expected Recovered, got {other:?}"),
+        }
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
+        // Nothing more to cut on the next start.
+        drop(AuditLog::open(options(dir.path())).expect("reopen"));
+        assert_eq!(read_all(dir.path()).len(), 20);
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_left_for_verify() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        for i in 0..20 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let mut s = Surgery::open(dir.path(), 0);
+        s.frames[10][0] ^= 0xff;
+        s.save();
+        let before = fs::metadata(dir.path().join(segment::file_name(0))).expect("stat").len();
+        let log = AuditLog::open(options(dir.path())).expect("open");
+        assert_eq!(log.head().seq, Some(20), "continues after the intact records");
+        drop(log);
+        assert!(fs::metadata(dir.path().join(segment::file_name(0))).expect("stat").len() > before);
+        let segments = segment::list(dir.path()).expect("list");
+        let note = audit::reader::last_intact(&segments, 0)
+            .expect("scan")
+            .expect("a record")
+            .record
+            .expect("decodes");
+        assert!(
+            matches!(&note.body, Body::Recovered { cut_bytes: 0, reason, .. } if reason.contains("left in place")),
+            "{note:?}"
+        );
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        let problem = report.problem.expect("damage");
+        assert_eq!((problem.class, problem.seq), (Class::Modified, Some(10)));
+    }
+
+    #[test]
+    fn lost_total_survives_restart_and_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 2048,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts.clone()).expect("open");
+        assert_eq!(log.last_lost_total(), None);
+        log.append(0, 0, Body::Lost {
+            dropped: 5,
+            total: 5,
+        })
+        .expect("append");
+        assert_eq!(log.last_lost_total(), Some(5));
+        for i in 0..100 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        assert!(segment::list(dir.path()).expect("list").len() > 2);
+        let log = AuditLog::open(opts).expect("reopen");
+        assert_eq!(log.last_lost_total(), Some(5));
+        drop(log);
+        assert!(audit::verify(dir.path(), None, None).expect("verify").intact());
+    }
+
+    #[test]
+    fn seals_evolve_the_key_and_verify_with_the_seed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = audit::init(dir.path(), false).expect("init");
+        let key0 = fs::read(dir.path().join(files::SEAL_KEY)).expect("key");
+        let opts = LogOptions {
+            seal_every: 5,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts.clone()).expect("open");
+        assert!(log.is_sealed());
+        for i in 0..12 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        // Two seals (after 5 and 10 records): the stored key is now epoch 2, and the epoch-0
+        // key is gone from the file.
+        let stored = SealKey::load(dir.path()).expect("load").expect("key");
+        assert_eq!(stored.epoch(), 2);
+        let key1 = fs::read(dir.path().join(files::SEAL_KEY)).expect("key");
+        assert_ne!(key0, key1);
+        let mut expect = seed.first_key();
+        expect.advance_to(2);
+        assert_eq!(stored, expect);
+
+        let report = audit::verify(dir.path(), Some(&seed), None).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.seals, Seals::Verified { count: 2 });
+        assert_eq!(report.unsealed_tail, 2);
+        let unchecked = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(unchecked.intact());
+        assert_eq!(unchecked.seals, Seals::NotChecked { count: 2 });
+        assert!(unchecked.to_string().contains("NOT checked"), "{unchecked}");
+
+        let wrong = SealSeed::generate().expect("seed");
+        let report = audit::verify(dir.path(), Some(&wrong), None).expect("verify");
+        let problem = report.problem.expect("bad seal");
+        assert_eq!((problem.class, problem.seq), (Class::BadSeal, Some(5)));
+    }
+
+    #[test]
+    fn a_key_file_left_behind_by_a_crash_catches_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = audit::init(dir.path(), false).expect("init");
+        let opts = LogOptions {
+            seal_every: 5,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts.clone()).expect("open");
+        for i in 0..5 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        // As if the daemon died after the seal was on disk but before the new key was.
+        seed.first_key().store(dir.path()).expect("store");
+        let mut log = AuditLog::open(opts).expect("reopen");
+        for i in 0..5 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        assert_eq!(SealKey::load(dir.path()).expect("load").expect("key").epoch(), 2);
+        let report = audit::verify(dir.path(), Some(&seed), None).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.seals, Seals::Verified { count: 2 });
+    }
+
+    #[test]
+    fn seals_come_by_time_on_tick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = audit::init(dir.path(), false).expect("init");
+        let opts = LogOptions {
+            seal_interval: Duration::ZERO,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts).expect("open");
+        log.tick().expect("tick");
+        assert_eq!(log.head().seq, None, "nothing to seal yet");
+        log.append(0, 0, action(0)).expect("append");
+        log.tick().expect("tick");
+        assert_eq!(log.head().seq, Some(1), "the seal");
+        drop(log);
+        let report = audit::verify(dir.path(), Some(&seed), None).expect("verify");
+        assert_eq!(report.seals, Seals::Verified { count: 1 });
+    }
+
+    #[test]
+    fn one_writer_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _log = AuditLog::open(options(dir.path())).expect("open");
+        assert!(matches!(AuditLog::open(options(dir.path())), Err(AuditError::Locked(_))));
+        assert!(matches!(audit::init(dir.path(), true), Err(AuditError::Locked(_))));
+    }
+
+    #[test]
+    fn audit_log_is_send() {
+        fn send<T: Send>() {}
+        send::<AuditLog>();
+    }
+
+    /// Throughput of the userspace pipeline (encode, chain, buffered write, periodic fsync,
+    /// seals every 10,000 records). Run with
+    /// `cargo test --release -p agentguard-userspace throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn throughput() {
+        let dir = tempfile::tempdir_in(".").expect("tempdir");
+        audit::init(dir.path(), false).expect("init");
+        let mut log = AuditLog::open(LogOptions::new(dir.path())).expect("open");
+        let bodies: Vec<Body> = (0..64).map(action).collect();
+        let n = 2_000_000u64;
+        let start = Instant::now();
+        let mut last_tick = Instant::now();
+        for i in 0..n {
+            log.append(i, i, bodies[(i % 64) as usize].clone()).expect("append");
+            if i % 1024 == 0 && last_tick.elapsed() >= Duration::from_millis(100) {
+                log.tick().expect("tick");
+                last_tick = Instant::now();
+            }
+        }
+        log.flush().expect("flush");
+        let secs = start.elapsed().as_secs_f64();
+        let bytes: u64 = segment::list(dir.path())
+            .expect("list")
+            .iter()
+            .map(|s| fs::metadata(&s.path).expect("stat").len())
+            .sum();
+        println!(
+            "{n} records in {secs:.2} s: {:.0} records/s, {:.0} bytes/record",
+            n as f64 / secs,
+            bytes as f64 / n as f64
+        );
+    }
+}
