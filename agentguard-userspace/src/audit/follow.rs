@@ -32,9 +32,9 @@ pub struct Batch {
 pub struct Tail {
     dir: PathBuf,
     current: Option<SegmentFile>,
-    /// File offset of `buf[0]`.
+    /// File offset of the first byte not yet taken.
     offset: u64,
-    /// Bytes read but not yet whole frames.
+    /// Bytes read from `offset` on.
     buf: Vec<u8>,
     last_seq: Option<u64>,
 }
@@ -90,28 +90,28 @@ impl Tail {
         Ok(batch)
     }
 
+    /// Reads from the first byte not yet taken to the end of the file. An incomplete frame is
+    /// read again on every poll rather than kept: the writer may have cut it meanwhile and
+    /// written a different record in its place.
     fn read_more(&mut self, current: &SegmentFile, batch: &mut Batch) -> Result<(), AuditError> {
+        self.buf.clear();
         let len = match fs::metadata(&current.path) {
             Ok(m) => m.len(),
             // Segments are never deleted by agentguard; tolerate an operator's cleanup.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_at(&current.path)(e)),
         };
-        let have = self.offset + self.buf.len() as u64;
-        if len < have {
-            // The writer cut a torn tail we had partly read; re-read the segment and let the
-            // sequence numbers drop what was already shown.
+        if len < self.offset {
+            // Cut below what was already taken (not something agentguard does): start the
+            // segment over and let the sequence numbers drop what was already shown.
             batch.warnings.push(format!(
                 "{}: the file got shorter; re-reading it",
                 current.name()
             ));
             self.offset = SEGMENT_HEADER_LEN as u64;
-            self.buf.clear();
         }
-        let have = self.offset + self.buf.len() as u64;
-        if len > have {
-            let more = segment::read_from(&current.path, have)?;
-            self.buf.extend_from_slice(&more);
+        if len > self.offset {
+            self.buf = segment::read_from(&current.path, self.offset)?;
         }
         Ok(())
     }
@@ -172,5 +172,117 @@ impl Tail {
         self.buf.drain(..at);
         self.offset += at as u64;
         stuck
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::OpenOptions, io::Write};
+
+    use super::*;
+    use crate::audit::{
+        AuditLog, LogOptions,
+        record::{Body, Record},
+        testutil::{action, options},
+    };
+
+    fn drain(tail: &mut Tail) -> (Vec<u64>, Vec<String>) {
+        let mut seqs = Vec::new();
+        let mut warnings = Vec::new();
+        loop {
+            let batch = tail.poll().expect("poll");
+            seqs.extend(batch.records.iter().map(|r| r.seq));
+            warnings.extend(batch.warnings);
+            if !batch.more {
+                return (seqs, warnings);
+            }
+        }
+    }
+
+    fn small(dir: &std::path::Path) -> LogOptions {
+        LogOptions {
+            segment_bytes: 2048,
+            ..options(dir)
+        }
+    }
+
+    #[test]
+    fn follows_appends_across_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut tail = Tail::new(dir.path());
+        assert_eq!(drain(&mut tail).0, Vec::<u64>::new(), "no log yet");
+        let mut log = AuditLog::open(small(dir.path())).expect("open");
+        for i in 0..10 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        log.flush().expect("flush");
+        assert_eq!(drain(&mut tail).0, (0..10).collect::<Vec<_>>());
+        assert_eq!(drain(&mut tail).0, Vec::<u64>::new());
+        for i in 10..100 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        log.flush().expect("flush");
+        let (seqs, warnings) = drain(&mut tail);
+        assert_eq!(seqs, (10..100).collect::<Vec<_>>());
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn waits_for_an_incomplete_frame_and_takes_the_recovered_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        for i in 0..5 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let seg = dir.path().join(segment::file_name(0));
+        let mut frame = Vec::new();
+        encode::append_frame(
+            &mut frame,
+            &[0; 32],
+            &Record {
+                seq: 5,
+                wall_ns: 0,
+                mono_ns: 0,
+                body: action(5),
+            },
+        )
+        .expect("encode");
+        let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
+        f.write_all(&frame[..frame.len() / 2]).expect("write");
+        drop(f);
+        let mut tail = Tail::new(dir.path());
+        let (seqs, warnings) = drain(&mut tail);
+        assert_eq!(seqs, (0..5).collect::<Vec<_>>());
+        assert!(
+            warnings.is_empty(),
+            "still being written, as far as a reader knows"
+        );
+        drop(AuditLog::open(options(dir.path())).expect("recover"));
+        let batch = tail.poll().expect("poll");
+        assert!(batch.warnings.is_empty(), "{:?}", batch.warnings);
+        assert_eq!(batch.records.len(), 1);
+        assert!(matches!(batch.records[0].body, Body::Recovered { .. }));
+    }
+
+    #[test]
+    fn skips_a_torn_tail_once_a_newer_segment_exists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(small(dir.path())).expect("open");
+        for i in 0..30 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let segments = segment::list(dir.path()).expect("list");
+        assert!(segments.len() > 1);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&segments[0].path)
+            .expect("open");
+        f.write_all(b"\xA5AGR\x10\x00").expect("write");
+        drop(f);
+        let (seqs, warnings) = drain(&mut Tail::new(dir.path()));
+        assert_eq!(seqs, (0..30).collect::<Vec<_>>());
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 }

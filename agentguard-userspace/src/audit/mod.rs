@@ -105,3 +105,68 @@ pub fn head(dir: &Path) -> Result<Head, AuditError> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::testutil::{action, options};
+
+    #[test]
+    fn init_refuses_an_existing_log_unless_forced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = init(dir.path(), false).expect("init");
+        assert_eq!(seed.to_hex().len(), 64);
+        assert!(matches!(
+            init(dir.path(), false),
+            Err(AuditError::AlreadyInitialised(_))
+        ));
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        log.append(0, 0, action(0)).expect("append");
+        drop(log);
+        let old_head = head(dir.path()).expect("head");
+        assert_eq!(old_head.seq, Some(0));
+
+        let new_seed = init(dir.path(), true).expect("re-init");
+        assert_ne!(new_seed, seed);
+        assert_eq!(head(dir.path()).expect("head").seq, None, "a fresh log");
+        let archived: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("archive-"))
+            .collect();
+        assert_eq!(archived.len(), 1);
+        let old = archived[0].path();
+        assert_eq!(
+            head(&old).expect("old head"),
+            old_head,
+            "the old log is kept whole"
+        );
+        assert!(
+            verify(&old, Some(&seed), Some(old_head.anchor()))
+                .expect("verify")
+                .intact()
+        );
+    }
+
+    #[test]
+    fn an_unsealed_log_can_be_opened_without_init() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        assert!(!log.is_sealed());
+        log.append(0, 0, action(0)).expect("append");
+        drop(log);
+        assert!(matches!(
+            init(dir.path(), false),
+            Err(AuditError::AlreadyInitialised(_))
+        ));
+        assert!(matches!(
+            head(&dir.path().join("nope")),
+            Err(AuditError::NoLog(_))
+        ));
+    }
+}
+
+// `cli/log.rs` is wired into the binary by `cli/mod.rs`; until then, compile and test it here.
+#[cfg(test)]
+#[path = "../cli/log.rs"]
+mod cli_log;

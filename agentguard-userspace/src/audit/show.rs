@@ -341,3 +341,201 @@ fn actor_line(by: &Actor) -> String {
         Actor::Agent { instance, pid } => format!("agent({instance:?},pid={pid})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use agentguard_common::event::{EVENT_TRUNCATED, EventKind, FileOp};
+
+    use super::*;
+    use crate::audit::{names::RECORD_KINDS, testutil::action};
+
+    fn record(body: Body) -> Record {
+        Record {
+            seq: 7,
+            wall_ns: 1_709_251_199_123_456_789,
+            mono_ns: 5,
+            body,
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor::Peer {
+            uid: 0,
+            pid: 1,
+            exe: None,
+        }
+    }
+
+    fn op() -> OperatorAction {
+        OperatorAction {
+            target: "buyer".into(),
+            instances: vec!["buyer/1".into()],
+            by: actor(),
+            budget: None,
+            took_ms: 3,
+            ok: true,
+            error: None,
+        }
+    }
+
+    /// One body of every kind, in kind order.
+    fn every_kind() -> Vec<Body> {
+        vec![
+            action(0),
+            Body::DaemonStart {
+                version: "0.1.0".into(),
+                pid: 1,
+                kernel: "6.8".into(),
+                backends: "network=cgroup-sock-addr".into(),
+                adopted: false,
+            },
+            Body::DaemonStop {
+                reason: "SIGTERM".into(),
+                enforcement_kept: true,
+            },
+            Body::PolicyApplied {
+                digest: "ab".into(),
+                origin: "/etc/agentguard/policy.toml".into(),
+                by: actor(),
+                generation: 1,
+                agents: 2,
+                rules: 3,
+            },
+            Body::InstanceStart {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+                pid: 10,
+                how: "run".into(),
+                by: actor(),
+                files: "landlock".into(),
+            },
+            Body::InstanceExit {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+            },
+            Body::Freeze(op()),
+            Body::Thaw(op()),
+            Body::Kill(op()),
+            Body::Lost {
+                dropped: 1,
+                total: 2,
+            },
+            Body::Recovered {
+                segment: "00000000000000000000.seg".into(),
+                cut_bytes: 10,
+                last_seq: Some(3),
+                reason: "torn tail".into(),
+            },
+            Body::Seal {
+                epoch: 0,
+                mac: "00".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_has_its_name_and_renders() {
+        for (i, body) in every_kind().into_iter().enumerate() {
+            assert_eq!(usize::from(body.kind_id()), i);
+            let r = record(body);
+            let json = to_json(&r);
+            assert_eq!(json["kind"], RECORD_KINDS[i]);
+            assert_eq!(json["seq"], 7);
+            assert_eq!(json["time"], "2024-02-29T23:59:59.123456789Z");
+            let line = to_line(&r);
+            assert!(line.starts_with("2024-02-29T23:59:59.123Z #7 "), "{line}");
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn actions_show_names_not_numbers() {
+        let json = to_json(&record(action(0)));
+        assert_eq!(json["action"], "connect");
+        assert_eq!(json["verdict"], "denied");
+        assert_eq!(json["backend"], "cgroup-sock-addr");
+        assert_eq!(json["agent"], "buyer");
+        assert_eq!(json["target"]["addr"], "192.0.2.1");
+        assert_eq!(json["target"]["protocol"], "tcp");
+        assert_eq!(json["rule"], "api.example.com:443");
+        let line = to_line(&record(action(0)));
+        assert!(
+            line.contains("denied connect 192.0.2.1:443/tcp (\"api.example.com\") agent=\"buyer\""),
+            "{line}"
+        );
+
+        let Body::Action(mut a) = action(1) else {
+            unreachable!()
+        };
+        a.kind = EventKind::FileOpen as u16;
+        a.target = Target::File {
+            op: FileOp::Open as u16,
+            access: 2,
+            path: "/etc/passwd\nFAKE LINE".into(),
+            target_pid: None,
+        };
+        a.flags = EVENT_TRUNCATED;
+        let r = record(Body::Action(a));
+        let json = to_json(&r);
+        assert_eq!(json["target"]["op"], "open");
+        assert_eq!(json["target"]["access"], serde_json::json!(["write"]));
+        assert_eq!(json["flags"], serde_json::json!(["truncated"]));
+        let line = to_line(&r);
+        assert!(!line.contains('\n'), "a path cannot add a line: {line}");
+        assert!(
+            line.contains(r#"open "/etc/passwd\nFAKE LINE" [write]"#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn filters_by_agent_and_verdict() {
+        let denied_buyer = record(action(0));
+        let allowed_search = record(action(1));
+        let start = record(every_kind()[1].clone());
+        let by_agent = Filter {
+            agent: Some("buyer".into()),
+            verdict: None,
+        };
+        assert!(by_agent.matches(&denied_buyer));
+        assert!(
+            by_agent.matches(&allowed_search),
+            "sub-agents belong to their parent"
+        );
+        assert!(!by_agent.matches(&start));
+        let sub = Filter {
+            agent: Some("buyer/search".into()),
+            verdict: None,
+        };
+        assert!(!sub.matches(&denied_buyer));
+        assert!(sub.matches(&allowed_search));
+        let other = Filter {
+            agent: Some("buy".into()),
+            verdict: None,
+        };
+        assert!(!other.matches(&denied_buyer), "not a name prefix");
+        let denied = Filter {
+            agent: None,
+            verdict: Some(Verdict::Denied),
+        };
+        assert!(denied.matches(&denied_buyer));
+        assert!(!denied.matches(&allowed_search));
+        assert!(!denied.matches(&start));
+        assert!(Filter::default().matches(&start));
+
+        let Body::Action(mut v6) = action(0) else {
+            unreachable!()
+        };
+        v6.target = Target::Net {
+            addr: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+            port: 53,
+            protocol: 17,
+            name: None,
+        };
+        assert!(to_line(&record(Body::Action(v6))).contains("[2001:db8::1]:53/udp"));
+    }
+}

@@ -19,12 +19,20 @@ use super::{
 
 /// A typical network action; `i` varies agent, verdict and port.
 pub fn action(i: u64) -> Body {
-    let verdict = if i % 3 == 0 { Verdict::Denied } else { Verdict::Allowed };
+    let verdict = if i.is_multiple_of(3) {
+        Verdict::Denied
+    } else {
+        Verdict::Allowed
+    };
     Body::Action(Action {
         kind: EventKind::Connect as u16,
         verdict: verdict as u8,
         backend: Backend::CgroupSockAddr as u8,
-        agent: if i % 2 == 0 { "buyer".into() } else { "buyer/search".into() },
+        agent: if i.is_multiple_of(2) {
+            "buyer".into()
+        } else {
+            "buyer/search".into()
+        },
         instance: "buyer/1".into(),
         cgroup_id: 4242,
         pid: 1000 + (i % 7) as u32,

@@ -435,7 +435,9 @@ impl Verifier<'_> {
             )),
         };
         if let Some(what) = broken {
-            if frame.index + 1 == self.segments.len() && !self.intact_after(frame.index, frame.end)? {
+            if frame.index + 1 == self.segments.len()
+                && !self.intact_after(frame.index, frame.end)?
+            {
                 // What recovery would cut: nothing intact follows.
                 return Ok(Some(self.problem(
                     Class::TornTail,
@@ -523,7 +525,11 @@ impl Verifier<'_> {
                 let missing = if epoch - self.next_epoch == 1 {
                     format!("seal epoch {} is missing", self.next_epoch)
                 } else {
-                    format!("seal epochs {}..={} are missing", self.next_epoch, epoch - 1)
+                    format!(
+                        "seal epochs {}..={} are missing",
+                        self.next_epoch,
+                        epoch - 1
+                    )
                 };
                 format!(
                     "seal epoch {epoch} comes where epoch {} belongs: {missing} (records were \
@@ -732,7 +738,11 @@ impl Verifier<'_> {
 
     /// Whether an intact frame follows `offset` in segment `index`.
     fn intact_after(&self, index: usize, offset: u64) -> Result<bool, AuditError> {
-        let one = self.segments.get(index..=index).unwrap_or_default().to_vec();
+        let one = self
+            .segments
+            .get(index..=index)
+            .unwrap_or_default()
+            .to_vec();
         let mut scanner = Scanner::at(one, 0, offset)?;
         while let Some(item) = scanner.next_item()? {
             if let Scanned::Frame(f) = item
@@ -832,7 +842,8 @@ mod tests {
         })
         .expect("open");
         for i in 0..100 {
-            log.append(1_700_000_000_000_000_000 + i, i, action(i)).expect("append");
+            log.append(1_700_000_000_000_000_000 + i, i, action(i))
+                .expect("append");
         }
         let head = log.head();
         drop(log);
@@ -988,7 +999,10 @@ mod tests {
         // Without an anchor, a cut at a record boundary is invisible; the report says so.
         let report = verify(dir.path(), Some(&seed), None).expect("verify");
         assert!(report.intact());
-        assert!(report.to_string().contains("undetectable without one"), "{report}");
+        assert!(
+            report.to_string().contains("undetectable without one"),
+            "{report}"
+        );
     }
 
     #[test]
@@ -1011,7 +1025,10 @@ mod tests {
         let p = problem(dir.path(), Some(&seed), None);
         assert_eq!(p.class, Class::BadSeal, "{p}");
         let seal_seq = p.seq.expect("seq");
-        assert!(seal_seq > seq && seal_seq <= seq + 11, "seal {seal_seq} after {seq}");
+        assert!(
+            seal_seq > seq && seal_seq <= seq + 11,
+            "seal {seal_seq} after {seq}"
+        );
         assert!(p.detail.contains("re-chained"), "{p}");
     }
 
@@ -1038,7 +1055,9 @@ mod tests {
     #[test]
     fn replaced_genesis_is_a_bad_header() {
         let (dir, _, _) = sealed_log();
-        let header = files::read_log_header(dir.path()).expect("read").expect("header");
+        let header = files::read_log_header(dir.path())
+            .expect("read")
+            .expect("header");
         let forged = audit::header::LogHeader {
             genesis: [1; 32],
             ..header
@@ -1067,11 +1086,18 @@ mod tests {
         let gone = &segments[1];
         fs::rename(&gone.path, dir.path().join("moved-away")).expect("move");
         let p = problem(dir.path(), None, None);
-        assert_eq!((p.class, p.seq), (Class::Deleted, Some(gone.first_seq)), "{p}");
+        assert_eq!(
+            (p.class, p.seq),
+            (Class::Deleted, Some(gone.first_seq)),
+            "{p}"
+        );
         fs::rename(dir.path().join("moved-away"), &gone.path).expect("move back");
         assert!(verify(dir.path(), None, None).expect("verify").intact());
-        fs::rename(&gone.path, dir.path().join(segment::file_name(gone.first_seq + 1)))
-            .expect("rename");
+        fs::rename(
+            &gone.path,
+            dir.path().join(segment::file_name(gone.first_seq + 1)),
+        )
+        .expect("rename");
         assert_eq!(problem(dir.path(), None, None).class, Class::BadHeader);
     }
 }

@@ -425,7 +425,10 @@ mod tests {
         assert_eq!(log.head().seq, None);
         let bodies: Vec<Body> = (0..50).map(action).collect();
         for (i, body) in bodies.iter().enumerate() {
-            assert_eq!(log.append(i as u64, 7, body.clone()).expect("append"), i as u64);
+            assert_eq!(
+                log.append(i as u64, 7, body.clone()).expect("append"),
+                i as u64
+            );
         }
         let head = log.head();
         drop(log);
@@ -474,7 +477,10 @@ mod tests {
         log.append(1, 1, action(1)).expect("append");
         drop(log);
         let records = read_all(dir.path());
-        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (0..301).collect::<Vec<_>>());
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (0..301).collect::<Vec<_>>()
+        );
         let report = audit::verify(dir.path(), None, None).expect("verify");
         assert!(report.intact(), "{report}");
         assert_eq!(report.records, 301);
@@ -496,7 +502,10 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&seg).expect("open seg");
         f.set_len(full - last_len / 2).expect("truncate");
         drop(f);
-        let mut f = OpenOptions::new().append(true).open(&seg).expect("open seg");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&seg)
+            .expect("open seg");
         f.write_all(&[0u8; 100]).expect("junk");
         drop(f);
         let cut = full - last_len / 2 + 100 - (full - last_len);
@@ -541,11 +550,22 @@ mod tests {
         let mut s = Surgery::open(dir.path(), 0);
         s.frames[10][0] ^= 0xff;
         s.save();
-        let before = fs::metadata(dir.path().join(segment::file_name(0))).expect("stat").len();
+        let before = fs::metadata(dir.path().join(segment::file_name(0)))
+            .expect("stat")
+            .len();
         let log = AuditLog::open(options(dir.path())).expect("open");
-        assert_eq!(log.head().seq, Some(20), "continues after the intact records");
+        assert_eq!(
+            log.head().seq,
+            Some(20),
+            "continues after the intact records"
+        );
         drop(log);
-        assert!(fs::metadata(dir.path().join(segment::file_name(0))).expect("stat").len() > before);
+        assert!(
+            fs::metadata(dir.path().join(segment::file_name(0)))
+                .expect("stat")
+                .len()
+                > before
+        );
         let segments = segment::list(dir.path()).expect("list");
         let note = audit::reader::last_intact(&segments, 0)
             .expect("scan")
@@ -570,10 +590,14 @@ mod tests {
         };
         let mut log = AuditLog::open(opts.clone()).expect("open");
         assert_eq!(log.last_lost_total(), None);
-        log.append(0, 0, Body::Lost {
-            dropped: 5,
-            total: 5,
-        })
+        log.append(
+            0,
+            0,
+            Body::Lost {
+                dropped: 5,
+                total: 5,
+            },
+        )
         .expect("append");
         assert_eq!(log.last_lost_total(), Some(5));
         for i in 0..100 {
@@ -584,7 +608,11 @@ mod tests {
         let log = AuditLog::open(opts).expect("reopen");
         assert_eq!(log.last_lost_total(), Some(5));
         drop(log);
-        assert!(audit::verify(dir.path(), None, None).expect("verify").intact());
+        assert!(
+            audit::verify(dir.path(), None, None)
+                .expect("verify")
+                .intact()
+        );
     }
 
     #[test]
@@ -647,7 +675,13 @@ mod tests {
             log.append(i, i, action(i)).expect("append");
         }
         drop(log);
-        assert_eq!(SealKey::load(dir.path()).expect("load").expect("key").epoch(), 2);
+        assert_eq!(
+            SealKey::load(dir.path())
+                .expect("load")
+                .expect("key")
+                .epoch(),
+            2
+        );
         let report = audit::verify(dir.path(), Some(&seed), None).expect("verify");
         assert!(report.intact(), "{report}");
         assert_eq!(report.seals, Seals::Verified { count: 2 });
@@ -676,8 +710,14 @@ mod tests {
     fn one_writer_at_a_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _log = AuditLog::open(options(dir.path())).expect("open");
-        assert!(matches!(AuditLog::open(options(dir.path())), Err(AuditError::Locked(_))));
-        assert!(matches!(audit::init(dir.path(), true), Err(AuditError::Locked(_))));
+        assert!(matches!(
+            AuditLog::open(options(dir.path())),
+            Err(AuditError::Locked(_))
+        ));
+        assert!(matches!(
+            audit::init(dir.path(), true),
+            Err(AuditError::Locked(_))
+        ));
     }
 
     #[test]
@@ -700,7 +740,8 @@ mod tests {
         let start = Instant::now();
         let mut last_tick = Instant::now();
         for i in 0..n {
-            log.append(i, i, bodies[(i % 64) as usize].clone()).expect("append");
+            log.append(i, i, bodies[(i % 64) as usize].clone())
+                .expect("append");
             if i % 1024 == 0 && last_tick.elapsed() >= Duration::from_millis(100) {
                 log.tick().expect("tick");
                 last_tick = Instant::now();
