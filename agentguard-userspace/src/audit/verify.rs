@@ -20,10 +20,14 @@ use super::{
     record::{Body, Record},
     seal::{SealKey, SealSeed},
     segment::{self, SegmentFile},
+    writer::DEFAULT_SEAL_EVERY,
 };
 
 /// Records searched before and after a break to classify it.
 pub const WINDOW: usize = 4096;
+/// Records beyond `seal_every` a writer may leave unsealed (a seal by count comes after the
+/// record that reaches the count; `Recovered` records at start-up add a few).
+const LONG_STRETCH_SLACK: u64 = 16;
 
 /// What kind of change explains the first problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,6 +242,7 @@ struct Verifier<'a> {
     header: Option<SegmentHeader>,
     first_in_segment: bool,
     seed: Option<&'a SealSeed>,
+    long_stretch_noted: bool,
 }
 
 /// Verifies the log in `dir`: with `seed`, seals too; with `anchor`, that the log still
@@ -301,6 +306,7 @@ pub fn verify(
         header: None,
         first_in_segment: false,
         seed,
+        long_stretch_noted: false,
     };
     let problem = v.run()?;
     Ok(v.finish(problem))
@@ -494,6 +500,7 @@ impl Verifier<'_> {
             return Ok(Some(p));
         }
         if let Body::Seal { epoch, .. } = record.body {
+            self.note_long_stretch(record.seq);
             self.report.last_seal = Some(LastSeal {
                 epoch,
                 seq: record.seq,
@@ -736,6 +743,27 @@ impl Verifier<'_> {
         })
     }
 
+    /// Notes (once) a stretch without seals longer than a writer with default settings
+    /// leaves: the trace of seals stripped from a re-chained log. Only a note, because the
+    /// daemon may run with a larger `seal_every`.
+    fn note_long_stretch(&mut self, at_seq: u64) {
+        let limit = DEFAULT_SEAL_EVERY + LONG_STRETCH_SLACK;
+        if self.key.is_none() || self.long_stretch_noted || self.report.unsealed_tail <= limit {
+            return;
+        }
+        self.long_stretch_noted = true;
+        let since = match self.report.last_seal {
+            Some(s) => format!("after the seal at seq {}", s.seq),
+            None => "from the start".to_owned(),
+        };
+        self.report.notes.push(format!(
+            "{} records {since} up to seq {at_seq} have no seal, more than a daemon with the \
+             default seal_every ({DEFAULT_SEAL_EVERY}) writes: unless it ran with a larger \
+             setting, seals were removed",
+            self.report.unsealed_tail
+        ));
+    }
+
     /// Whether an intact frame follows `offset` in segment `index`.
     fn intact_after(&self, index: usize, offset: u64) -> Result<bool, AuditError> {
         let one = self
@@ -776,7 +804,11 @@ impl Verifier<'_> {
         Ok(out)
     }
 
-    fn finish(self, problem: Option<Problem>) -> Report {
+    fn finish(mut self, problem: Option<Problem>) -> Report {
+        if problem.is_none() {
+            let next = self.expected;
+            self.note_long_stretch(next);
+        }
         let mut report = self.report;
         let problem = problem.or_else(|| match self.anchor {
             Some(anchor) if report.anchor_found != Some(true) => Some(match anchor.seq {
@@ -1050,6 +1082,27 @@ mod tests {
         s.save();
         let p = problem(dir.path(), Some(&seed), None);
         assert_eq!(p.class, Class::BadSeal, "{p}");
+    }
+
+    #[test]
+    fn a_long_unsealed_stretch_is_noted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = audit::init(dir.path(), false).expect("init");
+        let mut log = AuditLog::open(LogOptions {
+            seal_every: 0,
+            ..options(dir.path())
+        })
+        .expect("open");
+        let n = DEFAULT_SEAL_EVERY + LONG_STRETCH_SLACK + 1;
+        for i in 0..n {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let report = verify(dir.path(), Some(&seed), None).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert!(report.notes.iter().any(|n| n.contains("seals were removed")), "{report}");
+        let report = verify(dir.path(), None, None).expect("verify");
+        assert!(report.notes.iter().all(|n| !n.contains("seals were removed")), "{report}");
     }
 
     #[test]

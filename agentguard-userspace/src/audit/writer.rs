@@ -21,6 +21,8 @@ use super::{
 
 /// Frames are handed to the kernel once this many bytes wait (or on `tick`/`flush`).
 const WRITE_BATCH: usize = 256 * 1024;
+/// Default of [`LogOptions::seal_every`].
+pub const DEFAULT_SEAL_EVERY: u64 = 10_000;
 /// Records waiting for a failing disk are refused past this many bytes.
 const MAX_PENDING: usize = 64 * 1024 * 1024;
 
@@ -47,7 +49,7 @@ impl LogOptions {
             segment_bytes: 64 * 1024 * 1024,
             fsync_interval: Duration::from_millis(200),
             seal_interval: Duration::from_secs(60),
-            seal_every: 10_000,
+            seal_every: DEFAULT_SEAL_EVERY,
         }
     }
 }
