@@ -37,6 +37,8 @@ pub struct Tail {
     /// Bytes read from `offset` on.
     buf: Vec<u8>,
     last_seq: Option<u64>,
+    /// Inode of the current segment, to notice it being replaced.
+    ino: Option<u64>,
 }
 
 impl Tail {
@@ -48,6 +50,7 @@ impl Tail {
             offset: SEGMENT_HEADER_LEN as u64,
             buf: Vec::new(),
             last_seq: None,
+            ino: None,
         }
     }
 
@@ -72,6 +75,10 @@ impl Tail {
             .find(|s| s.first_seq > current.first_seq)
             .cloned();
         self.read_more(&current, &mut batch)?;
+        if self.current.is_none() {
+            batch.more = true;
+            return Ok(batch);
+        }
         let stuck = self.parse(&current, &mut batch);
         if let Some(next) = next {
             if let Some(reason) = stuck {
@@ -83,6 +90,7 @@ impl Tail {
                 ));
             }
             self.current = Some(next);
+            self.ino = None;
             self.offset = SEGMENT_HEADER_LEN as u64;
             self.buf.clear();
             batch.more = true;
@@ -95,11 +103,26 @@ impl Tail {
     /// written a different record in its place.
     fn read_more(&mut self, current: &SegmentFile, batch: &mut Batch) -> Result<(), AuditError> {
         self.buf.clear();
-        let len = match fs::metadata(&current.path) {
-            Ok(m) => m.len(),
-            // Segments are never deleted by agentguard; tolerate an operator's cleanup.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        let meta = match fs::metadata(&current.path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io_at(&current.path)(e)),
+        };
+        let ino = meta.as_ref().map(std::os::unix::fs::MetadataExt::ino);
+        if self.ino.is_some() && ino != self.ino {
+            // agentguard never deletes or replaces segments, but `log init --force` moves
+            // them into an archive and a new log starts: start over with it.
+            batch.warnings.push(format!(
+                "{}: replaced (the log was re-initialised?); starting over",
+                current.name()
+            ));
+            *self = Self::new(self.dir.clone());
+            return Ok(());
+        }
+        self.ino = ino;
+        let len = match meta {
+            Some(m) => m.len(),
+            None => return Ok(()),
         };
         if len < self.offset {
             // Cut below what was already taken (not something agentguard does): start the
@@ -263,6 +286,26 @@ mod tests {
         assert!(batch.warnings.is_empty(), "{:?}", batch.warnings);
         assert_eq!(batch.records.len(), 1);
         assert!(matches!(batch.records[0].body, Body::Recovered { .. }));
+    }
+
+    #[test]
+    fn starts_over_when_the_log_is_reinitialised() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::audit::init(dir.path(), false).expect("init");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        for i in 0..3 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let mut tail = Tail::new(dir.path());
+        assert_eq!(drain(&mut tail).0, [0, 1, 2]);
+        crate::audit::init(dir.path(), true).expect("re-init");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        log.append(0, 0, action(0)).expect("append");
+        drop(log);
+        let (seqs, warnings) = drain(&mut tail);
+        assert_eq!(seqs, [0]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
     }
 
     #[test]

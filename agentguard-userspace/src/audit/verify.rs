@@ -1100,9 +1100,21 @@ mod tests {
         drop(log);
         let report = verify(dir.path(), Some(&seed), None).expect("verify");
         assert!(report.intact(), "{report}");
-        assert!(report.notes.iter().any(|n| n.contains("seals were removed")), "{report}");
+        assert!(
+            report
+                .notes
+                .iter()
+                .any(|n| n.contains("seals were removed")),
+            "{report}"
+        );
         let report = verify(dir.path(), None, None).expect("verify");
-        assert!(report.notes.iter().all(|n| !n.contains("seals were removed")), "{report}");
+        assert!(
+            report
+                .notes
+                .iter()
+                .all(|n| !n.contains("seals were removed")),
+            "{report}"
+        );
     }
 
     #[test]
