@@ -8,6 +8,7 @@
 //! The byte layout and the trust model are in docs/log-format.md.
 
 pub mod chain;
+pub mod classify;
 pub mod clock;
 pub mod encode;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod names;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+pub mod report;
 pub mod seal;
 pub mod segment;
 pub mod show;

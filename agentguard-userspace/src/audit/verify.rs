@@ -1,232 +1,27 @@
-//! Checking a log: every hash, sequence number, header and (with the seed) seal; naming the
-//! first thing wrong and what kind of change explains it.
-//!
-//! Classification uses the evidence each frame carries: its own hash (content changed?), its
-//! `prev` (does it follow the record before it?) and its sequence number (is it where it
-//! belongs?). When a frame does not follow, a window of records after it (and before it) is
-//! searched for the missing or duplicated ones, to tell a deletion from a reordering from an
-//! insertion. The window is [`WINDOW`] records: a record moved further than that is reported
-//! as deleted where it is missing.
+//! Checking a log: every header, hash, `prev` link, sequence number and (with the seed) seal,
+//! stopping at the first thing wrong; [`classify`](super::classify) names what kind of change
+//! explains a break in the chain.
 
-use std::{collections::VecDeque, fmt, path::Path};
+use std::{collections::VecDeque, path::Path};
 
+pub use super::report::{Class, LastSeal, Problem, Report, Seals};
 use super::{
     chain::{Anchor, Hash, Head},
-    clock,
+    classify::{Evidence, Meta, WINDOW},
     error::AuditError,
     files,
     header::SegmentHeader,
-    reader::{Location, Scanned, ScannedFrame, Scanner},
-    record::{Body, Record},
+    reader::{Scanned, ScannedFrame, Scanner},
+    record::Body,
+    report,
     seal::{SealKey, SealSeed},
     segment::{self, SegmentFile},
     writer::DEFAULT_SEAL_EVERY,
 };
 
-/// Records searched before and after a break to classify it.
-pub const WINDOW: usize = 4096;
 /// Records beyond `seal_every` a writer may leave unsealed (a seal by count comes after the
 /// record that reaches the count; `Recovered` records at start-up add a few).
 const LONG_STRETCH_SLACK: u64 = 16;
-
-/// What kind of change explains the first problem.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// A record's content differs from what was written (its hash, or the next record's link,
-    /// no longer matches).
-    Modified,
-    /// A record was added that the writer did not write.
-    Inserted,
-    /// Records are missing from the middle (or start) of the log.
-    Deleted,
-    /// Records are all there, in the wrong order.
-    Reordered,
-    /// The log ends before a head anchored outside the host.
-    Truncated,
-    /// A seal does not verify: the chain was rewritten by someone without the key (or the
-    /// key is wrong), or seals are missing.
-    BadSeal,
-    /// The last segment ends inside a record (a crash; the daemon cuts it on its next start).
-    TornTail,
-    /// `log.header` or a segment header is damaged, missing or inconsistent.
-    BadHeader,
-}
-
-impl Class {
-    /// Its name in output.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Modified => "modified",
-            Self::Inserted => "inserted",
-            Self::Deleted => "deleted",
-            Self::Reordered => "reordered",
-            Self::Truncated => "truncated",
-            Self::BadSeal => "bad seal",
-            Self::TornTail => "torn tail",
-            Self::BadHeader => "bad header",
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The first thing wrong with a log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// What kind of change explains it.
-    pub class: Class,
-    /// Sequence number of the first bad record (as written in it, or where it should be).
-    pub seq: Option<u64>,
-    /// Where it is.
-    pub location: Option<Location>,
-    /// What exactly is wrong.
-    pub detail: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.class)?;
-        if let Some(seq) = self.seq {
-            write!(f, " at seq {seq}")?;
-        }
-        if let Some(loc) = &self.location {
-            write!(f, " ({loc})")?;
-        }
-        write!(f, ": {}", self.detail)
-    }
-}
-
-/// How far seals could be checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seals {
-    /// The log has no seals (never `log init`ed, or younger than one sealing interval).
-    Unsealed,
-    /// Seals are present but no key was given, so they were not checked.
-    NotChecked {
-        /// Seals found.
-        count: u64,
-    },
-    /// Every seal verified with the key.
-    Verified {
-        /// Seals verified.
-        count: u64,
-    },
-}
-
-/// The newest seal seen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LastSeal {
-    /// Its epoch.
-    pub epoch: u64,
-    /// Its record's sequence number.
-    pub seq: u64,
-    /// Its record's wall time.
-    pub wall_ns: u64,
-}
-
-/// What `verify` found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Report {
-    /// Records checked (up to the first problem).
-    pub records: u64,
-    /// Segment files.
-    pub segments: usize,
-    /// The head reached (the last record checked).
-    pub head: Head,
-    /// How far seals were checked.
-    pub seals: Seals,
-    /// The newest seal.
-    pub last_seal: Option<LastSeal>,
-    /// Records after the newest seal (protected by the chain alone).
-    pub unsealed_tail: u64,
-    /// Whether an anchor was given and found in the log.
-    pub anchor_found: Option<bool>,
-    /// Things worth knowing that are not failures.
-    pub notes: Vec<String>,
-    /// The first thing wrong; `None` for an intact log.
-    pub problem: Option<Problem>,
-}
-
-impl Report {
-    /// Whether the log is intact: every check passed.
-    pub fn intact(&self) -> bool {
-        self.problem.is_none()
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.problem {
-            None => writeln!(f, "log intact")?,
-            Some(p) => writeln!(f, "LOG NOT INTACT: {p}")?,
-        }
-        writeln!(
-            f,
-            "records: {} in {} segment(s); head {}",
-            self.records, self.segments, self.head
-        )?;
-        match self.seals {
-            Seals::Unsealed => writeln!(
-                f,
-                "seals: none (unsealed log: only the hash chain was checked)"
-            )?,
-            Seals::NotChecked { count } => writeln!(
-                f,
-                "seals: {count} present, NOT checked (no --key): the hash chain alone does not \
-                 stop someone on the host from rewriting and re-chaining the log"
-            )?,
-            Seals::Verified { count } => writeln!(f, "seals: {count} verified")?,
-        }
-        if let Some(s) = self.last_seal {
-            writeln!(
-                f,
-                "last seal: epoch {} at seq {} ({}); {} record(s) after it are covered by the chain only",
-                s.epoch,
-                s.seq,
-                clock::rfc3339(s.wall_ns, 3),
-                self.unsealed_tail
-            )?;
-        }
-        match self.anchor_found {
-            Some(true) => writeln!(f, "anchored head: found")?,
-            Some(false) => writeln!(f, "anchored head: NOT found")?,
-            None => writeln!(
-                f,
-                "anchored head: none given (a cut at the end is undetectable without one)"
-            )?,
-        }
-        for note in &self.notes {
-            writeln!(f, "note: {note}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A frame's evidence, kept for classification.
-#[derive(Clone, Debug)]
-struct Meta {
-    seq: u64,
-    prev: Hash,
-    hash: Hash,
-    index: usize,
-    offset: u64,
-}
-
-impl Meta {
-    fn of(frame: &ScannedFrame, record: &Record) -> Self {
-        Self {
-            seq: record.seq,
-            prev: frame.prev,
-            hash: frame.hash,
-            index: frame.index,
-            offset: frame.offset,
-        }
-    }
-}
 
 struct Verifier<'a> {
     segments: Vec<SegmentFile>,
@@ -313,17 +108,6 @@ pub fn verify(
 }
 
 impl Verifier<'_> {
-    fn location(&self, index: usize, offset: u64) -> Location {
-        Location {
-            segment: self
-                .segments
-                .get(index)
-                .map(SegmentFile::name)
-                .unwrap_or_default(),
-            offset,
-        }
-    }
-
     fn problem(
         &self,
         class: Class,
@@ -331,12 +115,7 @@ impl Verifier<'_> {
         at: Option<(usize, u64)>,
         detail: String,
     ) -> Problem {
-        Problem {
-            class,
-            seq,
-            location: at.map(|(i, o)| self.location(i, o)),
-            detail,
-        }
+        report::problem_at(&self.segments, class, seq, at, detail)
     }
 
     fn run(&mut self) -> Result<Option<Problem>, AuditError> {
@@ -468,7 +247,13 @@ impl Verifier<'_> {
         };
         let meta = Meta::of(frame, record);
         if record.seq != self.expected || frame.prev != self.prev {
-            return self.classify(&meta).map(Some);
+            let evidence = Evidence {
+                segments: &self.segments,
+                expected: self.expected,
+                prev: self.prev,
+                behind: &self.behind,
+            };
+            return evidence.classify(&meta).map(Some);
         }
         if self.first_in_segment {
             self.first_in_segment = false;
@@ -597,152 +382,6 @@ impl Verifier<'_> {
         }
     }
 
-    /// Names a frame that is intact but out of place (wrong seq, or not chained to the record
-    /// before it).
-    fn classify(&self, a: &Meta) -> Result<Problem, AuditError> {
-        let at = Some((a.index, a.offset));
-        let expected = self.expected;
-        if a.seq == expected {
-            if expected == 0 {
-                return Ok(self.problem(
-                    Class::BadHeader,
-                    Some(0),
-                    at,
-                    "the first record does not chain from the genesis value in log.header (the \
-                     header or the record was replaced)"
-                        .to_owned(),
-                ));
-            }
-            let before = self.behind.back().map(|m| (m.index, m.offset));
-            return Ok(self.problem(
-                Class::Modified,
-                Some(expected - 1),
-                before.or(at),
-                format!(
-                    "record {} was changed and its hash recomputed: record {expected} still \
-                     chains from the original",
-                    expected - 1
-                ),
-            ));
-        }
-        let ahead = self.ahead(a)?;
-        if a.seq > expected {
-            if let Some(dup) = ahead.iter().find(|m| m.seq == a.seq) {
-                return Ok(self.problem(
-                    Class::Inserted,
-                    Some(a.seq),
-                    at,
-                    format!(
-                        "seq {} appears here (where {expected} belongs) and again at {}",
-                        a.seq,
-                        self.location(dup.index, dup.offset)
-                    ),
-                ));
-            }
-            // Moved: the record this one chains from comes later.
-            if let Some(m) = ahead
-                .iter()
-                .find(|m| m.seq + 1 == a.seq && m.hash == a.prev)
-            {
-                return Ok(self.problem(
-                    Class::Reordered,
-                    Some(a.seq),
-                    at,
-                    format!(
-                        "record {} comes where {expected} belongs; record {} comes later, at {}",
-                        a.seq,
-                        m.seq,
-                        self.location(m.index, m.offset)
-                    ),
-                ));
-            }
-            // The chain carries on after it as if it were not there: it does not belong.
-            if ahead
-                .iter()
-                .any(|m| m.seq == expected && m.prev == self.prev)
-            {
-                return Ok(self.problem(
-                    Class::Inserted,
-                    Some(a.seq),
-                    at,
-                    format!(
-                        "record {} was inserted: the record after it continues the chain from \
-                         record {}",
-                        a.seq,
-                        expected.wrapping_sub(1)
-                    ),
-                ));
-            }
-            if a.prev == self.prev {
-                return Ok(self.problem(
-                    Class::Modified,
-                    Some(a.seq),
-                    at,
-                    format!(
-                        "record claims seq {} but chains from record {}: its seq was changed",
-                        a.seq,
-                        expected.wrapping_sub(1)
-                    ),
-                ));
-            }
-            let n = a.seq - expected;
-            return Ok(self.problem(
-                Class::Deleted,
-                Some(expected),
-                at,
-                if n == 1 {
-                    format!(
-                        "record {expected} is missing (record {} follows {})",
-                        a.seq,
-                        expected.wrapping_sub(1)
-                    )
-                } else {
-                    format!("records {expected}..={} ({n}) are missing", a.seq - 1)
-                },
-            ));
-        }
-        // Going back: a.seq was already seen.
-        let earlier = self.behind.iter().find(|m| m.seq == a.seq);
-        Ok(match earlier {
-            Some(r) if r.hash == a.hash => self.problem(
-                Class::Inserted,
-                Some(a.seq),
-                at,
-                format!(
-                    "a copy of record {} (at {}) was inserted here",
-                    a.seq,
-                    self.location(r.index, r.offset)
-                ),
-            ),
-            Some(r) if r.prev == a.prev && ahead.first().is_none_or(|n| n.prev == a.hash) => self
-                .problem(
-                    Class::Inserted,
-                    Some(r.seq),
-                    Some((r.index, r.offset)),
-                    format!(
-                        "{} inserted: the record at {} has the same seq and is the one the \
-                         chain continues from",
-                        if r.seq + 1 == expected {
-                            format!("record {} was", r.seq)
-                        } else {
-                            format!("records {}..={} were", r.seq, expected - 1)
-                        },
-                        self.location(a.index, a.offset)
-                    ),
-                ),
-            _ => self.problem(
-                Class::Inserted,
-                Some(a.seq),
-                at,
-                format!(
-                    "seq goes back from {} to {}: this record does not belong here",
-                    expected - 1,
-                    a.seq
-                ),
-            ),
-        })
-    }
-
     /// Notes (once) a stretch without seals longer than a writer with default settings
     /// leaves: the trace of seals stripped from a re-chained log. Only a note, because the
     /// daemon may run with a larger `seal_every`.
@@ -780,28 +419,6 @@ impl Verifier<'_> {
             }
         }
         Ok(false)
-    }
-
-    /// Up to [`WINDOW`] intact records after `a`.
-    fn ahead(&self, a: &Meta) -> Result<Vec<Meta>, AuditError> {
-        let mut scanner = Scanner::at(self.segments.clone(), a.index, a.offset)?;
-        let mut out = Vec::new();
-        let mut skipped_self = false;
-        while out.len() < WINDOW
-            && let Some(item) = scanner.next_item()?
-        {
-            if let Scanned::Frame(f) = item
-                && f.self_consistent
-                && let Ok(r) = &f.record
-            {
-                if !skipped_self {
-                    skipped_self = true;
-                    continue;
-                }
-                out.push(Meta::of(&f, r));
-            }
-        }
-        Ok(out)
     }
 
     fn finish(mut self, problem: Option<Problem>) -> Report {
@@ -860,7 +477,8 @@ mod tests {
     use super::*;
     use crate::audit::{
         self, AuditLog, LogOptions,
-        record::Action,
+        reader::Location,
+        record::{Action, Record},
         testutil::{Surgery, action, options},
     };
 
