@@ -3,7 +3,7 @@
 //! Records ([`record`]) are framed and hash-chained ([`encode`], [`chain`]) into size-rotated
 //! segment files ([`segment`]) by the daemon's [`AuditLog`] ([`writer`]), which batches
 //! writes, fsyncs on an interval, recovers a torn tail after a crash ([`recovery`]) and, once
-//! `log init` has created a seed, appends forward-secure seals ([`seal`]). [`verify`] checks
+//! `log init` has created a seed, appends forward-secure seals ([`seal`]). [`verify()`] checks
 //! a log and names the first thing wrong; [`show`] renders records for people and SIEMs.
 //! The byte layout and the trust model are in docs/log-format.md.
 
