@@ -85,9 +85,9 @@ pub enum Seals {
         /// Seals found.
         count: u64,
     },
-    /// Every seal verified with the key.
+    /// Seals were checked with the key (all of them, if the log is intact).
     Verified {
-        /// Seals verified.
+        /// Seals that verified before the first problem.
         count: u64,
     },
 }

@@ -32,7 +32,10 @@ struct Verifier<'a> {
     prev: Hash,
     behind: VecDeque<Meta>,
     next_epoch: u64,
+    /// Seals that passed (verified, or well-formed when there is no key).
     seal_count: u64,
+    /// Seals reached, passed or not.
+    seals_seen: u64,
     lost: Option<u64>,
     header: Option<SegmentHeader>,
     first_in_segment: bool,
@@ -97,6 +100,7 @@ pub fn verify(
         behind: VecDeque::with_capacity(WINDOW),
         next_epoch: 0,
         seal_count: 0,
+        seals_seen: 0,
         lost: None,
         header: None,
         first_in_segment: false,
@@ -312,6 +316,7 @@ impl Verifier<'_> {
     fn seal(&mut self, meta: &Meta, epoch: u64, mac: &str) -> Option<Problem> {
         let at = Some((meta.index, meta.offset));
         let seq = Some(meta.seq);
+        self.seals_seen += 1;
         if epoch != self.next_epoch {
             let detail = if epoch > self.next_epoch {
                 let missing = if epoch - self.next_epoch == 1 {
@@ -333,12 +338,15 @@ impl Verifier<'_> {
             };
             return Some(self.problem(Class::BadSeal, seq, at, detail));
         }
-        self.seal_count += 1;
         self.next_epoch = epoch + 1;
-        let key = self.key.as_mut()?;
+        let Some(key) = self.key.as_mut() else {
+            self.seal_count += 1;
+            return None;
+        };
         key.advance_to(epoch);
         let ok = super::chain::parse_hash(mac).is_some_and(|m| m == key.mac(&meta.prev));
         if ok {
+            self.seal_count += 1;
             return None;
         }
         let since = match self.report.last_seal {
@@ -449,12 +457,16 @@ impl Verifier<'_> {
             }),
             _ => None,
         });
-        report.seals = match (self.seal_count, self.seed.is_some()) {
+        report.seals = match (self.seals_seen, self.seed.is_some()) {
             (0, _) => Seals::Unsealed,
-            (count, false) => Seals::NotChecked { count },
-            (count, true) => Seals::Verified { count },
+            (_, false) => Seals::NotChecked {
+                count: self.seal_count,
+            },
+            (_, true) => Seals::Verified {
+                count: self.seal_count,
+            },
         };
-        if problem.is_none() && self.seed.is_some() && self.seal_count == 0 && report.records > 0 {
+        if problem.is_none() && self.seed.is_some() && self.seals_seen == 0 && report.records > 0 {
             report.notes.push(
                 "a key was given but the log has no seals: it is younger than one sealing \
                  interval, was never initialised for sealing, or its seals were stripped \

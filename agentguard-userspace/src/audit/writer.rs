@@ -653,6 +653,7 @@ mod tests {
 
         let wrong = SealSeed::generate().expect("seed");
         let report = audit::verify(dir.path(), Some(&wrong), None).expect("verify");
+        assert_eq!(report.seals, Seals::Verified { count: 0 });
         let problem = report.problem.expect("bad seal");
         assert_eq!((problem.class, problem.seq), (Class::BadSeal, Some(5)));
     }
