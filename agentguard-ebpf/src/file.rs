@@ -94,7 +94,11 @@ fn try_file_open(file: *const u8) -> bool {
     }
     if subject.flags() & AGENT_FILE_RULES == 0 {
         // No file rules: only the open budget applies, and nothing is logged.
-        let (j, _) = verdict::finish(&subject, Some(ThrottleKind::Open), Judgement::allow(NO_RULE));
+        let (j, _) = verdict::finish(
+            &subject,
+            Some(ThrottleKind::Open),
+            Judgement::allow(NO_RULE),
+        );
         return j.permits();
     }
     let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
@@ -109,7 +113,10 @@ fn resolve(p: *mut path) -> Option<Resolved> {
     // `struct path` the hook received (or derived from one at a BTF offset).
     let n = unsafe { bpf_d_path(p, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
     if n <= 0 {
-        return Some(Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG });
+        return Some(Resolved {
+            len: usize::MAX,
+            flags: EVENT_PATH_TOO_LONG,
+        });
     }
     finish_key(s, (n - 1) as usize)
 }
@@ -121,11 +128,17 @@ fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
     // SAFETY: as in `resolve`.
     let n = unsafe { bpf_d_path(dir, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
     if n <= 0 {
-        return Some(Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG });
+        return Some(Resolved {
+            len: usize::MAX,
+            flags: EVENT_PATH_TOO_LONG,
+        });
     }
     let mut start = (n - 1) as usize;
     if start >= PATH_KEY_LEN {
-        return Some(Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG });
+        return Some(Resolved {
+            len: usize::MAX,
+            flags: EVENT_PATH_TOO_LONG,
+        });
     }
     // SAFETY: `start` < PATH_KEY_LEN and the stage has room for a slash and a whole name.
     unsafe {
@@ -139,7 +152,9 @@ fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
     // SAFETY: the destination slice lies inside the stage (start <= PATH_KEY_LEN).
     let copied = unsafe {
         let dst = core::slice::from_raw_parts_mut((*s).stage.as_mut_ptr().add(start), PATH_KEY_LEN);
-        bpf_probe_read_kernel_str_bytes(name, dst).map(|b| b.len()).unwrap_or(0)
+        bpf_probe_read_kernel_str_bytes(name, dst)
+            .map(|b| b.len())
+            .unwrap_or(0)
     };
     finish_key(s, start + copied)
 }
@@ -147,7 +162,10 @@ fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
 /// Moves the rendered path from the stage into the key: `/proc/<own pid>` becomes `/proc/self`,
 /// a `/` is appended, the prefix length is set.
 fn finish_key(s: *mut Scratch, len: usize) -> Option<Resolved> {
-    const TOO_LONG: Resolved = Resolved { len: usize::MAX, flags: EVENT_PATH_TOO_LONG };
+    const TOO_LONG: Resolved = Resolved {
+        len: usize::MAX,
+        flags: EVENT_PATH_TOO_LONG,
+    };
     const SELF: &[u8; 10] = b"/proc/self";
     if len >= PATH_KEY_LEN {
         return Some(TOO_LONG);
@@ -169,7 +187,11 @@ fn finish_key(s: *mut Scratch, len: usize) -> Option<Resolved> {
                     i += 1;
                 }
                 let skip = skip & 0x1f;
-                bpf_probe_read_kernel(key_path.add(SELF.len()).cast(), (PATH_KEY_LEN - SELF.len()) as u32, stage.add(skip).cast());
+                bpf_probe_read_kernel(
+                    key_path.add(SELF.len()).cast(),
+                    (PATH_KEY_LEN - SELF.len()) as u32,
+                    stage.add(skip).cast(),
+                );
                 ((len + SELF.len()).saturating_sub(skip), EVENT_PROC_SELF)
             }
         };
@@ -179,7 +201,10 @@ fn finish_key(s: *mut Scratch, len: usize) -> Option<Resolved> {
         }
         *key_path.add(out_len) = b'/';
         (*s).key.prefix_len = PATH_KEY_FIXED_BITS + 8 * (out_len as u32 + 1);
-        Some(Resolved { len: out_len, flags })
+        Some(Resolved {
+            len: out_len,
+            flags,
+        })
     }
 }
 
@@ -203,7 +228,11 @@ fn own_proc_prefix(stage: &[u8; STAGE_LEN]) -> Option<usize> {
         }
     }
     let end = stage[i];
-    if i > 6 && (end == b'/' || end == 0) && (n == tgid || n == tid) { Some(i) } else { None }
+    if i > 6 && (end == b'/' || end == 0) && (n == tgid || n == tid) {
+        Some(i)
+    } else {
+        None
+    }
 }
 
 fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option<u32> {
@@ -213,7 +242,9 @@ fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option
         (*s).key.data.generation = generation as u8;
         (*s).key.data.access = access;
         (*s).key.data._pad = [0; 2];
-        PATH_RULES.get(&*s.cast_const().cast::<Key<PathKey>>()).map(|r| r.rule_id)
+        PATH_RULES
+            .get(&*s.cast_const().cast::<Key<PathKey>>())
+            .map(|r| r.rule_id)
     }
 }
 
@@ -242,7 +273,9 @@ fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgeme
         let mut depth = 0;
         while parent != 0 && depth < MAX_AGENT_DEPTH {
             let cfg = identity::agent_config(subject.generation, parent);
-            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0) && lookup(s, subject.generation, parent, bit).is_none() {
+            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0)
+                && lookup(s, subject.generation, parent, bit).is_none()
+            {
                 return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
             }
             parent = cfg.map_or(0, |c| c.parent_agent_id);
@@ -281,14 +314,30 @@ fn judge(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) 
     let (j, log) = verdict::finish(subject, budget, decide(subject, &resolved, access));
     if log {
         let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
-        emit_file(subject, &j, &FileInfo { kind, op, access, len, target_pid: 0 });
+        emit_file(
+            subject,
+            &j,
+            &FileInfo {
+                kind,
+                op,
+                access,
+                len,
+                target_pid: 0,
+            },
+        );
     }
     j.permits()
 }
 
 /// Sends a [`FileEvent`] with the path currently in the scratch key (if `info.len` is valid).
 pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
-    let FileInfo { kind, op, access, len, target_pid } = *info;
+    let FileInfo {
+        kind,
+        op,
+        access,
+        len,
+        target_pid,
+    } = *info;
     let Some(mut entry) = emit::reserve::<FileEvent>() else {
         return;
     };
@@ -305,7 +354,11 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         if len < PATH_KEY_LEN {
             if let Some(s) = SCRATCH.get_ptr_mut(0) {
                 let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
-                bpf_probe_read_kernel((*ev).path.as_mut_ptr().cast(), PATH_KEY_LEN as u32, src.cast());
+                bpf_probe_read_kernel(
+                    (*ev).path.as_mut_ptr().cast(),
+                    PATH_KEY_LEN as u32,
+                    src.cast(),
+                );
                 (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
             }
         }
@@ -322,7 +375,11 @@ fn path_child_op(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
         return 0;
     }
     let resolved = resolve_child(dir, dentry);
-    if judge(&subject, resolved, ACCESS_WRITE, op) { 0 } else { -EPERM }
+    if judge(&subject, resolved, ACCESS_WRITE, op) {
+        0
+    } else {
+        -EPERM
+    }
 }
 
 /// A write-rule check for a path operation on an existing `path`.
@@ -334,7 +391,11 @@ fn path_op(p: *mut path, op: FileOp) -> i32 {
         return 0;
     }
     let resolved = resolve(p);
-    if judge(&subject, resolved, ACCESS_WRITE, op) { 0 } else { -EPERM }
+    if judge(&subject, resolved, ACCESS_WRITE, op) {
+        0
+    } else {
+        -EPERM
+    }
 }
 
 macro_rules! child_hook {
@@ -388,7 +449,17 @@ pub fn ag_path_link(ctx: LsmContext) -> i32 {
     let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
     let (j, log) = verdict::finish(&subject, None, Judgement::refuse(Verdict::Denied, 0));
     if log {
-        emit_file(&subject, &j, &FileInfo { kind: EventKind::PathOp, op: FileOp::Link, access: ACCESS_WRITE, len, target_pid: 0 });
+        emit_file(
+            &subject,
+            &j,
+            &FileInfo {
+                kind: EventKind::PathOp,
+                op: FileOp::Link,
+                access: ACCESS_WRITE,
+                len,
+                target_pid: 0,
+            },
+        );
     }
     if j.permits() { 0 } else { -EPERM }
 }

@@ -29,7 +29,17 @@ fn refuse_for_agents(op: FileOp, target_pid: u32) -> i32 {
 fn refuse(subject: &Subject, op: FileOp, target_pid: u32) -> i32 {
     let (j, log) = verdict::finish(subject, None, Judgement::refuse(Verdict::Denied, 0));
     if log {
-        emit_file(subject, &j, &FileInfo { kind: EventKind::Privileged, op, access: 0, len: usize::MAX, target_pid });
+        emit_file(
+            subject,
+            &j,
+            &FileInfo {
+                kind: EventKind::Privileged,
+                op,
+                access: 0,
+                len: usize::MAX,
+                target_pid,
+            },
+        );
     }
     if j.permits() { 0 } else { -EPERM }
 }
@@ -88,7 +98,11 @@ pub fn ag_ptrace_access_check(ctx: LsmContext) -> i32 {
         // SAFETY: map values stay valid for the program run.
         .and_then(|id| unsafe { CGROUPS.get(&id) })
         .is_some_and(|e| own_root != 0 && e.root_instance_id == own_root);
-    if same_instance { 0 } else { refuse(&subject, FileOp::Ptrace, target_pid) }
+    if same_instance {
+        0
+    } else {
+        refuse(&subject, FileOp::Ptrace, target_pid)
+    }
 }
 
 fn own_root_instance(subject: &Subject) -> u64 {

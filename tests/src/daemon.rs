@@ -189,11 +189,17 @@ impl Daemon {
         }
     }
 
-    /// The log records, as JSON objects, in order.
+    /// The log records as `agentguard log show --json` prints them, in order.
     pub fn records(&self) -> Vec<serde_json::Value> {
-        let file = self.state.join("log").join("events.jsonl");
-        let text = fs::read_to_string(&file).unwrap_or_default();
-        text.lines()
+        let state = self.state.to_string_lossy().into_owned();
+        let out = agentguard(&["log", "show", "--json", "--state-dir", &state]);
+        assert!(
+            out.status.success(),
+            "agentguard log show failed: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
@@ -209,15 +215,15 @@ impl Daemon {
             if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
                 return r;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no log record {what} within 10 s; log:\n{}",
-                self.records()
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
+            if start.elapsed() > Duration::from_secs(10) {
+                let state = self.state.to_string_lossy().into_owned();
+                let raw = agentguard(&["log", "show", "--state-dir", &state]);
+                panic!(
+                    "no log record {what} within 10 s; log:\n{}\ndaemon:\n{}",
+                    describe(&raw),
+                    self.output()
+                );
+            }
             thread::sleep(Duration::from_millis(50));
         }
     }

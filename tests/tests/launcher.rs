@@ -164,7 +164,7 @@ fn teardown_refuses_while_agents_run_unless_forced() {
         .env("AGENTGUARD_SOCKET", &d.socket)
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    d.wait_record("instance start", |r| r["body"]["InstanceStart"].is_object());
+    d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.stop();
     let out = agentguard_tests::agentguard(&["teardown", "--socket", "/nonexistent.sock"]);
     assert!(!out.status.success(), "{}", describe(&out));

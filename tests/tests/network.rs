@@ -192,18 +192,17 @@ fn verdicts_are_logged_with_agent_instance_and_rule() {
         "denied",
     );
     let net = |r: &serde_json::Value, port: u16| {
-        r["body"]["Action"]["target"]["Net"]["port"].as_u64() == Some(u64::from(port))
+        r["action"] == "connect" && r["target"]["port"].as_u64() == Some(u64::from(port))
     };
-    let allowed = d.wait_record("allowed connect", |r| net(r, ok_port));
-    let denied = d.wait_record("denied connect", |r| net(r, no_port));
-    let a = &allowed["body"]["Action"];
+    let a = d.wait_record("allowed connect", |r| net(r, ok_port));
+    let n = d.wait_record("denied connect", |r| net(r, no_port));
     assert_eq!(
         (
             a["agent"].as_str(),
-            a["verdict"].as_u64(),
-            a["backend"].as_u64()
+            a["verdict"].as_str(),
+            a["backend"].as_str()
         ),
-        (Some("buyer"), Some(1), Some(1))
+        (Some("buyer"), Some("allowed"), Some("cgroup-sock-addr"))
     );
     assert_eq!(
         a["rule"].as_str(),
@@ -214,10 +213,25 @@ fn verdicts_are_logged_with_agent_instance_and_rule() {
             .as_str()
             .is_some_and(|i| i.starts_with("buyer/"))
     );
-    assert_eq!(a["target"]["Net"]["addr"].as_str(), Some("127.0.0.1"));
-    let n = &denied["body"]["Action"];
-    assert_eq!((n["verdict"].as_u64(), n["rule"].as_str()), (Some(2), None));
+    assert_eq!(
+        (
+            a["target"]["addr"].as_str(),
+            a["target"]["protocol"].as_str()
+        ),
+        (Some("127.0.0.1"), Some("tcp"))
+    );
+    assert_eq!(
+        (n["verdict"].as_str(), n["rule"].as_str()),
+        (Some("denied"), None)
+    );
     assert_eq!(n["comm"].as_str(), Some("agentguard-prob"));
+    let verify =
+        agentguard_tests::agentguard(&["log", "verify", "--state-dir", &d.state.to_string_lossy()]);
+    assert!(
+        verify.status.success(),
+        "the log verifies: {}",
+        describe(&verify)
+    );
 }
 
 #[test]
@@ -233,7 +247,7 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
         .env("AGENTGUARD_SOCKET", &d.socket)
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    d.wait_record("instance start", |r| r["body"]["InstanceStart"].is_object());
+    d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.kill9();
     // With no daemon at all, a process in the agent's cgroup is still refused.
     let instance = std::fs::read_dir(agentguard_tests::cgroup_root().join("buyer"))

@@ -64,8 +64,24 @@ pub fn run(_: &Args) -> Result<()> {
         thread::sleep(Duration::from_millis(300));
         println!("\n== agentguard status");
         cmd::run(&mut ag(&["status"]))?;
-        println!("\n== what the log recorded (refusals)");
-        show_log(&dir.join("state"))
+        let state = dir.join("state").to_string_lossy().into_owned();
+        println!(
+            "\n== agentguard log show --verdict denied --state-dir {}",
+            rel(&dir.join("state"))
+        );
+        cmd::run(&mut ag(&[
+            "log",
+            "show",
+            "--verdict",
+            "denied",
+            "--state-dir",
+            &state,
+        ]))?;
+        println!(
+            "\n== agentguard log verify --state-dir {}",
+            rel(&dir.join("state"))
+        );
+        cmd::run(&mut ag(&["log", "verify", "--state-dir", &state]))
     })();
     drop(daemon);
     cmd::run(ag(&["teardown", "--force"]).stdout(Stdio::null()))?;
@@ -105,26 +121,6 @@ fn serve(port: u16) -> Result<()> {
                 let _ = c.write_all(b"HTTP/1.0 200 OK\r\n\r\nquote: 42 units at 3.50\n");
             }
         });
-    }
-    Ok(())
-}
-
-fn show_log(state: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(state.join("log").join("events.jsonl")).unwrap_or_default();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        let a = &v["body"]["Action"];
-        if a["verdict"].as_u64() == Some(2) {
-            let t = &a["target"]["Net"];
-            println!(
-                "  denied: {} {} ({}) -> {}:{}",
-                a["instance"].as_str().unwrap_or("?"),
-                a["comm"].as_str().unwrap_or("?"),
-                a["pid"],
-                t["addr"].as_str().unwrap_or("?"),
-                t["port"]
-            );
-        }
     }
     Ok(())
 }

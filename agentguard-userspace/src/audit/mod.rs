@@ -1,129 +1,169 @@
-//! The immutable event log.
+//! The tamper-evident, append-only event log.
 //!
-//! Interim writer (JSON lines) with the API of the chained log that replaces it.
+//! Records ([`record`]) are framed and hash-chained ([`encode`], [`chain`]) into size-rotated
+//! segment files ([`segment`]) by the daemon's [`AuditLog`] ([`writer`]), which batches
+//! writes, fsyncs on an interval, recovers a torn tail after a crash ([`recovery`]) and, once
+//! `log init` has created a seed, appends forward-secure seals ([`seal`]). [`verify()`] checks
+//! a log and names the first thing wrong; [`show`] renders records for people and SIEMs.
+//! The byte layout and the trust model are in docs/log-format.md.
+
+pub mod chain;
+pub mod classify;
+pub mod clock;
+pub mod encode;
+pub mod error;
+pub mod files;
+pub mod follow;
+pub mod header;
+pub mod names;
+pub mod reader;
 pub mod record;
+pub mod recovery;
+pub mod report;
+pub mod seal;
+pub mod segment;
+pub mod show;
+#[cfg(test)]
+mod testutil;
+pub mod verify;
+pub mod writer;
 
-use std::{
-    fs::{File, OpenOptions},
-    io::{BufWriter, Write},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{fs, path::Path};
 
-use record::{Body, Record};
+pub use chain::{Anchor, Hash, Head};
+pub use clock::now;
+pub use error::AuditError;
+pub use seal::SealSeed;
+pub use verify::{Class, Problem, Report, verify};
+pub use writer::{AuditLog, LogOptions};
 
-/// Log errors.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// I/O.
-    #[error("audit log: {0}")]
-    Io(#[from] std::io::Error),
+use self::{error::io_at, header::SegmentHeader, segment::SegmentFile};
+
+/// Creates a sealed log in `dir` and returns its seed, which is stored nowhere: the caller
+/// shows it once, for the auditor to keep offline. Only the epoch-0 key derived from it stays
+/// on the host.
+///
+/// Refuses if `dir` already holds a log, unless `force`: then the old log's files are moved
+/// (not deleted) into `dir/archive-<unix-ns>/`. Fails while a daemon has the log open.
+pub fn init(dir: &Path, force: bool) -> Result<SealSeed, AuditError> {
+    files::ensure_dir(dir)?;
+    let _lock = files::lock(dir)?;
+    let segments = segment::list(dir)?;
+    if recovery::has_log(dir, &segments) {
+        if !force {
+            return Err(AuditError::AlreadyInitialised(dir.to_path_buf()));
+        }
+        archive(dir, &segments)?;
+    }
+    let (wall, _) = now();
+    files::create_log_header(dir, wall)?;
+    let seed = SealSeed::generate()?;
+    seed.first_key().store(dir)?;
+    segment::create(
+        dir,
+        SegmentHeader {
+            first_seq: 0,
+            lost_total: None,
+        },
+    )?;
+    Ok(seed)
 }
 
-/// Options.
-#[derive(Clone, Debug)]
-pub struct LogOptions {
-    /// Directory.
-    pub dir: PathBuf,
-    /// fsync interval.
-    pub fsync_interval: Duration,
-}
-
-impl LogOptions {
-    /// Defaults for `dir`.
-    pub fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            fsync_interval: Duration::from_millis(200),
+fn archive(dir: &Path, segments: &[SegmentFile]) -> Result<(), AuditError> {
+    let to = dir.join(format!("archive-{}", now().0));
+    fs::create_dir(&to).map_err(io_at(&to))?;
+    let fixed = [files::LOG_HEADER, files::SEAL_KEY].map(|name| dir.join(name));
+    let paths = fixed
+        .iter()
+        .filter(|p| p.exists())
+        .chain(segments.iter().map(|s| &s.path));
+    for path in paths {
+        if let Some(name) = path.file_name() {
+            fs::rename(path, to.join(name)).map_err(io_at(path))?;
         }
     }
+    files::sync_dir(&to)?;
+    files::sync_dir(dir)
 }
 
-/// Head of the chain.
-#[derive(Clone, Copy, Debug)]
-pub struct Head {
-    /// Last sequence.
-    pub seq: Option<u64>,
-    /// Last hash.
-    pub hash: [u8; 32],
+/// The head of the log in `dir` as written so far (a running daemon may hold up to one tick
+/// of records in memory): the record to anchor outside the host.
+pub fn head(dir: &Path) -> Result<Head, AuditError> {
+    let header =
+        files::read_log_header(dir)?.ok_or_else(|| AuditError::NoLog(dir.to_path_buf()))?;
+    let segments = segment::list(dir)?;
+    let last = match segments.len().checked_sub(1) {
+        Some(index) => reader::last_intact(&segments, index)?,
+        None => None,
+    };
+    Ok(match last {
+        Some(frame) => Head {
+            seq: frame.seq(),
+            hash: frame.hash,
+        },
+        None => Head {
+            seq: None,
+            hash: header.genesis,
+        },
+    })
 }
 
-/// The log writer.
-pub struct AuditLog {
-    out: BufWriter<File>,
-    next: u64,
-    lost: Option<u64>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::testutil::{action, options};
 
-impl AuditLog {
-    /// Opens the log.
-    pub fn open(opts: LogOptions) -> Result<Self, AuditError> {
-        std::fs::create_dir_all(&opts.dir)?;
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(opts.dir.join("events.jsonl"))?;
-        Ok(Self {
-            out: BufWriter::new(f),
-            next: 0,
-            lost: None,
-        })
+    #[test]
+    fn init_refuses_an_existing_log_unless_forced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = init(dir.path(), false).expect("init");
+        assert_eq!(seed.to_hex().len(), 64);
+        assert!(matches!(
+            init(dir.path(), false),
+            Err(AuditError::AlreadyInitialised(_))
+        ));
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        log.append(0, 0, action(0)).expect("append");
+        drop(log);
+        let old_head = head(dir.path()).expect("head");
+        assert_eq!(old_head.seq, Some(0));
+
+        let new_seed = init(dir.path(), true).expect("re-init");
+        assert_ne!(new_seed, seed);
+        assert_eq!(head(dir.path()).expect("head").seq, None, "a fresh log");
+        let archived: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("archive-"))
+            .collect();
+        assert_eq!(archived.len(), 1);
+        let old = archived[0].path();
+        assert_eq!(
+            head(&old).expect("old head"),
+            old_head,
+            "the old log is kept whole"
+        );
+        assert!(
+            verify(&old, Some(&seed), Some(old_head.anchor()))
+                .expect("verify")
+                .intact()
+        );
     }
 
-    /// Appends a record.
-    pub fn append(&mut self, wall_ns: u64, mono_ns: u64, body: Body) -> Result<u64, AuditError> {
-        if let Body::Lost { total, .. } = &body {
-            self.lost = Some(*total);
-        }
-        let r = Record {
-            seq: self.next,
-            wall_ns,
-            mono_ns,
-            body,
-        };
-        serde_json::to_writer(&mut self.out, &r).map_err(std::io::Error::from)?;
-        self.out.write_all(b"\n")?;
-        self.next += 1;
-        Ok(r.seq)
+    #[test]
+    fn an_unsealed_log_can_be_opened_without_init() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(options(dir.path())).expect("open");
+        assert!(!log.is_sealed());
+        log.append(0, 0, action(0)).expect("append");
+        drop(log);
+        assert!(matches!(
+            init(dir.path(), false),
+            Err(AuditError::AlreadyInitialised(_))
+        ));
+        assert!(matches!(
+            head(&dir.path().join("nope")),
+            Err(AuditError::NoLog(_))
+        ));
     }
-
-    /// Periodic work.
-    pub fn tick(&mut self) -> Result<(), AuditError> {
-        self.flush()
-    }
-
-    /// Write and fsync.
-    pub fn flush(&mut self) -> Result<(), AuditError> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
-        Ok(())
-    }
-
-    /// Head.
-    pub fn head(&self) -> Head {
-        Head {
-            seq: self.next.checked_sub(1),
-            hash: [0; 32],
-        }
-    }
-
-    /// Last logged lost total.
-    pub fn last_lost_total(&self) -> Option<u64> {
-        self.lost
-    }
-}
-
-/// Wall and monotonic now.
-pub fn now() -> (u64, u64) {
-    let wall = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| {
-            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-                + u64::try_from(t.tv_nsec()).unwrap_or(0)
-        })
-        .unwrap_or(0);
-    (wall, mono)
 }

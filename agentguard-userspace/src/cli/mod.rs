@@ -3,6 +3,7 @@
 mod daemon;
 mod doctor;
 mod kill_switch;
+mod log;
 mod policy;
 mod run;
 mod status;
@@ -39,6 +40,8 @@ enum Command {
     Kill(kill_switch::KillSwitchArgs),
     /// Show agents, instances, budgets and verdict counts.
     Status(status::StatusArgs),
+    /// Read, verify and anchor the tamper-evident log.
+    Log(log::LogArgs),
     /// Check or apply a policy file.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -74,6 +77,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill(a) => kill_switch::run(kill_switch::Op::Kill, a),
         Command::Status(a) => status::run(a),
         Command::Policy(c) => policy::run(c),
+        Command::Log(a) => log::run(a),
         Command::Doctor(a) => doctor::run(a),
         Command::Teardown(a) => teardown::run(a),
     }

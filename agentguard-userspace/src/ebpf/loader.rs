@@ -212,7 +212,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 }
 
 /// Opens the object with the kernel's offsets filled in, maps pinned (or re-opened) in `maps_dir`.
-pub(crate) fn open_object(btf: &Btf, offsets: &KernelOffsets, maps_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
+pub(crate) fn open_object(
+    btf: &Btf,
+    offsets: &KernelOffsets,
+    maps_dir: &Path,
+) -> Result<Ebpf, aya::EbpfError> {
     EbpfLoader::new()
         .btf(Some(btf))
         .override_global(GLOBAL_NAME, offsets, true)

@@ -1,0 +1,541 @@
+//! Records for people (one line each) and for SIEMs (one JSON object each), and the filters
+//! `log show` offers.
+//!
+//! Free text from the watched side (paths, comms, rule text, reasons) is printed escaped in
+//! lines, so an agent cannot forge log lines with a newline in a file name.
+
+use agentguard_common::verdict::Verdict;
+use serde_json::{Value, json};
+
+use super::{
+    clock, names,
+    record::{Action, Actor, Body, OperatorAction, Record, Target},
+};
+
+/// Which records `log show` prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only records about this agent or its sub-agents (`buyer` matches `buyer/search`).
+    pub agent: Option<String>,
+    /// Only actions with this verdict.
+    pub verdict: Option<Verdict>,
+}
+
+impl Filter {
+    /// Whether `record` passes.
+    pub fn matches(&self, record: &Record) -> bool {
+        if let Some(verdict) = self.verdict {
+            match &record.body {
+                Body::Action(a) if a.verdict == verdict as u8 => {}
+                _ => return false,
+            }
+        }
+        if let Some(agent) = &self.agent {
+            let of = |name: &str| {
+                name == agent
+                    || name
+                        .strip_prefix(agent.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            };
+            return match &record.body {
+                Body::Action(a) => of(&a.agent),
+                Body::InstanceStart { agent, .. } | Body::InstanceExit { agent, .. } => of(agent),
+                Body::Freeze(op) | Body::Thaw(op) | Body::Kill(op) => of(&op.target),
+                _ => false,
+            };
+        }
+        true
+    }
+}
+
+/// One JSON object for `record`: seq, time (RFC 3339), kind by name and every body field,
+/// numbers that stand for names given by name.
+pub fn to_json(record: &Record) -> Value {
+    let mut obj = json!({
+        "seq": record.seq,
+        "time": clock::rfc3339(record.wall_ns, 9),
+        "wall_ns": record.wall_ns,
+        "mono_ns": record.mono_ns,
+        "kind": names::record_kind(&record.body),
+        "kind_id": record.body.kind_id(),
+    });
+    let body = body_json(&record.body);
+    if let (Some(obj), Value::Object(body)) = (obj.as_object_mut(), body) {
+        obj.extend(body);
+    }
+    obj
+}
+
+fn body_json(body: &Body) -> Value {
+    match body {
+        Body::Action(a) => action_json(a),
+        Body::DaemonStart {
+            version,
+            pid,
+            kernel,
+            backends,
+            adopted,
+        } => json!({
+            "version": version, "pid": pid, "kernel": kernel, "backends": backends,
+            "adopted": adopted,
+        }),
+        Body::DaemonStop {
+            reason,
+            enforcement_kept,
+        } => json!({ "reason": reason, "enforcement_kept": enforcement_kept }),
+        Body::PolicyApplied {
+            digest,
+            origin,
+            by,
+            generation,
+            agents,
+            rules,
+        } => json!({
+            "digest": digest, "origin": origin, "by": actor_json(by), "generation": generation,
+            "agents": agents, "rules": rules,
+        }),
+        Body::InstanceStart {
+            agent,
+            instance,
+            cgroup_id,
+            pid,
+            how,
+            by,
+            files,
+        } => json!({
+            "agent": agent, "instance": instance, "cgroup_id": cgroup_id, "pid": pid, "how": how,
+            "by": actor_json(by), "files": files,
+        }),
+        Body::InstanceExit {
+            agent,
+            instance,
+            cgroup_id,
+        } => json!({ "agent": agent, "instance": instance, "cgroup_id": cgroup_id }),
+        Body::Freeze(op) | Body::Thaw(op) | Body::Kill(op) => operator_json(op),
+        Body::Lost { dropped, total } => json!({ "dropped": dropped, "total": total }),
+        Body::Recovered {
+            segment,
+            cut_bytes,
+            last_seq,
+            reason,
+        } => json!({
+            "segment": segment, "cut_bytes": cut_bytes, "last_seq": last_seq, "reason": reason,
+        }),
+        Body::Seal { epoch, mac } => json!({ "epoch": epoch, "mac": mac }),
+    }
+}
+
+fn action_json(a: &Action) -> Value {
+    json!({
+        "action": names::event_kind(a.kind),
+        "verdict": names::verdict(a.verdict),
+        "backend": names::backend(a.backend),
+        "agent": a.agent,
+        "instance": a.instance,
+        "cgroup_id": a.cgroup_id,
+        "pid": a.pid,
+        "tid": a.tid,
+        "uid": a.uid,
+        "comm": a.comm,
+        "target": target_json(&a.target),
+        "rule": a.rule,
+        "flags": names::flags(a.flags),
+        "generation": a.generation,
+    })
+}
+
+fn target_json(t: &Target) -> Value {
+    match t {
+        Target::Net {
+            addr,
+            port,
+            protocol,
+            name,
+        } => json!({
+            "type": "net", "addr": addr.to_string(), "port": port,
+            "protocol": names::protocol(*protocol), "name": name,
+        }),
+        Target::Exec { path, dev, ino } => {
+            json!({ "type": "exec", "path": path, "dev": dev, "ino": ino })
+        }
+        Target::File {
+            op,
+            access,
+            path,
+            target_pid,
+        } => json!({
+            "type": "file", "op": names::file_op(*op), "access": names::access(*access),
+            "path": path, "target_pid": target_pid,
+        }),
+    }
+}
+
+fn actor_json(by: &Actor) -> Value {
+    match by {
+        Actor::Peer { uid, pid, exe } => {
+            json!({ "type": "peer", "uid": uid, "pid": pid, "exe": exe })
+        }
+        Actor::Daemon { reason } => json!({ "type": "daemon", "reason": reason }),
+        Actor::Agent { instance, pid } => {
+            json!({ "type": "agent", "instance": instance, "pid": pid })
+        }
+    }
+}
+
+fn operator_json(op: &OperatorAction) -> Value {
+    json!({
+        "target": op.target, "instances": op.instances, "by": actor_json(&op.by),
+        "budget": op.budget, "took_ms": op.took_ms, "ok": op.ok, "error": op.error,
+    })
+}
+
+/// One line for `record`.
+pub fn to_line(record: &Record) -> String {
+    let head = format!(
+        "{} #{} {}",
+        clock::rfc3339(record.wall_ns, 3),
+        record.seq,
+        names::record_kind(&record.body)
+    );
+    let rest = match &record.body {
+        Body::Action(a) => action_line(a),
+        Body::DaemonStart {
+            version,
+            pid,
+            kernel,
+            backends,
+            adopted,
+        } => format!(
+            "version={version:?} pid={pid} kernel={kernel:?} backends={backends:?} adopted={adopted}"
+        ),
+        Body::DaemonStop {
+            reason,
+            enforcement_kept,
+        } => format!("reason={reason:?} enforcement_kept={enforcement_kept}"),
+        Body::PolicyApplied {
+            digest,
+            origin,
+            by,
+            generation,
+            agents,
+            rules,
+        } => format!(
+            "origin={origin:?} digest={digest} generation={generation} agents={agents} \
+             rules={rules} by={}",
+            actor_line(by)
+        ),
+        Body::InstanceStart {
+            agent,
+            instance,
+            cgroup_id,
+            pid,
+            how,
+            by,
+            files,
+        } => format!(
+            "agent={agent:?} instance={instance:?} cgroup={cgroup_id} pid={pid} how={how} \
+             files={files:?} by={}",
+            actor_line(by)
+        ),
+        Body::InstanceExit {
+            agent,
+            instance,
+            cgroup_id,
+        } => format!("agent={agent:?} instance={instance:?} cgroup={cgroup_id}"),
+        Body::Freeze(op) | Body::Thaw(op) | Body::Kill(op) => {
+            let mut s = format!(
+                "target={:?} instances={:?} ok={} took_ms={} by={}",
+                op.target,
+                op.instances,
+                op.ok,
+                op.took_ms,
+                actor_line(&op.by)
+            );
+            if let Some(b) = &op.budget {
+                s.push_str(&format!(" budget={b:?}"));
+            }
+            if let Some(e) = &op.error {
+                s.push_str(&format!(" error={e:?}"));
+            }
+            s
+        }
+        Body::Lost { dropped, total } => format!("dropped={dropped} total={total}"),
+        Body::Recovered {
+            segment,
+            cut_bytes,
+            last_seq,
+            reason,
+        } => format!(
+            "segment={segment:?} cut_bytes={cut_bytes} last_seq={} reason={reason:?}",
+            last_seq.map_or_else(|| "none".to_owned(), |s| s.to_string())
+        ),
+        Body::Seal { epoch, mac } => format!("epoch={epoch} mac={mac}"),
+    };
+    format!("{head} {rest}")
+}
+
+fn action_line(a: &Action) -> String {
+    let target = match &a.target {
+        Target::Net {
+            addr,
+            port,
+            protocol,
+            name,
+        } => {
+            let addr = match addr {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+            };
+            let mut s = format!("{addr}:{port}/{}", names::protocol(*protocol));
+            if let Some(name) = name {
+                s.push_str(&format!(" ({name:?})"));
+            }
+            s
+        }
+        Target::Exec { path, .. } => format!("{path:?}"),
+        Target::File {
+            op,
+            access,
+            path,
+            target_pid,
+        } => {
+            let mut s = format!("{} {:?}", names::file_op(*op), path);
+            let access = names::access(*access);
+            if !access.is_empty() {
+                s.push_str(&format!(" [{}]", access.join(",")));
+            }
+            if let Some(pid) = target_pid {
+                s.push_str(&format!(" target_pid={pid}"));
+            }
+            s
+        }
+    };
+    let mut s = format!(
+        "{} {} {target} agent={:?} instance={:?} pid={} uid={} comm={:?} backend={}",
+        names::verdict(a.verdict),
+        names::event_kind(a.kind),
+        a.agent,
+        a.instance,
+        a.pid,
+        a.uid,
+        a.comm,
+        names::backend(a.backend),
+    );
+    if let Some(rule) = &a.rule {
+        s.push_str(&format!(" rule={rule:?}"));
+    }
+    let flags = names::flags(a.flags);
+    if !flags.is_empty() {
+        s.push_str(&format!(" flags={}", flags.join(",")));
+    }
+    s
+}
+
+fn actor_line(by: &Actor) -> String {
+    match by {
+        Actor::Peer { uid, pid, exe } => match exe {
+            Some(exe) => format!("peer(uid={uid},pid={pid},exe={exe:?})"),
+            None => format!("peer(uid={uid},pid={pid})"),
+        },
+        Actor::Daemon { reason } => format!("daemon({reason:?})"),
+        Actor::Agent { instance, pid } => format!("agent({instance:?},pid={pid})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use agentguard_common::event::{EVENT_TRUNCATED, EventKind, FileOp};
+
+    use super::*;
+    use crate::audit::{names::RECORD_KINDS, testutil::action};
+
+    fn record(body: Body) -> Record {
+        Record {
+            seq: 7,
+            wall_ns: 1_709_251_199_123_456_789,
+            mono_ns: 5,
+            body,
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor::Peer {
+            uid: 0,
+            pid: 1,
+            exe: None,
+        }
+    }
+
+    fn op() -> OperatorAction {
+        OperatorAction {
+            target: "buyer".into(),
+            instances: vec!["buyer/1".into()],
+            by: actor(),
+            budget: None,
+            took_ms: 3,
+            ok: true,
+            error: None,
+        }
+    }
+
+    /// One body of every kind, in kind order.
+    fn every_kind() -> Vec<Body> {
+        vec![
+            action(0),
+            Body::DaemonStart {
+                version: "0.1.0".into(),
+                pid: 1,
+                kernel: "6.8".into(),
+                backends: "network=cgroup-sock-addr".into(),
+                adopted: false,
+            },
+            Body::DaemonStop {
+                reason: "SIGTERM".into(),
+                enforcement_kept: true,
+            },
+            Body::PolicyApplied {
+                digest: "ab".into(),
+                origin: "/etc/agentguard/policy.toml".into(),
+                by: actor(),
+                generation: 1,
+                agents: 2,
+                rules: 3,
+            },
+            Body::InstanceStart {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+                pid: 10,
+                how: "run".into(),
+                by: actor(),
+                files: "landlock".into(),
+            },
+            Body::InstanceExit {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+            },
+            Body::Freeze(op()),
+            Body::Thaw(op()),
+            Body::Kill(op()),
+            Body::Lost {
+                dropped: 1,
+                total: 2,
+            },
+            Body::Recovered {
+                segment: "00000000000000000000.seg".into(),
+                cut_bytes: 10,
+                last_seq: Some(3),
+                reason: "torn tail".into(),
+            },
+            Body::Seal {
+                epoch: 0,
+                mac: "00".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_has_its_name_and_renders() {
+        for (i, body) in every_kind().into_iter().enumerate() {
+            assert_eq!(usize::from(body.kind_id()), i);
+            let r = record(body);
+            let json = to_json(&r);
+            assert_eq!(json["kind"], RECORD_KINDS[i]);
+            assert_eq!(json["seq"], 7);
+            assert_eq!(json["time"], "2024-02-29T23:59:59.123456789Z");
+            let line = to_line(&r);
+            assert!(line.starts_with("2024-02-29T23:59:59.123Z #7 "), "{line}");
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn actions_show_names_not_numbers() {
+        let json = to_json(&record(action(0)));
+        assert_eq!(json["action"], "connect");
+        assert_eq!(json["verdict"], "denied");
+        assert_eq!(json["backend"], "cgroup-sock-addr");
+        assert_eq!(json["agent"], "buyer");
+        assert_eq!(json["target"]["addr"], "192.0.2.1");
+        assert_eq!(json["target"]["protocol"], "tcp");
+        assert_eq!(json["rule"], "api.example.com:443");
+        let line = to_line(&record(action(0)));
+        assert!(
+            line.contains("denied connect 192.0.2.1:443/tcp (\"api.example.com\") agent=\"buyer\""),
+            "{line}"
+        );
+
+        let Body::Action(mut a) = action(1) else {
+            unreachable!()
+        };
+        a.kind = EventKind::FileOpen as u16;
+        a.target = Target::File {
+            op: FileOp::Open as u16,
+            access: 2,
+            path: "/etc/passwd\nFAKE LINE".into(),
+            target_pid: None,
+        };
+        a.flags = EVENT_TRUNCATED;
+        let r = record(Body::Action(a));
+        let json = to_json(&r);
+        assert_eq!(json["target"]["op"], "open");
+        assert_eq!(json["target"]["access"], serde_json::json!(["write"]));
+        assert_eq!(json["flags"], serde_json::json!(["truncated"]));
+        let line = to_line(&r);
+        assert!(!line.contains('\n'), "a path cannot add a line: {line}");
+        assert!(
+            line.contains(r#"open "/etc/passwd\nFAKE LINE" [write]"#),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn filters_by_agent_and_verdict() {
+        let denied_buyer = record(action(0));
+        let allowed_search = record(action(1));
+        let start = record(every_kind()[1].clone());
+        let by_agent = Filter {
+            agent: Some("buyer".into()),
+            verdict: None,
+        };
+        assert!(by_agent.matches(&denied_buyer));
+        assert!(
+            by_agent.matches(&allowed_search),
+            "sub-agents belong to their parent"
+        );
+        assert!(!by_agent.matches(&start));
+        let sub = Filter {
+            agent: Some("buyer/search".into()),
+            verdict: None,
+        };
+        assert!(!sub.matches(&denied_buyer));
+        assert!(sub.matches(&allowed_search));
+        let other = Filter {
+            agent: Some("buy".into()),
+            verdict: None,
+        };
+        assert!(!other.matches(&denied_buyer), "not a name prefix");
+        let denied = Filter {
+            agent: None,
+            verdict: Some(Verdict::Denied),
+        };
+        assert!(denied.matches(&denied_buyer));
+        assert!(!denied.matches(&allowed_search));
+        assert!(!denied.matches(&start));
+        assert!(Filter::default().matches(&start));
+
+        let Body::Action(mut v6) = action(0) else {
+            unreachable!()
+        };
+        v6.target = Target::Net {
+            addr: IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]),
+            port: 53,
+            protocol: 17,
+            name: None,
+        };
+        assert!(to_line(&record(Body::Action(v6))).contains("[2001:db8::1]:53/udp"));
+    }
+}
