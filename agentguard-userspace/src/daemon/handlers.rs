@@ -19,7 +19,7 @@ use crate::{
         },
     },
     ebpf::backends::FileBackend,
-    policy::{Agent, Mode, PathRule, throttle::kind_name},
+    policy::{Agent, Mode, PathRule, runtime, throttle::kind_name},
 };
 
 /// Answers one request from an administrator.
@@ -171,10 +171,17 @@ fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
 
 /// What `run` applies to itself before exec.
 fn sandbox(shared: &Shared, a: &Agent) -> Sandbox {
+    // Baseline entries a distribution does not have are simply not granted.
     let prefixes = |rules: &[crate::policy::Located<PathRule>]| {
         rules
             .iter()
             .filter_map(|r| match &r.value {
+                PathRule::Prefix(p)
+                    if runtime::SYSTEM_RUNTIME.iter().any(|b| p.as_os_str() == *b)
+                        && !p.exists() =>
+                {
+                    None
+                }
                 PathRule::Prefix(p) => Some(p.clone()),
                 PathRule::ProcSelf => None,
             })

@@ -119,6 +119,57 @@ fn main() -> ExitCode {
                 .open(path)
                 .and_then(|mut f| f.write_all(b"agentguard")),
         ),
+        ["exec", path, rest @ ..] => {
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(path).args(rest).exec();
+            report(Err(err))
+        }
+        ["read-at", dir, rel] => {
+            report(std::env::set_current_dir(dir).and_then(|()| std::fs::read(rel).map(drop)))
+        }
+        ["reopen-rw", path] => report(std::fs::File::open(path).and_then(|f| {
+            use std::os::fd::AsRawFd;
+            let again = format!("/proc/self/fd/{}", f.as_raw_fd());
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(again)
+                .map(drop)
+        })),
+        ["unlink", path] => report(std::fs::remove_file(path)),
+        ["mkdir", path] => report(std::fs::create_dir(path)),
+        ["rename", from, to] => report(std::fs::rename(from, to)),
+        ["truncate", path] => report(
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(0)),
+        ),
+        ["userns"] => report(
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                .map_err(std::io::Error::from),
+        ),
+        ["mount-in-userns"] => report(
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNS,
+            )
+            .and_then(|()| {
+                nix::mount::mount(
+                    Some("none"),
+                    "/tmp",
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::empty(),
+                    None::<&str>,
+                )
+            })
+            .map_err(std::io::Error::from),
+        ),
+        ["ptrace", pid] => report(pid.parse::<i32>().map_err(std::io::Error::other).and_then(
+            |p| {
+                nix::sys::ptrace::attach(nix::unistd::Pid::from_raw(p))
+                    .map_err(std::io::Error::from)
+            },
+        )),
         ["exit", code] => ExitCode::from(code.parse::<u8>().unwrap_or(1)),
         ["sleep", secs] => {
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));

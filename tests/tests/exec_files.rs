@@ -1,0 +1,330 @@
+//! Exec and file allowlists on both backends: BPF LSM (EPERM before anything happens) and the
+//! fallback (exec killed by SIGKILL before the binary runs its own code; files refused by
+//! Landlock with EACCES).
+
+use std::{fs, os::unix::process::ExitStatusExt, path::PathBuf, process::Output};
+
+use agentguard_tests::{Daemon, describe, privileged, stdout};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
+
+/// A directory tree with allowed, read-only and secret parts.
+struct Tree {
+    _dir: tempfile::TempDir,
+    base: PathBuf,
+}
+
+impl Tree {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("agentguard-files")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base = dir.path().to_owned();
+        for d in ["allowed", "ro", "out", "secret"] {
+            fs::create_dir(base.join(d)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        fs::write(base.join("allowed/data.txt"), "data").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(base.join("ro/ro.txt"), "read only").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(base.join("out/existing.txt"), "x").unwrap_or_else(|e| panic!("{e}"));
+        fs::write(base.join("secret/key.txt"), "secret").unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(
+            base.join("secret/key.txt"),
+            base.join("allowed/link-to-secret"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink("/usr/bin/true", base.join("allowed/link-to-true"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        fs::copy("/usr/bin/true", base.join("allowed/copy-of-true"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self { _dir: dir, base }
+    }
+
+    fn p(&self, rel: &str) -> String {
+        self.base.join(rel).to_string_lossy().into_owned()
+    }
+
+    fn policy(&self) -> String {
+        format!(
+            "[agents.files]\nexec = [\"{PROBE}\", \"/usr/bin/true\"]\nread = [\"@system-runtime\", \"{a}\", \"{ro}\", \"{out}\"]\nwrite = [\"{out}\"]\n",
+            a = self.p("allowed"),
+            ro = self.p("ro"),
+            out = self.p("out"),
+        )
+    }
+}
+
+fn probe(d: &Daemon, args: &[&str]) -> Output {
+    let mut cmd = vec![PROBE];
+    cmd.extend_from_slice(args);
+    d.run("files", &cmd)
+}
+
+/// The errno a refused file access gets: EPERM from the BPF LSM, EACCES from Landlock.
+fn refusal(d: &Daemon) -> &'static str {
+    if d.lsm() { "errno=1 " } else { "errno=13 " }
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert_eq!(stdout(out).trim(), "ok", "{what}: {}", describe(out));
+}
+
+fn assert_refused(d: &Daemon, out: &Output, what: &str) {
+    assert!(
+        stdout(out).starts_with(refusal(d)),
+        "{what}: expected {}: {}",
+        refusal(d).trim(),
+        describe(out)
+    );
+}
+
+/// A denied exec: EPERM from exec itself (LSM), or the process killed before it ran (fallback).
+fn assert_exec_refused(d: &Daemon, out: &Output, what: &str) {
+    if d.lsm() {
+        assert!(
+            stdout(out).starts_with("errno=1 "),
+            "{what}: expected EPERM: {}",
+            describe(out)
+        );
+    } else {
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{what}: expected SIGKILL: {}",
+            describe(out)
+        );
+    }
+}
+
+#[test]
+fn exec_allowlist_follows_binary_identity() {
+    if !privileged("exec_allowlist_follows_binary_identity") {
+        return;
+    }
+    let t = Tree::new();
+    let d = Daemon::start(&t.policy());
+    assert_ok(
+        &probe(&d, &["exec", "/usr/bin/true"]).clone().then_ok(),
+        "allowed binary",
+    );
+    let link = t.p("allowed/link-to-true");
+    assert!(
+        probe(&d, &["exec", &link]).status.success(),
+        "a symlink to an allowed binary runs"
+    );
+    let copy = t.p("allowed/copy-of-true");
+    assert_exec_refused(
+        &d,
+        &probe(&d, &["exec", &copy]),
+        "a copy of an allowed binary",
+    );
+    let out = probe(&d, &["exec", "/usr/bin/id"]);
+    if d.lsm() {
+        assert_exec_refused(&d, &out, "binary not in the list");
+    } else {
+        // Landlock refuses to execute a file outside every granted path before the kernel
+        // program ever sees it.
+        assert!(
+            stdout(&out).starts_with("errno=13 "),
+            "binary outside the sandbox: {}",
+            describe(&out)
+        );
+    }
+    let (want, backend) = if d.lsm() {
+        ("denied", "bpf-lsm")
+    } else {
+        ("killed", "tp-btf")
+    };
+    let ev = d.wait_record("refused exec", |r| {
+        r["action"] == "exec" && r["target"]["path"] == copy.as_str()
+    });
+    assert_eq!(
+        (ev["verdict"].as_str(), ev["backend"].as_str()),
+        (Some(want), Some(backend)),
+        "{ev}"
+    );
+    assert_eq!(ev["agent"].as_str(), Some("files"), "{ev}");
+}
+
+trait ThenOk {
+    fn then_ok(self) -> Output;
+}
+
+impl ThenOk for Output {
+    /// `exec /usr/bin/true` prints nothing when it works; normalise to the probe's `ok`.
+    fn then_ok(mut self) -> Output {
+        if self.status.success() && self.stdout.is_empty() {
+            self.stdout = b"ok\n".to_vec();
+        }
+        self
+    }
+}
+
+#[test]
+fn reads_follow_the_prefixes_whatever_the_path_spelling() {
+    if !privileged("reads_follow_the_prefixes_whatever_the_path_spelling") {
+        return;
+    }
+    let t = Tree::new();
+    let d = Daemon::start(&t.policy());
+    assert_ok(
+        &probe(&d, &["read", &t.p("allowed/data.txt")]),
+        "read inside an allowed prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["read", &t.p("secret/key.txt")]),
+        "read outside",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["read-at", &t.p("allowed"), "../secret/key.txt"]),
+        "relative path with ..",
+    );
+    assert_refused(
+        &d,
+        &probe(
+            &d,
+            &["read", &format!("{}/../secret/key.txt", t.p("allowed"))],
+        ),
+        "absolute path with ..",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["read", &t.p("allowed/link-to-secret")]),
+        "symlink out of the prefix",
+    );
+    let prefix_twin = format!("{}X", t.p("allowed"));
+    fs::create_dir(&prefix_twin).unwrap_or_else(|e| panic!("{e}"));
+    fs::write(format!("{prefix_twin}/f"), "x").unwrap_or_else(|e| panic!("{e}"));
+    assert_refused(
+        &d,
+        &probe(&d, &["read", &format!("{prefix_twin}/f")]),
+        "a sibling sharing the prefix's name",
+    );
+    // Untagged processes are unaffected.
+    assert_eq!(
+        fs::read_to_string(t.base.join("secret/key.txt"))
+            .ok()
+            .as_deref(),
+        Some("secret")
+    );
+}
+
+#[test]
+fn writes_need_a_write_rule() {
+    if !privileged("writes_need_a_write_rule") {
+        return;
+    }
+    let t = Tree::new();
+    let d = Daemon::start(&t.policy());
+    assert_ok(
+        &probe(&d, &["write", &t.p("out/new.txt")]),
+        "create in a write prefix",
+    );
+    assert_ok(
+        &probe(
+            &d,
+            &["rename", &t.p("out/new.txt"), &t.p("out/renamed.txt")],
+        ),
+        "rename within a write prefix",
+    );
+    assert_ok(
+        &probe(&d, &["unlink", &t.p("out/renamed.txt")]),
+        "unlink in a write prefix",
+    );
+    assert_ok(
+        &probe(&d, &["mkdir", &t.p("out/sub")]),
+        "mkdir in a write prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["write", &t.p("ro/ro.txt")]),
+        "write to a read-only prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["truncate", &t.p("ro/ro.txt")]),
+        "truncate in a read-only prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["unlink", &t.p("ro/ro.txt")]),
+        "unlink in a read-only prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["mkdir", &t.p("ro/sub")]),
+        "mkdir in a read-only prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["rename", &t.p("ro/ro.txt"), &t.p("out/stolen.txt")]),
+        "rename out of a read-only prefix",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["reopen-rw", &t.p("ro/ro.txt")]),
+        "re-open /proc/self/fd for writing",
+    );
+    assert_eq!(
+        fs::read_to_string(t.base.join("ro/ro.txt")).ok().as_deref(),
+        Some("read only"),
+        "the read-only file is intact"
+    );
+}
+
+#[test]
+fn agents_cannot_remap_paths_or_trace_outsiders() {
+    if !privileged("agents_cannot_remap_paths_or_trace_outsiders") {
+        return;
+    }
+    let t = Tree::new();
+    let d = Daemon::start(&t.policy());
+    let out = probe(&d, &["mount-in-userns"]);
+    assert!(
+        stdout(&out).starts_with("errno=1 "),
+        "mount in a new user namespace: {}",
+        describe(&out)
+    );
+    if d.lsm() {
+        let out = probe(&d, &["userns"]);
+        assert!(
+            stdout(&out).starts_with("errno=1 "),
+            "user namespace: {}",
+            describe(&out)
+        );
+    }
+    let mut outsider = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = probe(&d, &["ptrace", &outsider.id().to_string()]);
+    assert!(
+        stdout(&out).starts_with("errno=1 "),
+        "ptrace of a process outside the instance: {}",
+        describe(&out)
+    );
+    let _ = outsider.kill();
+    let _ = outsider.wait();
+}
+
+#[test]
+fn python_starts_with_the_system_runtime_baseline() {
+    if !privileged("python_starts_with_the_system_runtime_baseline") {
+        return;
+    }
+    let d =
+        Daemon::start("[agents.py]\nexec = [\"/usr/bin/python3\"]\nread = [\"@system-runtime\"]\n");
+    let out = d.run("py", &["/usr/bin/python3", "-c", "print(6 * 7)"]);
+    assert_eq!(stdout(&out).trim(), "42", "{}", describe(&out));
+    let out = d.run(
+        "py",
+        &["/usr/bin/python3", "-c", "open('/etc/hostname').read()"],
+    );
+    assert!(
+        !out.status.success(),
+        "reading outside the baseline fails: {}",
+        describe(&out)
+    );
+}
