@@ -5,6 +5,7 @@
 //! pinned programs of a previous daemon are adopted rather than replaced.
 
 mod apply;
+mod binwatch;
 mod handlers;
 mod ingest;
 mod operator;
@@ -104,6 +105,8 @@ pub struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     /// Asks every task to stop; `Some(unload)` once shutdown was requested.
     shutdown: tokio::sync::watch::Sender<Option<bool>>,
+    /// Paths of allowed binaries, for the watcher that re-resolves them on change.
+    exec_paths: tokio::sync::watch::Sender<Vec<PathBuf>>,
     /// New instances for the exit watcher.
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
 }
@@ -193,6 +196,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         instances: Default::default(),
         escalated: Default::default(),
         exited: Default::default(),
+        binaries: resolved.binaries.clone(),
     };
     let readopted = watch::readopt(&mut state)?;
 
@@ -206,12 +210,16 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (exec_paths, exec_paths_rx) = tokio::sync::watch::channel(binwatch::paths_of(
+        policy.agents.iter().flat_map(|a| a.exec.iter().map(|e| e.value.clone())),
+    ));
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         log: Mutex::new(log),
         backends: backends.clone(),
         apply_lock: tokio::sync::Mutex::new(()),
         shutdown,
+        exec_paths,
         new_instances,
     });
     shared.log(Body::DaemonStart {
@@ -242,6 +250,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(binwatch::run(shared.clone(), exec_paths_rx, shutdown_rx.clone())),
         tokio::spawn(server::signals(
             shared.clone(),
             opts.policy.clone(),
