@@ -39,7 +39,11 @@ pub fn paths_of(exec: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
 }
 
 /// Watches until shutdown.
-pub async fn run(shared: Arc<Shared>, mut paths: watch::Receiver<Vec<PathBuf>>, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut paths: watch::Receiver<Vec<PathBuf>>,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let inotify = match Inotify::init() {
         Ok(i) => i,
         Err(e) => {
@@ -54,7 +58,12 @@ pub async fn run(shared: Arc<Shared>, mut paths: watch::Receiver<Vec<PathBuf>>, 
     };
     let mut dirs: HashMap<WatchDescriptor, (PathBuf, HashSet<OsString>)> = HashMap::new();
     let mut dirty = false;
-    let mask = WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::MOVED_FROM | WatchMask::DELETE | WatchMask::CLOSE_WRITE | WatchMask::ATTRIB;
+    let mask = WatchMask::CREATE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::DELETE
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::ATTRIB;
     let mut rewatch = true;
     loop {
         if rewatch {
@@ -64,7 +73,10 @@ pub async fn run(shared: Arc<Shared>, mut paths: watch::Receiver<Vec<PathBuf>>, 
             let mut by_dir: HashMap<PathBuf, HashSet<OsString>> = HashMap::new();
             for p in paths.borrow_and_update().iter() {
                 if let (Some(dir), Some(name)) = (p.parent(), p.file_name()) {
-                    by_dir.entry(dir.to_owned()).or_default().insert(name.to_owned());
+                    by_dir
+                        .entry(dir.to_owned())
+                        .or_default()
+                        .insert(name.to_owned());
                 }
             }
             for (dir, names) in by_dir {
@@ -72,7 +84,9 @@ pub async fn run(shared: Arc<Shared>, mut paths: watch::Receiver<Vec<PathBuf>>, 
                     Ok(wd) => {
                         dirs.insert(wd, (dir, names));
                     }
-                    Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory of an allowed binary"),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the directory of an allowed binary")
+                    }
                 }
             }
             rewatch = false;
@@ -107,7 +121,10 @@ async fn reresolve(shared: &Arc<Shared>) {
             // Mid-upgrade a binary may be missing; the old identity stays in force until the new
             // file appears and triggers another check.
             let what: Vec<String> = diags.iter().map(|d| d.message.clone()).collect();
-            tracing::warn!("allowed binaries changed but cannot be resolved yet; the previous rules stay in force: {}", what.join("; "));
+            tracing::warn!(
+                "allowed binaries changed but cannot be resolved yet; the previous rules stay in force: {}",
+                what.join("; ")
+            );
             return;
         }
     };
@@ -123,6 +140,8 @@ async fn reresolve(shared: &Arc<Shared>) {
     let reason = format!("exec binaries changed on disk: {}", changed.join(", "));
     tracing::info!("{reason}: re-applying the policy");
     if let Err(e) = apply::apply_policy(shared, policy, Actor::Daemon { reason }).await {
-        tracing::error!("re-applying after a binary change failed, the previous rules stay in force: {e}");
+        tracing::error!(
+            "re-applying after a binary change failed, the previous rules stay in force: {e}"
+        );
     }
 }

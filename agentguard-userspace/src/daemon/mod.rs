@@ -211,7 +211,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
     let (exec_paths, exec_paths_rx) = tokio::sync::watch::channel(binwatch::paths_of(
-        policy.agents.iter().flat_map(|a| a.exec.iter().map(|e| e.value.clone())),
+        policy
+            .agents
+            .iter()
+            .flat_map(|a| a.exec.iter().map(|e| e.value.clone())),
     ));
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
@@ -250,7 +253,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
-        tokio::spawn(binwatch::run(shared.clone(), exec_paths_rx, shutdown_rx.clone())),
+        tokio::spawn(binwatch::run(
+            shared.clone(),
+            exec_paths_rx,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(server::signals(
             shared.clone(),
             opts.policy.clone(),
