@@ -201,7 +201,7 @@ fn judge(ctx: &SockAddrContext, dst: &Destination, kind: EventKind) -> i32 {
         && j.verdict == Verdict::Allowed
     {
         // A full LRU map evicts the oldest destination: at worst a token is spent again.
-        let _ = SENT.insert(k, &0u8, 0);
+        let _ = SENT.insert(k, 0u8, 0);
     }
     if log && let Some(mut entry) = emit::reserve::<NetEvent>() {
         entry.write(NetEvent {
