@@ -86,6 +86,8 @@ impl Daemon {
             .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--agent-socket")
+            .arg(self.agent_socket())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
@@ -141,6 +143,11 @@ impl Daemon {
         }
     }
 
+    /// The agent-facing socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
     /// Whether the BPF LSM backend enforces.
     pub fn lsm(&self) -> bool {
         self.backends.contains("exec=bpf-lsm")
@@ -151,6 +158,7 @@ impl Daemon {
         Command::new(agentguard_bin())
             .args(args)
             .env("AGENTGUARD_SOCKET", &self.socket)
+            .env("AGENTGUARD_AGENT_SOCKET", self.agent_socket())
             .output()
             .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"))
     }

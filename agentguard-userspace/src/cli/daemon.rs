@@ -2,7 +2,10 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use agentguard::daemon::{self, DEFAULT_STATE_DIR, Options};
+use agentguard::{
+    control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
+    daemon::{self, DEFAULT_STATE_DIR, Options},
+};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
 
@@ -18,6 +21,9 @@ pub struct DaemonArgs {
     state_dir: PathBuf,
     #[command(flatten)]
     socket: SocketArg,
+    /// Agent-facing socket: processes inside an agent instance start their sub-agents here.
+    #[arg(long, env = AGENT_SOCKET_ENV, default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
     /// On a clean exit, also remove the programs: agents are no longer enforced. Without it,
     /// enforcement stays in place after the daemon exits.
     #[arg(long)]
@@ -40,6 +46,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         policy: args.policy,
         state_dir: args.state_dir,
         socket: args.socket.socket,
+        agent_socket: args.agent_socket,
         unload_on_exit: args.unload_on_exit,
     }))?;
     Ok(ExitCode::SUCCESS)

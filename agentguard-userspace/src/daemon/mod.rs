@@ -50,6 +50,8 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Administrator control socket.
     pub socket: PathBuf,
+    /// Agent-facing socket (agents start their sub-agents through it).
+    pub agent_socket: PathBuf,
     /// Remove programs and pins on a clean exit (agents lose enforcement).
     pub unload_on_exit: bool,
 }
@@ -246,11 +248,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = shared.new_instances.send(inst);
     }
 
-    let listener = server::bind(&opts.socket)?;
+    let listener = server::bind(&opts.socket, server::Role::Admin)?;
+    let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
     let ring = EventRing::new(ring).map_err(io("cannot register the event ring buffer"))?;
     let tasks = vec![
         tokio::spawn(ingest::run(shared.clone(), ring, shutdown_rx.clone())),
-        tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
+        tokio::spawn(server::run(
+            shared.clone(),
+            listener,
+            server::Role::Admin,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(server::run(
+            shared.clone(),
+            agent_listener,
+            server::Role::Agent,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(binwatch::run(
@@ -279,6 +293,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = t.await;
     }
     let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&opts.agent_socket);
     shared.log(Body::DaemonStop {
         reason: "shutdown requested".into(),
         enforcement_kept: !unload,
