@@ -5,6 +5,7 @@
 //! pinned programs of a previous daemon are adopted rather than replaced.
 
 mod apply;
+mod dns_task;
 mod handlers;
 mod ingest;
 mod operator;
@@ -26,6 +27,7 @@ use crate::{
         record::{Actor, Body},
     },
     cgroup::{self, Hierarchy},
+    dns,
     ebpf::{
         backends::Backends,
         loader::{self, LoadOptions},
@@ -51,6 +53,8 @@ pub struct Options {
     pub socket: PathBuf,
     /// Remove programs and pins on a clean exit (agents lose enforcement).
     pub unload_on_exit: bool,
+    /// When DNS names are looked up again and how long vanished addresses stay valid.
+    pub dns: dns::Timing,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -106,6 +110,8 @@ pub struct Shared {
     shutdown: tokio::sync::watch::Sender<Option<bool>>,
     /// New instances for the exit watcher.
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
+    /// DNS names of the policy in force.
+    dns: dns_task::DnsNames,
 }
 
 impl Shared {
@@ -166,11 +172,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let release = kernel::release();
     kernel::check_minimum(&release)?;
     let policy = policy::load(&opts.policy)?;
-    let (resolved, warnings) = apply::resolve(&policy)?;
-    for w in &warnings {
+    let _lock = lock_state_dir(&opts.state_dir)?;
+    let dns = dns_task::DnsNames::new(opts.dns);
+    let dns_warnings = dns.refresh_policy(&policy).await;
+    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy))?;
+    for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
-    let _lock = lock_state_dir(&opts.state_dir)?;
 
     let hierarchy = Hierarchy::discover()?;
     let (root_id, root_level) = hierarchy.ensure_root()?;
@@ -203,6 +211,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let rules = compiled.rules.len();
     state.compiled[usize::from(generation)] = Some(compiled);
     loaded.attach(hierarchy.root())?;
+    dns.set_in_force(&resolved.names);
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -213,6 +222,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         apply_lock: tokio::sync::Mutex::new(()),
         shutdown,
         new_instances,
+        dns,
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -242,6 +252,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(dns_task::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(server::signals(
             shared.clone(),
             opts.policy.clone(),
