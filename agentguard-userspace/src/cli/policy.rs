@@ -52,7 +52,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(
-                "{}: ok ({} agents, {} rules, blake3 {})",
+                "{}: ok ({} agent(s), {} rule(s), blake3 {})",
                 file.display(),
                 p.agents.len(),
                 compiled.rules.len(),

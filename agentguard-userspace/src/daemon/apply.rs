@@ -113,6 +113,14 @@ async fn install(
             rules: u32::try_from(compiled.rules.len()).unwrap_or(u32::MAX),
         });
         st.compiled[usize::from(generation)] = Some(compiled);
+        let exec_paths = policy
+            .agents
+            .iter()
+            .flat_map(|a| a.exec.iter().map(|e| e.value.clone()));
+        let _ = shared
+            .exec_paths
+            .send(super::binwatch::paths_of(exec_paths));
+        st.binaries = resolved.binaries;
         st.policy = policy;
         (old, applied)
     };

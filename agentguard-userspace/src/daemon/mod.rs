@@ -5,6 +5,7 @@
 //! pinned programs of a previous daemon are adopted rather than replaced.
 
 mod apply;
+mod binwatch;
 mod dns_task;
 mod handlers;
 mod ingest;
@@ -108,6 +109,8 @@ pub struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     /// Asks every task to stop; `Some(unload)` once shutdown was requested.
     shutdown: tokio::sync::watch::Sender<Option<bool>>,
+    /// Paths of allowed binaries, for the watcher that re-resolves them on change.
+    exec_paths: tokio::sync::watch::Sender<Vec<PathBuf>>,
     /// New instances for the exit watcher.
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
     /// DNS names of the policy in force.
@@ -201,6 +204,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         instances: Default::default(),
         escalated: Default::default(),
         exited: Default::default(),
+        binaries: resolved.binaries.clone(),
     };
     let readopted = watch::readopt(&mut state)?;
 
@@ -215,12 +219,19 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (exec_paths, exec_paths_rx) = tokio::sync::watch::channel(binwatch::paths_of(
+        policy
+            .agents
+            .iter()
+            .flat_map(|a| a.exec.iter().map(|e| e.value.clone())),
+    ));
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         log: Mutex::new(log),
         backends: backends.clone(),
         apply_lock: tokio::sync::Mutex::new(()),
         shutdown,
+        exec_paths,
         new_instances,
         dns,
     });
@@ -253,6 +264,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(dns_task::run(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(binwatch::run(
+            shared.clone(),
+            exec_paths_rx,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(server::signals(
             shared.clone(),
             opts.policy.clone(),

@@ -56,11 +56,17 @@ pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
         sb_dev: f("super_block", &["s_dev"])?,
         dentry_name: f("dentry", &["d_name", "name"])?,
         dentry_inode: f("dentry", &["d_inode"])?,
+        file_flags: f("file", &["f_flags"])?,
         task_tgid: f("task_struct", &["tgid"])?,
         task_cgroups: f("task_struct", &["cgroups"])?,
         css_set_dfl_cgrp: f("css_set", &["dfl_cgrp"])?,
         cgroup_kn: f("cgroup", &["kn"])?,
         kernfs_node_id: f("kernfs_node", &["id"])?,
+        path_mnt: f("path", &["mnt"])?,
+        mount_mnt: f("mount", &["mnt"])?,
+        mount_mnt_ns: f("mount", &["mnt_ns"])?,
+        task_nsproxy: f("task_struct", &["nsproxy"])?,
+        nsproxy_mnt_ns: f("nsproxy", &["mnt_ns"])?,
         valid: 1,
     })
 }

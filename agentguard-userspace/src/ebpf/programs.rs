@@ -76,6 +76,76 @@ pub const SPECS: &[Spec] = &[
         group: Group::Lsm,
         hook: Hook::Lsm("bprm_check_security"),
     },
+    Spec {
+        name: "ag_file_open",
+        group: Group::Lsm,
+        hook: Hook::Lsm("file_open"),
+    },
+    Spec {
+        name: "ag_path_unlink",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_unlink"),
+    },
+    Spec {
+        name: "ag_path_mkdir",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_mkdir"),
+    },
+    Spec {
+        name: "ag_path_rmdir",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_rmdir"),
+    },
+    Spec {
+        name: "ag_path_symlink",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_symlink"),
+    },
+    Spec {
+        name: "ag_path_rename",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_rename"),
+    },
+    Spec {
+        name: "ag_path_link",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_link"),
+    },
+    Spec {
+        name: "ag_path_truncate",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_truncate"),
+    },
+    Spec {
+        name: "ag_path_chmod",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_chmod"),
+    },
+    Spec {
+        name: "ag_path_chown",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_chown"),
+    },
+    Spec {
+        name: "ag_userns_create",
+        group: Group::Lsm,
+        hook: Hook::Lsm("userns_create"),
+    },
+    Spec {
+        name: "ag_sb_mount",
+        group: Group::Lsm,
+        hook: Hook::Lsm("sb_mount"),
+    },
+    Spec {
+        name: "ag_move_mount",
+        group: Group::Lsm,
+        hook: Hook::Lsm("move_mount"),
+    },
+    Spec {
+        name: "ag_ptrace_access_check",
+        group: Group::Lsm,
+        hook: Hook::Lsm("ptrace_access_check"),
+    },
 ];
 
 /// The programs of one group.
