@@ -26,10 +26,10 @@ const SETTLE: Duration = Duration::from_millis(300);
 pub fn paths_of(exec: impl IntoIterator<Item = PathBuf>) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in exec {
-        if let Ok(real) = std::fs::canonicalize(&p) {
-            if real != p {
-                out.push(real);
-            }
+        if let Ok(real) = std::fs::canonicalize(&p)
+            && real != p
+        {
+            out.push(real);
         }
         out.push(p);
     }
