@@ -363,16 +363,16 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         (*ev)._pad = 0;
         (*ev).target_pid = target_pid;
         (*ev).path[0] = 0;
-        if len < PATH_KEY_LEN {
-            if let Some(s) = SCRATCH.get_ptr_mut(0) {
-                let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
-                bpf_probe_read_kernel(
-                    (*ev).path.as_mut_ptr().cast(),
-                    PATH_KEY_LEN as u32,
-                    src.cast(),
-                );
-                (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
-            }
+        if len < PATH_KEY_LEN
+            && let Some(s) = SCRATCH.get_ptr_mut(0)
+        {
+            let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
+            bpf_probe_read_kernel(
+                (*ev).path.as_mut_ptr().cast(),
+                PATH_KEY_LEN as u32,
+                src.cast(),
+            );
+            (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
         }
     }
     entry.submit(0);

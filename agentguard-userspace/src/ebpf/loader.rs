@@ -16,7 +16,7 @@ use agentguard_common::offsets::{FILE_F_PATH_GLOBAL, GLOBAL_NAME, KernelOffsets}
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -136,12 +136,12 @@ impl Loaded {
                 attach_one(&mut self.ebpf, spec, &cgroup, &self.pins)?;
             }
         }
-        let unused = if self.backends.lsm() {
-            Group::ExecFallback
+        let unused: &[Group] = if self.backends.lsm() {
+            &[Group::ExecFallback, Group::OpenBudget]
         } else {
-            Group::Lsm
+            &[Group::Lsm]
         };
-        for spec in programs::of(unused) {
+        for spec in unused.iter().flat_map(|g| programs::of(*g)) {
             let _ = std::fs::remove_file(self.pins.link(spec.name));
         }
         let root = self
@@ -200,6 +200,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let backends = Backends::decide(lsm, backends::landlock_abi());
     if !backends.lsm() {
         groups.take(&mut ebpf, Group::ExecFallback)?;
+        pins::ensure_tracefs()?;
+        groups.take(&mut ebpf, Group::OpenBudget)?;
     }
     let (adopted, pending) = (groups.adopted, groups.pending);
     Ok(Loaded {
@@ -281,6 +283,10 @@ pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<(),
                 let p: &mut Lsm = program.try_into().map_err(&err)?;
                 p.load(hook, btf).map_err(&err)?;
             }
+            Hook::TracePoint(..) => {
+                let p: &mut TracePoint = program.try_into().map_err(&err)?;
+                p.load().map_err(&err)?;
+            }
         }
     }
     Ok(())
@@ -312,6 +318,15 @@ fn attach_one(ebpf: &mut Ebpf, spec: &Spec, cgroup: &File, pins: &PinDir) -> Res
             let p: &mut Lsm = program.try_into().map_err(&err)?;
             let id = p.attach().map_err(&err)?;
             p.take_link(id).map_err(&err)?.into()
+        }
+        Hook::TracePoint(category, name) => {
+            let p: &mut TracePoint = program.try_into().map_err(&err)?;
+            let id = p.attach(category, name).map_err(&err)?;
+            let link = p.take_link(id).map_err(&err)?;
+            FdLink::try_from(link).map_err(|e: LinkError| LoadError::Pin {
+                name: spec.name,
+                message: e.to_string(),
+            })?
         }
     };
     let path = pins.link(spec.name);

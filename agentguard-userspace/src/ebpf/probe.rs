@@ -19,7 +19,12 @@ pub struct GroupProbe {
 
 /// Loads every group's programs (without attaching them) and reports per group.
 pub fn programs() -> Vec<GroupProbe> {
-    let groups = [Group::Network, Group::ExecFallback, Group::Lsm];
+    let groups = [
+        Group::Network,
+        Group::ExecFallback,
+        Group::Lsm,
+        Group::OpenBudget,
+    ];
     let fail_all = |e: String| {
         groups
             .iter()

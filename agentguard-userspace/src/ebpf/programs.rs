@@ -9,6 +9,8 @@ pub enum Group {
     ExecFallback,
     /// BPF LSM hooks: exec, files, namespaces, ptrace.
     Lsm,
+    /// Syscall tracepoints counting opens for budgets (when BPF LSM is unavailable).
+    OpenBudget,
 }
 
 impl Group {
@@ -18,6 +20,7 @@ impl Group {
             Self::Network => "network",
             Self::ExecFallback => "exec-fallback",
             Self::Lsm => "lsm",
+            Self::OpenBudget => "open-budget",
         }
     }
 }
@@ -31,6 +34,8 @@ pub enum Hook {
     TpBtf(&'static str),
     /// A BPF LSM hook.
     Lsm(&'static str),
+    /// A classic tracepoint: category and name.
+    TracePoint(&'static str, &'static str),
 }
 
 /// One program.
@@ -145,6 +150,21 @@ pub const SPECS: &[Spec] = &[
         name: "ag_ptrace_access_check",
         group: Group::Lsm,
         hook: Hook::Lsm("ptrace_access_check"),
+    },
+    Spec {
+        name: "ag_open_budget_openat",
+        group: Group::OpenBudget,
+        hook: Hook::TracePoint("syscalls", "sys_enter_openat"),
+    },
+    Spec {
+        name: "ag_open_budget_openat2",
+        group: Group::OpenBudget,
+        hook: Hook::TracePoint("syscalls", "sys_enter_openat2"),
+    },
+    Spec {
+        name: "ag_open_budget_open",
+        group: Group::OpenBudget,
+        hook: Hook::TracePoint("syscalls", "sys_enter_open"),
     },
 ];
 

@@ -188,6 +188,21 @@ fn main() -> ExitCode {
                     .map_err(std::io::Error::from)
             },
         )),
+        ["open-loop", path, n] => {
+            let n: usize = n.parse().unwrap_or(0);
+            let (mut ok, mut failed) = (0, 0);
+            for _ in 0..n {
+                match std::fs::File::open(path) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            println!("ok={ok} failed={failed}");
+            ExitCode::SUCCESS
+        }
+        ["spin"] => loop {
+            std::hint::spin_loop();
+        },
         ["exit", code] => ExitCode::from(code.parse::<u8>().unwrap_or(1)),
         ["sleep", secs] => {
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));
