@@ -28,6 +28,8 @@ pub struct Daemon {
     pub state: PathBuf,
     /// Backends the daemon reported.
     pub backends: String,
+    /// Extra `agentguard daemon` arguments, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 /// Removes everything agentguard left in the kernel.
@@ -44,6 +46,11 @@ pub fn teardown() {
 impl Daemon {
     /// Tears down leftovers, writes `policy`, starts the daemon and waits until it answers.
     pub fn start(policy: &str) -> Self {
+        Self::start_with(policy, &[])
+    }
+
+    /// [`Daemon::start`] with extra `agentguard daemon` arguments.
+    pub fn start_with(policy: &str, args: &[&str]) -> Self {
         teardown();
         let dir = tempfile::Builder::new()
             .prefix("agentguard-test")
@@ -58,6 +65,7 @@ impl Daemon {
             policy: policy_path,
             dir,
             backends: String::new(),
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         d.spawn();
         d
@@ -88,6 +96,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--agent-socket")
             .arg(self.agent_socket())
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))

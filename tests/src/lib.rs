@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod net;
+pub mod system_files;
 
 use std::{
     path::PathBuf,

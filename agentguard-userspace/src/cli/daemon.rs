@@ -1,10 +1,11 @@
 //! `agentguard daemon`.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use agentguard::{
     control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
     daemon::{self, DEFAULT_STATE_DIR, Options},
+    dns,
 };
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +29,14 @@ pub struct DaemonArgs {
     /// enforcement stays in place after the daemon exits.
     #[arg(long)]
     unload_on_exit: bool,
+    /// Longest time in seconds between two lookups of a DNS name (and the interval for names
+    /// from the hosts file, which have no TTL). Hidden: tests shorten it; see docs/dns.md.
+    #[arg(long, hide = true, value_name = "SECS", default_value_t = dns::timing::DEFAULT_CEILING.as_secs())]
+    dns_ttl_ceiling: u64,
+    /// Seconds an address stays allowed after it disappeared from its name's answers. Hidden:
+    /// tests shorten it; see docs/dns.md.
+    #[arg(long, hide = true, value_name = "SECS", default_value_t = dns::timing::DEFAULT_GRACE.as_secs())]
+    dns_grace: u64,
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -48,6 +57,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         socket: args.socket.socket,
         agent_socket: args.agent_socket,
         unload_on_exit: args.unload_on_exit,
+        dns: dns::Timing::new(
+            Duration::from_secs(args.dns_ttl_ceiling),
+            Duration::from_secs(args.dns_grace),
+        ),
     }))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -139,7 +139,9 @@ async fn reresolve(shared: &Arc<Shared>) {
     changed.sort();
     let reason = format!("exec binaries changed on disk: {}", changed.join(", "));
     tracing::info!("{reason}: re-applying the policy");
-    if let Err(e) = apply::apply_policy(shared, policy, Actor::Daemon { reason }).await {
+    // Re-applies whatever policy is in force when the lock is taken, not the copy above: a
+    // concurrent `policy apply` must not be undone.
+    if let Err(e) = apply::reapply_current(shared, Actor::Daemon { reason }).await {
         tracing::error!(
             "re-applying after a binary change failed, the previous rules stay in force: {e}"
         );

@@ -6,6 +6,7 @@
 
 mod apply;
 mod binwatch;
+mod dns_task;
 mod handlers;
 mod ingest;
 mod operator;
@@ -27,6 +28,7 @@ use crate::{
         record::{Actor, Body},
     },
     cgroup::{self, Hierarchy},
+    dns,
     ebpf::{
         backends::Backends,
         loader::{self, LoadOptions},
@@ -54,6 +56,8 @@ pub struct Options {
     pub agent_socket: PathBuf,
     /// Remove programs and pins on a clean exit (agents lose enforcement).
     pub unload_on_exit: bool,
+    /// When DNS names are looked up again and how long vanished addresses stay valid.
+    pub dns: dns::Timing,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -111,6 +115,8 @@ pub struct Shared {
     exec_paths: tokio::sync::watch::Sender<Vec<PathBuf>>,
     /// New instances for the exit watcher.
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
+    /// DNS names of the policy in force.
+    dns: dns_task::DnsNames,
 }
 
 impl Shared {
@@ -171,11 +177,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let release = kernel::release();
     kernel::check_minimum(&release)?;
     let policy = policy::load(&opts.policy)?;
-    let (resolved, warnings) = apply::resolve(&policy)?;
-    for w in &warnings {
+    let _lock = lock_state_dir(&opts.state_dir)?;
+    let dns = dns_task::DnsNames::new(opts.dns);
+    let dns_warnings = dns.refresh_policy(&policy).await;
+    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy))?;
+    for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
-    let _lock = lock_state_dir(&opts.state_dir)?;
 
     let hierarchy = Hierarchy::discover()?;
     let (root_id, root_level) = hierarchy.ensure_root()?;
@@ -209,6 +217,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let rules = compiled.rules.len();
     state.compiled[usize::from(generation)] = Some(compiled);
     loaded.attach(hierarchy.root())?;
+    dns.set_in_force(&resolved.names);
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -226,6 +235,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         shutdown,
         exec_paths,
         new_instances,
+        dns,
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -267,6 +277,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(dns_task::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(binwatch::run(
             shared.clone(),
             exec_paths_rx,

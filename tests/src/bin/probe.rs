@@ -47,6 +47,23 @@ fn tcp(a: SocketAddr) -> std::io::Result<()> {
     TcpStream::connect_timeout(&a, Duration::from_secs(3)).map(drop)
 }
 
+/// A TCP connect by host name, resolved by the C library as an agent would (hosts file, then
+/// DNS); tries each address until one connects.
+fn tcp_name(host: &str, port: &str) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{port}: {e}")))?;
+    let mut last = std::io::Error::other(format!("{host} has no addresses"));
+    for a in (host, port).to_socket_addrs()? {
+        match tcp(a) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 fn udp_send(a: SocketAddr) -> std::io::Result<()> {
     let s = UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     s.send_to(b"agentguard", a).map(drop)
@@ -84,6 +101,7 @@ fn main() -> ExitCode {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
         ["tcp", host, port] => report(addr(host, port).and_then(tcp)),
+        ["tcp-name", host, port] => report(tcp_name(host, port)),
         ["tcp-mapped", host, port] => report(mapped(host, port).and_then(tcp)),
         ["udp", host, port] => report(addr(host, port).and_then(udp_send)),
         ["udp-mapped", host, port] => report(mapped(host, port).and_then(udp_send)),
@@ -192,7 +210,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: agentguard-probe tcp|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
+                "usage: agentguard-probe tcp|tcp-name|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
             );
             ExitCode::from(2)
         }
