@@ -105,12 +105,23 @@ fn try_file_open(file: *const u8) -> bool {
         access |= ACCESS_WRITE;
     }
     if subject.flags() & AGENT_FILE_RULES == 0 {
-        // No file rules: only the open budget applies, and nothing is logged.
+        // No file rules: only the open budget applies; only its breaches are logged (the daemon
+        // escalates them), without the path, which nothing here needed to render.
         let (j, _) = verdict::finish(
             &subject,
             Some(ThrottleKind::Open),
             Judgement::allow(NO_RULE),
         );
+        if j.verdict != Verdict::Allowed {
+            let info = FileInfo {
+                kind: EventKind::FileOpen,
+                op: FileOp::Open,
+                access,
+                len: usize::MAX,
+                target_pid: 0,
+            };
+            emit_file(&subject, &j, &info);
+        }
         return j.permits();
     }
     let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;

@@ -51,6 +51,27 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra `agentguard daemon` arguments.
     pub fn start_with(policy: &str, args: &[&str]) -> Self {
+        Self::start_prepared(policy, args, |_| {})
+    }
+
+    /// [`Daemon::start_with`] on a sealed log: runs `agentguard log init` first and returns the
+    /// sealing key with the daemon.
+    pub fn start_sealed(policy: &str, args: &[&str]) -> (Self, String) {
+        let mut key = String::new();
+        let d = Self::start_prepared(policy, args, |state| {
+            let out = agentguard(&["log", "init", "--state-dir", &state.to_string_lossy()]);
+            assert!(out.status.success(), "log init: {}", describe(&out));
+            key = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+                .unwrap_or_else(|| panic!("no key in {}", describe(&out)))
+                .to_owned();
+        });
+        (d, key)
+    }
+
+    /// Starts a daemon after `prepare` ran on its (not yet existing) state directory.
+    fn start_prepared(policy: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
         teardown();
         let dir = tempfile::Builder::new()
             .prefix("agentguard-test")
@@ -67,6 +88,7 @@ impl Daemon {
             backends: String::new(),
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
+        prepare(&d.state);
         d.spawn();
         d
     }

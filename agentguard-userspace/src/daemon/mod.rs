@@ -58,6 +58,10 @@ pub struct Options {
     pub unload_on_exit: bool,
     /// When DNS names are looked up again and how long vanished addresses stay valid.
     pub dns: dns::Timing,
+    /// Log durability and sealing (directory aside, which is `<state-dir>/log`).
+    pub log: LogOptions,
+    /// Size of the event ring buffer in bytes, when the programs are first loaded.
+    pub ring_buffer_bytes: u32,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -187,16 +191,28 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let hierarchy = Hierarchy::discover()?;
     let (root_id, root_level) = hierarchy.ensure_root()?;
-    let mut loaded = loader::load(&LoadOptions::default())?;
+    let started = std::time::Instant::now();
+    let mut loaded = loader::load(&LoadOptions {
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+        ..LoadOptions::default()
+    })?;
     let backends = loaded.backends.clone();
-    tracing::info!(%backends, restart = loaded.is_restart(), "programs loaded");
+    tracing::info!(%backends, restart = loaded.is_restart(), took_ms = started.elapsed().as_millis(), "programs loaded");
     if let Some(reason) = &backends.lsm_unavailable {
         tracing::info!("BPF LSM not used: {reason}");
     }
     let (mut maps, ring) = KernelMaps::take(&mut loaded.ebpf)?;
     maps.set_root(root_id, root_level)?;
 
-    let log = AuditLog::open(LogOptions::new(opts.state_dir.join("log")))?;
+    let log = AuditLog::open(LogOptions {
+        dir: opts.state_dir.join("log"),
+        ..opts.log.clone()
+    })?;
+    if !log.is_sealed() {
+        tracing::warn!(
+            "the log is not sealed: records can be re-chained by someone on this host; run `agentguard log init` once and keep its key offline"
+        );
+    }
     let mut state = State {
         policy: policy.clone(),
         policy_path: opts.policy.clone(),
@@ -218,6 +234,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     state.compiled[usize::from(generation)] = Some(compiled);
     loaded.attach(hierarchy.root())?;
     dns.set_in_force(&resolved.names);
+    tracing::info!(
+        took_ms = started.elapsed().as_millis(),
+        "policy written and programs attached"
+    );
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();

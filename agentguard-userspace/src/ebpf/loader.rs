@@ -92,6 +92,9 @@ pub struct LoadOptions {
     pub pin_root: PathBuf,
     /// The version directory name (normally [`object::version`]).
     pub version: String,
+    /// Size of the event ring buffer in bytes (a power-of-two multiple of the page size). Only
+    /// used when the ring buffer is created, not when a pinned one is re-opened.
+    pub ring_buffer_bytes: u32,
 }
 
 impl Default for LoadOptions {
@@ -99,6 +102,7 @@ impl Default for LoadOptions {
         Self {
             pin_root: PathBuf::from(pins::ROOT),
             version: object::version(),
+            ring_buffer_bytes: agentguard_common::maps::EVENTS_BYTES,
         }
     }
 }
@@ -182,7 +186,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     })?;
     let btf = Btf::from_sys_fs()?;
     let offsets = offsets::from_btf(Path::new(offsets::VMLINUX_BTF))?;
-    let mut ebpf = open_object(&btf, &offsets, &pins.maps())?;
+    let mut ebpf = open_object(&btf, &offsets, &pins.maps(), opts.ring_buffer_bytes)?;
 
     let mut groups = Groups {
         pins: &pins,
@@ -218,8 +222,10 @@ pub(crate) fn open_object(
     btf: &Btf,
     offsets: &KernelOffsets,
     maps_dir: &Path,
+    ring_buffer_bytes: u32,
 ) -> Result<Ebpf, aya::EbpfError> {
     EbpfLoader::new()
+        .map_max_entries(agentguard_common::maps::EVENTS, ring_buffer_bytes)
         .btf(Some(btf))
         .override_global(GLOBAL_NAME, offsets, true)
         .override_global(FILE_F_PATH_GLOBAL, &offsets.file_path, true)

@@ -124,6 +124,28 @@ fn main() -> ExitCode {
             println!("ok={ok} eperm={eperm}");
             ExitCode::SUCCESS
         }
+        ["udp-loop", host, port, n] => report(addr(host, port).and_then(|a| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                s.send_to(b"agentguard", a)?;
+            }
+            Ok(())
+        })),
+        ["tcp-pair", host, a, b, n] => {
+            // Alternates connects to an allowed and a refused port, counting each outcome.
+            let n: usize = n.parse().unwrap_or(0);
+            let mut counts = [[0usize; 2]; 2];
+            for i in 0..n {
+                let port = if i % 2 == 0 { a } else { b };
+                let ok = addr(host, port).and_then(tcp).is_ok();
+                counts[i % 2][usize::from(ok)] += 1;
+            }
+            println!(
+                "a_ok={} a_refused={} b_ok={} b_refused={}",
+                counts[0][1], counts[0][0], counts[1][1], counts[1][0]
+            );
+            ExitCode::SUCCESS
+        }
         ["status"] => report(status_lines()),
         ["read", path] => report(std::fs::File::open(path).and_then(|mut f| {
             let mut s = Vec::new();
