@@ -12,8 +12,9 @@ use tempfile::TempDir;
 
 use crate::{agentguard, agentguard_bin, describe, expected_backend};
 
-/// How long a daemon may take to come up (the VM runs under software emulation).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to come up (the VM runs under software emulation, where a start
+/// takes about 10 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A running daemon with its own policy, state directory and socket.
 pub struct Daemon {

@@ -182,24 +182,24 @@ fn a_crash_during_a_burst_is_recovered_and_the_drops_are_logged() {
     // A small ring buffer, so the burst while the daemon is down overflows it.
     let (mut d, key) = Daemon::start_sealed(&policy, &["--ring-buffer-bytes", "65536"]);
     let state = d.state.clone();
+    // The agent starts while the daemon runs, then bursts once the daemon is gone.
+    let script = format!(
+        "read go; exec {PROBE} udp-loop 127.0.0.1 {} 20000",
+        sink.port()
+    );
     let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
-        .args([
-            "run",
-            "--agent",
-            "buyer",
-            "--",
-            PROBE,
-            "udp-loop",
-            "127.0.0.1",
-            &sink.port().to_string(),
-            "20000",
-        ])
+        .args(["run", "--agent", "buyer", "--", "/bin/sh", "-c", &script])
         .env("AGENTGUARD_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
-    d.wait_record("the burst under way", |r| r["action"] == "send");
+    d.wait_record("the agent's start", |r| r["kind"] == "instance-start");
     d.kill9();
+    {
+        let mut stdin = agent.stdin.take().unwrap_or_else(|| panic!("stdin"));
+        stdin.write_all(b"go\n").unwrap_or_else(|e| panic!("{e}"));
+    }
     let status = agent.wait().unwrap_or_else(|e| panic!("{e}"));
     assert!(
         status.success(),

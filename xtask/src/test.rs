@@ -139,7 +139,9 @@ fn build_stage() -> Result<()> {
     cargo(
         &["build", "--workspace", "--exclude", "agentguard-ebpf"],
         &[],
-    )
+    )?;
+    // The binary the integration tests drive.
+    crate::integration::build_agentguard().map(drop)
 }
 
 fn unit_stage() -> Result<()> {
@@ -165,7 +167,14 @@ fn host_stage() -> Result<()> {
         ("AGENTGUARD_EXPECT_BACKEND", "fallback"),
     ];
     cargo(
-        &["test", "--package", TESTS_PACKAGE, "--", "--test-threads=1"],
+        &[
+            "test",
+            "--no-fail-fast",
+            "--package",
+            TESTS_PACKAGE,
+            "--",
+            "--test-threads=1",
+        ],
         &env,
     )
 }

@@ -184,8 +184,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         path: pins.base().to_owned(),
         source,
     })?;
+    let t = std::time::Instant::now();
     let btf = Btf::from_sys_fs()?;
+    tracing::debug!(took_ms = t.elapsed().as_millis(), "kernel BTF parsed (aya)");
     let offsets = offsets::from_btf(Path::new(offsets::VMLINUX_BTF))?;
+    tracing::debug!(took_ms = t.elapsed().as_millis(), "kernel offsets read");
     let mut ebpf = open_object(&btf, &offsets, &pins.maps(), opts.ring_buffer_bytes)?;
 
     let mut groups = Groups {
@@ -244,6 +247,17 @@ struct Groups<'a> {
 impl Groups<'_> {
     /// Adopts `group` from its pinned links, or loads its programs.
     fn take(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
+        let t = std::time::Instant::now();
+        let r = self.take_inner(ebpf, group);
+        tracing::debug!(
+            group = group.name(),
+            took_ms = t.elapsed().as_millis(),
+            "program group ready"
+        );
+        r
+    }
+
+    fn take_inner(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
         if adopt(self.pins, group) {
             self.adopted.push(group);
         } else {
