@@ -197,9 +197,34 @@ impl Daemon {
 
     /// `agentguard run --agent AGENT -- CMD...`.
     pub fn run(&self, agent: &str, cmd: &[&str]) -> Output {
-        let mut args = vec!["run", "--agent", agent, "--"];
-        args.extend_from_slice(cmd);
-        self.cli(&args)
+        self.run_command(agent, cmd)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"))
+    }
+
+    /// `agentguard run --agent AGENT -- CMD...` as a command to spawn (the caller picks stdio).
+    pub fn run_command(&self, agent: &str, cmd: &[&str]) -> Command {
+        let mut c = Command::new(agentguard_bin());
+        c.args(["run", "--agent", agent, "--"])
+            .args(cmd)
+            .env("AGENTGUARD_SOCKET", &self.socket)
+            .env("AGENTGUARD_AGENT_SOCKET", self.agent_socket());
+        c
+    }
+
+    /// The probe agent run as `agent` with `args`: its output line, or everything about the run
+    /// when it printed nothing.
+    pub fn probe(&self, agent: &str, args: &[&str]) -> String {
+        let probe = crate::probe_bin();
+        let mut cmd = vec![probe.to_str().unwrap_or_default()];
+        cmd.extend_from_slice(args);
+        let out = self.run(agent, &cmd);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if text.is_empty() {
+            describe(&out)
+        } else {
+            text
+        }
     }
 
     /// `kill -9` the daemon (enforcement must stay).

@@ -76,6 +76,22 @@ pub fn describe(out: &Output) -> String {
     )
 }
 
+/// The `agentguard-probe` helper agent, next to the test executables' directory (where cargo
+/// puts this package's binaries).
+pub fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let deps = exe.parent().unwrap_or(std::path::Path::new("."));
+    deps.parent().unwrap_or(deps).join("agentguard-probe")
+}
+
+/// Fails unless a probe result is EPERM.
+pub fn assert_eperm(result: &str, what: &str) {
+    assert!(
+        result.starts_with("errno=1 "),
+        "{what}: expected EPERM, got {result:?}"
+    );
+}
+
 /// stdout as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

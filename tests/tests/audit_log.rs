@@ -187,9 +187,8 @@ fn a_crash_during_a_burst_is_recovered_and_the_drops_are_logged() {
         "read go; exec {PROBE} udp-loop 127.0.0.1 {} 20000",
         sink.port()
     );
-    let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
-        .args(["run", "--agent", "buyer", "--", "/bin/sh", "-c", &script])
-        .env("AGENTGUARD_SOCKET", &d.socket)
+    let mut agent = d
+        .run_command("buyer", &["/bin/sh", "-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

@@ -4,31 +4,13 @@
 //! These tests edit `/etc/hosts` and `/etc/resolv.conf`: they add one line each and remove it
 //! on drop (see `system_files`), never touching anything else in them.
 
-use agentguard_tests::{Daemon, describe, net, privileged, stdout, system_files::AppendedLine};
+use agentguard_tests::{
+    Daemon, assert_eperm, describe, net, privileged, stdout, system_files::AppendedLine,
+};
 
-const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 /// A name that cannot exist in DNS (RFC 2606), so only the hosts file can answer it.
 const NAME: &str = "agentguard-test.invalid";
 const HOSTS: &str = "/etc/hosts";
-
-fn probe(d: &Daemon, args: &[&str]) -> String {
-    let mut cmd = vec![PROBE];
-    cmd.extend_from_slice(args);
-    let out = d.run("buyer", &cmd);
-    let text = stdout(&out).trim().to_owned();
-    if text.is_empty() {
-        describe(&out)
-    } else {
-        text
-    }
-}
-
-fn assert_eperm(result: &str, what: &str) {
-    assert!(
-        result.starts_with("errno=1 "),
-        "{what}: expected EPERM, got {result:?}"
-    );
-}
 
 /// The reason of a `policy-applied` record the daemon logged for a DNS change, if `r` is one.
 fn dns_reason(r: &serde_json::Value) -> Option<&str> {
@@ -62,14 +44,22 @@ fn a_name_from_the_hosts_file_is_resolved_enforced_and_logged() {
         describe(&check)
     );
 
-    assert_eq!(probe(&d, &["tcp-name", NAME, &port]), "ok", "by name");
-    assert_eq!(probe(&d, &["tcp", "127.0.0.77", &port]), "ok", "by address");
+    assert_eq!(
+        d.probe("buyer", &["tcp-name", NAME, &port]),
+        "ok",
+        "by name"
+    );
+    assert_eq!(
+        d.probe("buyer", &["tcp", "127.0.0.77", &port]),
+        "ok",
+        "by address"
+    );
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.77", &other.port().to_string()]),
+        &d.probe("buyer", &["tcp", "127.0.0.77", &other.port().to_string()]),
         "the name's address on another port",
     );
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.1", &port]),
+        &d.probe("buyer", &["tcp", "127.0.0.1", &port]),
         "another address on the name's port",
     );
 
@@ -109,9 +99,9 @@ fn a_changed_hosts_entry_is_re_resolved_and_the_old_address_expires_after_the_gr
             &GRACE_S.to_string(),
         ],
     );
-    assert_eq!(probe(&d, &["tcp", "127.0.0.77", &port]), "ok");
+    assert_eq!(d.probe("buyer", &["tcp", "127.0.0.77", &port]), "ok");
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.78", &port]),
+        &d.probe("buyer", &["tcp", "127.0.0.78", &port]),
         "the new address before the change",
     );
 
@@ -125,12 +115,12 @@ fn a_changed_hosts_entry_is_re_resolved_and_the_old_address_expires_after_the_gr
         "the old address stays during the grace period: {added}"
     );
     assert_eq!(
-        probe(&d, &["tcp", "127.0.0.78", &port]),
+        d.probe("buyer", &["tcp", "127.0.0.78", &port]),
         "ok",
         "new address"
     );
     assert_eq!(
-        probe(&d, &["tcp-name", NAME, &port]),
+        d.probe("buyer", &["tcp-name", NAME, &port]),
         "ok",
         "new address by name"
     );
@@ -152,10 +142,10 @@ fn a_changed_hosts_entry_is_re_resolved_and_the_old_address_expires_after_the_gr
         "the old address was dropped {waited_ns} ns after the change was seen, before its grace"
     );
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.77", &port]),
+        &d.probe("buyer", &["tcp", "127.0.0.77", &port]),
         "the old address after the grace period",
     );
-    assert_eq!(probe(&d, &["tcp", "127.0.0.78", &port]), "ok");
+    assert_eq!(d.probe("buyer", &["tcp", "127.0.0.78", &port]), "ok");
 }
 
 #[test]
@@ -169,15 +159,15 @@ fn dns_true_allows_the_system_resolvers_on_port_53_only() {
     let other = net::Udp::bind("127.0.0.153");
     let d = Daemon::start("[agents.buyer]\ndns = true\n");
 
-    assert_eq!(probe(&d, &["udp", "127.0.0.153", "53"]), "ok");
+    assert_eq!(d.probe("buyer", &["udp", "127.0.0.153", "53"]), "ok");
     assert!(resolver.received(), "the datagram to the resolver arrives");
     assert_eperm(
-        &probe(&d, &["udp", "127.0.0.153", &other.port().to_string()]),
+        &d.probe("buyer", &["udp", "127.0.0.153", &other.port().to_string()]),
         "the resolver on another port",
     );
     assert!(!other.received());
     assert_eperm(
-        &probe(&d, &["udp", "127.0.0.154", "53"]),
+        &d.probe("buyer", &["udp", "127.0.0.154", "53"]),
         "port 53 of an address that is no resolver",
     );
     let ev = d.wait_record("allowed datagram to the resolver", |r| {

@@ -2,12 +2,12 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use agentguard_tests::{Daemon, agentguard_bin, describe, net, privileged, stdout};
+use agentguard_tests::{Daemon, describe, net, privileged, stdout};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
@@ -19,10 +19,7 @@ fn policy(port: u16, throttle: &str) -> String {
 
 /// Starts `agentguard run --agent AGENT -- CMD...` in the background.
 fn spawn(d: &Daemon, agent: &str, cmd: &[&str]) -> Child {
-    Command::new(agentguard_bin())
-        .args(["run", "--agent", agent, "--"])
-        .args(cmd)
-        .env("AGENTGUARD_SOCKET", &d.socket)
+    d.run_command(agent, cmd)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"))

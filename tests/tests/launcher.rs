@@ -159,9 +159,8 @@ fn teardown_refuses_while_agents_run_unless_forced() {
         return;
     }
     let mut d = Daemon::start(POLICY);
-    let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
-        .args(["run", "--agent", "buyer", "--", PROBE, "sleep", "30"])
-        .env("AGENTGUARD_SOCKET", &d.socket)
+    let mut agent = d
+        .run_command("buyer", &[PROBE, "sleep", "30"])
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");

@@ -1,6 +1,6 @@
 //! The network allowlist, enforced by cgroup sock_addr programs on a real kernel.
 
-use agentguard_tests::{Daemon, describe, net, privileged, stdout};
+use agentguard_tests::{Daemon, assert_eperm, describe, net, privileged, stdout};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
@@ -41,25 +41,6 @@ impl Ports {
     }
 }
 
-fn probe(d: &Daemon, args: &[&str]) -> String {
-    let mut cmd = vec![PROBE];
-    cmd.extend_from_slice(args);
-    let out = d.run("buyer", &cmd);
-    let text = stdout(&out).trim().to_owned();
-    if text.is_empty() {
-        describe(&out)
-    } else {
-        text
-    }
-}
-
-fn assert_eperm(result: &str, what: &str) {
-    assert!(
-        result.starts_with("errno=1 "),
-        "{what}: expected EPERM, got {result:?}"
-    );
-}
-
 #[test]
 fn tcp_connects_are_allowed_or_refused_with_eperm() {
     if !privileged("tcp_connects_are_allowed_or_refused_with_eperm") {
@@ -68,21 +49,27 @@ fn tcp_connects_are_allowed_or_refused_with_eperm() {
     let p = Ports::new();
     let d = Daemon::start(&p.policy());
     assert_eq!(
-        probe(&d, &["tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]),
+        d.probe(
+            "buyer",
+            &["tcp", "127.0.0.1", &p.tcp4_ok.port().to_string()]
+        ),
         "ok",
         "allowed IPv4 TCP"
     );
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]),
+        &d.probe(
+            "buyer",
+            &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()],
+        ),
         "denied IPv4 TCP",
     );
     assert_eq!(
-        probe(&d, &["tcp", "::1", &p.tcp6_ok.port().to_string()]),
+        d.probe("buyer", &["tcp", "::1", &p.tcp6_ok.port().to_string()]),
         "ok",
         "allowed IPv6 TCP"
     );
     assert_eperm(
-        &probe(&d, &["tcp", "::1", &p.tcp6_no.port().to_string()]),
+        &d.probe("buyer", &["tcp", "::1", &p.tcp6_no.port().to_string()]),
         "denied IPv6 TCP",
     );
 }
@@ -95,26 +82,32 @@ fn unconnected_udp_sends_cannot_bypass_the_allowlist() {
     let p = Ports::new();
     let d = Daemon::start(&p.policy());
     assert_eq!(
-        probe(&d, &["udp", "127.0.0.1", &p.udp4_ok.port().to_string()]),
+        d.probe(
+            "buyer",
+            &["udp", "127.0.0.1", &p.udp4_ok.port().to_string()]
+        ),
         "ok"
     );
     assert!(p.udp4_ok.received(), "allowed datagram must arrive");
     assert_eperm(
-        &probe(&d, &["udp", "127.0.0.1", &p.udp4_no.port().to_string()]),
+        &d.probe(
+            "buyer",
+            &["udp", "127.0.0.1", &p.udp4_no.port().to_string()],
+        ),
         "denied IPv4 sendto",
     );
     assert!(!p.udp4_no.received(), "denied datagram must not arrive");
     assert_eq!(
-        probe(&d, &["udp", "::1", &p.udp6_ok.port().to_string()]),
+        d.probe("buyer", &["udp", "::1", &p.udp6_ok.port().to_string()]),
         "ok"
     );
     assert_eperm(
-        &probe(&d, &["udp", "::1", &p.udp6_no.port().to_string()]),
+        &d.probe("buyer", &["udp", "::1", &p.udp6_no.port().to_string()]),
         "denied IPv6 sendto",
     );
     assert_eperm(
-        &probe(
-            &d,
+        &d.probe(
+            "buyer",
             &["udp-connect", "127.0.0.1", &p.udp4_no.port().to_string()],
         ),
         "denied UDP connect",
@@ -131,23 +124,23 @@ fn ipv4_mapped_ipv6_is_judged_as_ipv4_on_both_paths() {
     let p = Ports::new();
     let d = Daemon::start(&p.policy());
     assert_eq!(
-        probe(
-            &d,
+        d.probe(
+            "buyer",
             &["tcp-mapped", "127.0.0.1", &p.tcp4_ok.port().to_string()]
         ),
         "ok",
         "mapped TCP to an allowed IPv4 destination"
     );
     assert_eperm(
-        &probe(
-            &d,
+        &d.probe(
+            "buyer",
             &["tcp-mapped", "127.0.0.1", &p.tcp4_no.port().to_string()],
         ),
         "mapped TCP to a denied IPv4 destination",
     );
     assert_eq!(
-        probe(
-            &d,
+        d.probe(
+            "buyer",
             &["udp-mapped", "127.0.0.1", &p.udp4_ok.port().to_string()]
         ),
         "ok",
@@ -155,8 +148,8 @@ fn ipv4_mapped_ipv6_is_judged_as_ipv4_on_both_paths() {
     );
     assert!(p.udp4_ok.received());
     assert_eperm(
-        &probe(
-            &d,
+        &d.probe(
+            "buyer",
             &["udp-mapped", "127.0.0.1", &p.udp4_no.port().to_string()],
         ),
         "mapped UDP to a denied IPv4 destination",
@@ -186,9 +179,12 @@ fn verdicts_are_logged_with_agent_instance_and_rule() {
     let d = Daemon::start(&p.policy());
     let ok_port = p.tcp4_ok.port();
     let no_port = p.tcp4_no.port();
-    assert_eq!(probe(&d, &["tcp", "127.0.0.1", &ok_port.to_string()]), "ok");
+    assert_eq!(
+        d.probe("buyer", &["tcp", "127.0.0.1", &ok_port.to_string()]),
+        "ok"
+    );
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.1", &no_port.to_string()]),
+        &d.probe("buyer", &["tcp", "127.0.0.1", &no_port.to_string()]),
         "denied",
     );
     let net = |r: &serde_json::Value, port: u16| {
@@ -242,9 +238,8 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     let p = Ports::new();
     let mut d = Daemon::start(&p.policy());
     // A long-lived agent started before the crash.
-    let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
-        .args(["run", "--agent", "buyer", "--", PROBE, "sleep", "30"])
-        .env("AGENTGUARD_SOCKET", &d.socket)
+    let mut agent = d
+        .run_command("buyer", &[PROBE, "sleep", "30"])
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
@@ -295,7 +290,10 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
         d.output()
     );
     assert_eperm(
-        &probe(&d, &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()]),
+        &d.probe(
+            "buyer",
+            &["tcp", "127.0.0.1", &p.tcp4_no.port().to_string()],
+        ),
         "after restart",
     );
     let _ = agent.kill();

@@ -43,20 +43,18 @@ fn apply_swaps_rules_atomically_under_load_and_a_bad_apply_changes_nothing() {
     let a = net::Tcp::listen("127.0.0.1");
     let b = net::Tcp::listen("127.0.0.1");
     let d = Daemon::start(&policy(a.port(), 0));
-    let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
-        .args([
-            "run",
-            "--agent",
+    let mut agent = d
+        .run_command(
             "buyer",
-            "--",
-            PROBE,
-            "tcp-pair",
-            "127.0.0.1",
-            &a.port().to_string(),
-            &b.port().to_string(),
-            "4000",
-        ])
-        .env("AGENTGUARD_SOCKET", &d.socket)
+            &[
+                PROBE,
+                "tcp-pair",
+                "127.0.0.1",
+                &a.port().to_string(),
+                &b.port().to_string(),
+                "4000",
+            ],
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));

@@ -305,45 +305,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use agentguard::audit::{
-        AuditLog, LogOptions,
-        record::{Action, Body, Target},
-    };
-    use agentguard_common::event::{EventKind, PROTO_TCP};
-
-    /// A network action; `i` varies agent, verdict and port.
-    fn action(i: u64) -> Body {
-        let verdict = if i.is_multiple_of(3) {
-            Verdict::Denied
-        } else {
-            Verdict::Allowed
-        };
-        Body::Action(Action {
-            kind: EventKind::Connect as u16,
-            verdict: verdict as u8,
-            backend: agentguard_common::verdict::Backend::CgroupSockAddr as u8,
-            agent: if i.is_multiple_of(2) {
-                "buyer".into()
-            } else {
-                "buyer/search".into()
-            },
-            instance: "buyer/1".into(),
-            cgroup_id: 4242,
-            pid: 1000,
-            tid: 1000,
-            uid: 1000,
-            comm: "python3".into(),
-            target: Target::Net {
-                addr: std::net::IpAddr::from([192, 0, 2, 1]),
-                port: 443 + u16::try_from(i % 5).unwrap_or(0),
-                protocol: PROTO_TCP,
-                name: Some("api.example.com".into()),
-            },
-            rule: Some("api.example.com:443".into()),
-            flags: 0,
-            generation: 1,
-        })
-    }
+    use agentguard::audit::{AuditLog, LogOptions, testutil::action};
 
     #[derive(Debug, Parser)]
     struct Cli {
