@@ -40,12 +40,13 @@ pub enum OffsetError {
 /// Reads every offset the programs need from `btf_path`.
 pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
     // Only a dozen lookups are needed: mapping the file beats parsing every type up front.
-    let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap).map_err(|source| {
-        OffsetError::Btf {
+    // Kernels before 6.15 cannot mmap their BTF file; parse it there.
+    let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file(btf_path))
+        .map_err(|source| OffsetError::Btf {
             path: btf_path.display().to_string(),
             source,
-        }
-    })?;
+        })?;
     let f = |s: &str, path: &[&str]| field_offset(&btf, s, path);
     Ok(KernelOffsets {
         binprm_file: f("linux_binprm", &["file"])?,
