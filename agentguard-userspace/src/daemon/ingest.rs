@@ -24,6 +24,9 @@ use crate::{
 /// How long an escalation waits for the kernel to report the instance frozen or empty.
 const ESCALATION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Records handled per lock of the state and the log.
+const BATCH: usize = 4096;
+
 /// Drains the ring buffer until shutdown, then once more.
 pub async fn run(
     shared: Arc<Shared>,
@@ -31,27 +34,27 @@ pub async fn run(
     mut shutdown: watch::Receiver<Option<bool>>,
 ) {
     loop {
-        let mut batch = Vec::new();
-        let stop = tokio::select! {
-            r = ring.drain(|e| batch.push(e)) => {
-                if let Err(e) = r {
+        tokio::select! {
+            r = ring.next_batch(BATCH) => match r {
+                Ok(batch) => process(&shared, batch),
+                Err(e) => {
                     tracing::error!(error = %e, "event ring buffer failed");
-                    true
-                } else {
-                    false
+                    break;
                 }
-            }
-            _ = shutdown.changed() => {
-                ring.drain_now(|e| batch.push(e));
-                true
-            }
-        };
-        process(&shared, batch);
+            },
+            _ = shutdown.changed() => break,
+        }
         check_lost(&shared);
-        if stop {
+    }
+    // Whatever the kernel produced before the stop still goes into the log.
+    loop {
+        let batch = ring.batch_now(BATCH);
+        if batch.is_empty() {
             break;
         }
+        process(&shared, batch);
     }
+    check_lost(&shared);
 }
 
 /// Periodic work: log durability and seals, drop accounting.

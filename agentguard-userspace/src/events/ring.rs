@@ -20,31 +20,39 @@ impl EventRing {
         Ok(Self { fd })
     }
 
-    /// Waits until events are available, then hands every available record to `sink` (decoded,
-    /// or the decode error for a record this daemon cannot read). Returns how many were read.
-    pub async fn drain(
+    /// Waits until events are available, then returns up to `max` of them (decoded, or the
+    /// decode error for a record this daemon cannot read). Bounded batches keep memory flat
+    /// when a burst has filled the ring buffer.
+    pub async fn next_batch(
         &mut self,
-        mut sink: impl FnMut(Result<KernelEvent, DecodeError>),
-    ) -> std::io::Result<usize> {
-        let mut guard = self.fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            sink(decode(&item));
-            n += 1;
+        max: usize,
+    ) -> std::io::Result<Vec<Result<KernelEvent, DecodeError>>> {
+        loop {
+            let mut guard = self.fd.readable_mut().await?;
+            let batch = read_up_to(guard.get_inner_mut(), max);
+            if batch.len() < max {
+                // Drained: wait for the kernel's next wake-up.
+                guard.clear_ready();
+            }
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
         }
-        guard.clear_ready();
-        Ok(n)
     }
 
-    /// Hands every record already in the buffer to `sink` without waiting.
-    pub fn drain_now(&mut self, mut sink: impl FnMut(Result<KernelEvent, DecodeError>)) -> usize {
-        let ring = self.fd.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            sink(decode(&item));
-            n += 1;
-        }
-        n
+    /// Up to `max` records already in the buffer, without waiting.
+    pub fn batch_now(&mut self, max: usize) -> Vec<Result<KernelEvent, DecodeError>> {
+        read_up_to(self.fd.get_mut(), max)
     }
+}
+
+fn read_up_to(ring: &mut RingBuf<MapData>, max: usize) -> Vec<Result<KernelEvent, DecodeError>> {
+    let mut out = Vec::with_capacity(max.min(1024));
+    while out.len() < max {
+        match ring.next() {
+            Some(item) => out.push(decode(&item)),
+            None => break,
+        }
+    }
+    out
 }
