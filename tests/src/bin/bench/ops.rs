@@ -1,0 +1,181 @@
+//! The measured loops. Each does a short warm-up (page cache, dentry cache, the daemon's first
+//! event for a new instance), then times `n` iterations with a monotonic clock.
+
+use std::{
+    ffi::CString,
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    fcntl::{OFlag, open as sys_open},
+    sys::{
+        socket::{
+            AddressFamily, MsgFlags, SockFlag, SockType, SockaddrStorage, connect as sock_connect,
+            sendto,
+            setsockopt, socket, sockopt,
+        },
+        stat::Mode,
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, fork},
+};
+use serde_json::{Value, json};
+
+/// What one loop measured.
+pub struct Measured {
+    op: &'static str,
+    n: u64,
+    elapsed: Duration,
+    errors: u64,
+    /// errno of the first failure, to tell a refusal (EPERM/EACCES) from a harness fault.
+    first_errno: Option<i32>,
+}
+
+impl Measured {
+    pub fn json(&self) -> Value {
+        let ns = self.elapsed.as_secs_f64() * 1e9;
+        json!({
+            "op": self.op,
+            "n": self.n,
+            "ns_per_op": if self.n == 0 { 0.0 } else { ns / self.n as f64 },
+            "errors": self.errors,
+            "first_errno": self.first_errno,
+        })
+    }
+}
+
+/// Iterations before timing starts: enough to warm caches, few enough not to matter.
+fn warm_up(n: u64) -> u64 {
+    (n / 10).clamp(1, 200)
+}
+
+/// Runs `once` `n` times after a warm-up, counting failures.
+fn timed(op: &'static str, n: u64, mut once: impl FnMut() -> Result<(), i32>) -> Measured {
+    for _ in 0..warm_up(n) {
+        let _ = once();
+    }
+    let mut errors = 0;
+    let mut first_errno = None;
+    let start = Instant::now();
+    for _ in 0..n {
+        if let Err(errno) = once() {
+            errors += 1;
+            first_errno.get_or_insert(errno);
+        }
+    }
+    Measured {
+        op,
+        n,
+        elapsed: start.elapsed(),
+        errors,
+        first_errno,
+    }
+}
+
+pub fn addr(text: &str) -> Result<SocketAddr> {
+    text.parse()
+        .with_context(|| format!("{text:?} is not ADDR:PORT"))
+}
+
+/// open(O_RDONLY) + close of `path`.
+pub fn open(path: &str, n: u64) -> Result<Measured> {
+    let path = CString::new(path).context("path with a NUL byte")?;
+    Ok(timed("open", n, || {
+        sys_open(path.as_c_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map(drop)
+            .map_err(|e| e as i32)
+    }))
+}
+
+fn family(a: &SocketAddr) -> AddressFamily {
+    if a.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+/// TCP socket + connect + close. The socket lingers 0 s so close sends a reset instead of
+/// leaving TIME_WAIT: tens of thousands of connects would otherwise exhaust the ephemeral
+/// ports within a run.
+fn connect_once(to: &SockaddrStorage, fam: AddressFamily) -> Result<(), i32> {
+    let fd = socket(fam, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| e as i32)?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(&fd, sockopt::Linger, &linger).map_err(|e| e as i32)?;
+    sock_connect(fd.as_raw_fd(), to).map_err(|e| e as i32)
+}
+
+/// TCP connect + close to `a`.
+pub fn connect(a: &SocketAddr, n: u64) -> Measured {
+    let to = SockaddrStorage::from(*a);
+    let fam = family(a);
+    timed("connect", n, || connect_once(&to, fam))
+}
+
+/// fork + exec of `path` (no arguments) + wait. std's `Command` is what agents' runtimes use
+/// too (posix_spawn, i.e. clone(CLONE_VFORK) + exec, where it can).
+pub fn exec(path: &str, n: u64) -> Measured {
+    timed("exec", n, || match Command::new(path).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(_) => Err(-1),
+        Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
+    })
+}
+
+/// `procs` processes each sending `n` datagrams to `a` from one unconnected socket (every send
+/// is judged, and logged when the agent logs allowed actions). Reports the sum.
+pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
+    if procs == 0 {
+        bail!("udp needs at least one process");
+    }
+    let start = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..procs {
+        // SAFETY: this process is single-threaded, so the child may do anything the parent
+        // could; it only sends datagrams and leaves with _exit.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                let errors = udp_sender(a, n);
+                // SAFETY: _exit ends the child without running the parent's atexit handlers or
+                // flushing its copy of stdout.
+                unsafe { libc::_exit(i32::from(errors > 0)) }
+            }
+            ForkResult::Parent { child } => children.push(child),
+        }
+    }
+    let mut failed = 0;
+    for child in children {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            _ => failed += 1,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let sends = n * procs;
+    Ok(json!({
+        "op": "udp",
+        "procs": procs,
+        "sends": sends,
+        "secs": secs,
+        "sends_per_s": sends as f64 / secs,
+        "failed_procs": failed,
+    }))
+}
+
+/// Sends `n` datagrams; returns how many failed.
+fn udp_sender(a: &SocketAddr, n: u64) -> u64 {
+    let Ok(fd) = socket(family(a), SockType::Datagram, SockFlag::SOCK_CLOEXEC, None) else {
+        return n;
+    };
+    let to = SockaddrStorage::from(*a);
+    (0..n)
+        .filter(|_| sendto(fd.as_raw_fd(), b"agentguard-bench", &to, MsgFlags::empty()).is_err())
+        .count() as u64
+}
