@@ -28,7 +28,8 @@ pub struct Run {
     pub send_secs: f64,
     /// Sends per second the generator achieved (events offered to the pipeline).
     pub offered_per_s: f64,
-    /// Log records the run added, less the instance's start and exit records.
+    /// Log records the run added, less the instance's start and exit and the generator's own
+    /// (allowed, logged) exec.
     pub logged: u64,
     /// Kernel drops during the run (`status` `lost_events`).
     pub lost: u64,
@@ -119,8 +120,8 @@ fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
     let (after, last_change) = settle::log_settled(env)?;
     let lost = lost_events(env)?.saturating_sub(lost_before);
     let drain_secs = last_change.duration_since(start).as_secs_f64();
-    // The instance's start and exit are records too.
-    let logged = after.saturating_sub(before).saturating_sub(2);
+    // The instance's start and exit are records too, and so is the exec of the generator.
+    let logged = after.saturating_sub(before).saturating_sub(3);
     Ok(Run {
         sends: v["sends"].as_u64().unwrap_or(0),
         send_secs: v["secs"].as_f64().unwrap_or(0.0),

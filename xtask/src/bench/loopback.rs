@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use nix::sys::socket::{Backlog, listen};
 
 pub struct Loopback {
     pub tcp: SocketAddr,
@@ -24,6 +25,12 @@ pub struct Loopback {
 impl Loopback {
     pub fn start() -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
+        // std listens with a backlog of 128: when the accept loop falls behind (two cores shared
+        // with the generator and the daemon), the queue overflows, SYNs are dropped and a
+        // connect stalls for the 1 s SYN retransmission timeout. A second listen() raises it
+        // (the kernel caps it at net.core.somaxconn).
+        listen(&listener, Backlog::new(65_535).unwrap_or(Backlog::MAXCONN))
+            .context("cannot raise the listen backlog")?;
         let tcp = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);

@@ -15,6 +15,10 @@ pub struct Machine {
     pub kernel: String,
     /// `agentguard doctor --json`'s `backends`.
     pub backends: Value,
+    /// /proc/loadavg's 1, 5 and 15 minute averages at the start: other work on the machine
+    /// disturbs every figure, and this says how much there was.
+    #[serde(default)]
+    pub load_at_start: String,
 }
 
 impl Machine {
@@ -43,6 +47,12 @@ impl Machine {
                 .trim()
                 .to_owned(),
             backends: doctor["backends"].clone(),
+            load_at_start: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         })
     }
 

@@ -66,7 +66,7 @@ pub struct Overhead {
     pub log_records: BTreeMap<String, Vec<u64>>,
     /// `policy apply` of the 10,000-rule policy, ms.
     pub apply_10k_ms: Vec<f64>,
-    /// Loops that had failing iterations: `config/op: N errors (errno E)`.
+    /// Loops that had failing or stalled iterations.
     pub failures: Vec<String>,
 }
 
@@ -192,8 +192,17 @@ impl Overhead {
         }
     }
 
-    /// Notes a loop whose iterations failed (every action here should be allowed).
+    /// Notes a loop whose iterations failed (every action here should be allowed) or stalled.
     fn check(&mut self, config: &str, op: &str, v: &Value) {
+        let stalls = v["stalls"].as_u64().unwrap_or(0);
+        if stalls > 0 {
+            let note = format!(
+                "{config}/{op}: {stalls} iterations took over 100 ms (slowest {:.0} ms)",
+                v["max_ns"].as_f64().unwrap_or(0.0) / 1e6
+            );
+            eprintln!("    warning: {note}");
+            self.failures.push(note);
+        }
         let errors = v["errors"].as_u64().unwrap_or(0);
         if errors > 0 {
             let note = format!(

@@ -56,7 +56,8 @@ impl Results {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "Machine: {} ({} cores, {:.0} GiB), kernel {}, backends: {}.  \n{} repetitions{}; \
+            "Machine: {} ({} cores, {:.0} GiB), kernel {}, backends: {}, load average at start \
+             {}.  \n{} repetitions{}; \
              each figure is the median, the spread (min–max, or p99) in brackets. Ratios are \
              per repetition against (a) of the same repetition.\n",
             m.cpu_model,
@@ -64,6 +65,7 @@ impl Results {
             m.memory_gib,
             m.kernel,
             m.backend_line(),
+            m.load_at_start,
             self.reps,
             if self.quick { " (--quick)" } else { "" }
         );
@@ -225,7 +227,7 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
         );
     }
     for f in &o.failures {
-        let _ = writeln!(s, "- failed iterations: {f}");
+        let _ = writeln!(s, "- {f}");
     }
     if !o.failures.is_empty() {
         s.push('\n');
@@ -367,11 +369,16 @@ fn freeze_table(s: &mut String, f: &Freeze) {
         "### Kill switch and policy latency ({reps} repetitions each; p99 of so few samples is \
          their maximum)\n"
     );
-    let _ = writeln!(s, "| what | median | p99 |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| what | median | p99 | the daemon's own figure (median) |\n|---|---|---|---|"
+    );
     for (n, fz) in &f.by_procs {
+        let daemon = Summary::of(&fz.daemon_ms)
+            .map_or_else(|| "n/a".into(), |d| format!("{:.0} ms", d.median));
         let _ = writeln!(
             s,
-            "| `freeze` request → `frozen 1`, instance of {} process{} | {} |",
+            "| `freeze` request → `frozen 1`, instance of {} process{} | {} | {daemon} |",
             thousands(*n as f64),
             if *n == 1 { "" } else { "es" },
             ms_cells(&fz.request_to_frozen_ms)
@@ -379,12 +386,12 @@ fn freeze_table(s: &mut String, f: &Freeze) {
     }
     let _ = writeln!(
         s,
-        "| `policy apply` of 10,000 rules (request → reply) | {} |",
+        "| `policy apply` of 10,000 rules (request → reply) | {} | |",
         ms_cells(&f.apply_10k_ms)
     );
     let _ = writeln!(
         s,
-        "| budget breach (`on_exceed = \"freeze\"`) → `frozen 1` | {} |\n",
+        "| budget breach (`on_exceed = \"freeze\"`) → `frozen 1` | {} | |\n",
         ms_cells(&f.breach_to_frozen_ms)
     );
 }

@@ -33,7 +33,15 @@ pub struct Measured {
     errors: u64,
     /// errno of the first failure, to tell a refusal (EPERM/EACCES) from a harness fault.
     first_errno: Option<i32>,
+    /// The slowest iteration, when iterations are timed one by one.
+    max: Option<Duration>,
+    /// Iterations slower than [`STALL`]: a mean hiding a few of those measures the stalls.
+    stalls: u64,
 }
+
+/// An iteration this slow is a stall (a dropped SYN waits 1 s for its retransmission), not
+/// overhead.
+const STALL: Duration = Duration::from_millis(100);
 
 impl Measured {
     pub fn json(&self) -> Value {
@@ -44,6 +52,8 @@ impl Measured {
             "ns_per_op": if self.n == 0 { 0.0 } else { ns / self.n as f64 },
             "errors": self.errors,
             "first_errno": self.first_errno,
+            "max_ns": self.max.map(|d| d.as_nanos()),
+            "stalls": self.stalls,
         })
     }
 }
@@ -53,18 +63,33 @@ fn warm_up(n: u64) -> u64 {
     (n / 10).clamp(1, 200)
 }
 
-/// Runs `once` `n` times after a warm-up, counting failures.
-fn timed(op: &'static str, n: u64, mut once: impl FnMut() -> Result<(), i32>) -> Measured {
+/// Runs `once` `n` times after a warm-up, counting failures. With `each`, every iteration is
+/// timed too (for the slowest one and the stalls); left off for the fastest operations, where
+/// two clock reads per iteration would be a noticeable part of what is measured.
+fn timed(
+    op: &'static str,
+    n: u64,
+    each: bool,
+    mut once: impl FnMut() -> Result<(), i32>,
+) -> Measured {
     for _ in 0..warm_up(n) {
         let _ = once();
     }
     let mut errors = 0;
     let mut first_errno = None;
+    let mut max = None::<Duration>;
+    let mut stalls = 0;
     let start = Instant::now();
     for _ in 0..n {
+        let t = each.then(Instant::now);
         if let Err(errno) = once() {
             errors += 1;
             first_errno.get_or_insert(errno);
+        }
+        if let Some(t) = t {
+            let took = t.elapsed();
+            stalls += u64::from(took >= STALL);
+            max = Some(max.map_or(took, |m| m.max(took)));
         }
     }
     Measured {
@@ -73,6 +98,8 @@ fn timed(op: &'static str, n: u64, mut once: impl FnMut() -> Result<(), i32>) ->
         elapsed: start.elapsed(),
         errors,
         first_errno,
+        max,
+        stalls,
     }
 }
 
@@ -84,7 +111,7 @@ pub fn addr(text: &str) -> Result<SocketAddr> {
 /// open(O_RDONLY) + close of `path`.
 pub fn open(path: &str, n: u64) -> Result<Measured> {
     let path = CString::new(path).context("path with a NUL byte")?;
-    Ok(timed("open", n, || {
+    Ok(timed("open", n, false, || {
         sys_open(path.as_c_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .map(drop)
             .map_err(|e| e as i32)
@@ -116,13 +143,13 @@ fn connect_once(to: &SockaddrStorage, fam: AddressFamily) -> Result<(), i32> {
 pub fn connect(a: &SocketAddr, n: u64) -> Measured {
     let to = SockaddrStorage::from(*a);
     let fam = family(a);
-    timed("connect", n, || connect_once(&to, fam))
+    timed("connect", n, true, || connect_once(&to, fam))
 }
 
 /// fork + exec of `path` (no arguments) + wait. std's `Command` is what agents' runtimes use
 /// too (posix_spawn, i.e. clone(CLONE_VFORK) + exec, where it can).
 pub fn exec(path: &str, n: u64) -> Measured {
-    timed("exec", n, || match Command::new(path).status() {
+    timed("exec", n, true, || match Command::new(path).status() {
         Ok(s) if s.success() => Ok(()),
         Ok(_) => Err(-1),
         Err(e) => Err(e.raw_os_error().unwrap_or(-1)),
