@@ -57,8 +57,12 @@ impl Iterations {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Overhead {
     pub iterations: Option<Iterations>,
-    /// config -> op -> ns/op.
+    /// config -> op -> ns/op: the generator's median batch (single operations for connect and
+    /// exec, 100 for open), robust to the preemptions a shared two-core machine brings.
     pub ns_per_op: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    /// config -> op -> the plain mean over the whole loop, interruptions included.
+    #[serde(default)]
+    pub mean_ns_per_op: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
     /// connect rules -> connect ns/op as an agent with logging on.
     pub connect_by_rules: BTreeMap<usize, Vec<f64>>,
     /// config -> log records written while the suite ran (`agent_nolog` must write only the
@@ -181,13 +185,17 @@ impl Overhead {
     fn record(&mut self, config: &str, suite: &Value) {
         for op in OPS {
             self.check(config, op, &suite[op]);
-            if let Some(ns) = suite[op]["ns_per_op"].as_f64() {
-                self.ns_per_op
-                    .entry(config.to_owned())
-                    .or_default()
-                    .entry(op.to_owned())
-                    .or_default()
-                    .push(ns);
+            for (key, map) in [
+                ("ns_per_op", &mut self.ns_per_op),
+                ("mean_ns_per_op", &mut self.mean_ns_per_op),
+            ] {
+                if let Some(ns) = suite[op][key].as_f64() {
+                    map.entry(config.to_owned())
+                        .or_default()
+                        .entry(op.to_owned())
+                        .or_default()
+                        .push(ns);
+                }
             }
         }
     }

@@ -175,7 +175,12 @@ fn ratio_cell(s: Option<Summary>) -> String {
 
 fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
     let what = if absolute { "ns/op and ratio to (a)" } else { "ratio to (a)" };
-    let _ = writeln!(s, "### Syscall overhead ({what})\n");
+    let _ = writeln!(
+        s,
+        "### Syscall overhead ({what})\n\nPer run, the median operation (connect, exec) or \
+         100-operation batch (open), so that preemptions by other work do not count; the plain \
+         means are in the JSON.\n"
+    );
     let _ = writeln!(s, "| operation | {} |", LABELS.join(" | "));
     let _ = writeln!(s, "|---|{}", "---|".repeat(LABELS.len()));
     for op in OPS {
