@@ -105,17 +105,17 @@ pub fn run(args: &Args) -> Result<()> {
     eprintln!("    backends: {}", results.machine.backend_line());
     if args.runs(Part::Overhead) {
         let iters = Iterations::new(args.quick);
-        results.overhead = Some(retried("syscall overhead", || {
+        results.overhead = Some(retried(&env, "syscall overhead", || {
             overhead::measure(&env, &net, iters, args.reps())
         })?);
     }
     if args.runs(Part::Events) {
-        results.events = Some(retried("event pipeline", || {
+        results.events = Some(retried(&env, "event pipeline", || {
             events::measure(&env, &net, args.quick, args.reps())
         })?);
     }
     if args.runs(Part::Freeze) {
-        results.freeze = Some(retried("freeze and policy latency", || {
+        results.freeze = Some(retried(&env, "freeze and policy latency", || {
             freeze::measure(&env, &net, args.latency_reps())
         })?);
     }
@@ -131,15 +131,33 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// Runs a part, once more if it fails (another user of this kernel's agentguard state may have
-/// torn ours down).
-fn retried<T>(what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+/// torn ours down), keeping the failed attempt's log and daemon output for a post-mortem.
+fn retried<T>(env: &Env, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     cmd::step(what, || match f() {
         Ok(v) => Ok(v),
         Err(e) => {
             eprintln!("    {what} failed ({e:#}); retrying once");
+            keep_evidence(env);
             f()
         }
     })
+}
+
+/// Moves the state directory (the log) and the daemon's output to `target/bench/failed-<unix
+/// time>/` (best effort: evidence, not a result).
+fn keep_evidence(env: &Env) {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = workspace::target_dir()
+        .join("bench")
+        .join(format!("failed-{stamp}"));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let _ = std::fs::rename(&env.state, dir.join("state"));
+    let _ = std::fs::rename(env.work.join("daemon.log"), dir.join("daemon.log"));
+    eprintln!("    the failed attempt's log and daemon output: {}", dir.display());
 }
 
 /// `target/bench/results.json`: every sample, the summaries the tables show, the machine.
