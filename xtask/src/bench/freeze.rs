@@ -150,10 +150,13 @@ fn breach(env: &Env, net: &Loopback) -> Result<f64> {
         // report reaches us through the pipe.
         let watcher = std::thread::spawn(move || events.wait_frozen(FROZEN_TIMEOUT));
         running.go()?;
-        let refused = running.next_json()?;
         let frozen = watcher
             .join()
             .map_err(|_| anyhow::anyhow!("the cgroup watcher panicked"))??;
+        // The freeze may have caught the generator between the refusal and its report: thaw
+        // it so the report comes out.
+        cmd::output(&mut env.ag(&["thaw", &inst.name]))?;
+        let refused = running.next_json()?;
         let at = refused["refused_at_ns"]
             .as_i64()
             .with_context(|| format!("the budget never refused a connect: {refused}"))?;
