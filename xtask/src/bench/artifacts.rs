@@ -65,7 +65,10 @@ impl Artifacts {
     pub fn check(&self) -> Result<()> {
         for path in [&self.agentguard, &self.generator, &self.audit_throughput] {
             if !path.is_file() {
-                bail!("{} does not exist; run `cargo xtask bench` on the host first", path.display());
+                bail!(
+                    "{} does not exist; run `cargo xtask bench` on the host first",
+                    path.display()
+                );
             }
         }
         Ok(())

@@ -24,7 +24,11 @@ fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     mounts
         .lines()
-        .find(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup2 "))
+        })
         .and_then(|l| l.split(' ').nth(4))
         .map_or_else(|| PathBuf::from("/sys/fs/cgroup"), PathBuf::from)
 }
@@ -50,8 +54,7 @@ impl Instance {
 
     /// Processes in the instance (not in sub-agent cgroups).
     pub fn procs(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map_or(0, |s| s.lines().count())
+        std::fs::read_to_string(self.dir.join("cgroup.procs")).map_or(0, |s| s.lines().count())
     }
 
     /// Waits until the instance holds `n` processes.
@@ -59,7 +62,11 @@ impl Instance {
         let start = Instant::now();
         while self.procs() < n {
             if start.elapsed() > timeout {
-                bail!("{} holds {} processes, not {n}, after {timeout:?}", self.name, self.procs());
+                bail!(
+                    "{} holds {} processes, not {n}, after {timeout:?}",
+                    self.name,
+                    self.procs()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -33,7 +33,8 @@ impl Env {
     /// A fresh `work` directory.
     pub fn new(art: Artifacts, work: PathBuf) -> Result<Self> {
         if work.exists() {
-            fs::remove_dir_all(&work).with_context(|| format!("cannot remove {}", work.display()))?;
+            fs::remove_dir_all(&work)
+                .with_context(|| format!("cannot remove {}", work.display()))?;
         }
         fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
         Ok(Self {
@@ -138,7 +139,10 @@ impl<'a> Daemon<'a> {
                 );
             }
             if start.elapsed() > READY_TIMEOUT {
-                bail!("the daemon did not answer within {READY_TIMEOUT:?}; see {}", log_path.display());
+                bail!(
+                    "the daemon did not answer within {READY_TIMEOUT:?}; see {}",
+                    log_path.display()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }

@@ -49,7 +49,12 @@ pub fn measure(env: &Env, net: &Loopback, reps: usize) -> Result<Freeze> {
             connect_rules: 10_000,
             log_allowed,
         };
-        format!("{}\n{}\n{}", bench.table(), policy::hold(), policy::burst(net.tcp))
+        format!(
+            "{}\n{}\n{}",
+            bench.table(),
+            policy::hold(),
+            policy::burst(net.tcp)
+        )
     };
     // Two policies that differ, so that every apply really changes something.
     let policies = [

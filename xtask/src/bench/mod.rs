@@ -31,8 +31,8 @@ use std::{path::PathBuf, time::SystemTime};
 use anyhow::{Context as _, Result, bail};
 
 use self::{
-    artifacts::Artifacts, daemon::Env, loopback::Loopback, machine::Machine,
-    overhead::Iterations, report::Results,
+    artifacts::Artifacts, daemon::Env, loopback::Loopback, machine::Machine, overhead::Iterations,
+    report::Results,
 };
 use crate::{cmd, workspace};
 
@@ -157,7 +157,10 @@ fn keep_evidence(env: &Env) {
     }
     let _ = std::fs::rename(&env.state, dir.join("state"));
     let _ = std::fs::rename(env.work.join("daemon.log"), dir.join("daemon.log"));
-    eprintln!("    the failed attempt's log and daemon output: {}", dir.display());
+    eprintln!(
+        "    the failed attempt's log and daemon output: {}",
+        dir.display()
+    );
 }
 
 /// `target/bench/results.json`: every sample, the summaries the tables show, the machine.

@@ -215,8 +215,7 @@ impl Overhead {
         if errors > 0 {
             let note = format!(
                 "{config}/{op}: {errors} of {} iterations failed (first errno {})",
-                v["n"],
-                v["first_errno"]
+                v["n"], v["first_errno"]
             );
             eprintln!("    warning: {note}");
             self.failures.push(note);

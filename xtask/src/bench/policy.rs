@@ -43,7 +43,10 @@ impl Bench<'_> {
     pub fn table(&self) -> String {
         let mut connect = vec![host_rule(self.tcp), host_rule(self.udp)];
         connect.extend((0..self.connect_rules.saturating_sub(2)).map(filler));
-        let mut s = format!("[agents.{BENCH}]\nlog_allowed = {}\nconnect = [\n", self.log_allowed);
+        let mut s = format!(
+            "[agents.{BENCH}]\nlog_allowed = {}\nconnect = [\n",
+            self.log_allowed
+        );
         for rule in connect {
             let _ = writeln!(s, "    \"{rule}\",");
         }

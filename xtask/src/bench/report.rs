@@ -162,7 +162,14 @@ fn thousands(x: f64) -> String {
 fn ns_cell(s: Option<Summary>) -> String {
     s.map_or_else(
         || "n/a".into(),
-        |s| format!("{} ns ({}–{})", thousands(s.median), thousands(s.min), thousands(s.max)),
+        |s| {
+            format!(
+                "{} ns ({}–{})",
+                thousands(s.median),
+                thousands(s.min),
+                thousands(s.max)
+            )
+        },
     )
 }
 
@@ -174,7 +181,11 @@ fn ratio_cell(s: Option<Summary>) -> String {
 }
 
 fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
-    let what = if absolute { "ns/op and ratio to (a)" } else { "ratio to (a)" };
+    let what = if absolute {
+        "ns/op and ratio to (a)"
+    } else {
+        "ratio to (a)"
+    };
     let _ = writeln!(
         s,
         "### Syscall overhead ({what})\n\nPer run, the median operation (connect, exec) or \
@@ -237,12 +248,22 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
     if !o.failures.is_empty() {
         s.push('\n');
     }
-    let _ = writeln!(s, "### Connect as an agent (log on) by number of connect rules\n");
-    let _ = writeln!(s, "| connect rules | {} |", if absolute { "ns/op" } else { "—" });
+    let _ = writeln!(
+        s,
+        "### Connect as an agent (log on) by number of connect rules\n"
+    );
+    let _ = writeln!(
+        s,
+        "| connect rules | {} |",
+        if absolute { "ns/op" } else { "—" }
+    );
     let _ = writeln!(s, "|---|---|");
     let base = samples(o, CONFIGS[0], "connect");
     for rules in RULE_COUNTS {
-        let ns = o.connect_by_rules.get(&rules).map_or(&[][..], Vec::as_slice);
+        let ns = o
+            .connect_by_rules
+            .get(&rules)
+            .map_or(&[][..], Vec::as_slice);
         let ratio = ratio_cell(Summary::of(&ratios(ns, base)));
         let cell = if absolute {
             format!("{}<br>{ratio}", ns_cell(Summary::of(ns)))
@@ -289,7 +310,14 @@ fn events_summary(e: &Events) -> Value {
 fn rate_cell(s: Option<Summary>) -> String {
     s.map_or_else(
         || "n/a".into(),
-        |s| format!("{} ({}–{})", thousands(s.median), thousands(s.min), thousands(s.max)),
+        |s| {
+            format!(
+                "{} ({}–{})",
+                thousands(s.median),
+                thousands(s.min),
+                thousands(s.max)
+            )
+        },
     )
 }
 
@@ -306,14 +334,26 @@ fn events_table(s: &mut String, e: &Events) {
         e.procs
     );
     let _ = writeln!(s, "| measure | value |\n|---|---|");
-    let _ = writeln!(s, "| sends/s offered | {} |", rate_cell(f(|r| r.offered_per_s)));
+    let _ = writeln!(
+        s,
+        "| sends/s offered | {} |",
+        rate_cell(f(|r| r.offered_per_s))
+    );
     let _ = writeln!(
         s,
         "| events/s into the log (until the log stopped growing) | {} |",
         rate_cell(f(|r| r.logged_per_s))
     );
-    let _ = writeln!(s, "| events logged per run | {} |", rate_cell(f(|r| r.logged as f64)));
-    let _ = writeln!(s, "| events lost per run (`lost_events`) | {} |", rate_cell(f(|r| r.lost as f64)));
+    let _ = writeln!(
+        s,
+        "| events logged per run | {} |",
+        rate_cell(f(|r| r.logged as f64))
+    );
+    let _ = writeln!(
+        s,
+        "| events lost per run (`lost_events`) | {} |",
+        rate_cell(f(|r| r.lost as f64))
+    );
     let _ = writeln!(
         s,
         "| daemon RSS idle → peak (VmHWM) | {:.1} MiB → {:.1} MiB |",
@@ -336,7 +376,11 @@ fn events_table(s: &mut String, e: &Events) {
         thousands(n as f64),
         w(false)
     );
-    let _ = writeln!(s, "| log writer alone, sealed log, records/s | {} |\n", w(true));
+    let _ = writeln!(
+        s,
+        "| log writer alone, sealed log, records/s | {} |\n",
+        w(true)
+    );
 }
 
 fn freeze_summary(f: &Freeze) -> Value {

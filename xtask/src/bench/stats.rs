@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn median_and_spread() {
         let s = Summary::of(&[5.0, 1.0, 3.0]).unwrap_or_default();
-        assert_eq!((s.median, s.min, s.max, s.p99, s.samples), (3.0, 1.0, 5.0, 5.0, 3));
+        assert_eq!(
+            (s.median, s.min, s.max, s.p99, s.samples),
+            (3.0, 1.0, 5.0, 5.0, 3)
+        );
         let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]).unwrap_or_default();
         assert_eq!(s.median, 2.5);
         assert!(Summary::of(&[]).is_none());

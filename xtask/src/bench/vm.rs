@@ -40,7 +40,12 @@ pub fn host(reps: usize) -> Result<Guest> {
     set_executable(&script)?;
     cmd::run(
         Command::new(std::env::current_exe()?)
-            .args(["vm-test", "--timeout-secs", &VM_TIMEOUT_SECS.to_string(), "--test-exe"])
+            .args([
+                "vm-test",
+                "--timeout-secs",
+                &VM_TIMEOUT_SECS.to_string(),
+                "--test-exe",
+            ])
             .arg(&script),
     )?;
     let text = std::fs::read_to_string(&out)

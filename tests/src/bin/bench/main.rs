@@ -40,7 +40,15 @@ fn run(args: &[&str]) -> Result<Value> {
         ["exec", path, n] => Ok(ops::exec(path, count(n)?).json()),
         ["udp", addr, n] => ops::udp(&ops::addr(addr)?, count(n)?, 1),
         ["udp", addr, n, procs] => ops::udp(&ops::addr(addr)?, count(n)?, count(procs)?),
-        ["suite", open_path, connect_addr, exec_path, n_open, n_connect, n_exec] => {
+        [
+            "suite",
+            open_path,
+            connect_addr,
+            exec_path,
+            n_open,
+            n_connect,
+            n_exec,
+        ] => {
             // One process for the three loops: a third of the `agentguard run` start-ups, and
             // the three figures of one configuration come from the same instance.
             let connect_addr = ops::addr(connect_addr)?;

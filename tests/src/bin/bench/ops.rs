@@ -15,8 +15,7 @@ use nix::{
     sys::{
         socket::{
             AddressFamily, MsgFlags, SockFlag, SockType, SockaddrStorage, connect as sock_connect,
-            sendto,
-            setsockopt, socket, sockopt,
+            sendto, setsockopt, socket, sockopt,
         },
         stat::Mode,
         wait::{WaitStatus, waitpid},
@@ -131,9 +130,13 @@ pub fn addr(text: &str) -> Result<SocketAddr> {
 pub fn open(path: &str, n: u64) -> Result<Measured> {
     let path = CString::new(path).context("path with a NUL byte")?;
     Ok(timed("open", n, 100, || {
-        sys_open(path.as_c_str(), OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-            .map(drop)
-            .map_err(|e| e as i32)
+        sys_open(
+            path.as_c_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(drop)
+        .map_err(|e| e as i32)
     }))
 }
 
