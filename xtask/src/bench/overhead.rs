@@ -6,7 +6,8 @@
 //! - (c) `agent_log`: the generator an agent instance, every action allowed and logged;
 //! - (d) `agent_nolog`: the same with the agent's `log_allowed = false`.
 //!
-//! Then connect as an agent with 10, 1,000 and 10,000 connect rules (one matches).
+//! Then connect as an agent with 10, 1,000 and 10,000 connect rules (one matches), with
+//! logging on and off.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -65,6 +66,9 @@ pub struct Overhead {
     pub mean_ns_per_op: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
     /// connect rules -> connect ns/op as an agent with logging on.
     pub connect_by_rules: BTreeMap<usize, Vec<f64>>,
+    /// The same with logging off.
+    #[serde(default)]
+    pub connect_by_rules_nolog: BTreeMap<usize, Vec<f64>>,
     /// config -> log records written while the suite ran (`agent_nolog` must write only the
     /// instance's start and exit: that is the check that `log_allowed = false` works).
     pub log_records: BTreeMap<String, Vec<u64>>,
@@ -162,17 +166,28 @@ fn repetition(s: &Setup<'_>, out: &mut Overhead) -> Result<()> {
     }
 
     for rules in RULE_COUNTS {
-        let policy = s.policy(&format!("bench-{rules}-rules"), rules, true)?;
-        let took = env.apply(&policy)?;
-        if rules == 10_000 {
-            out.apply_10k_ms.push(took.as_secs_f64() * 1e3);
-        }
-        let tcp = s.net.tcp.to_string();
-        let n = s.iters.connect.to_string();
-        let v = generator::run(env, As::Agent(BENCH), &["connect", &tcp, &n])?;
-        out.check(&format!("rules-{rules}"), "connect", &v);
-        if let Some(ns) = v["ns_per_op"].as_f64() {
-            out.connect_by_rules.entry(rules).or_default().push(ns);
+        // With logging off too: the lookup's cost alone, without the event's.
+        for log_allowed in [true, false] {
+            let name = format!(
+                "bench-{rules}-rules-{}",
+                if log_allowed { "log" } else { "nolog" }
+            );
+            let took = env.apply(&s.policy(&name, rules, log_allowed)?)?;
+            if rules == 10_000 {
+                out.apply_10k_ms.push(took.as_secs_f64() * 1e3);
+            }
+            let tcp = s.net.tcp.to_string();
+            let n = s.iters.connect.to_string();
+            let v = generator::run(env, As::Agent(BENCH), &["connect", &tcp, &n])?;
+            out.check(&name, "connect", &v);
+            let series = if log_allowed {
+                &mut out.connect_by_rules
+            } else {
+                &mut out.connect_by_rules_nolog
+            };
+            if let Some(ns) = v["ns_per_op"].as_f64() {
+                series.entry(rules).or_default().push(ns);
+            }
         }
     }
     daemon.check_alive()?;

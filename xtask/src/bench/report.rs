@@ -118,16 +118,20 @@ fn overhead_summary(o: &Overhead) -> Value {
         ops.insert(op.to_owned(), Value::Object(configs));
     }
     let base = samples(o, CONFIGS[0], "connect");
-    let rules: serde_json::Map<String, Value> = o
-        .connect_by_rules
-        .iter()
-        .map(|(rules, ns)| {
-            (
-                rules.to_string(),
-                json!({ "ns_per_op": Summary::of(ns), "ratio": Summary::of(&ratios(ns, base)) }),
-            )
-        })
-        .collect();
+    let by_rules = |series: &std::collections::BTreeMap<usize, Vec<f64>>| {
+        series
+            .iter()
+            .map(|(rules, ns)| {
+                (
+                    rules.to_string(),
+                    json!({
+                        "ns_per_op": Summary::of(ns),
+                        "ratio": Summary::of(&ratios(ns, base)),
+                    }),
+                )
+            })
+            .collect::<serde_json::Map<String, Value>>()
+    };
     let log_records: serde_json::Map<String, Value> = o
         .log_records
         .iter()
@@ -138,7 +142,8 @@ fn overhead_summary(o: &Overhead) -> Value {
         .collect();
     json!({
         "ops": ops,
-        "connect_by_rules": rules,
+        "connect_by_rules": by_rules(&o.connect_by_rules),
+        "connect_by_rules_nolog": by_rules(&o.connect_by_rules_nolog),
         "log_records_per_run": log_records,
         "apply_10k_ms": Summary::of(&o.apply_10k_ms),
         "failures": o.failures,
@@ -256,27 +261,27 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
     }
     let _ = writeln!(
         s,
-        "### Connect as an agent (log on) by number of connect rules\n"
+        "### Connect as an agent by number of connect rules (one matches)\n\n\
+         | connect rules | log on | log off |\n|---|---|---|"
     );
-    let _ = writeln!(
-        s,
-        "| connect rules | {} |",
-        if absolute { "ns/op" } else { "—" }
-    );
-    let _ = writeln!(s, "|---|---|");
     let base = samples(o, CONFIGS[0], "connect");
-    for rules in RULE_COUNTS {
-        let ns = o
-            .connect_by_rules
-            .get(&rules)
-            .map_or(&[][..], Vec::as_slice);
+    let cell = |series: &std::collections::BTreeMap<usize, Vec<f64>>, rules: usize| {
+        let ns = series.get(&rules).map_or(&[][..], Vec::as_slice);
         let ratio = ratio_cell(Summary::of(&ratios(ns, base)));
-        let cell = if absolute {
+        if absolute {
             format!("{}<br>{ratio}", ns_cell(Summary::of(ns)))
         } else {
             ratio
-        };
-        let _ = writeln!(s, "| {} | {cell} |", thousands(rules as f64));
+        }
+    };
+    for rules in RULE_COUNTS {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            thousands(rules as f64),
+            cell(&o.connect_by_rules, rules),
+            cell(&o.connect_by_rules_nolog, rules)
+        );
     }
     if absolute && let Some(a) = Summary::of(&o.apply_10k_ms) {
         let _ = writeln!(
@@ -355,10 +360,12 @@ fn events_table(s: &mut String, e: &Events) {
         "| events logged per run | {} |",
         rate_cell(f(|r| r.logged as f64))
     );
+    let lost_share = f(|r| r.lost as f64 / r.sends.max(1) as f64).map_or(0.0, |l| l.median);
     let _ = writeln!(
         s,
-        "| events lost per run (`lost_events`) | {} |",
-        rate_cell(f(|r| r.lost as f64))
+        "| events lost per run (`lost_events`) | {}, {:.0} % of the sends |",
+        rate_cell(f(|r| r.lost as f64)),
+        lost_share * 100.0
     );
     let _ = writeln!(
         s,
