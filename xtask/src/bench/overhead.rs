@@ -220,7 +220,8 @@ impl Overhead {
         let stalls = v["stalls"].as_u64().unwrap_or(0);
         if stalls > 0 {
             let note = format!(
-                "{config}/{op}: {stalls} iterations took over 100 ms (slowest {:.0} ms)",
+                "{config}/{op}: {stalls} iteration{} took over 100 ms (slowest {:.0} ms)",
+                if stalls == 1 { "" } else { "s" },
                 v["max_ns"].as_f64().unwrap_or(0.0) / 1e6
             );
             eprintln!("    warning: {note}");
