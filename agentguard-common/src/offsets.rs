@@ -38,6 +38,8 @@ pub struct KernelOffsets {
     pub dentry_inode: u32,
     /// `struct linux_binprm::buf` (the first bytes of the file being executed).
     pub binprm_buf: u32,
+    /// `struct file::f_flags` (open flags; `__FMODE_EXEC` marks an exec's open).
+    pub file_flags: u32,
     /// `struct task_struct::tgid`.
     pub task_tgid: u32,
     /// `struct task_struct::cgroups` (the task's `css_set`).
@@ -48,7 +50,17 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     /// `struct kernfs_node::id` (the cgroup id).
     pub kernfs_node_id: u32,
+    /// `struct path::mnt`.
+    pub path_mnt: u32,
+    /// `struct mount::mnt` (the `vfsmount` embedded in a `struct mount`).
+    pub mount_mnt: u32,
+    /// `struct mount::mnt_ns`.
+    pub mount_mnt_ns: u32,
+    /// `struct task_struct::nsproxy`.
+    pub task_nsproxy: u32,
+    /// `struct nsproxy::mnt_ns`.
+    pub nsproxy_mnt_ns: u32,
     /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
     pub valid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 68);
+const _: () = assert!(size_of::<KernelOffsets>() == 92);

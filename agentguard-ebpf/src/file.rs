@@ -41,6 +41,9 @@ const EPERM: i32 = 1;
 const FMODE_READ: u32 = 1 << 0;
 const FMODE_WRITE: u32 = 1 << 1;
 const FMODE_EXEC: u32 = 1 << 5;
+const FMODE_CREATED: u32 = 1 << 20;
+/// `__FMODE_EXEC` as an open flag (`f_flags`), set by execve's open of the binary.
+const O_FMODE_EXEC: u32 = 0x20;
 
 /// Room to assemble a path: a directory of up to [`PATH_KEY_LEN`] bytes plus a name of up to
 /// as many again, so every write the verifier sees stays in bounds.
@@ -81,24 +84,44 @@ fn try_file_open(file: *const u8) -> bool {
         return true;
     };
     let mode: u32 = kernel::read(file, o.file_mode).unwrap_or(0);
-    // The exec of a binary or its interpreter: bprm_check_security judges those.
-    if mode & FMODE_EXEC != 0 {
+    let flags: u32 = kernel::read(file, o.file_flags).unwrap_or(0);
+    // The exec of a binary or its interpreter: bprm_check_security judges those. Depending on
+    // the kernel, FMODE_EXEC reaches f_mode only after this hook; the open flag is always set.
+    if mode & FMODE_EXEC != 0 || flags & O_FMODE_EXEC != 0 {
         return true;
     }
+    // A kernel-internal open (an overlayfs layer's backing file, a file on an internal mount)
+    // of a file the agent already opened through a path it can see, which was judged.
+    if !kernel::in_own_mount_ns(&o, file.wrapping_add(o.file_path as usize)) {
+        return true;
+    }
+    // A file this open created was written into its directory: that needs write access.
+    let created = mode & FMODE_CREATED != 0;
     let mut access = 0;
     if mode & FMODE_READ != 0 {
         access |= ACCESS_READ;
     }
-    if mode & FMODE_WRITE != 0 {
+    if mode & FMODE_WRITE != 0 || created {
         access |= ACCESS_WRITE;
     }
     if subject.flags() & AGENT_FILE_RULES == 0 {
-        // No file rules: only the open budget applies, and nothing is logged.
+        // No file rules: only the open budget applies; only its breaches are logged (the daemon
+        // escalates them), without the path, which nothing here needed to render.
         let (j, _) = verdict::finish(
             &subject,
             Some(ThrottleKind::Open),
             Judgement::allow(NO_RULE),
         );
+        if j.verdict != Verdict::Allowed {
+            let info = FileInfo {
+                kind: EventKind::FileOpen,
+                op: FileOp::Open,
+                access,
+                len: usize::MAX,
+                target_pid: 0,
+            };
+            emit_file(&subject, &j, &info);
+        }
         return j.permits();
     }
     let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
@@ -351,16 +374,16 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         (*ev)._pad = 0;
         (*ev).target_pid = target_pid;
         (*ev).path[0] = 0;
-        if len < PATH_KEY_LEN {
-            if let Some(s) = SCRATCH.get_ptr_mut(0) {
-                let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
-                bpf_probe_read_kernel(
-                    (*ev).path.as_mut_ptr().cast(),
-                    PATH_KEY_LEN as u32,
-                    src.cast(),
-                );
-                (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
-            }
+        if len < PATH_KEY_LEN
+            && let Some(s) = SCRATCH.get_ptr_mut(0)
+        {
+            let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
+            bpf_probe_read_kernel(
+                (*ev).path.as_mut_ptr().cast(),
+                PATH_KEY_LEN as u32,
+                src.cast(),
+            );
+            (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
         }
     }
     entry.submit(0);

@@ -19,6 +19,24 @@ pub fn read<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
+/// Whether the mount of `path` belongs to the current task's mount namespace. Overlayfs layers
+/// and other internal mounts do not; nothing an agent names by path lives on them.
+#[inline(always)]
+pub fn in_own_mount_ns(o: &KernelOffsets, path: *const u8) -> bool {
+    // SAFETY: helper without memory arguments.
+    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
+    let own = read::<*const u8>(task, o.task_nsproxy)
+        .and_then(|ns| read::<*const u8>(ns, o.nsproxy_mnt_ns));
+    let file_ns = read::<*const u8>(path, o.path_mnt)
+        .map(|vfsmount| vfsmount.wrapping_sub(o.mount_mnt as usize))
+        .and_then(|mount| read::<*const u8>(mount, o.mount_mnt_ns));
+    match (own, file_ns) {
+        (Some(a), Some(b)) => a == b,
+        // Unreadable: judge it rather than let it pass.
+        _ => true,
+    }
+}
+
 /// The identity of a `struct file`: the kernel's `s_dev` of its superblock and its inode number.
 #[inline(always)]
 pub fn file_identity(o: &KernelOffsets, file: *const u8) -> Option<(u64, u64)> {

@@ -49,6 +49,23 @@ pub static AGENT_BUCKETS: HashMap<BucketKey, Bucket> = HashMap::pinned(MAX_AGENT
 #[map(name = "AG_COUNTERS")]
 pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
 
+/// A datagram destination per socket, for counting only new destinations against budgets.
+#[repr(C)]
+pub struct SentKey {
+    /// `bpf_get_socket_cookie` of the sending socket.
+    pub cookie: u64,
+    /// Destination address (IPv6 or IPv4-mapped).
+    pub addr: [u8; 16],
+    /// Destination port, network byte order.
+    pub port_be: [u8; 2],
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+}
+
+/// Destinations each socket has sent to recently (LRU: old ones are forgotten).
+#[map(name = "AG_SENT")]
+pub static SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Per-CPU scratch space for path lookups (too large for the 512-byte BPF stack).
 #[map(name = "AG_SCRATCH")]
 pub static SCRATCH: PerCpuArray<crate::file::Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -72,10 +89,16 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     dentry_name: 0,
     dentry_inode: 0,
     binprm_buf: 0,
+    file_flags: 0,
     task_tgid: 0,
     task_cgroups: 0,
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
+    path_mnt: 0,
+    mount_mnt: 0,
+    mount_mnt_ns: 0,
+    task_nsproxy: 0,
+    nsproxy_mnt_ns: 0,
     valid: 0,
 });

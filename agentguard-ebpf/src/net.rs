@@ -11,12 +11,15 @@ use agentguard_common::{
     rules::{NET_KEY_FIXED_BITS, NetKey},
     verdict::{Backend, Verdict},
 };
-use aya_ebpf::{macros::cgroup_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
 
 use crate::{
     emit,
     identity::{self, Subject},
-    maps::NET_RULES,
+    maps::{NET_RULES, SENT, SentKey},
     verdict::{self, Judgement},
 };
 
@@ -79,6 +82,7 @@ fn judge_v4(ctx: &SockAddrContext, kind: EventKind) -> i32 {
     addr[14] = ip[2];
     addr[15] = ip[3];
     judge(
+        ctx,
         &Destination {
             addr,
             port_be: port_be(ctx),
@@ -114,6 +118,7 @@ fn judge_v6(ctx: &SockAddrContext, kind: EventKind) -> i32 {
     // An IPv4-mapped destination (`::ffff:a.b.c.d`) needs no special case: IPv4 rules are stored
     // IPv4-mapped, so it is judged exactly as the IPv4 address.
     judge(
+        ctx,
         &Destination {
             addr,
             port_be: port_be(ctx),
@@ -163,13 +168,41 @@ fn decide(subject: &Subject, dst: &Destination) -> Judgement {
 }
 
 #[inline(always)]
-fn judge(dst: &Destination, kind: EventKind) -> i32 {
+fn judge(ctx: &SockAddrContext, dst: &Destination, kind: EventKind) -> i32 {
     // A task outside the subtree using a socket created inside it: the task itself is not an
     // agent, and could open its own socket anyway.
     let Some(subject) = identity::current() else {
         return ALLOW;
     };
-    let (j, log) = verdict::finish(&subject, Some(ThrottleKind::Connect), decide(&subject, dst));
+    // The connect budget counts connects, and datagrams only to destinations new for their
+    // socket: a DNS client sending many queries to one resolver spends one token, not hundreds.
+    let sent = match kind {
+        EventKind::Send => Some(SentKey {
+            // SAFETY: the context pointer is valid for the program run.
+            cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
+            addr: dst.addr,
+            port_be: dst.port_be,
+            _pad: [0; 6],
+        }),
+        _ => None,
+    };
+    // SAFETY: map values stay valid for the program run.
+    let seen = sent
+        .as_ref()
+        .is_some_and(|k| unsafe { SENT.get(k) }.is_some());
+    let budget = if seen {
+        None
+    } else {
+        Some(ThrottleKind::Connect)
+    };
+    let (j, log) = verdict::finish(&subject, budget, decide(&subject, dst));
+    if let Some(k) = &sent
+        && !seen
+        && j.verdict == Verdict::Allowed
+    {
+        // A full LRU map evicts the oldest destination: at worst a token is spent again.
+        let _ = SENT.insert(k, 0u8, 0);
+    }
     if log && let Some(mut entry) = emit::reserve::<NetEvent>() {
         entry.write(NetEvent {
             header: emit::header(kind, Backend::CgroupSockAddr, &subject, &j),

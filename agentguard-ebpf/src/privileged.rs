@@ -96,7 +96,7 @@ pub fn ag_ptrace_access_check(ctx: LsmContext) -> i32 {
     let own_root = own_root_instance(&subject);
     let same_instance = child_cgroup
         // SAFETY: map values stay valid for the program run.
-        .and_then(|id| unsafe { CGROUPS.get(&id) })
+        .and_then(|id| unsafe { CGROUPS.get(id) })
         .is_some_and(|e| own_root != 0 && e.root_instance_id == own_root);
     if same_instance {
         0
@@ -107,5 +107,5 @@ pub fn ag_ptrace_access_check(ctx: LsmContext) -> i32 {
 
 fn own_root_instance(subject: &Subject) -> u64 {
     // SAFETY: map values stay valid for the program run.
-    unsafe { CGROUPS.get(&subject.cgroup_id) }.map_or(0, |e| e.root_instance_id)
+    unsafe { CGROUPS.get(subject.cgroup_id) }.map_or(0, |e| e.root_instance_id)
 }

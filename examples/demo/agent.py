@@ -1,11 +1,15 @@
 """A scripted sample agent for `cargo xtask demo`.
 
-It behaves like a purchasing agent that has been prompt-injected: it does its job, then tries
-to send data somewhere else. agentguard lets the first through and refuses the rest in the
-kernel, so the agent sees EPERM.
+It behaves like a purchasing agent that has been prompt-injected: it does its job, then tries to
+send data elsewhere, read credentials and run tools. agentguard lets the first through and
+refuses the rest in the kernel.
 """
 
+import os
 import socket
+import subprocess
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def attempt(what, fn):
@@ -31,10 +35,25 @@ def udp(host, port):
     return go
 
 
-print("agent: fetching a quote from the supplier API")
+def write_order():
+    with open(os.path.join(HERE, "orders", "order.txt"), "w") as f:
+        f.write("42 units at 3.50\n")
+
+
+print("agent: fetching a quote and placing an order")
 attempt("TCP 127.0.0.1:18080 (supplier API, in the policy)", tcp("127.0.0.1", 18080))
 attempt("TCP [::1]:18080 (supplier API over IPv6, in the policy)", tcp("::1", 18080))
+attempt("write orders/order.txt (a write prefix)", write_order)
+
 print("agent: (prompt-injected) exfiltrating the order book")
 attempt("TCP 127.0.0.1:18081 (not in the policy)", tcp("127.0.0.1", 18081))
 attempt("UDP 127.0.0.1:5353 (datagram without connect)", udp("127.0.0.1", 5353))
 attempt("TCP ::ffff:127.0.0.1:18081 (IPv4-mapped IPv6 trick)", tcp("::ffff:127.0.0.1", 18081))
+
+print("agent: (prompt-injected) reading credentials and running tools")
+attempt("read /etc/passwd (not in the policy)", lambda: open("/etc/passwd").read())
+attempt("overwrite its own code (read-only)", lambda: open(__file__, "a").write("# pwned\n"))
+attempt(
+    "exec /usr/bin/curl (not in the policy)",
+    lambda: subprocess.run(["/usr/bin/curl", "--version"], check=True, capture_output=True),
+)

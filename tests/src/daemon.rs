@@ -12,8 +12,9 @@ use tempfile::TempDir;
 
 use crate::{agentguard, agentguard_bin, describe, expected_backend};
 
-/// How long a daemon may take to come up (the VM runs under software emulation).
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to come up (the VM runs under software emulation, where a start
+/// takes about 10 s).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// A running daemon with its own policy, state directory and socket.
 pub struct Daemon {
@@ -28,6 +29,8 @@ pub struct Daemon {
     pub state: PathBuf,
     /// Backends the daemon reported.
     pub backends: String,
+    /// Extra `agentguard daemon` arguments, kept for restarts.
+    extra_args: Vec<String>,
 }
 
 /// Removes everything agentguard left in the kernel.
@@ -44,6 +47,32 @@ pub fn teardown() {
 impl Daemon {
     /// Tears down leftovers, writes `policy`, starts the daemon and waits until it answers.
     pub fn start(policy: &str) -> Self {
+        Self::start_with(policy, &[])
+    }
+
+    /// [`Daemon::start`] with extra `agentguard daemon` arguments.
+    pub fn start_with(policy: &str, args: &[&str]) -> Self {
+        Self::start_prepared(policy, args, |_| {})
+    }
+
+    /// [`Daemon::start_with`] on a sealed log: runs `agentguard log init` first and returns the
+    /// sealing key with the daemon.
+    pub fn start_sealed(policy: &str, args: &[&str]) -> (Self, String) {
+        let mut key = String::new();
+        let d = Self::start_prepared(policy, args, |state| {
+            let out = agentguard(&["log", "init", "--state-dir", &state.to_string_lossy()]);
+            assert!(out.status.success(), "log init: {}", describe(&out));
+            key = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+                .unwrap_or_else(|| panic!("no key in {}", describe(&out)))
+                .to_owned();
+        });
+        (d, key)
+    }
+
+    /// Starts a daemon after `prepare` ran on its (not yet existing) state directory.
+    fn start_prepared(policy: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
         teardown();
         let dir = tempfile::Builder::new()
             .prefix("agentguard-test")
@@ -58,7 +87,9 @@ impl Daemon {
             policy: policy_path,
             dir,
             backends: String::new(),
+            extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
+        prepare(&d.state);
         d.spawn();
         d
     }
@@ -86,6 +117,9 @@ impl Daemon {
             .arg(&self.state)
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--agent-socket")
+            .arg(self.agent_socket())
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
@@ -141,6 +175,11 @@ impl Daemon {
         }
     }
 
+    /// The agent-facing socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
     /// Whether the BPF LSM backend enforces.
     pub fn lsm(&self) -> bool {
         self.backends.contains("exec=bpf-lsm")
@@ -151,6 +190,7 @@ impl Daemon {
         Command::new(agentguard_bin())
             .args(args)
             .env("AGENTGUARD_SOCKET", &self.socket)
+            .env("AGENTGUARD_AGENT_SOCKET", self.agent_socket())
             .output()
             .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"))
     }

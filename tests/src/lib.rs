@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod net;
+pub mod system_files;
 
 use std::{
     path::PathBuf,
@@ -21,7 +22,7 @@ pub use daemon::Daemon;
 /// The `agentguard` binary under test.
 pub fn agentguard_bin() -> PathBuf {
     std::env::var_os("AGENTGUARD_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/agentguard"),
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/agentguard"),
         PathBuf::from,
     )
 }

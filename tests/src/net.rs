@@ -20,8 +20,12 @@ pub struct Tcp {
 impl Tcp {
     /// Listens on `host:0` (`127.0.0.1` or `::1`).
     pub fn listen(host: &str) -> Self {
-        let l = TcpListener::bind(format!("{host}:0").replace("::1:0", "[::1]:0"))
-            .unwrap_or_else(|e| panic!("bind {host}: {e}"));
+        Self::listen_at(&format!("{host}:0").replace("::1:0", "[::1]:0"))
+    }
+
+    /// Listens on exactly `addr` (e.g. `127.0.0.78:4242`).
+    pub fn listen_at(addr: &str) -> Self {
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
         l.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
         let stop = Arc::new(AtomicBool::new(false));
@@ -59,6 +63,14 @@ impl Udp {
     pub fn bind(host: &str) -> Self {
         let sock = UdpSocket::bind(format!("{host}:0").replace("::1:0", "[::1]:0"))
             .unwrap_or_else(|e| panic!("bind {host}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self { sock }
+    }
+
+    /// Binds exactly `addr` (e.g. `127.0.0.153:53`).
+    pub fn bind_at(addr: &str) -> Self {
+        let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap_or_else(|e| panic!("{e}"));
         Self { sock }

@@ -328,3 +328,40 @@ fn python_starts_with_the_system_runtime_baseline() {
         describe(&out)
     );
 }
+
+#[test]
+fn a_binary_replaced_on_disk_is_re_resolved() {
+    if !privileged("a_binary_replaced_on_disk_is_re_resolved") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("agentguard-bin")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tool = dir.path().join("tool");
+    fs::copy("/usr/bin/true", &tool).unwrap_or_else(|e| panic!("{e}"));
+    let tool_s = tool.to_string_lossy().into_owned();
+    let d = Daemon::start(&format!(
+        "[agents.files]\nexec = [\"{PROBE}\", \"{tool_s}\"]\nread = [\"@system-runtime\", \"{}\"]\n",
+        dir.path().display()
+    ));
+    assert!(
+        probe(&d, &["exec", &tool_s]).status.success(),
+        "the original binary runs"
+    );
+    // What a package manager does: write the new version next to it, rename it over the old.
+    let staged = dir.path().join(".tool.new");
+    fs::copy("/usr/bin/true", &staged).unwrap_or_else(|e| panic!("{e}"));
+    fs::rename(&staged, &tool).unwrap_or_else(|e| panic!("{e}"));
+    let ev = d.wait_record("re-apply after the replacement", |r| {
+        r["kind"] == "policy-applied"
+            && r["by"]["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains(&tool_s))
+    });
+    assert_eq!(ev["by"]["type"].as_str(), Some("daemon"), "{ev}");
+    assert!(
+        probe(&d, &["exec", &tool_s]).status.success(),
+        "the replaced binary runs after re-resolution"
+    );
+}

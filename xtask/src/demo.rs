@@ -21,6 +21,8 @@ pub struct Args {}
 /// Loopback ports the demo serves; the example policy allows the first only.
 const SUPPLIER: u16 = 18080;
 const ELSEWHERE: u16 = 18081;
+/// Where the example policy lets the sample agent read its code and write its orders.
+const AGENT_HOME: &str = "/tmp/agentguard-demo";
 
 pub fn run(_: &Args) -> Result<()> {
     if !nix_is_root() {
@@ -33,7 +35,12 @@ pub fn run(_: &Args) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("agentguard.sock");
     let policy = workspace::root().join("examples/demo/policy.toml");
-    let agent = workspace::root().join("examples/demo/agent.py");
+    // The policy grants the agent its code at a fixed path; copy it there.
+    let home = Path::new(AGENT_HOME);
+    let _ = std::fs::remove_dir_all(home);
+    std::fs::create_dir_all(home.join("orders"))?;
+    let agent = home.join("agent.py");
+    std::fs::copy(workspace::root().join("examples/demo/agent.py"), &agent)?;
 
     let ag = |args: &[&str]| {
         let mut c = Command::new(&bin);
@@ -46,12 +53,23 @@ pub fn run(_: &Args) -> Result<()> {
 
     println!("\n== agentguard doctor");
     let _ = cmd::run(&mut ag(&["doctor"]));
+    let state = dir.join("state");
+    let state_arg = state.to_string_lossy().into_owned();
+    println!("\n== agentguard log init --state-dir {}", rel(&state));
+    let init = cmd::output(&mut ag(&["log", "init", "--state-dir", &state_arg]))?;
+    print!("{}", String::from_utf8_lossy(&init.stdout));
+    // The auditor keeps the key offline; the demo keeps it to verify the seals at the end.
+    let key = String::from_utf8_lossy(&init.stdout)
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .context("`agentguard log init` printed no key")?;
     println!("\n== starting the daemon with {}", rel(&policy));
     let daemon = Daemon::start(&bin, &policy, &dir, &socket)?;
     let result = (|| {
         println!(
-            "\n== agentguard run --agent buyer -- python3 {}",
-            rel(&agent)
+            "\n== agentguard run --agent buyer -- /usr/bin/python3 {}",
+            agent.display()
         );
         cmd::run(&mut ag(&[
             "run",
@@ -64,10 +82,9 @@ pub fn run(_: &Args) -> Result<()> {
         thread::sleep(Duration::from_millis(300));
         println!("\n== agentguard status");
         cmd::run(&mut ag(&["status"]))?;
-        let state = dir.join("state").to_string_lossy().into_owned();
         println!(
             "\n== agentguard log show --verdict denied --state-dir {}",
-            rel(&dir.join("state"))
+            rel(&state)
         );
         cmd::run(&mut ag(&[
             "log",
@@ -75,17 +92,24 @@ pub fn run(_: &Args) -> Result<()> {
             "--verdict",
             "denied",
             "--state-dir",
-            &state,
-        ]))?;
-        println!(
-            "\n== agentguard log verify --state-dir {}",
-            rel(&dir.join("state"))
-        );
-        cmd::run(&mut ag(&["log", "verify", "--state-dir", &state]))
+            &state_arg,
+        ]))
     })();
     drop(daemon);
     cmd::run(ag(&["teardown", "--force"]).stdout(Stdio::null()))?;
     result?;
+    println!(
+        "\n== agentguard log verify --key KEY --state-dir {}",
+        rel(&state)
+    );
+    cmd::run(&mut ag(&[
+        "log",
+        "verify",
+        "--key",
+        &key,
+        "--state-dir",
+        &state_arg,
+    ]))?;
     println!("\n== done: daemon stopped, programs and cgroups removed");
     Ok(())
 }

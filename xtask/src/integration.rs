@@ -22,16 +22,22 @@ pub struct TestExe {
     pub cwd: PathBuf,
 }
 
-/// `cargo build --package agentguard-userspace --bins`; returns the `agentguard` binary.
+/// `cargo build --release --package agentguard-userspace --bins`; returns the `agentguard`
+/// binary. Release, because the tests start it hundreds of times, many of them in an emulated
+/// guest where a debug build's start-up alone takes seconds.
 pub fn build_agentguard() -> Result<PathBuf> {
-    cmd::step("cargo build --package agentguard-userspace --bins", || {
-        cmd::run(cmd::cargo().current_dir(workspace::root()).args([
-            "build",
-            "--package",
-            "agentguard-userspace",
-            "--bins",
-        ]))
-    })?;
+    cmd::step(
+        "cargo build --release --package agentguard-userspace --bins",
+        || {
+            cmd::run(cmd::cargo().current_dir(workspace::root()).args([
+                "build",
+                "--release",
+                "--package",
+                "agentguard-userspace",
+                "--bins",
+            ]))
+        },
+    )?;
     let bin = workspace::agentguard_bin();
     if !bin.is_file() {
         bail!("the build succeeded but {} does not exist", bin.display());

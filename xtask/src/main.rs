@@ -10,6 +10,7 @@ mod build_ebpf;
 mod cmd;
 mod demo;
 mod integration;
+mod lint;
 mod test;
 mod vm_test;
 mod workspace;
@@ -36,6 +37,8 @@ enum Command {
     VmTest(vm_test::Args),
     /// Build everything and run the daemon with the bundled example policy and a sample agent.
     Demo(demo::Args),
+    /// cargo fmt --check and clippy -D warnings, including the eBPF crate on its target.
+    Lint(lint::Args),
     /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test.
     Test(test::Args),
     /// Measure overhead and throughput against a baseline of the same run (root; release builds).
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::VmTest(args) => vm_test::run(&args),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Lint(args) => lint::run(&args),
         Command::Bench(args) => bench::run(&args),
     };
     match result {

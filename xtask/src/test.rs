@@ -43,7 +43,7 @@ struct Stage {
     action: fn() -> Result<()>,
 }
 
-const STAGES: [Stage; 5] = [
+const STAGES: [Stage; 6] = [
     Stage {
         name: "build-ebpf",
         scope: Scope::Unit,
@@ -55,6 +55,12 @@ const STAGES: [Stage; 5] = [
         scope: Scope::Unit,
         gate: true,
         action: build_stage,
+    },
+    Stage {
+        name: "lint",
+        scope: Scope::Unit,
+        gate: false,
+        action: crate::lint::check,
     },
     Stage {
         name: "unit tests",
@@ -133,7 +139,9 @@ fn build_stage() -> Result<()> {
     cargo(
         &["build", "--workspace", "--exclude", "agentguard-ebpf"],
         &[],
-    )
+    )?;
+    // The binary the integration tests drive.
+    crate::integration::build_agentguard().map(drop)
 }
 
 fn unit_stage() -> Result<()> {
@@ -150,13 +158,23 @@ fn unit_stage() -> Result<()> {
 
 fn host_stage() -> Result<()> {
     let bin = workspace::agentguard_bin();
+    // Say which backend this host enforces with, before the tests assert it.
+    println!("host backends (agentguard doctor):");
+    let _ = cmd::run(std::process::Command::new(&bin).arg("doctor"));
     let bin = bin.to_string_lossy();
     let env = [
         ("AGENTGUARD_BIN", &*bin),
         ("AGENTGUARD_EXPECT_BACKEND", "fallback"),
     ];
     cargo(
-        &["test", "--package", TESTS_PACKAGE, "--", "--test-threads=1"],
+        &[
+            "test",
+            "--no-fail-fast",
+            "--package",
+            TESTS_PACKAGE,
+            "--",
+            "--test-threads=1",
+        ],
         &env,
     )
 }

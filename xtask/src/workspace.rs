@@ -29,9 +29,9 @@ pub fn ebpf_object() -> PathBuf {
         .join("agentguard-ebpf")
 }
 
-/// The `agentguard` binary of a debug build: `<root>/target/debug/agentguard`.
+/// The `agentguard` binary the tests and the demo run: `<root>/target/release/agentguard`.
 pub fn agentguard_bin() -> PathBuf {
-    target_dir().join("debug").join("agentguard")
+    target_dir().join("release").join("agentguard")
 }
 
 /// Where the VM harness keeps its cache and results: `<root>/target/vm`.

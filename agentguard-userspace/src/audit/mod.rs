@@ -23,8 +23,10 @@ pub mod report;
 pub mod seal;
 pub mod segment;
 pub mod show;
-#[cfg(test)]
-mod testutil;
+/// Test helpers, including surgery on a written log (for tamper tests here and in the
+/// integration tests, through the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
+pub mod testutil;
 pub mod verify;
 pub mod writer;
 

@@ -74,15 +74,24 @@ fn wait_for(
 ) -> Result<Duration, ControlError> {
     let start = Instant::now();
     let events_path = cgroup.join("cgroup.events");
+    // An emptied instance may be removed by the daemon while this waits: for "empty", a cgroup
+    // that no longer exists is the awaited state.
+    let gone = |e: &std::io::Error| state == "empty" && e.kind() == std::io::ErrorKind::NotFound;
     let mut inotify = Inotify::init().map_err(io_err(&events_path))?;
-    inotify
-        .watches()
-        .add(&events_path, WatchMask::MODIFY)
-        .map_err(io_err(&events_path))?;
+    match inotify.watches().add(&events_path, WatchMask::MODIFY) {
+        Ok(_) => {}
+        Err(e) if gone(&e) => return Ok(start.elapsed()),
+        Err(e) => return Err(io_err(&events_path)(e).into()),
+    }
     let mut buf = [0u8; 1024];
     loop {
         // Checked after the watch exists, so a change between check and wait is not missed.
-        if done(&read_events(cgroup)?) {
+        let events = match fs::read_to_string(&events_path) {
+            Ok(text) => text,
+            Err(e) if gone(&e) => return Ok(start.elapsed()),
+            Err(e) => return Err(io_err(&events_path)(e).into()),
+        };
+        if done(&events) {
             return Ok(start.elapsed());
         }
         let left = timeout.saturating_sub(start.elapsed());

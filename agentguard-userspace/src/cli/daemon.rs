@@ -1,8 +1,13 @@
 //! `agentguard daemon`.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
-use agentguard::daemon::{self, DEFAULT_STATE_DIR, Options};
+use agentguard::{
+    audit::LogOptions,
+    control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
+    daemon::{self, DEFAULT_STATE_DIR, Options},
+    dns,
+};
 use clap::Args;
 use tracing_subscriber::EnvFilter;
 
@@ -18,10 +23,43 @@ pub struct DaemonArgs {
     state_dir: PathBuf,
     #[command(flatten)]
     socket: SocketArg,
+    /// Agent-facing socket: processes inside an agent instance start their sub-agents here.
+    #[arg(long, env = AGENT_SOCKET_ENV, default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
     /// On a clean exit, also remove the programs: agents are no longer enforced. Without it,
     /// enforcement stays in place after the daemon exits.
     #[arg(long)]
     unload_on_exit: bool,
+    /// Longest time in seconds between two lookups of a DNS name (and the interval for names
+    /// from the hosts file, which have no TTL). Hidden: tests shorten it; see docs/dns.md.
+    #[arg(long, hide = true, value_name = "SECS", default_value_t = dns::timing::DEFAULT_CEILING.as_secs())]
+    dns_ttl_ceiling: u64,
+    /// Seconds an address stays allowed after it disappeared from its name's answers. Hidden:
+    /// tests shorten it; see docs/dns.md.
+    #[arg(long, hide = true, value_name = "SECS", default_value_t = dns::timing::DEFAULT_GRACE.as_secs())]
+    dns_grace: u64,
+    /// How often buffered log records are written and fsynced: the most a crash or power loss
+    /// can take from the log.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    fsync_interval_ms: u64,
+    /// Seal the log at least this often (when `agentguard log init` created a key).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    seal_interval: u64,
+    /// ... and at least every this many records.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    seal_every: u64,
+    /// Size of the kernel's event ring buffer (a power of two, at least 4096), used when the
+    /// programs are first loaded. Events beyond it while the daemon lags are counted as lost.
+    #[arg(long, value_name = "BYTES", default_value_t = agentguard_common::maps::EVENTS_BYTES, value_parser = parse_ring_size)]
+    ring_buffer_bytes: u32,
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096"));
+    }
+    Ok(n)
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -36,11 +74,25 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The directory is filled in by the daemon: `<state-dir>/log`.
+    let log = LogOptions {
+        fsync_interval: Duration::from_millis(args.fsync_interval_ms),
+        seal_interval: Duration::from_secs(args.seal_interval),
+        seal_every: args.seal_every.max(1),
+        ..LogOptions::new(&args.state_dir)
+    };
     runtime.block_on(daemon::run(Options {
         policy: args.policy,
         state_dir: args.state_dir,
         socket: args.socket.socket,
+        agent_socket: args.agent_socket,
         unload_on_exit: args.unload_on_exit,
+        log,
+        ring_buffer_bytes: args.ring_buffer_bytes,
+        dns: dns::Timing::new(
+            Duration::from_secs(args.dns_ttl_ceiling),
+            Duration::from_secs(args.dns_grace),
+        ),
     }))?;
     Ok(ExitCode::SUCCESS)
 }

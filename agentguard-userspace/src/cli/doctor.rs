@@ -160,6 +160,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             "tp-btf",
             find("exec-fallback").map(|()| "sched_process_exec program loads".into()),
         ));
+        checks.push(check(
+            "syscall-tracepoints",
+            find("open-budget")
+                .map(|()| "sys_enter_open* programs load (open budgets on the fallback)".into()),
+        ));
         let lsm = find("lsm");
         checks.push(check(
             "bpf-lsm",
@@ -184,7 +189,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         for c in &report.checks {
             println!(
-                "{:<4} {:<18} {}",
+                "{:<4} {:<20} {}",
                 if c.ok { "ok" } else { "NO" },
                 c.name,
                 c.detail
@@ -199,6 +204,11 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 if b.file == backends::FileBackend::Landlock {
                     println!(
                         "  file rules apply to processes started with `agentguard run`; `tag`ged processes get none"
+                    );
+                }
+                if !b.lsm() {
+                    println!(
+                        "  open budgets are counted by syscall tracepoints: they can freeze or kill an instance, not refuse an open"
                     );
                 }
             }

@@ -1,10 +1,11 @@
 //! `agentguard policy check FILE` and `agentguard policy apply FILE`.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use agentguard::{
     control::proto::{Reply, Request},
-    policy::{self, PolicyError, compile, resolve},
+    dns::{self, cache::Addresses},
+    policy::{self, Policy, PolicyError, compile, resolve},
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -13,7 +14,8 @@ use super::SocketArg;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Parse and validate a policy without touching the kernel (exit 0 valid, 1 invalid).
+    /// Parse and validate a policy without touching the kernel (exit 0 valid, 1 invalid). DNS
+    /// names are looked up; one that does not resolve is a warning, not an error.
     Check {
         /// The policy file.
         file: PathBuf,
@@ -42,18 +44,27 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
     });
     match result {
         Ok((p, binaries)) => {
+            let (names, warnings) = look_up_names(&p)?;
             let resolved = resolve::Resolved {
                 binaries,
-                ..Default::default()
+                names,
+                resolvers: resolve::system_resolvers(),
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(
-                "{}: ok ({} agents, {} rules, blake3 {})",
+                "{}: ok ({} agent(s), {} rule(s), blake3 {})",
                 file.display(),
                 p.agents.len(),
                 compiled.rules.len(),
                 p.digest_hex()
             );
+            for (name, addrs) in resolved.names.iter().filter(|(_, a)| !a.is_empty()) {
+                let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                println!("  {name}: {}", addrs.join(", "));
+            }
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ PolicyError::Invalid(_)) => {
@@ -62,6 +73,20 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The addresses of the policy's DNS names as the daemon would see them now, and warnings for
+/// those that do not resolve.
+fn look_up_names(p: &Policy) -> anyhow::Result<(Addresses, Vec<String>)> {
+    if dns::names::policy_names(p).is_empty() {
+        return Ok(Default::default());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the DNS client")?;
+    let resolver = Arc::new(dns::SystemResolver::default());
+    Ok(runtime.block_on(dns::resolve_once(&resolver, p, dns::Timing::default())))
 }
 
 fn apply(file: &std::path::Path, socket: &SocketArg) -> anyhow::Result<ExitCode> {

@@ -3,12 +3,18 @@
 use std::{
     ffi::{CString, OsString},
     os::unix::ffi::OsStrExt,
+    path::PathBuf,
     process::ExitCode,
     str::FromStr,
 };
 
 use agentguard::{
-    control::proto::{Reply, Request},
+    cgroup::Hierarchy,
+    control::{
+        AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET,
+        client::Client,
+        proto::{Reply, Request},
+    },
     sandbox::{landlock, privs},
 };
 use anyhow::{Context, bail};
@@ -29,6 +35,10 @@ pub struct RunArgs {
     user: Option<String>,
     #[command(flatten)]
     socket: SocketArg,
+    /// Agent-facing socket, used instead of --socket when `run` is itself inside an agent
+    /// instance (an agent starting one of its sub-agents).
+    #[arg(long, env = AGENT_SOCKET_ENV, default_value = DEFAULT_AGENT_SOCKET)]
+    agent_socket: PathBuf,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -47,7 +57,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bail!("no command given");
     };
 
-    let mut client = args.socket.connect()?;
+    // An agent starts its sub-agents through the agent socket; the daemon knows it by its cgroup.
+    let inside_agent = Hierarchy::discover()
+        .and_then(|h| h.contains_pid(std::process::id()))
+        .unwrap_or(false);
+    if inside_agent && user.is_some() {
+        bail!("--user cannot be used from inside an agent (it has no privileges to switch users)");
+    }
+    let mut client = if inside_agent {
+        Client::connect(&args.agent_socket)?
+    } else {
+        args.socket.connect()?
+    };
     let reply = client.call(&Request::Run {
         agent: args.agent.clone(),
         parent: args.parent.clone(),

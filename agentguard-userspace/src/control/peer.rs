@@ -36,6 +36,11 @@ pub enum PeerError {
     /// The peer runs inside an agent cgroup.
     #[error("permission denied: processes inside an agent cgroup may not use the control socket")]
     InsideAgent,
+    /// The agent socket is for agent processes.
+    #[error(
+        "the agent socket serves processes inside agent instances; administrators use the control socket"
+    )]
+    NotAnAgent,
     /// The peer's cgroup could not be determined reliably.
     #[error("cannot verify the peer's cgroup: {0}")]
     Unverifiable(String),
@@ -69,6 +74,26 @@ impl Peer {
             Some(fd) => pidfd_alive(fd),
             None => true,
         }
+    }
+
+    /// The cgroup of a peer that must be an agent process (for the agent socket): its path,
+    /// verified against pid reuse.
+    pub fn agent_cgroup(&self, hierarchy: &Hierarchy) -> Result<PathBuf, PeerError> {
+        let rel =
+            Hierarchy::cgroup_of(self.pid).map_err(|e| PeerError::Unverifiable(e.to_string()))?;
+        let abs = hierarchy
+            .mount()
+            .join(rel.strip_prefix("/").unwrap_or(&rel));
+        if !self.still_same_process() {
+            return Err(PeerError::Unverifiable(format!(
+                "process {} exited during the check",
+                self.pid
+            )));
+        }
+        if !abs.starts_with(hierarchy.root()) {
+            return Err(PeerError::NotAnAgent);
+        }
+        Ok(abs)
     }
 
     /// The administrator check: root, and not a process inside any agent cgroup (a root agent

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     audit::record::{Actor, Body},
+    dns::cache::Addresses,
     ebpf::maps::GRACE,
     policy::{
         self, Policy, compile,
@@ -38,13 +39,14 @@ pub enum ApplyError {
     Maps(#[from] crate::ebpf::maps::MapsError),
 }
 
-/// Everything outside the policy file that compile needs.
-pub fn resolve(policy: &Policy) -> Result<(Resolved, Vec<String>), ApplyError> {
+/// Everything outside the policy file that compile needs; `names` are the addresses of its DNS
+/// names (see [`super::dns_task`]).
+pub fn resolve(policy: &Policy, names: Addresses) -> Result<(Resolved, Vec<String>), ApplyError> {
     let binaries = resolve::binaries(policy)
         .map_err(|d| ApplyError::Policy(policy::PolicyError::Invalid(d)))?;
     let resolved = Resolved {
         binaries,
-        names: Default::default(),
+        names,
         resolvers: resolve::system_resolvers(),
     };
     Ok((resolved, Vec::new()))
@@ -69,7 +71,28 @@ pub async fn apply_policy(
 ) -> Result<Applied, ApplyError> {
     // One apply at a time: the next one must not reuse a generation programs may still read.
     let _serial = shared.apply_lock.lock().await;
-    let (resolved, warnings) = resolve(&policy)?;
+    // Under the lock, so a DNS re-apply cannot forget this policy's names in between.
+    let dns_warnings = shared.dns.refresh_policy(&policy).await;
+    install(shared, policy, by, dns_warnings).await
+}
+
+/// Re-applies the policy in force with the addresses its DNS names have now.
+pub async fn reapply_current(shared: &Arc<Shared>, by: Actor) -> Result<Applied, ApplyError> {
+    let _serial = shared.apply_lock.lock().await;
+    let policy = shared.lock_state().policy.clone();
+    install(shared, policy, by, Vec::new()).await
+}
+
+/// Compiles `policy` into the inactive generation and flips to it; the caller holds the apply
+/// lock.
+async fn install(
+    shared: &Arc<Shared>,
+    policy: Policy,
+    by: Actor,
+    dns_warnings: Vec<String>,
+) -> Result<Applied, ApplyError> {
+    let (resolved, mut warnings) = resolve(&policy, shared.dns.addresses_for(&policy))?;
+    warnings.extend(dns_warnings);
     let (old, applied) = {
         let mut st = shared.lock_state();
         let generation = st.maps.inactive_generation()?;
@@ -90,9 +113,18 @@ pub async fn apply_policy(
             rules: u32::try_from(compiled.rules.len()).unwrap_or(u32::MAX),
         });
         st.compiled[usize::from(generation)] = Some(compiled);
+        let exec_paths = policy
+            .agents
+            .iter()
+            .flat_map(|a| a.exec.iter().map(|e| e.value.clone()));
+        let _ = shared
+            .exec_paths
+            .send(super::binwatch::paths_of(exec_paths));
+        st.binaries = resolved.binaries;
         st.policy = policy;
         (old, applied)
     };
+    shared.dns.set_in_force(&resolved.names);
     // Programs running now may still hold the old generation; they finish within microseconds.
     tokio::time::sleep(GRACE.max(Duration::from_millis(1))).await;
     let mut st = shared.lock_state();

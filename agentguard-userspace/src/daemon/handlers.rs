@@ -35,7 +35,7 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             backends: shared.backends.to_string(),
         }),
         Request::Run { agent, parent } => {
-            launch(shared, by, &agent, parent.as_deref(), peer.pid, false).map(
+            launch(shared, by, &agent, parent.as_deref(), peer.pid, How::Run).map(
                 |(instance, sandbox, _)| Reply::Launched {
                     instance: instance.name,
                     sandbox,
@@ -43,7 +43,7 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             )
         }
         Request::Tag { agent, pid, parent } => {
-            launch(shared, by, &agent, parent.as_deref(), pid, true).map(
+            launch(shared, by, &agent, parent.as_deref(), pid, How::Tag).map(
                 |(instance, _, warnings)| Reply::Tagged {
                     instance: instance.name,
                     warnings,
@@ -80,6 +80,57 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
     }
 }
 
+/// Answers one request on the agent socket from a process inside `caller`: it may start a
+/// declared sub-agent of its own agent, nested in its own instance, and nothing else.
+pub async fn handle_agent(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    caller: &Instance,
+    req: Request,
+) -> Response {
+    let by = Actor::Agent {
+        instance: caller.name.clone(),
+        pid: peer.pid,
+    };
+    let result = match req {
+        Request::Ping => Ok(Reply::Pong {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            backends: shared.backends.to_string(),
+        }),
+        Request::Run { agent, parent: None } => {
+            let own_sub = agent
+                .strip_prefix(&format!("{}/", caller.agent))
+                .is_some_and(|sub| !sub.is_empty() && !sub.contains('/'));
+            if own_sub {
+                launch(shared, by, &agent, Some(&caller.name), peer.pid, How::SubAgent)
+                    .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox })
+            } else {
+                Err(format!(
+                    "agent {:?} may only start its own sub-agents ({}/NAME), not {agent:?}",
+                    caller.agent, caller.agent
+                ))
+            }
+        }
+        Request::Run { .. } => Err("a sub-agent always nests in the caller's own instance; --parent is not accepted here".to_owned()),
+        _ => Err("the agent socket only starts sub-agents; everything else needs the administrator socket".to_owned()),
+    };
+    match result {
+        Ok(reply) => Response::Ok(reply),
+        Err(message) => Response::Error(message),
+    }
+}
+
+/// How a process enters an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum How {
+    /// `agentguard run` by an administrator.
+    Run,
+    /// `agentguard tag` of a running process.
+    Tag,
+    /// `agentguard run` of a sub-agent by a process inside its parent's instance.
+    SubAgent,
+}
+
 /// Creates an instance of `agent`, registers it with the kernel, then moves `pid` into it: the
 /// process is judged from the moment it is in the cgroup.
 fn launch(
@@ -88,8 +139,9 @@ fn launch(
     agent: &str,
     parent: Option<&str>,
     pid: u32,
-    tagged: bool,
+    how: How,
 ) -> Result<(Instance, Sandbox, Vec<String>), String> {
+    let tagged = how == How::Tag;
     let mut st = shared.lock_state();
     let Some(a) = st.policy.agent(agent).cloned() else {
         let known: Vec<&str> = st.policy.agents.iter().map(|a| a.name.as_str()).collect();
@@ -104,7 +156,9 @@ fn launch(
             "agent {agent:?} has exec/read/write rules but nothing on this host can enforce file rules (no BPF LSM, no Landlock); refusing to start it"
         ));
     }
-    if st.hierarchy.contains_pid(pid).map_err(|e| e.to_string())? {
+    // Only a sub-agent launch moves a process that already is an agent (out of its parent's
+    // instance, one level down).
+    if how != How::SubAgent && st.hierarchy.contains_pid(pid).map_err(|e| e.to_string())? {
         return Err(format!(
             "process {pid} already belongs to an agent instance"
         ));
@@ -149,7 +203,12 @@ fn launch(
         instance: inst.name.clone(),
         cgroup_id: inst.id,
         pid,
-        how: if tagged { "tag" } else { "run" }.to_owned(),
+        how: match how {
+            How::Run => "run",
+            How::Tag => "tag",
+            How::SubAgent => "sub-agent",
+        }
+        .to_owned(),
         by,
         files,
     });

@@ -5,6 +5,8 @@
 //! pinned programs of a previous daemon are adopted rather than replaced.
 
 mod apply;
+mod binwatch;
+mod dns_task;
 mod handlers;
 mod ingest;
 mod operator;
@@ -26,6 +28,7 @@ use crate::{
         record::{Actor, Body},
     },
     cgroup::{self, Hierarchy},
+    dns,
     ebpf::{
         backends::Backends,
         loader::{self, LoadOptions},
@@ -49,8 +52,16 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Administrator control socket.
     pub socket: PathBuf,
+    /// Agent-facing socket (agents start their sub-agents through it).
+    pub agent_socket: PathBuf,
     /// Remove programs and pins on a clean exit (agents lose enforcement).
     pub unload_on_exit: bool,
+    /// When DNS names are looked up again and how long vanished addresses stay valid.
+    pub dns: dns::Timing,
+    /// Log durability and sealing (directory aside, which is `<state-dir>/log`).
+    pub log: LogOptions,
+    /// Size of the event ring buffer in bytes, when the programs are first loaded.
+    pub ring_buffer_bytes: u32,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -104,8 +115,12 @@ pub struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     /// Asks every task to stop; `Some(unload)` once shutdown was requested.
     shutdown: tokio::sync::watch::Sender<Option<bool>>,
+    /// Paths of allowed binaries, for the watcher that re-resolves them on change.
+    exec_paths: tokio::sync::watch::Sender<Vec<PathBuf>>,
     /// New instances for the exit watcher.
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
+    /// DNS names of the policy in force.
+    dns: dns_task::DnsNames,
 }
 
 impl Shared {
@@ -166,24 +181,38 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let release = kernel::release();
     kernel::check_minimum(&release)?;
     let policy = policy::load(&opts.policy)?;
-    let (resolved, warnings) = apply::resolve(&policy)?;
-    for w in &warnings {
+    let _lock = lock_state_dir(&opts.state_dir)?;
+    let dns = dns_task::DnsNames::new(opts.dns);
+    let dns_warnings = dns.refresh_policy(&policy).await;
+    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy))?;
+    for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
-    let _lock = lock_state_dir(&opts.state_dir)?;
 
     let hierarchy = Hierarchy::discover()?;
     let (root_id, root_level) = hierarchy.ensure_root()?;
-    let mut loaded = loader::load(&LoadOptions::default())?;
+    let started = std::time::Instant::now();
+    let mut loaded = loader::load(&LoadOptions {
+        ring_buffer_bytes: opts.ring_buffer_bytes,
+        ..LoadOptions::default()
+    })?;
     let backends = loaded.backends.clone();
-    tracing::info!(%backends, restart = loaded.is_restart(), "programs loaded");
+    tracing::info!(%backends, restart = loaded.is_restart(), took_ms = started.elapsed().as_millis(), "programs loaded");
     if let Some(reason) = &backends.lsm_unavailable {
         tracing::info!("BPF LSM not used: {reason}");
     }
     let (mut maps, ring) = KernelMaps::take(&mut loaded.ebpf)?;
     maps.set_root(root_id, root_level)?;
 
-    let log = AuditLog::open(LogOptions::new(opts.state_dir.join("log")))?;
+    let log = AuditLog::open(LogOptions {
+        dir: opts.state_dir.join("log"),
+        ..opts.log.clone()
+    })?;
+    if !log.is_sealed() {
+        tracing::warn!(
+            "the log is not sealed: records can be re-chained by someone on this host; run `agentguard log init` once and keep its key offline"
+        );
+    }
     let mut state = State {
         policy: policy.clone(),
         policy_path: opts.policy.clone(),
@@ -193,6 +222,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         instances: Default::default(),
         escalated: Default::default(),
         exited: Default::default(),
+        binaries: resolved.binaries.clone(),
     };
     let readopted = watch::readopt(&mut state)?;
 
@@ -203,16 +233,29 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let rules = compiled.rules.len();
     state.compiled[usize::from(generation)] = Some(compiled);
     loaded.attach(hierarchy.root())?;
+    dns.set_in_force(&resolved.names);
+    tracing::info!(
+        took_ms = started.elapsed().as_millis(),
+        "policy written and programs attached"
+    );
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (exec_paths, exec_paths_rx) = tokio::sync::watch::channel(binwatch::paths_of(
+        policy
+            .agents
+            .iter()
+            .flat_map(|a| a.exec.iter().map(|e| e.value.clone())),
+    ));
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         log: Mutex::new(log),
         backends: backends.clone(),
         apply_lock: tokio::sync::Mutex::new(()),
         shutdown,
+        exec_paths,
         new_instances,
+        dns,
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -235,13 +278,31 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = shared.new_instances.send(inst);
     }
 
-    let listener = server::bind(&opts.socket)?;
+    let listener = server::bind(&opts.socket, server::Role::Admin)?;
+    let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
     let ring = EventRing::new(ring).map_err(io("cannot register the event ring buffer"))?;
     let tasks = vec![
         tokio::spawn(ingest::run(shared.clone(), ring, shutdown_rx.clone())),
-        tokio::spawn(server::run(shared.clone(), listener, shutdown_rx.clone())),
+        tokio::spawn(server::run(
+            shared.clone(),
+            listener,
+            server::Role::Admin,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(server::run(
+            shared.clone(),
+            agent_listener,
+            server::Role::Agent,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
         tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(dns_task::run(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(binwatch::run(
+            shared.clone(),
+            exec_paths_rx,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(server::signals(
             shared.clone(),
             opts.policy.clone(),
@@ -263,6 +324,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = t.await;
     }
     let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&opts.agent_socket);
     shared.log(Body::DaemonStop {
         reason: "shutdown requested".into(),
         enforcement_kept: !unload,

@@ -14,6 +14,7 @@ use tokio::{
 };
 
 use super::{DaemonError, Shared, apply, handlers};
+use crate::cgroup::Instance;
 use crate::{
     audit::record::Actor,
     control::{
@@ -22,8 +23,27 @@ use crate::{
     },
 };
 
-/// Binds the socket (mode 0600), replacing a stale one but never a live daemon's.
-pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+/// Who a socket serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The administrator socket: root peers outside every agent cgroup; every request.
+    Admin,
+    /// The agent socket: processes inside agent instances; starting their own sub-agents only.
+    Agent,
+}
+
+impl Role {
+    fn mode(self) -> u32 {
+        match self {
+            Self::Admin => 0o600,
+            // Any agent process may connect; what it may ask is decided by its cgroup.
+            Self::Agent => 0o666,
+        }
+    }
+}
+
+/// Binds a socket, replacing a stale one but never a live daemon's.
+pub fn bind(path: &Path, role: Role) -> Result<UnixListener, DaemonError> {
     let io = |what: String| move |source| DaemonError::Io { what, source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(format!("cannot create {}", dir.display())))?;
@@ -43,7 +63,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     }
     let listener =
         UnixListener::bind(path).map_err(io(format!("cannot bind {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(role.mode()))
         .map_err(io(format!("cannot chmod {}", path.display())))?;
     Ok(listener)
 }
@@ -52,6 +72,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 pub async fn run(
     shared: Arc<Shared>,
     listener: UnixListener,
+    role: Role,
     mut shutdown: watch::Receiver<Option<bool>>,
 ) {
     loop {
@@ -60,7 +81,7 @@ pub async fn run(
                 Ok((stream, _)) => {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = serve(shared, stream).await {
+                        if let Err(e) = serve(shared, stream, role).await {
                             tracing::debug!(error = %e, "control connection ended");
                         }
                     });
@@ -72,27 +93,31 @@ pub async fn run(
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> {
-    let peer = Peer::of(&stream);
-    let hierarchy = shared.lock_state().hierarchy.clone();
+async fn serve(shared: Arc<Shared>, stream: UnixStream, role: Role) -> std::io::Result<()> {
+    let peer = Peer::of(&stream).map_err(|e| e.to_string());
     let admitted = peer
         .as_ref()
-        .map_err(ToString::to_string)
-        .and_then(|p| p.require_admin(&hierarchy).map_err(|e| e.to_string()));
+        .map_err(Clone::clone)
+        .and_then(|p| admit(&shared, p, role));
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let (response, last) = match (&admitted, &peer) {
-            (Err(e), _) => (Response::Error(e.clone()), true),
-            (Ok(()), Ok(peer)) => match serde_json::from_str::<Request>(&line) {
+            (Ok(caller), Ok(peer)) => match serde_json::from_str::<Request>(&line) {
                 Ok(req) => {
                     // After `run` the peer lives in an agent cgroup: it gets no second request.
                     let last = matches!(req, Request::Run { .. });
-                    (handlers::handle(&shared, peer, req).await, last)
+                    let response = match caller {
+                        None => handlers::handle(&shared, peer, req).await,
+                        Some(instance) => {
+                            handlers::handle_agent(&shared, peer, instance, req).await
+                        }
+                    };
+                    (response, last)
                 }
                 Err(e) => (Response::Error(format!("malformed request: {e}")), true),
             },
-            (Ok(()), Err(e)) => (Response::Error(e.to_string()), true),
+            (Err(e), _) | (_, Err(e)) => (Response::Error(e.clone()), true),
         };
         let mut out = serde_json::to_string(&response)
             .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode reply: {e}\"}}"));
@@ -103,6 +128,31 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Checks a peer for `role`: `None` for an administrator, the calling instance for an agent.
+fn admit(shared: &Shared, peer: &Peer, role: Role) -> Result<Option<Instance>, String> {
+    let hierarchy = shared.lock_state().hierarchy.clone();
+    match role {
+        Role::Admin => peer
+            .require_admin(&hierarchy)
+            .map(|()| None)
+            .map_err(|e| e.to_string()),
+        Role::Agent => {
+            let cgroup = peer.agent_cgroup(&hierarchy).map_err(|e| e.to_string())?;
+            let st = shared.lock_state();
+            // The nearest instance at or above the peer's cgroup.
+            st.instances
+                .values()
+                .filter(|i| cgroup.starts_with(&i.path))
+                .max_by_key(|i| i.path.components().count())
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| {
+                    "the calling process belongs to no running agent instance".to_owned()
+                })
+        }
+    }
 }
 
 /// SIGTERM/SIGINT stop the daemon (enforcement stays); SIGHUP re-reads the policy file.

@@ -23,6 +23,8 @@ pub struct State {
     pub policy: Policy,
     /// The daemon's policy file (re-read on SIGHUP).
     pub policy_path: PathBuf,
+    /// Identities the exec rules of the policy in force were compiled with.
+    pub binaries: std::collections::HashMap<PathBuf, crate::sys::identity::FileIdentity>,
     /// Compiled rule tables per generation (events name rules of either).
     pub compiled: [Option<Compiled>; 2],
     /// Typed kernel maps.

@@ -16,7 +16,7 @@ use agentguard_common::offsets::{FILE_F_PATH_GLOBAL, GLOBAL_NAME, KernelOffsets}
 use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
@@ -92,6 +92,9 @@ pub struct LoadOptions {
     pub pin_root: PathBuf,
     /// The version directory name (normally [`object::version`]).
     pub version: String,
+    /// Size of the event ring buffer in bytes (a power-of-two multiple of the page size). Only
+    /// used when the ring buffer is created, not when a pinned one is re-opened.
+    pub ring_buffer_bytes: u32,
 }
 
 impl Default for LoadOptions {
@@ -99,6 +102,7 @@ impl Default for LoadOptions {
         Self {
             pin_root: PathBuf::from(pins::ROOT),
             version: object::version(),
+            ring_buffer_bytes: agentguard_common::maps::EVENTS_BYTES,
         }
     }
 }
@@ -136,12 +140,12 @@ impl Loaded {
                 attach_one(&mut self.ebpf, spec, &cgroup, &self.pins)?;
             }
         }
-        let unused = if self.backends.lsm() {
-            Group::ExecFallback
+        let unused: &[Group] = if self.backends.lsm() {
+            &[Group::ExecFallback, Group::OpenBudget]
         } else {
-            Group::Lsm
+            &[Group::Lsm]
         };
-        for spec in programs::of(unused) {
+        for spec in unused.iter().flat_map(|g| programs::of(*g)) {
             let _ = std::fs::remove_file(self.pins.link(spec.name));
         }
         let root = self
@@ -180,9 +184,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         path: pins.base().to_owned(),
         source,
     })?;
+    let t = std::time::Instant::now();
     let btf = Btf::from_sys_fs()?;
+    tracing::debug!(took_ms = t.elapsed().as_millis(), "kernel BTF parsed (aya)");
     let offsets = offsets::from_btf(Path::new(offsets::VMLINUX_BTF))?;
-    let mut ebpf = open_object(&btf, &offsets, &pins.maps())?;
+    tracing::debug!(took_ms = t.elapsed().as_millis(), "kernel offsets read");
+    let mut ebpf = open_object(&btf, &offsets, &pins.maps(), opts.ring_buffer_bytes)?;
 
     let mut groups = Groups {
         pins: &pins,
@@ -200,6 +207,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let backends = Backends::decide(lsm, backends::landlock_abi());
     if !backends.lsm() {
         groups.take(&mut ebpf, Group::ExecFallback)?;
+        pins::ensure_tracefs()?;
+        groups.take(&mut ebpf, Group::OpenBudget)?;
     }
     let (adopted, pending) = (groups.adopted, groups.pending);
     Ok(Loaded {
@@ -216,8 +225,10 @@ pub(crate) fn open_object(
     btf: &Btf,
     offsets: &KernelOffsets,
     maps_dir: &Path,
+    ring_buffer_bytes: u32,
 ) -> Result<Ebpf, aya::EbpfError> {
     EbpfLoader::new()
+        .map_max_entries(agentguard_common::maps::EVENTS, ring_buffer_bytes)
         .btf(Some(btf))
         .override_global(GLOBAL_NAME, offsets, true)
         .override_global(FILE_F_PATH_GLOBAL, &offsets.file_path, true)
@@ -236,6 +247,17 @@ struct Groups<'a> {
 impl Groups<'_> {
     /// Adopts `group` from its pinned links, or loads its programs.
     fn take(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
+        let t = std::time::Instant::now();
+        let r = self.take_inner(ebpf, group);
+        tracing::debug!(
+            group = group.name(),
+            took_ms = t.elapsed().as_millis(),
+            "program group ready"
+        );
+        r
+    }
+
+    fn take_inner(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
         if adopt(self.pins, group) {
             self.adopted.push(group);
         } else {
@@ -281,6 +303,10 @@ pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<(),
                 let p: &mut Lsm = program.try_into().map_err(&err)?;
                 p.load(hook, btf).map_err(&err)?;
             }
+            Hook::TracePoint(..) => {
+                let p: &mut TracePoint = program.try_into().map_err(&err)?;
+                p.load().map_err(&err)?;
+            }
         }
     }
     Ok(())
@@ -312,6 +338,15 @@ fn attach_one(ebpf: &mut Ebpf, spec: &Spec, cgroup: &File, pins: &PinDir) -> Res
             let p: &mut Lsm = program.try_into().map_err(&err)?;
             let id = p.attach().map_err(&err)?;
             p.take_link(id).map_err(&err)?.into()
+        }
+        Hook::TracePoint(category, name) => {
+            let p: &mut TracePoint = program.try_into().map_err(&err)?;
+            let id = p.attach(category, name).map_err(&err)?;
+            let link = p.take_link(id).map_err(&err)?;
+            FdLink::try_from(link).map_err(|e: LinkError| LoadError::Pin {
+                name: spec.name,
+                message: e.to_string(),
+            })?
         }
     };
     let path = pins.link(spec.name);

@@ -39,9 +39,12 @@ pub enum OffsetError {
 
 /// Reads every offset the programs need from `btf_path`.
 pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
-    let btf = Btf::from_file(btf_path).map_err(|source| OffsetError::Btf {
-        path: btf_path.display().to_string(),
-        source,
+    // Only a dozen lookups are needed: mapping the file beats parsing every type up front.
+    let btf = Btf::from_file_with_backend(btf_path, btf_rs::Backend::Mmap).map_err(|source| {
+        OffsetError::Btf {
+            path: btf_path.display().to_string(),
+            source,
+        }
     })?;
     let f = |s: &str, path: &[&str]| field_offset(&btf, s, path);
     Ok(KernelOffsets {
@@ -56,11 +59,17 @@ pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
         sb_dev: f("super_block", &["s_dev"])?,
         dentry_name: f("dentry", &["d_name", "name"])?,
         dentry_inode: f("dentry", &["d_inode"])?,
+        file_flags: f("file", &["f_flags"])?,
         task_tgid: f("task_struct", &["tgid"])?,
         task_cgroups: f("task_struct", &["cgroups"])?,
         css_set_dfl_cgrp: f("css_set", &["dfl_cgrp"])?,
         cgroup_kn: f("cgroup", &["kn"])?,
         kernfs_node_id: f("kernfs_node", &["id"])?,
+        path_mnt: f("path", &["mnt"])?,
+        mount_mnt: f("mount", &["mnt"])?,
+        mount_mnt_ns: f("mount", &["mnt_ns"])?,
+        task_nsproxy: f("task_struct", &["nsproxy"])?,
+        nsproxy_mnt_ns: f("nsproxy", &["mnt_ns"])?,
         valid: 1,
     })
 }

@@ -53,6 +53,14 @@ pub fn ensure_bpffs() -> Result<bool, mounts::MountError> {
     mounts::ensure("bpf", Path::new(BPFFS))
 }
 
+/// Where tracefs is mounted (and mounted by the daemon when absent, for syscall tracepoints).
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mounts tracefs at [`TRACEFS`] when it is not there.
+pub fn ensure_tracefs() -> Result<bool, mounts::MountError> {
+    mounts::ensure("tracefs", Path::new(TRACEFS))
+}
+
 /// Removes a pin tree (unlinking pinned links detaches their programs once no fd holds them).
 pub fn remove_tree(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(dir) {

@@ -19,7 +19,12 @@ pub struct GroupProbe {
 
 /// Loads every group's programs (without attaching them) and reports per group.
 pub fn programs() -> Vec<GroupProbe> {
-    let groups = [Group::Network, Group::ExecFallback, Group::Lsm];
+    let groups = [
+        Group::Network,
+        Group::ExecFallback,
+        Group::Lsm,
+        Group::OpenBudget,
+    ];
     let fail_all = |e: String| {
         groups
             .iter()
@@ -40,8 +45,9 @@ pub fn programs() -> Vec<GroupProbe> {
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
         let offsets = offsets::from_btf(std::path::Path::new(offsets::VMLINUX_BTF))
             .map_err(|e| e.to_string())?;
-        let mut ebpf = super::loader::open_object(&btf, &offsets, &dir)
-            .map_err(|e| format!("eBPF object: {e}"))?;
+        let mut ebpf =
+            super::loader::open_object(&btf, &offsets, &dir, agentguard_common::maps::EVENTS_BYTES)
+                .map_err(|e| format!("eBPF object: {e}"))?;
         Ok::<_, String>(
             groups
                 .iter()

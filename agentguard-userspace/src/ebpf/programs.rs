@@ -9,6 +9,8 @@ pub enum Group {
     ExecFallback,
     /// BPF LSM hooks: exec, files, namespaces, ptrace.
     Lsm,
+    /// Syscall tracepoints counting opens for budgets (when BPF LSM is unavailable).
+    OpenBudget,
 }
 
 impl Group {
@@ -18,6 +20,7 @@ impl Group {
             Self::Network => "network",
             Self::ExecFallback => "exec-fallback",
             Self::Lsm => "lsm",
+            Self::OpenBudget => "open-budget",
         }
     }
 }
@@ -31,6 +34,8 @@ pub enum Hook {
     TpBtf(&'static str),
     /// A BPF LSM hook.
     Lsm(&'static str),
+    /// A classic tracepoint: category and name.
+    TracePoint(&'static str, &'static str),
 }
 
 /// One program.
@@ -75,6 +80,91 @@ pub const SPECS: &[Spec] = &[
         name: "ag_bprm_check",
         group: Group::Lsm,
         hook: Hook::Lsm("bprm_check_security"),
+    },
+    Spec {
+        name: "ag_file_open",
+        group: Group::Lsm,
+        hook: Hook::Lsm("file_open"),
+    },
+    Spec {
+        name: "ag_path_unlink",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_unlink"),
+    },
+    Spec {
+        name: "ag_path_mkdir",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_mkdir"),
+    },
+    Spec {
+        name: "ag_path_rmdir",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_rmdir"),
+    },
+    Spec {
+        name: "ag_path_symlink",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_symlink"),
+    },
+    Spec {
+        name: "ag_path_rename",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_rename"),
+    },
+    Spec {
+        name: "ag_path_link",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_link"),
+    },
+    Spec {
+        name: "ag_path_truncate",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_truncate"),
+    },
+    Spec {
+        name: "ag_path_chmod",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_chmod"),
+    },
+    Spec {
+        name: "ag_path_chown",
+        group: Group::Lsm,
+        hook: Hook::Lsm("path_chown"),
+    },
+    Spec {
+        name: "ag_userns_create",
+        group: Group::Lsm,
+        hook: Hook::Lsm("userns_create"),
+    },
+    Spec {
+        name: "ag_sb_mount",
+        group: Group::Lsm,
+        hook: Hook::Lsm("sb_mount"),
+    },
+    Spec {
+        name: "ag_move_mount",
+        group: Group::Lsm,
+        hook: Hook::Lsm("move_mount"),
+    },
+    Spec {
+        name: "ag_ptrace_access_check",
+        group: Group::Lsm,
+        hook: Hook::Lsm("ptrace_access_check"),
+    },
+    Spec {
+        name: "ag_open_budget_openat",
+        group: Group::OpenBudget,
+        hook: Hook::TracePoint("syscalls", "sys_enter_openat"),
+    },
+    Spec {
+        name: "ag_open_budget_openat2",
+        group: Group::OpenBudget,
+        hook: Hook::TracePoint("syscalls", "sys_enter_openat2"),
+    },
+    Spec {
+        name: "ag_open_budget_open",
+        group: Group::OpenBudget,
+        hook: Hook::TracePoint("syscalls", "sys_enter_open"),
     },
 ];
 

@@ -11,6 +11,8 @@ pub mod net;
 pub mod resolve;
 pub mod runtime;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 pub mod throttle;
 pub mod validate;
 

@@ -114,9 +114,13 @@ pub fn drop_privileges(user: Option<&UserSpec>, keep: &[Capability]) -> Result<(
             });
         }
     }
-    let bounding = caps::read(None, CapSet::Bounding)?;
-    for cap in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, *cap)?;
+    // Narrowing the bounding set needs CAP_SETPCAP; a launcher without it (an agent starting a
+    // sub-agent) already had its bounding set narrowed when it was started.
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        let bounding = caps::read(None, CapSet::Bounding)?;
+        for cap in bounding.difference(&keep) {
+            caps::drop(None, CapSet::Bounding, *cap)?;
+        }
     }
     if let Some(u) = user {
         let groups: Vec<Gid> = u.groups.iter().copied().map(Gid::from_raw).collect();

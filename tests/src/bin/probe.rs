@@ -47,6 +47,23 @@ fn tcp(a: SocketAddr) -> std::io::Result<()> {
     TcpStream::connect_timeout(&a, Duration::from_secs(3)).map(drop)
 }
 
+/// A TCP connect by host name, resolved by the C library as an agent would (hosts file, then
+/// DNS); tries each address until one connects.
+fn tcp_name(host: &str, port: &str) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let port: u16 = port
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("{port}: {e}")))?;
+    let mut last = std::io::Error::other(format!("{host} has no addresses"));
+    for a in (host, port).to_socket_addrs()? {
+        match tcp(a) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 fn udp_send(a: SocketAddr) -> std::io::Result<()> {
     let s = UdpSocket::bind(if a.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     s.send_to(b"agentguard", a).map(drop)
@@ -84,6 +101,7 @@ fn main() -> ExitCode {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
         ["tcp", host, port] => report(addr(host, port).and_then(tcp)),
+        ["tcp-name", host, port] => report(tcp_name(host, port)),
         ["tcp-mapped", host, port] => report(mapped(host, port).and_then(tcp)),
         ["udp", host, port] => report(addr(host, port).and_then(udp_send)),
         ["udp-mapped", host, port] => report(mapped(host, port).and_then(udp_send)),
@@ -104,6 +122,28 @@ fn main() -> ExitCode {
                 }
             }
             println!("ok={ok} eperm={eperm}");
+            ExitCode::SUCCESS
+        }
+        ["udp-loop", host, port, n] => report(addr(host, port).and_then(|a| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            for _ in 0..n.parse::<usize>().unwrap_or(0) {
+                s.send_to(b"agentguard", a)?;
+            }
+            Ok(())
+        })),
+        ["tcp-pair", host, a, b, n] => {
+            // Alternates connects to an allowed and a refused port, counting each outcome.
+            let n: usize = n.parse().unwrap_or(0);
+            let mut counts = [[0usize; 2]; 2];
+            for i in 0..n {
+                let port = if i % 2 == 0 { a } else { b };
+                let ok = addr(host, port).and_then(tcp).is_ok();
+                counts[i % 2][usize::from(ok)] += 1;
+            }
+            println!(
+                "a_ok={} a_refused={} b_ok={} b_refused={}",
+                counts[0][1], counts[0][0], counts[1][1], counts[1][0]
+            );
             ExitCode::SUCCESS
         }
         ["status"] => report(status_lines()),
@@ -170,6 +210,21 @@ fn main() -> ExitCode {
                     .map_err(std::io::Error::from)
             },
         )),
+        ["open-loop", path, n] => {
+            let n: usize = n.parse().unwrap_or(0);
+            let (mut ok, mut failed) = (0, 0);
+            for _ in 0..n {
+                match std::fs::File::open(path) {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            println!("ok={ok} failed={failed}");
+            ExitCode::SUCCESS
+        }
+        ["spin"] => loop {
+            std::hint::spin_loop();
+        },
         ["exit", code] => ExitCode::from(code.parse::<u8>().unwrap_or(1)),
         ["sleep", secs] => {
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));
@@ -177,7 +232,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: agentguard-probe tcp|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
+                "usage: agentguard-probe tcp|tcp-name|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
             );
             ExitCode::from(2)
         }

@@ -57,12 +57,30 @@ fn build(release: bool, linker_root: Option<&Path>) -> Result<PathBuf> {
 }
 
 fn compile(release: bool, linker: &Path) -> Result<()> {
+    let mut build = nightly_cargo("build", linker)?;
+    if release {
+        build.arg("--release");
+    }
+    cmd::run(&mut build)
+}
+
+/// Clippy for the eBPF crate, for its real target (a host `cargo clippy` sees no program code).
+pub fn clippy() -> Result<()> {
+    toolchain::ensure_rust_src()?;
+    let linker = linker::ensure(None)?;
+    let mut c = nightly_cargo("clippy", &linker)?;
+    c.args(["--release", "--", "-D", "warnings"]);
+    cmd::run(&mut c)
+}
+
+/// `cargo +nightly SUBCOMMAND` for the eBPF crate and target, with bpf-linker in PATH.
+fn nightly_cargo(subcommand: &str, linker: &Path) -> Result<std::process::Command> {
     let mut build = cmd::cargo();
     build
         .current_dir(workspace::root())
         .arg(format!("+{}", toolchain::NIGHTLY))
         .args([
-            "build",
+            subcommand,
             "--package",
             "agentguard-ebpf",
             "--target",
@@ -75,12 +93,9 @@ fn compile(release: bool, linker: &Path) -> Result<()> {
             "CARGO_ENCODED_RUSTFLAGS",
             "-Cdebuginfo=2\x1f-Clink-arg=--btf",
         );
-    if release {
-        build.arg("--release");
-    }
     // rustc finds bpf-linker through PATH.
     if let Some(dir) = linker.parent() {
         build.env("PATH", cmd::path_with(dir)?);
     }
-    cmd::run(&mut build)
+    Ok(build)
 }

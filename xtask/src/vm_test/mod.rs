@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use crate::integration::{self, TestExe};
 use crate::{build_ebpf, cmd, workspace};
 
-const DEFAULT_TIMEOUT_SECS: u64 = 20 * 60;
+const DEFAULT_TIMEOUT_SECS: u64 = 50 * 60;
 
 #[derive(clap::Args)]
 pub struct Args {

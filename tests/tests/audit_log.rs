@@ -1,0 +1,249 @@
+//! The event log on a real daemon: a tamper matrix on a log produced by real enforcement, and
+//! crash recovery after `kill -9` during a burst.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    process::Output,
+};
+
+use agentguard::audit::{
+    record::{Body, Record},
+    testutil::Surgery,
+};
+use agentguard_tests::{Daemon, agentguard, describe, net, privileged, stdout};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
+
+fn verify(state: &Path, extra: &[&str]) -> (Output, serde_json::Value) {
+    let state = state.to_string_lossy().into_owned();
+    let mut args = vec!["log", "verify", "--json", "--state-dir", &state];
+    args.extend_from_slice(extra);
+    let out = agentguard(&args);
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (out, json)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap_or_else(|e| panic!("{e}"));
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("{e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("{e}"));
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
+/// A sealed log written by a real daemon judging real connects.
+fn real_log() -> (Daemon, PathBuf, String) {
+    let l = net::Tcp::listen("127.0.0.1");
+    let policy = format!("[agents.buyer]\nconnect = [\"127.0.0.1:{}\"]\n", l.port());
+    let (mut d, key) = Daemon::start_sealed(&policy, &["--seal-every", "8"]);
+    let state = d.state.clone();
+    for port in [l.port(), l.port().wrapping_add(1)] {
+        let out = d.run(
+            "buyer",
+            &[PROBE, "tcp-loop", "127.0.0.1", &port.to_string(), "12"],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    d.wait_record("the last refusal", |r| r["verdict"] == "denied");
+    d.stop();
+    (d, state, key)
+}
+
+/// The test's temporary directory (the state directory's parent).
+fn d_dir(state: &Path) -> PathBuf {
+    state.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Index of the first frame at or after `i` whose record is an action.
+fn action_frame(s: &Surgery, i: usize) -> usize {
+    s.action_at_or_after(i)
+}
+
+#[test]
+fn a_tampered_real_log_is_caught_and_the_change_named() {
+    if !privileged("a_tampered_real_log_is_caught_and_the_change_named") {
+        return;
+    }
+    let (_d, state, key) = real_log();
+    let log = state.join("log");
+    let (out, report) = verify(&state, &["--key", &key]);
+    assert!(
+        out.status.success(),
+        "the untouched log verifies: {}",
+        describe(&out)
+    );
+    assert!(
+        report["seals"]["verified"].as_u64().unwrap_or(0) >= 2 || stdout(&out).contains("verified"),
+        "seals were written and checked: {report}"
+    );
+    let head_out = agentguard(&["log", "head", "--state-dir", &state.to_string_lossy()]);
+    let head = stdout(&head_out).trim().to_owned();
+
+    type Tamper = Box<dyn Fn(&mut Surgery)>;
+    let cases: Vec<(&str, Tamper, &str)> = vec![
+        (
+            "flip a byte",
+            Box::new(|s: &mut Surgery| {
+                let i = action_frame(s, 5);
+                let mid = s.frames[i].len() / 2;
+                s.frames[i][mid] ^= 0x01;
+            }),
+            "modified",
+        ),
+        (
+            "delete a record",
+            Box::new(|s: &mut Surgery| {
+                let i = action_frame(s, 5);
+                s.frames.remove(i);
+            }),
+            "deleted",
+        ),
+        (
+            "insert a record",
+            Box::new(|s: &mut Surgery| {
+                let i = action_frame(s, 5);
+                let copy = s.frames[i].clone();
+                s.frames.insert(i + 1, copy);
+            }),
+            "inserted",
+        ),
+        (
+            "swap two records",
+            Box::new(|s: &mut Surgery| {
+                let i = action_frame(s, 5);
+                s.frames.swap(i, i + 1);
+            }),
+            "reordered",
+        ),
+        (
+            "re-chain a modified record without the key",
+            Box::new(|s: &mut Surgery| {
+                let i = action_frame(s, 5);
+                let mut r: Record = s.record(i);
+                if let Body::Action(a) = &mut r.body {
+                    a.verdict = 1;
+                    a.comm = "innocent".into();
+                }
+                s.rewrite(i, &r);
+                s.rechain(i);
+            }),
+            "bad seal",
+        ),
+    ];
+    for (what, tamper, class) in cases {
+        let copy = d_dir(&state).join(format!("tampered-{}", what.replace(' ', "-")));
+        copy_dir(&log, &copy.join("log"));
+        let mut s = Surgery::open(&copy.join("log"), 0);
+        tamper(&mut s);
+        s.save();
+        let (out, report) = verify(&copy, &["--key", &key]);
+        assert!(
+            !out.status.success(),
+            "{what}: verify must fail: {}",
+            describe(&out)
+        );
+        assert_eq!(
+            report["problem"]["class"].as_str(),
+            Some(class),
+            "{what}: {report}"
+        );
+    }
+
+    // Truncation is visible against a head anchored elsewhere.
+    let copy = d_dir(&state).join("tampered-truncate");
+    copy_dir(&log, &copy.join("log"));
+    let mut s = Surgery::open(&copy.join("log"), 0);
+    let keep = s.frames.len() - 3;
+    s.frames.truncate(keep);
+    s.save();
+    let (out, report) = verify(&copy, &["--key", &key, "--head", &head]);
+    assert!(!out.status.success(), "truncation: {}", describe(&out));
+    assert_eq!(
+        report["problem"]["class"].as_str(),
+        Some("truncated"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_crash_during_a_burst_is_recovered_and_the_drops_are_logged() {
+    if !privileged("a_crash_during_a_burst_is_recovered_and_the_drops_are_logged") {
+        return;
+    }
+    let sink = net::Udp::bind("127.0.0.1");
+    let policy = format!(
+        "[agents.buyer]\nconnect = [\"127.0.0.1:{}\"]\n",
+        sink.port()
+    );
+    // A small ring buffer, so the burst while the daemon is down overflows it.
+    let (mut d, key) = Daemon::start_sealed(&policy, &["--ring-buffer-bytes", "65536"]);
+    let state = d.state.clone();
+    // The agent starts while the daemon runs, then bursts once the daemon is gone.
+    let script = format!(
+        "read go; exec {PROBE} udp-loop 127.0.0.1 {} 20000",
+        sink.port()
+    );
+    let mut agent = std::process::Command::new(agentguard_tests::agentguard_bin())
+        .args(["run", "--agent", "buyer", "--", "/bin/sh", "-c", &script])
+        .env("AGENTGUARD_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    d.wait_record("the agent's start", |r| r["kind"] == "instance-start");
+    d.kill9();
+    {
+        let mut stdin = agent.stdin.take().unwrap_or_else(|| panic!("stdin"));
+        stdin.write_all(b"go\n").unwrap_or_else(|e| panic!("{e}"));
+    }
+    let status = agent.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        status.success(),
+        "the agent kept running without the daemon"
+    );
+    // What a crash in the middle of a write leaves: half a frame at the end of the segment.
+    let segment = fs::read_dir(state.join("log"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .unwrap_or_else(|| panic!("no segment"));
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.write_all(&[0xa5, b'A', b'G', b'R', 0x40, 0, 0, 0, 1, 2, 3])
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(f);
+    d.restart();
+    let recovered = d.wait_record("the recovery", |r| r["kind"] == "recovered");
+    assert!(
+        recovered["cut_bytes"].as_u64().unwrap_or(0) > 0,
+        "{recovered}"
+    );
+    let lost = d.wait_record("the lost events", |r| r["kind"] == "lost");
+    assert!(lost["dropped"].as_u64().unwrap_or(0) > 0, "{lost}");
+    // Events produced while the daemon was down were kept up to the buffer's size.
+    let sends_after_restart = d
+        .records()
+        .iter()
+        .skip_while(|r| r["kind"] != "daemon-start" || r["adopted"] != true)
+        .filter(|r| r["action"] == "send")
+        .count();
+    assert!(
+        sends_after_restart > 0,
+        "buffered events survive the daemon's absence"
+    );
+    d.stop();
+    let (out, _) = verify(&state, &["--key", &key]);
+    assert!(
+        out.status.success(),
+        "the recovered log verifies: {}",
+        describe(&out)
+    );
+}

@@ -1,0 +1,288 @@
+//! Budgets in the kernel and the operator's kill switch: deny, freeze, thaw, kill.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use agentguard_tests::{Daemon, agentguard_bin, describe, net, privileged, stdout};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
+
+fn policy(port: u16, throttle: &str) -> String {
+    format!(
+        "[agents.buyer]\nconnect = [\"127.0.0.1:{port}\"]\n\n[agents.buyer.throttle]\n{throttle}\n\n[agents.buyer.sub.search]\nconnect = [\"127.0.0.1:{port}\"]\n"
+    )
+}
+
+/// Starts `agentguard run --agent AGENT -- CMD...` in the background.
+fn spawn(d: &Daemon, agent: &str, cmd: &[&str]) -> Child {
+    Command::new(agentguard_bin())
+        .args(["run", "--agent", agent, "--"])
+        .args(cmd)
+        .env("AGENTGUARD_SOCKET", &d.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The status of one agent's instances: (name, state, pids).
+fn instances(d: &Daemon, agent: &str) -> Vec<(String, String, Vec<u64>)> {
+    let out = d.cli(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["agents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["name"] == agent)
+        .flat_map(|a| a["instances"].as_array().cloned().unwrap_or_default())
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or_default().to_owned(),
+                i["state"].as_str().unwrap_or_default().to_owned(),
+                i["pids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_u64)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// user + system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", describe(out));
+}
+
+#[test]
+fn a_connect_budget_refuses_the_excess_with_eperm() {
+    if !privileged("a_connect_budget_refuses_the_excess_with_eperm") {
+        return;
+    }
+    let l = net::Tcp::listen("127.0.0.1");
+    let d = Daemon::start(&policy(l.port(), "connect = \"5/min\""));
+    let out = d.run(
+        "buyer",
+        &[PROBE, "tcp-loop", "127.0.0.1", &l.port().to_string(), "50"],
+    );
+    assert_eq!(stdout(&out).trim(), "ok=5 eperm=45", "{}", describe(&out));
+    let ev = d.wait_record("a throttled connect", |r| r["verdict"] == "throttled");
+    assert_eq!(ev["action"].as_str(), Some("connect"), "{ev}");
+}
+
+#[test]
+fn an_agent_scoped_budget_is_shared_by_its_processes() {
+    if !privileged("an_agent_scoped_budget_is_shared_by_its_processes") {
+        return;
+    }
+    let l = net::Tcp::listen("127.0.0.1");
+    let d = Daemon::start(&policy(l.port(), "connect = \"5/min\"\nscope = \"agent\""));
+    let port = l.port().to_string();
+    let script =
+        format!("{PROBE} tcp-loop 127.0.0.1 {port} 3; {PROBE} tcp-loop 127.0.0.1 {port} 3");
+    let out = d.run("buyer", &["/bin/sh", "-c", &script]);
+    assert_eq!(
+        stdout(&out),
+        "ok=3 eperm=0\nok=2 eperm=1\n",
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_breach_with_on_exceed_freeze_freezes_the_instance() {
+    if !privileged("a_breach_with_on_exceed_freeze_freezes_the_instance") {
+        return;
+    }
+    let l = net::Tcp::listen("127.0.0.1");
+    let d = Daemon::start(&policy(
+        l.port(),
+        "connect = \"3/min\"\non_exceed = \"freeze\"",
+    ));
+    let script = format!(
+        "{PROBE} tcp-loop 127.0.0.1 {} 10; exec {PROBE} sleep 30",
+        l.port()
+    );
+    let mut agent = spawn(&d, "buyer", &["/bin/sh", "-c", &script]);
+    wait_for("the instance to be frozen", Duration::from_secs(30), || {
+        instances(&d, "buyer").iter().any(|i| i.1 == "frozen")
+    });
+    let ev = d.wait_record("the freeze", |r| r["kind"] == "freeze");
+    assert_eq!(ev["by"]["type"].as_str(), Some("daemon"), "{ev}");
+    assert!(
+        ev["budget"]
+            .as_str()
+            .is_some_and(|b| b.contains("connect 3/min")),
+        "{ev}"
+    );
+    let name = instances(&d, "buyer")[0].0.clone();
+    ok(&d.cli(&["thaw", &name]));
+    assert_eq!(instances(&d, "buyer")[0].1, "running");
+    ok(&d.cli(&["kill", &name]));
+    let status = agent.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!status.success());
+}
+
+#[test]
+fn a_breach_with_on_exceed_kill_kills_the_instance() {
+    if !privileged("a_breach_with_on_exceed_kill_kills_the_instance") {
+        return;
+    }
+    let l = net::Tcp::listen("127.0.0.1");
+    let d = Daemon::start(&policy(
+        l.port(),
+        "connect = \"3/min\"\non_exceed = \"kill\"",
+    ));
+    let script = format!(
+        "{PROBE} tcp-loop 127.0.0.1 {} 10; exec {PROBE} sleep 30",
+        l.port()
+    );
+    let start = Instant::now();
+    let out = d.run("buyer", &["/bin/sh", "-c", &script]);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "killed long before the sleep ends"
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let ev = d.wait_record("the kill", |r| r["kind"] == "kill");
+    assert_eq!(ev["ok"].as_bool(), Some(true), "{ev}");
+}
+
+#[test]
+fn freeze_stops_a_busy_loop_and_thaw_resumes_it() {
+    if !privileged("freeze_stops_a_busy_loop_and_thaw_resumes_it") {
+        return;
+    }
+    let d = Daemon::start(&policy(9, ""));
+    let mut agent = spawn(&d, "buyer", &[PROBE, "spin"]);
+    wait_for("the instance", Duration::from_secs(20), || {
+        instances(&d, "buyer").iter().any(|i| !i.2.is_empty())
+    });
+    let (name, _, pids) = instances(&d, "buyer").remove(0);
+    let pid = pids[0];
+    let out = d.cli(&["freeze", &name]);
+    ok(&out);
+    assert!(stdout(&out).contains(&name), "{}", describe(&out));
+    let frozen_at = cpu_ticks(pid);
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(cpu_ticks(pid), frozen_at, "no CPU time while frozen");
+    ok(&d.cli(&["thaw", &name]));
+    wait_for(
+        "CPU time to advance after thaw",
+        Duration::from_secs(10),
+        || cpu_ticks(pid) > frozen_at,
+    );
+    ok(&d.cli(&["kill", "buyer"]));
+    let _ = agent.wait();
+    let freeze = d.wait_record("the freeze record", |r| r["kind"] == "freeze");
+    assert_eq!(freeze["by"]["type"].as_str(), Some("peer"), "{freeze}");
+    assert!(freeze["took_ms"].is_u64(), "{freeze}");
+}
+
+#[test]
+fn kill_leaves_no_process_behind() {
+    if !privileged("kill_leaves_no_process_behind") {
+        return;
+    }
+    let d = Daemon::start(&policy(9, ""));
+    // A child, a double-forked grandchild that re-parents away, and the shell itself.
+    let script =
+        format!("{PROBE} sleep 100 & (setsid {PROBE} sleep 100 &) ; exec {PROBE} sleep 100");
+    let mut agent = spawn(&d, "buyer", &["/bin/sh", "-c", &script]);
+    wait_for("three processes", Duration::from_secs(20), || {
+        instances(&d, "buyer")
+            .first()
+            .is_some_and(|i| i.2.len() >= 3)
+    });
+    let pids = instances(&d, "buyer")[0].2.clone();
+    ok(&d.cli(&["kill", "buyer"]));
+    let _ = agent.wait();
+    for pid in pids {
+        let alive =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "process {pid} survived the kill");
+    }
+    wait_for("the instance to be gone", Duration::from_secs(10), || {
+        instances(&d, "buyer").is_empty()
+    });
+}
+
+#[test]
+fn freezing_a_parent_freezes_its_sub_agents() {
+    if !privileged("freezing_a_parent_freezes_its_sub_agents") {
+        return;
+    }
+    let d = Daemon::start(&policy(9, ""));
+    let mut parent = spawn(&d, "buyer", &[PROBE, "sleep", "60"]);
+    wait_for("the parent instance", Duration::from_secs(20), || {
+        !instances(&d, "buyer").is_empty()
+    });
+    let mut sub = spawn(&d, "buyer/search", &[PROBE, "sleep", "60"]);
+    wait_for("the sub-agent instance", Duration::from_secs(20), || {
+        !instances(&d, "buyer/search").is_empty()
+    });
+    let (sub_name, _, _) = instances(&d, "buyer/search").remove(0);
+    assert!(
+        sub_name.starts_with("buyer/") && sub_name.contains("/search/"),
+        "{sub_name}"
+    );
+    ok(&d.cli(&["freeze", "buyer"]));
+    assert_eq!(
+        instances(&d, "buyer/search")[0].1,
+        "frozen",
+        "the sub-agent is frozen with its parent"
+    );
+    ok(&d.cli(&["kill", "buyer"]));
+    let _ = parent.wait();
+    let _ = sub.wait();
+    assert!(instances(&d, "buyer/search").is_empty());
+}
+
+#[test]
+fn an_open_budget_can_freeze_an_instance() {
+    if !privileged("an_open_budget_can_freeze_an_instance") {
+        return;
+    }
+    let d = Daemon::start(&policy(9, "open = \"20/min\"\non_exceed = \"freeze\""));
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let script = format!(
+        "{PROBE} open-loop {} 200; exec {PROBE} sleep 30",
+        file.display()
+    );
+    let mut agent = spawn(&d, "buyer", &["/bin/sh", "-c", &script]);
+    wait_for("the instance to be frozen", Duration::from_secs(30), || {
+        instances(&d, "buyer").iter().any(|i| i.1 == "frozen")
+    });
+    let ev = d.wait_record("the freeze", |r| r["kind"] == "freeze");
+    assert!(
+        ev["budget"]
+            .as_str()
+            .is_some_and(|b| b.contains("open 20/min")),
+        "{ev}"
+    );
+    ok(&d.cli(&["kill", "buyer"]));
+    let _ = agent.wait();
+}
