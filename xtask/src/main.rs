@@ -5,6 +5,7 @@
 //! subcommand: add a module with an `Args` struct and a `run(&Args)` function, then a variant to
 //! [`Command`] and a line to [`main`].
 
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
@@ -40,6 +41,8 @@ enum Command {
     Lint(lint::Args),
     /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test.
     Test(test::Args),
+    /// Measure overhead and throughput against a baseline of the same run (root; release builds).
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Lint(args) => lint::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

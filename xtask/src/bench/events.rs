@@ -1,0 +1,160 @@
+//! The event pipeline: how many kernel events per second reach the log, and how many are lost,
+//! under UDP sends from several agent processes (every send judged and, with `log_allowed`,
+//! sent through the ring buffer); the daemon's peak RSS under that load; and the capacity of
+//! the userspace log writer alone on synthetic records.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{
+    daemon::{Daemon, Env},
+    generator::{self, As},
+    loopback::Loopback,
+    policy::{BENCH, Bench},
+    settle,
+};
+use crate::cmd;
+
+/// Sending processes: more than the cores, so the daemon competes for CPU as it would with a
+/// busy agent.
+pub const PROCS: u64 = 4;
+
+/// One load run.
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub sends: u64,
+    pub send_secs: f64,
+    /// Sends per second the generator achieved (events offered to the pipeline).
+    pub offered_per_s: f64,
+    /// Log records the run added, less the instance's start and exit and the generator's own
+    /// (allowed, logged) exec.
+    pub logged: u64,
+    /// Kernel drops during the run (`status` `lost_events`).
+    pub lost: u64,
+    /// From the first send until the log stopped growing.
+    pub drain_secs: f64,
+    pub logged_per_s: f64,
+}
+
+/// The log writer on synthetic records, one run.
+#[derive(Debug, Serialize)]
+pub struct Writer {
+    pub sealed: bool,
+    pub records: u64,
+    pub records_per_s: f64,
+    pub bytes_per_record: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Events {
+    pub procs: u64,
+    pub runs: Vec<Run>,
+    pub daemon_rss_idle_kib: u64,
+    /// VmHWM after every run: the daemon's peak resident set under the load.
+    pub daemon_hwm_kib: u64,
+    pub writer: Vec<Writer>,
+}
+
+pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Events> {
+    let files = env.work.join("files");
+    std::fs::create_dir_all(&files)?;
+    let policy = env.policy(
+        "events",
+        &Bench {
+            generator: &env.art.generator,
+            files: &files,
+            tcp: net.tcp,
+            udp: net.udp,
+            connect_rules: 10,
+            log_allowed: true,
+        }
+        .table(),
+    )?;
+    let sends_per_proc: u64 = if quick { 50_000 } else { 500_000 };
+    let mut out = Events {
+        procs: PROCS,
+        ..Events::default()
+    };
+    {
+        let mut daemon = Daemon::start(env, &policy)?;
+        out.daemon_rss_idle_kib = daemon.status_kib("VmRSS")?;
+        for rep in 1..=reps {
+            eprintln!("    events: repetition {rep}/{reps}");
+            out.runs.push(load(env, net, sends_per_proc)?);
+            daemon.check_alive()?;
+        }
+        out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
+    }
+    let records: u64 = if quick { 200_000 } else { 2_000_000 };
+    for rep in 1..=reps {
+        for sealed in [false, true] {
+            eprintln!("    log writer: repetition {rep}/{reps}, sealed {sealed}");
+            out.writer.push(writer(env, records, sealed)?);
+        }
+    }
+    Ok(out)
+}
+
+fn lost_events(env: &Env) -> Result<u64> {
+    env.status()?["lost_events"]
+        .as_u64()
+        .context("status has no lost_events")
+}
+
+fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
+    let before = settle::log_records(env)?;
+    let lost_before = lost_events(env)?;
+    let start = Instant::now();
+    let v = generator::run(
+        env,
+        As::Agent(BENCH),
+        &[
+            "udp",
+            &net.udp.to_string(),
+            &sends_per_proc.to_string(),
+            &PROCS.to_string(),
+        ],
+    )?;
+    let (after, last_change) = settle::log_settled(env)?;
+    let lost = lost_events(env)?.saturating_sub(lost_before);
+    let drain_secs = last_change.duration_since(start).as_secs_f64();
+    // The instance's start and exit are records too, and so is the exec of the generator.
+    let logged = after.saturating_sub(before).saturating_sub(3);
+    Ok(Run {
+        sends: v["sends"].as_u64().unwrap_or(0),
+        send_secs: v["secs"].as_f64().unwrap_or(0.0),
+        offered_per_s: v["sends_per_s"].as_f64().unwrap_or(0.0),
+        logged,
+        lost,
+        drain_secs,
+        logged_per_s: if drain_secs > 0.0 {
+            logged as f64 / drain_secs
+        } else {
+            0.0
+        },
+    })
+}
+
+fn writer(env: &Env, records: u64, sealed: bool) -> Result<Writer> {
+    let dir = env.work.join("audit-writer");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let mut c = std::process::Command::new(&env.art.audit_throughput);
+    c.arg(records.to_string()).arg(&dir);
+    if sealed {
+        c.arg("--sealed");
+    }
+    let out = cmd::stdout(&mut c)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).with_context(|| format!("bad JSON: {out}"))?;
+    Ok(Writer {
+        sealed,
+        records: v["records"].as_u64().unwrap_or(0),
+        records_per_s: v["records_per_s"].as_f64().unwrap_or(0.0),
+        bytes_per_record: v["bytes_per_record"].as_f64().unwrap_or(0.0),
+    })
+}
