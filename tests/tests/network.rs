@@ -296,6 +296,17 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
         ),
         "after restart",
     );
+    // A clean stop (SIGTERM) keeps enforcement in place too.
+    d.stop();
+    let out = run_in_cgroup(
+        &instance,
+        &[PROBE, "tcp", "127.0.0.1", &p.tcp4_no.port().to_string()],
+    );
+    assert!(
+        stdout(&out).starts_with("errno=1 "),
+        "after a clean stop: {}",
+        describe(&out)
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

@@ -1,7 +1,7 @@
 //! Applying a policy: validate in full, resolve, compile for the inactive generation, write,
 //! flip, log. A policy that fails any stage changes nothing.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use crate::{
     audit::record::{Actor, Body},
@@ -93,6 +93,7 @@ async fn install(
 ) -> Result<Applied, ApplyError> {
     let (resolved, mut warnings) = resolve(&policy, shared.dns.addresses_for(&policy))?;
     warnings.extend(dns_warnings);
+    let exec_paths = super::binwatch::paths_of(policy.exec_paths());
     let (old, applied) = {
         let mut st = shared.lock_state();
         let generation = st.maps.inactive_generation()?;
@@ -113,20 +114,14 @@ async fn install(
             rules: u32::try_from(compiled.rules.len()).unwrap_or(u32::MAX),
         });
         st.compiled[usize::from(generation)] = Some(compiled);
-        let exec_paths = policy
-            .agents
-            .iter()
-            .flat_map(|a| a.exec.iter().map(|e| e.value.clone()));
-        let _ = shared
-            .exec_paths
-            .send(super::binwatch::paths_of(exec_paths));
+        let _ = shared.exec_paths.send(exec_paths);
         st.binaries = resolved.binaries;
         st.policy = policy;
         (old, applied)
     };
     shared.dns.set_in_force(&resolved.names);
     // Programs running now may still hold the old generation; they finish within microseconds.
-    tokio::time::sleep(GRACE.max(Duration::from_millis(1))).await;
+    tokio::time::sleep(GRACE).await;
     let mut st = shared.lock_state();
     st.maps.purge_if_inactive(old)?;
     Ok(applied)

@@ -241,12 +241,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(None);
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (exec_paths, exec_paths_rx) = tokio::sync::watch::channel(binwatch::paths_of(
-        policy
-            .agents
-            .iter()
-            .flat_map(|a| a.exec.iter().map(|e| e.value.clone())),
-    ));
+    let (exec_paths, exec_paths_rx) =
+        tokio::sync::watch::channel(binwatch::paths_of(policy.exec_paths()));
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         log: Mutex::new(log),

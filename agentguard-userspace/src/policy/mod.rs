@@ -120,6 +120,13 @@ impl Policy {
         self.agents.iter().find(|a| a.id == id)
     }
 
+    /// Every binary the exec rules name, over all agents.
+    pub fn exec_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.agents
+            .iter()
+            .flat_map(|a| a.exec.iter().map(|e| e.value.clone()))
+    }
+
     /// The digest as hex, as recorded in the log.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest)
