@@ -58,6 +58,8 @@ pub const EVENT_PARENT_DENIED: u32 = 1 << 4;
 pub const EVENT_PATH_TOO_LONG: u32 = 1 << 5;
 /// The action was judged against the agent's own `/proc/<pid>` entries (`/proc/self`).
 pub const EVENT_PROC_SELF: u32 = 1 << 6;
+/// The action targeted agentguard's own state (cgroupfs, bpffs), which no agent may change.
+pub const EVENT_PROTECTED_FS: u32 = 1 << 7;
 
 /// Common start of every event.
 #[repr(C)]

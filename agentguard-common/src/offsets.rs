@@ -60,7 +60,11 @@ pub struct KernelOffsets {
     pub task_nsproxy: u32,
     /// `struct nsproxy::mnt_ns`.
     pub nsproxy_mnt_ns: u32,
+    /// `struct path::dentry`.
+    pub path_dentry: u32,
+    /// `struct super_block::s_magic`.
+    pub sb_magic: u32,
     /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
     pub valid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 92);
+const _: () = assert!(size_of::<KernelOffsets>() == 100);

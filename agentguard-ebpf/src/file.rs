@@ -11,8 +11,8 @@
 use agentguard_common::{
     agent::{AGENT_FILE_RULES, ThrottleKind},
     event::{
-        EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EventKind, FILE_PATH_LEN,
-        FileEvent, FileOp,
+        EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EVENT_PROTECTED_FS, EventKind,
+        FILE_PATH_LEN, FileEvent, FileOp,
     },
     maps::MAX_AGENT_DEPTH,
     rules::{NO_RULE, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey},
@@ -103,6 +103,13 @@ fn try_file_open(file: *const u8) -> bool {
     }
     if mode & FMODE_WRITE != 0 || created {
         access |= ACCESS_WRITE;
+    }
+    if access & ACCESS_WRITE != 0
+        && kernel::read::<*const u8>(file, o.file_inode)
+            .is_some_and(|i| kernel::inode_protected(&o, i))
+    {
+        let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
+        return refuse_protected(&subject, resolve(f_path), access, FileOp::Open);
     }
     if subject.flags() & AGENT_FILE_RULES == 0 {
         // No file rules: only the open budget applies; only its breaches are logged (the daemon
@@ -389,11 +396,49 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
     entry.submit(0);
 }
 
+/// Agents may never change agentguard's own state (its cgroups, its pinned programs), whatever
+/// their file rules say: that is how an agent would leave its identity or its enforcement.
+fn refuse_protected(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) -> bool {
+    let (len, flags) = resolved.map_or((usize::MAX, 0), |r| (r.len, r.flags));
+    let (j, log) = verdict::finish(
+        subject,
+        None,
+        Judgement::refuse(Verdict::Denied, flags | EVENT_PROTECTED_FS),
+    );
+    if log {
+        let kind = if op == FileOp::Open {
+            EventKind::FileOpen
+        } else {
+            EventKind::PathOp
+        };
+        emit_file(
+            subject,
+            &j,
+            &FileInfo {
+                kind,
+                op,
+                access,
+                len,
+                target_pid: 0,
+            },
+        );
+    }
+    j.permits()
+}
+
 /// A write-rule check for a path operation on `dir`/`dentry`.
 fn path_child_op(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
+    if kernel::offsets().is_some_and(|o| kernel::path_protected(&o, dir.cast_const().cast())) {
+        let resolved = resolve_child(dir, dentry);
+        return if refuse_protected(&subject, resolved, ACCESS_WRITE, op) {
+            0
+        } else {
+            -EPERM
+        };
+    }
     if subject.flags() & AGENT_FILE_RULES == 0 {
         return 0;
     }
@@ -410,6 +455,14 @@ fn path_op(p: *mut path, op: FileOp) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
+    if kernel::offsets().is_some_and(|o| kernel::path_protected(&o, p.cast_const().cast())) {
+        let resolved = resolve(p);
+        return if refuse_protected(&subject, resolved, ACCESS_WRITE, op) {
+            0
+        } else {
+            -EPERM
+        };
+    }
     if subject.flags() & AGENT_FILE_RULES == 0 {
         return 0;
     }

@@ -37,6 +37,30 @@ pub fn in_own_mount_ns(o: &KernelOffsets, path: *const u8) -> bool {
     }
 }
 
+/// Filesystems that hold agentguard's own state: an agent writing there could leave its
+/// cgroup (cgroupfs) or unpin programs (bpffs).
+const PROTECTED_MAGICS: [u64; 3] = [
+    0x6367_7270, // CGROUP2_SUPER_MAGIC
+    0x0027_e0eb, // CGROUP_SUPER_MAGIC
+    0xcafe_4a11, // BPF_FS_MAGIC
+];
+
+/// Whether the filesystem of `inode` is one of [`PROTECTED_MAGICS`].
+#[inline(always)]
+pub fn inode_protected(o: &KernelOffsets, inode: *const u8) -> bool {
+    read::<*const u8>(inode, o.inode_sb)
+        .and_then(|sb| read::<u64>(sb, o.sb_magic))
+        .is_some_and(|m| PROTECTED_MAGICS.contains(&m))
+}
+
+/// [`inode_protected`] for the inode of a `struct path`.
+#[inline(always)]
+pub fn path_protected(o: &KernelOffsets, path: *const u8) -> bool {
+    read::<*const u8>(path, o.path_dentry)
+        .and_then(|d| read::<*const u8>(d, o.dentry_inode))
+        .is_some_and(|inode| inode_protected(o, inode))
+}
+
 /// The identity of a `struct file`: the kernel's `s_dev` of its superblock and its inode number.
 #[inline(always)]
 pub fn file_identity(o: &KernelOffsets, file: *const u8) -> Option<(u64, u64)> {

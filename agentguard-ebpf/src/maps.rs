@@ -100,5 +100,7 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mount_mnt_ns: 0,
     task_nsproxy: 0,
     nsproxy_mnt_ns: 0,
+    path_dentry: 0,
+    sb_magic: 0,
     valid: 0,
 });

@@ -7,6 +7,7 @@ use agentguard_common::agent::ThrottleScope;
 use super::{
     Shared, apply,
     operator::{self, Op},
+    state::Breach,
 };
 use crate::{
     audit::record::{Actor, Body},
@@ -274,7 +275,8 @@ async fn operate(
 ) -> Result<Reply, String> {
     let instances = operator::select(shared, target)?;
     if op == Op::Thaw {
-        // A thawed instance may be escalated again on its next breach.
+        // A thawed instance is escalated again on its next breach, not on one from before.
+        let (_, now) = crate::audit::now();
         let mut st = shared.lock_state();
         let thawed: Vec<u64> = st
             .instances
@@ -282,7 +284,9 @@ async fn operate(
             .filter(|s| instances.iter().any(|i| s.path.starts_with(&i.path)))
             .map(|s| s.id)
             .collect();
-        st.escalated.retain(|id| !thawed.contains(id));
+        for id in thawed {
+            st.breaches.insert(id, Breach::ThawedAt(now));
+        }
     }
     let out = operator::run(
         shared,

@@ -10,7 +10,7 @@ use agentguard_common::{
 };
 use tokio::sync::watch;
 
-use super::{Shared, operator};
+use super::{Shared, operator, state::Breach};
 use crate::{
     audit::{
         self,
@@ -133,7 +133,8 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
                 None
             };
             if let Some(op) = op
-                && st.escalated.insert(h.cgroup_id)
+                && Breach::acts_on(st.breaches.get(&h.cgroup_id), h.ktime_ns)
+                && st.breaches.insert(h.cgroup_id, Breach::Escalated) != Some(Breach::Escalated)
                 && let Some(inst) = st.instances.get(&h.cgroup_id)
             {
                 let budget = st

@@ -220,7 +220,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         maps,
         hierarchy: hierarchy.clone(),
         instances: Default::default(),
-        escalated: Default::default(),
+        breaches: Default::default(),
         exited: Default::default(),
         binaries: resolved.binaries.clone(),
     };

@@ -1,7 +1,7 @@
 //! The daemon's state: the policy in force, the kernel maps, the instances.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
 };
 
@@ -24,7 +24,7 @@ pub struct State {
     /// The daemon's policy file (re-read on SIGHUP).
     pub policy_path: PathBuf,
     /// Identities the exec rules of the policy in force were compiled with.
-    pub binaries: std::collections::HashMap<PathBuf, crate::sys::identity::FileIdentity>,
+    pub binaries: HashMap<PathBuf, crate::sys::identity::FileIdentity>,
     /// Compiled rule tables per generation (events name rules of either).
     pub compiled: [Option<Compiled>; 2],
     /// Typed kernel maps.
@@ -33,11 +33,32 @@ pub struct State {
     pub hierarchy: Hierarchy,
     /// Live instances by cgroup id.
     pub instances: BTreeMap<u64, Instance>,
-    /// Instances frozen or killed on a budget breach, so one breach acts once.
-    pub escalated: HashSet<u64>,
+    /// What was done about each instance's budget breaches, so one breach acts once.
+    pub breaches: HashMap<u64, Breach>,
     /// Names of recently exited instances: their last events may still be in the ring buffer.
     /// cgroup ids are never reused, so a stale entry cannot misname a new instance.
     pub exited: BTreeMap<u64, (String, String)>,
+}
+
+/// The daemon's answer to an instance's budget breaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breach {
+    /// Frozen or killed: later breach events (already in flight) change nothing.
+    Escalated,
+    /// Thawed by an operator at this CLOCK_MONOTONIC time: only breaches after it escalate
+    /// again, not the ones the kernel reported before the thaw.
+    ThawedAt(u64),
+}
+
+impl Breach {
+    /// Whether a breach the kernel reported at `ktime_ns` calls for action.
+    pub fn acts_on(state: Option<&Self>, ktime_ns: u64) -> bool {
+        match state {
+            None => true,
+            Some(Self::Escalated) => false,
+            Some(Self::ThawedAt(t)) => ktime_ns > *t,
+        }
+    }
 }
 
 /// How many exited instances stay nameable.
@@ -66,7 +87,7 @@ impl State {
         if let Err(e) = self.maps.remove_instance(cgroup_id) {
             tracing::warn!(cgroup_id, error = %e, "cannot remove instance from the kernel map");
         }
-        self.escalated.remove(&cgroup_id);
+        self.breaches.remove(&cgroup_id);
         let gone = self.instances.remove(&cgroup_id)?;
         self.exited
             .insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));
@@ -103,5 +124,19 @@ impl Names for State {
             .get(usize::try_from(generation).ok()?)?
             .as_ref()?
             .rule(rule_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Breach;
+
+    #[test]
+    fn breaches_escalate_once_and_again_only_after_a_thaw() {
+        assert!(Breach::acts_on(None, 5));
+        assert!(!Breach::acts_on(Some(&Breach::Escalated), 5));
+        // Breach events from before the thaw were still in flight: they must not re-freeze.
+        assert!(!Breach::acts_on(Some(&Breach::ThawedAt(10)), 9));
+        assert!(Breach::acts_on(Some(&Breach::ThawedAt(10)), 11));
     }
 }

@@ -119,6 +119,9 @@ pub struct Loaded {
     pub adopted: Vec<Group>,
     /// Groups loaded and waiting for [`Loaded::attach`].
     pending: Vec<Group>,
+    /// Every link, held open for the daemon's lifetime: removing a pin file then does not
+    /// detach a program while the daemon runs (a root agent could otherwise unlink it).
+    links: Vec<PinnedLink>,
 }
 
 impl Loaded {
@@ -137,7 +140,8 @@ impl Loaded {
         })?;
         for group in std::mem::take(&mut self.pending) {
             for spec in programs::of(group) {
-                attach_one(&mut self.ebpf, spec, &cgroup, &self.pins)?;
+                let link = attach_one(&mut self.ebpf, spec, &cgroup, &self.pins)?;
+                self.links.push(link);
             }
         }
         let unused: &[Group] = if self.backends.lsm() {
@@ -196,6 +200,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         btf: &btf,
         adopted: Vec::new(),
         pending: Vec::new(),
+        links: Vec::new(),
     };
     groups.take(&mut ebpf, Group::Network)?;
     // Loading the LSM programs is the probe: where that fails, the exec fallback takes over.
@@ -210,13 +215,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         pins::ensure_tracefs()?;
         groups.take(&mut ebpf, Group::OpenBudget)?;
     }
-    let (adopted, pending) = (groups.adopted, groups.pending);
+    let (adopted, pending, links) = (groups.adopted, groups.pending, groups.links);
     Ok(Loaded {
         ebpf,
         pins,
         backends,
         adopted,
         pending,
+        links,
     })
 }
 
@@ -242,6 +248,7 @@ struct Groups<'a> {
     btf: &'a Btf,
     adopted: Vec<Group>,
     pending: Vec<Group>,
+    links: Vec<PinnedLink>,
 }
 
 impl Groups<'_> {
@@ -258,8 +265,9 @@ impl Groups<'_> {
     }
 
     fn take_inner(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
-        if adopt(self.pins, group) {
+        if let Some(links) = adopt(self.pins, group) {
             self.adopted.push(group);
+            self.links.extend(links);
         } else {
             load_group(ebpf, group, self.btf)?;
             self.pending.push(group);
@@ -268,16 +276,18 @@ impl Groups<'_> {
     }
 }
 
-/// Whether every program of `group` has a valid pinned link. A partial set (a crash between
-/// two pins) is removed so the group is attached afresh.
-fn adopt(pins: &PinDir, group: Group) -> bool {
-    let all = programs::of(group).all(|s| PinnedLink::from_pin(pins.link(s.name)).is_ok());
-    if !all {
+/// The pinned links of `group` when every one of its programs has a valid one. A partial set
+/// (a crash between two pins) is removed so the group is attached afresh.
+fn adopt(pins: &PinDir, group: Group) -> Option<Vec<PinnedLink>> {
+    let links: Option<Vec<PinnedLink>> = programs::of(group)
+        .map(|s| PinnedLink::from_pin(pins.link(s.name)).ok())
+        .collect();
+    if links.is_none() {
         for s in programs::of(group) {
             let _ = std::fs::remove_file(pins.link(s.name));
         }
     }
-    all
+    links
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> LoadError {
@@ -312,7 +322,12 @@ pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<(),
     Ok(())
 }
 
-fn attach_one(ebpf: &mut Ebpf, spec: &Spec, cgroup: &File, pins: &PinDir) -> Result<(), LoadError> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &Spec,
+    cgroup: &File,
+    pins: &PinDir,
+) -> Result<PinnedLink, LoadError> {
     let program = ebpf
         .program_mut(spec.name)
         .ok_or(LoadError::MissingProgram(spec.name))?;
@@ -354,6 +369,5 @@ fn attach_one(ebpf: &mut Ebpf, spec: &Spec, cgroup: &File, pins: &PinDir) -> Res
     link.pin(&path).map_err(|e| LoadError::Pin {
         name: spec.name,
         message: e.to_string(),
-    })?;
-    Ok(())
+    })
 }
