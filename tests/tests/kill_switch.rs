@@ -255,7 +255,10 @@ fn freezing_a_parent_freezes_its_sub_agents() {
     ok(&d.cli(&["kill", "buyer"]));
     let _ = parent.wait();
     let _ = sub.wait();
-    assert!(instances(&d, "buyer/search").is_empty());
+    // The daemon notices the emptied cgroups asynchronously (inotify on cgroup.events).
+    wait_for("both instances to be gone", Duration::from_secs(10), || {
+        instances(&d, "buyer/search").is_empty() && instances(&d, "buyer").is_empty()
+    });
 }
 
 #[test]
