@@ -540,29 +540,20 @@ pub fn ag_path_link(ctx: LsmContext) -> i32 {
     if j.permits() { 0 } else { -EPERM }
 }
 
-#[lsm(hook = "path_truncate")]
-pub fn ag_path_truncate(ctx: LsmContext) -> i32 {
-    let ret: i32 = ctx.arg(1);
-    if ret != 0 {
-        return ret;
-    }
-    path_op(ctx.arg(0), FileOp::Truncate)
+/// A hook on an existing path, judged by the write rules.
+macro_rules! path_hook {
+    ($name:ident, $hook:literal, $op:expr, $ret_arg:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            let ret: i32 = ctx.arg($ret_arg);
+            if ret != 0 {
+                return ret;
+            }
+            path_op(ctx.arg(0), $op)
+        }
+    };
 }
 
-#[lsm(hook = "path_chmod")]
-pub fn ag_path_chmod(ctx: LsmContext) -> i32 {
-    let ret: i32 = ctx.arg(2);
-    if ret != 0 {
-        return ret;
-    }
-    path_op(ctx.arg(0), FileOp::Chmod)
-}
-
-#[lsm(hook = "path_chown")]
-pub fn ag_path_chown(ctx: LsmContext) -> i32 {
-    let ret: i32 = ctx.arg(3);
-    if ret != 0 {
-        return ret;
-    }
-    path_op(ctx.arg(0), FileOp::Chown)
-}
+path_hook!(ag_path_truncate, "path_truncate", FileOp::Truncate, 1);
+path_hook!(ag_path_chmod, "path_chmod", FileOp::Chmod, 2);
+path_hook!(ag_path_chown, "path_chown", FileOp::Chown, 3);

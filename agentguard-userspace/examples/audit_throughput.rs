@@ -6,49 +6,12 @@
 //! `audit_throughput RECORDS DIR [--sealed]` (DIR must not hold a log yet).
 
 use std::{
-    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use agentguard::audit::{
-    self, AuditLog, LogOptions,
-    record::{Action, Body, Target},
-};
-use agentguard_common::{
-    event::{EventKind, PROTO_TCP},
-    verdict::{Backend, Verdict},
-};
+use agentguard::audit::{self, AuditLog, LogOptions, record::Body, testutil::action};
 use anyhow::{Context as _, Result, bail};
-
-/// A typical network action; `i` varies the fields that vary in real logs.
-fn action(i: u64) -> Body {
-    Body::Action(Action {
-        kind: EventKind::Connect as u16,
-        verdict: if i.is_multiple_of(3) {
-            Verdict::Denied
-        } else {
-            Verdict::Allowed
-        } as u8,
-        backend: Backend::CgroupSockAddr as u8,
-        agent: "buyer".into(),
-        instance: "buyer/1".into(),
-        cgroup_id: 4242,
-        pid: 1000 + (i % 7) as u32,
-        tid: 1000,
-        uid: 1000,
-        comm: "python3".into(),
-        target: Target::Net {
-            addr: IpAddr::from([192, 0, 2, 1]),
-            port: 443 + (i % 5) as u16,
-            protocol: PROTO_TCP,
-            name: None,
-        },
-        rule: Some("192.0.2.0/24:443".into()),
-        flags: 0,
-        generation: 1,
-    })
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
