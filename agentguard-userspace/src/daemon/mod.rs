@@ -325,8 +325,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         reason: "shutdown requested".into(),
         enforcement_kept: !unload,
     });
-    if let Err(e) = shared.lock_log().flush() {
-        tracing::error!(error = %e, "cannot flush the audit log");
+    if let Err(e) = shared.lock_log().seal_now() {
+        tracing::error!(error = %e, "cannot seal and flush the audit log");
     }
     if unload {
         tracing::warn!("unloading: agents are no longer enforced");
