@@ -336,12 +336,25 @@ pub struct FileInfo {
 
 #[inline(always)]
 fn judge(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) -> bool {
+    let decision = decide(subject, &resolved, access);
+    settle(subject, resolved, access, op, decision)
+}
+
+/// Finishes a decision about a file operation (budget, audit mode, counters) and logs it.
+#[inline(always)]
+fn settle(
+    subject: &Subject,
+    resolved: Option<Resolved>,
+    access: u8,
+    op: FileOp,
+    decision: Judgement,
+) -> bool {
     // Opens count against the open budget; other path operations do not.
     let (kind, budget) = match op {
         FileOp::Open => (EventKind::FileOpen, Some(ThrottleKind::Open)),
         _ => (EventKind::PathOp, None),
     };
-    let (j, log) = verdict::finish(subject, budget, decide(subject, &resolved, access));
+    let (j, log) = verdict::finish(subject, budget, decision);
     if log {
         let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
         emit_file(
@@ -398,32 +411,16 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
 
 /// Agents may never change agentguard's own state (its cgroups, its pinned programs), whatever
 /// their file rules say: that is how an agent would leave its identity or its enforcement.
+#[inline(always)]
 fn refuse_protected(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) -> bool {
-    let (len, flags) = resolved.map_or((usize::MAX, 0), |r| (r.len, r.flags));
-    let (j, log) = verdict::finish(
+    let flags = resolved.as_ref().map_or(0, |r| r.flags) | EVENT_PROTECTED_FS;
+    settle(
         subject,
-        None,
-        Judgement::refuse(Verdict::Denied, flags | EVENT_PROTECTED_FS),
-    );
-    if log {
-        let kind = if op == FileOp::Open {
-            EventKind::FileOpen
-        } else {
-            EventKind::PathOp
-        };
-        emit_file(
-            subject,
-            &j,
-            &FileInfo {
-                kind,
-                op,
-                access,
-                len,
-                target_pid: 0,
-            },
-        );
-    }
-    j.permits()
+        resolved,
+        access,
+        op,
+        Judgement::refuse(Verdict::Denied, flags),
+    )
 }
 
 /// A write-rule check for a path operation on `dir`/`dentry`.
