@@ -57,14 +57,7 @@ pub(super) struct Evidence<'a> {
 
 impl Evidence<'_> {
     fn location(&self, index: usize, offset: u64) -> Location {
-        Location {
-            segment: self
-                .segments
-                .get(index)
-                .map(SegmentFile::name)
-                .unwrap_or_default(),
-            offset,
-        }
+        Location::in_segments(self.segments, index, offset)
     }
 
     fn problem(

@@ -94,20 +94,7 @@ pub fn head(dir: &Path) -> Result<Head, AuditError> {
     let header =
         files::read_log_header(dir)?.ok_or_else(|| AuditError::NoLog(dir.to_path_buf()))?;
     let segments = segment::list(dir)?;
-    let last = match segments.len().checked_sub(1) {
-        Some(index) => reader::last_intact(&segments, index)?,
-        None => None,
-    };
-    Ok(match last {
-        Some(frame) => Head {
-            seq: frame.seq(),
-            hash: frame.hash,
-        },
-        None => Head {
-            seq: None,
-            hash: header.genesis,
-        },
-    })
+    reader::head_at(&segments, segments.len().checked_sub(1), header.genesis)
 }
 
 #[cfg(test)]

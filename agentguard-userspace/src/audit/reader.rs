@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::{
-    chain::Hash,
+    chain::{Hash, Head},
     encode::{self, FrameError},
     error::AuditError,
     header::{HeaderError, SEGMENT_HEADER_LEN, SegmentHeader},
@@ -23,6 +23,19 @@ pub struct Location {
     pub segment: String,
     /// Byte offset in it.
     pub offset: u64,
+}
+
+impl Location {
+    /// Byte `offset` of segment `index` among `segments` (an unknown index names no segment).
+    pub fn in_segments(segments: &[SegmentFile], index: usize, offset: u64) -> Self {
+        Self {
+            segment: segments
+                .get(index)
+                .map(SegmentFile::name)
+                .unwrap_or_default(),
+            offset,
+        }
+    }
 }
 
 impl fmt::Display for Location {
@@ -135,14 +148,7 @@ impl Scanner {
 
     /// Where byte `offset` of segment `index` is, for messages.
     pub fn location(&self, index: usize, offset: u64) -> Location {
-        Location {
-            segment: self
-                .segments
-                .get(index)
-                .map(SegmentFile::name)
-                .unwrap_or_default(),
-            offset,
-        }
+        Location::in_segments(&self.segments, index, offset)
     }
 
     /// The next item, `Ok(None)` past the last segment.
@@ -218,6 +224,29 @@ impl Current {
         self.pos = at + frame.len;
         Some(Scanned::Frame(scanned))
     }
+}
+
+/// The chain head at or before segment `index` (`None`: before the first segment): the hash of
+/// the last intact record, or `genesis` when there is none.
+pub fn head_at(
+    segments: &[SegmentFile],
+    index: Option<usize>,
+    genesis: Hash,
+) -> Result<Head, AuditError> {
+    let last = match index {
+        Some(index) => last_intact(segments, index)?,
+        None => None,
+    };
+    Ok(match last {
+        Some(frame) => Head {
+            seq: frame.seq(),
+            hash: frame.hash,
+        },
+        None => Head {
+            seq: None,
+            hash: genesis,
+        },
+    })
 }
 
 /// The last intact (self-consistent) frame at or before segment `index`, searching back

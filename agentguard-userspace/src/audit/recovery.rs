@@ -191,20 +191,7 @@ fn earlier_head(
     segments: &[SegmentFile],
     last_index: usize,
 ) -> Result<Head, AuditError> {
-    let found = match last_index.checked_sub(1) {
-        Some(index) => reader::last_intact(segments, index)?,
-        None => None,
-    };
-    Ok(match found {
-        Some(frame) => Head {
-            seq: frame.seq(),
-            hash: frame.hash,
-        },
-        None => Head {
-            seq: None,
-            hash: header.genesis,
-        },
-    })
+    reader::head_at(segments, last_index.checked_sub(1), header.genesis)
 }
 
 /// The newest seal's epoch in segments before `last_index`. Seals come at least every

@@ -192,13 +192,7 @@ pub(super) fn problem_at(
     Problem {
         class,
         seq,
-        location: at.map(|(index, offset)| Location {
-            segment: segments
-                .get(index)
-                .map(SegmentFile::name)
-                .unwrap_or_default(),
-            offset,
-        }),
+        location: at.map(|(index, offset)| Location::in_segments(segments, index, offset)),
         detail,
     }
 }
