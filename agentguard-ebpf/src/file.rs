@@ -136,39 +136,40 @@ fn try_file_open(file: *const u8) -> bool {
     judge(&subject, resolved, access, FileOp::Open)
 }
 
-/// Renders `p` with `bpf_d_path` into the scratch stage and prepares the lookup key.
-fn resolve(p: *mut path) -> Option<Resolved> {
-    let s = SCRATCH.get_ptr_mut(0)?;
+/// A path that cannot be judged: refused.
+const TOO_LONG: Resolved = Resolved {
+    len: usize::MAX,
+    flags: EVENT_PATH_TOO_LONG,
+};
+
+/// Renders `p` with `bpf_d_path` at the start of the scratch stage; its length without the NUL,
+/// or `None` when the kernel could not render it in [`PATH_KEY_LEN`] bytes.
+#[inline(always)]
+fn render(s: *mut Scratch, p: *mut path) -> Option<usize> {
     // SAFETY: `s` is this CPU's scratch entry, valid for the program run; `p` is a kernel
     // `struct path` the hook received (or derived from one at a BTF offset).
     let n = unsafe { bpf_d_path(p, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
-    if n <= 0 {
-        return Some(Resolved {
-            len: usize::MAX,
-            flags: EVENT_PATH_TOO_LONG,
-        });
+    if n <= 0 { None } else { Some((n - 1) as usize) }
+}
+
+/// Renders `p` into the scratch stage and prepares the lookup key.
+fn resolve(p: *mut path) -> Option<Resolved> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    match render(s, p) {
+        Some(len) => finish_key(s, len),
+        None => Some(TOO_LONG),
     }
-    finish_key(s, (n - 1) as usize)
 }
 
 /// Renders `dir` + "/" + the name of `dentry` (a path that is about to exist or stop existing).
 fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
     let o = kernel::offsets()?;
     let s = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: as in `resolve`.
-    let n = unsafe { bpf_d_path(dir, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
-    if n <= 0 {
-        return Some(Resolved {
-            len: usize::MAX,
-            flags: EVENT_PATH_TOO_LONG,
-        });
-    }
-    let mut start = (n - 1) as usize;
+    let Some(mut start) = render(s, dir) else {
+        return Some(TOO_LONG);
+    };
     if start >= PATH_KEY_LEN {
-        return Some(Resolved {
-            len: usize::MAX,
-            flags: EVENT_PATH_TOO_LONG,
-        });
+        return Some(TOO_LONG);
     }
     // SAFETY: `start` < PATH_KEY_LEN and the stage has room for a slash and a whole name.
     unsafe {
@@ -192,10 +193,6 @@ fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
 /// Moves the rendered path from the stage into the key: `/proc/<own pid>` becomes `/proc/self`,
 /// a `/` is appended, the prefix length is set.
 fn finish_key(s: *mut Scratch, len: usize) -> Option<Resolved> {
-    const TOO_LONG: Resolved = Resolved {
-        len: usize::MAX,
-        flags: EVENT_PATH_TOO_LONG,
-    };
     const SELF: &[u8; 10] = b"/proc/self";
     if len >= PATH_KEY_LEN {
         return Some(TOO_LONG);
