@@ -187,6 +187,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The agent-facing socket.
     pub fn agent_socket(&self) -> PathBuf {
         self.dir.path().join("agent.sock")

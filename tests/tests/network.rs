@@ -239,7 +239,7 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     let mut d = Daemon::start(&p.policy());
     // A long-lived agent started before the crash.
     let mut agent =
-        agentguard_tests::ChildGuard::spawn(d.run_command("buyer", &[PROBE, "sleep", "30"]));
+        agentguard_tests::ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "30"]));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.kill9();
     // With no daemon at all, a process in the agent's cgroup is still refused.
