@@ -295,10 +295,8 @@ fn agents_cannot_remap_paths_or_trace_outsiders() {
             describe(&out)
         );
     }
-    let mut outsider = std::process::Command::new("/bin/sleep")
-        .arg("30")
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut outsider =
+        agentguard_tests::ChildGuard::spawn(std::process::Command::new("/bin/sleep").arg("30"));
     let out = probe(&d, &["ptrace", &outsider.id().to_string()]);
     assert!(
         stdout(&out).starts_with("errno=1 "),
