@@ -45,6 +45,12 @@ pub fn privileged(test: &str) -> bool {
         Some(format!("{} not built", agentguard_bin().display()))
     } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         Some("no kernel BTF".to_owned())
+    } else if let Some(private) = private_ancestor(&probe_bin()) {
+        Some(format!(
+            "{} is not reachable by unprivileged users ({} lacks o+x), and agents run as dynamic uids: run the suite from a world-searchable directory (.ci/run does this by itself)",
+            probe_bin().display(),
+            private.display()
+        ))
     } else {
         None
     };
@@ -58,6 +64,15 @@ pub fn privileged(test: &str) -> bool {
             false
         }
     }
+}
+
+/// The first directory on the way to `path` that other users cannot search, if any.
+fn private_ancestor(path: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.ancestors()
+        .skip(1)
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(PathBuf::from)
 }
 
 /// Runs `agentguard ARGS...`.

@@ -127,7 +127,11 @@ fn an_agent_cannot_write_host_configuration_or_signal_the_daemon() {
     let planted = format!("/etc/agentguard-test-{}", std::process::id());
     let out = attack(&d, "plain", &["create-new", &planted]);
     let _ = fs::remove_file(&planted);
-    assert!(out.starts_with("errno=13 "), "a file in /etc: {out}");
+    // EACCES on the host; the VM guest shares the host's root read-only, so EROFS there.
+    assert!(
+        out.starts_with("errno=13 ") || out.starts_with("errno=30 "),
+        "a file in /etc: {out}"
+    );
     let out = attack(&d, "plain", &["signal0", &d.pid().to_string()]);
     assert_eperm(&out, "signalling the daemon");
 }

@@ -4,7 +4,7 @@ use agentguard_tests::{Daemon, describe, privileged, stdout};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
-const POLICY: &str = "[agents.buyer]\nconnect = [\"127.0.0.1:9\"]\n\n[agents.privileged]\nconnect = []\ncapabilities = [\"CAP_NET_BIND_SERVICE\"]\n";
+const POLICY: &str = "[agents.buyer]\nconnect = [\"127.0.0.1:9\"]\n\n[agents.privileged]\nconnect = []\ncapabilities = [\"CAP_NET_BIND_SERVICE\"]\n\n[agents.rooted]\nuser = \"root\"\nconnect = []\n";
 
 /// The value of a `/proc/self/status` line printed by the probe.
 fn field<'a>(status: &'a str, key: &str) -> &'a str {
@@ -103,7 +103,11 @@ fn agent_processes_cannot_use_the_control_socket() {
     }
     let d = Daemon::start(POLICY);
     let bin = agentguard_tests::agentguard_bin();
+    // A non-root agent fails on the socket's permissions already; a root agent (the policy's
+    // opt-in) passes them, and the daemon refuses it for its cgroup.
     let out = d.run("buyer", &[bin.to_str().unwrap_or_default(), "status"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let out = d.run("rooted", &[bin.to_str().unwrap_or_default(), "status"]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("inside an agent cgroup"),
