@@ -3,7 +3,7 @@
 //! Every stage but the last is pure and unit-tested: [`parse`] and [`validate`] turn TOML text
 //! into a [`Policy`] or diagnostics naming file, line, column and field; [`resolve`] looks up
 //! what the file names outside itself (binaries, DNS names); [`compile`] turns both into map
-//! entries for one generation. Only [`crate::ebpf::writer`] touches the kernel.
+//! entries for one generation. Only [`crate::ebpf::maps`] touches the kernel.
 
 pub mod compile;
 pub mod diag;

@@ -17,7 +17,7 @@ use super::{
     net::{NetEntry, NetTarget, net_within},
     runtime,
     schema::{OnExceedRaw, RawAgent, RawPolicy, RawThrottle, Scope},
-    throttle::{DEFAULT_BURST, Limit, Rate, kind_name},
+    throttle::{DEFAULT_BURST, Limit, Rate},
 };
 
 /// Longest path a rule may name: the kernel key holds [`PATH_KEY_LEN`] bytes including the
@@ -362,7 +362,7 @@ impl Validator<'_> {
             (ThrottleKind::Open, &t.open),
         ];
         for (kind, rate) in own {
-            let f = format!("{field}.{}", kind_name(kind));
+            let f = format!("{field}.{}", kind.name());
             limits.extend(
                 rate.as_ref()
                     .and_then(|r| self.limit(r, f, kind, scope, burst, on_exceed)),
@@ -376,7 +376,7 @@ impl Validator<'_> {
                 (ThrottleKind::Open, &a.open),
             ] {
                 let Some(rate) = rate else { continue };
-                let f = format!("{field}.agent.{}", kind_name(kind));
+                let f = format!("{field}.agent.{}", kind.name());
                 if limits
                     .iter()
                     .any(|l| l.kind == kind && l.scope == ThrottleScope::Agent)
