@@ -118,7 +118,9 @@ impl Peer {
     }
 }
 
-/// Signal 0 through the pidfd: succeeds only while that very process is alive.
+/// Signal 0 through the pidfd: succeeds only while that very process is alive. `EPERM` means
+/// the process exists but the caller may not signal it (an unprivileged client checking the root
+/// daemon); only `ESRCH` means it is gone.
 fn pidfd_alive(fd: &OwnedFd) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 and a NULL siginfo only checks permission and
     // liveness; it touches no memory of ours.
@@ -131,7 +133,7 @@ fn pidfd_alive(fd: &OwnedFd) -> bool {
             0,
         )
     };
-    rc == 0
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn peer_pidfd(sock: &impl AsFd) -> Option<OwnedFd> {
