@@ -110,9 +110,13 @@ impl Client {
             }
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
-                return self.codec.decode_eof(&mut self.buf).map_err(protocol)?.ok_or_else(|| {
-                    ClientError::Protocol("the daemon closed the connection".into())
-                });
+                return self
+                    .codec
+                    .decode_eof(&mut self.buf)
+                    .map_err(protocol)?
+                    .ok_or_else(|| {
+                        ClientError::Protocol("the daemon closed the connection".into())
+                    });
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }

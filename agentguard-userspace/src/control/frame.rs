@@ -165,10 +165,7 @@ mod tests {
         assert_eq!(&line[..], b"{\"error\":\"no\"}\n");
         let mut codec = JsonLines::<Response>::new(MAX_REPLY);
         let mut buf = line;
-        assert_eq!(
-            codec.decode(&mut buf)?,
-            Some(Response::Error("no".into()))
-        );
+        assert_eq!(codec.decode(&mut buf)?, Some(Response::Error("no".into())));
         Ok(())
     }
 }

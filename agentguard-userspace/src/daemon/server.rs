@@ -216,7 +216,12 @@ async fn serve(
             Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => {
                 if matches!(e, FrameError::TooLong { .. }) {
-                    tracing::warn!(uid = peer.uid, pid = peer.pid, ?role, "{e}; connection closed");
+                    tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        ?role,
+                        "{e}; connection closed"
+                    );
                 }
                 let _ = write.try_write(&error_line(&format!("{e}; closing the connection")));
                 return Err(e.into());
