@@ -120,7 +120,9 @@ elif mode == "impostor":
         print("got " + line.decode(errors="replace").strip(), flush=True)
         if b'"run"' in line:
             out = {"ok": {"reply": "launched", "instance": "impostor/1",
-                          "sandbox": {"landlock": None, "capabilities": []}}}
+                          "sandbox": {"landlock": None, "capabilities": [],
+                                      "identity": {"kind": "inherited"},
+                                      "allow_syscalls": ["all"]}}}
         else:
             out = {"ok": {"reply": "status", "version": "6.6.6", "backends": "impostor",
                           "policy_digest": "", "policy_origin": "", "agents": [],
@@ -402,7 +404,9 @@ fn idle_and_trickling_clients_are_dropped() {
     if !privileged("idle_and_trickling_clients_are_dropped") {
         return;
     }
-    let d = Daemon::start_with(POLICY, &["--client-timeout", "1"]);
+    // Short enough to keep the test short, long enough for the harness's own CLI calls (which
+    // send their request right after connecting) on an emulated VM.
+    let d = Daemon::start_with(POLICY, &["--client-timeout", "5"]);
 
     // Idle: connects and sends nothing. The daemon must end the connection.
     let mut idle = UnixStream::connect(&d.socket).unwrap_or_else(|e| panic!("connect: {e}"));

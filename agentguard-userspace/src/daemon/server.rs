@@ -8,7 +8,10 @@
 
 use std::{
     collections::HashMap,
-    os::unix::fs::PermissionsExt,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::PermissionsExt,
+    },
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -174,9 +177,19 @@ fn accept(
 /// Writes an error line if the socket takes it at once (an empty socket buffer always does),
 /// then the caller drops the stream.
 fn refuse(stream: &UnixStream, message: &str) {
-    if let Ok(line) = frame::encode_line(&Response::Error(message.to_owned())) {
-        let _ = stream.try_write(&line);
-    }
+    say_now(stream, &error_line(message));
+}
+
+/// One non-blocking send straight to the socket. Not tokio's `try_write`: that gives up without
+/// trying until the runtime has seen the socket's first writable event, which a connection
+/// refused right after `accept` may not have had yet.
+fn say_now(socket: &impl AsFd, line: &[u8]) {
+    use nix::sys::socket::{MsgFlags, send};
+    let _ = send(
+        socket.as_fd().as_raw_fd(),
+        line,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
 }
 
 /// Why a connection ended early.
@@ -210,7 +223,7 @@ async fn serve(
         let request = match tokio::time::timeout(limits.request_timeout, requests.next()).await {
             Err(_) => {
                 let idle = ServeError::Idle(limits.request_timeout);
-                let _ = write.try_write(&error_line(&format!("{idle}; closing the connection")));
+                say_now(write.as_ref(), &error_line(&format!("{idle}; closing the connection")));
                 return Err(idle);
             }
             Ok(None) => return Ok(()),
@@ -223,7 +236,7 @@ async fn serve(
                         "{e}; connection closed"
                     );
                 }
-                let _ = write.try_write(&error_line(&format!("{e}; closing the connection")));
+                say_now(write.as_ref(), &error_line(&format!("{e}; closing the connection")));
                 return Err(e.into());
             }
             Ok(Some(Ok(request))) => request,
