@@ -16,7 +16,6 @@ use std::{
 };
 
 use agentguard_tests::{Daemon, agentguard_bin, describe, privileged, stdout};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 const POLICY: &str = "[agents.hostile]\nconnect = []\n\n[agents.legit]\nconnect = []\n\n[agents.impostor]\nconnect = []\n";
 
@@ -211,17 +210,8 @@ impl Drop for Hostile {
     }
 }
 
-/// The daemon's pid, from the kernel's credentials of its socket.
-fn daemon_pid(d: &Daemon) -> i32 {
-    let s = UnixStream::connect(&d.socket)
-        .unwrap_or_else(|e| panic!("connect {}: {e}", d.socket.display()));
-    getsockopt(&s, PeerCredentials)
-        .unwrap_or_else(|e| panic!("SO_PEERCRED: {e}"))
-        .pid()
-}
-
 /// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
+fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status
@@ -248,7 +238,7 @@ fn assert_still_answers(d: &Daemon) {
 }
 
 /// One flood through `mode`'s client; returns what it saw and the daemon's RSS growth in KiB.
-fn flood(d: &Daemon, pid: i32, tag_as: Option<&str>) -> (serde_json::Value, i64) {
+fn flood(d: &Daemon, pid: u32, tag_as: Option<&str>) -> (serde_json::Value, i64) {
     let before = rss_kib(pid);
     let mut h = Hostile::start(NOBODY, "flood", &d.agent_socket(), &[]);
     if let Some(agent) = tag_as {
@@ -271,7 +261,7 @@ fn an_endless_line_is_cut_off_and_the_daemon_stays_small() {
     }
     let d = Daemon::start(POLICY);
     open_to_all(&d);
-    let pid = daemon_pid(&d);
+    let pid = d.pid();
     assert_still_answers(&d);
 
     // A local user outside every agent: refused before the daemon reads anything.

@@ -223,7 +223,10 @@ async fn serve(
         let request = match tokio::time::timeout(limits.request_timeout, requests.next()).await {
             Err(_) => {
                 let idle = ServeError::Idle(limits.request_timeout);
-                say_now(write.as_ref(), &error_line(&format!("{idle}; closing the connection")));
+                say_now(
+                    write.as_ref(),
+                    &error_line(&format!("{idle}; closing the connection")),
+                );
                 return Err(idle);
             }
             Ok(None) => return Ok(()),
@@ -236,7 +239,10 @@ async fn serve(
                         "{e}; connection closed"
                     );
                 }
-                say_now(write.as_ref(), &error_line(&format!("{e}; closing the connection")));
+                say_now(
+                    write.as_ref(),
+                    &error_line(&format!("{e}; closing the connection")),
+                );
                 return Err(e.into());
             }
             Ok(Some(Ok(request))) => request,
