@@ -134,9 +134,10 @@ impl Client {
 ///   file is refused too. The cgroup is read from `/proc/PID/cgroup` and the answer confirmed with
 ///   the pidfd from `SO_PEERPIDFD` (Linux 6.5+), so a recycled pid cannot stand in for the daemon.
 ///
-/// A client that itself runs inside an agent may be unable to read the daemon's `/proc` entry
-/// (Landlock, `hidepid`); it then relies on the uid check alone. What such an impostor could
-/// tell it only concerns the agent's own sub-agents, which stay inside the caller's confinement.
+/// A client that is not root, or runs inside an agent, may be unable to read the daemon's
+/// `/proc` entry (Landlock, `hidepid`); it then relies on the uid check alone. Such a client can
+/// only use the agent socket, and what an impostor could tell it only concerns the caller's own
+/// sub-agents, which stay inside the caller's confinement.
 fn verify_server(stream: &UnixStream) -> Result<(), String> {
     let peer = Peer::of(stream).map_err(|e| e.to_string())?;
     if peer.uid != 0 {
@@ -160,7 +161,9 @@ fn verify_server(stream: &UnixStream) -> Result<(), String> {
             "the serving process {} exited during the check",
             peer.pid
         )),
-        Err(_) if self_inside_agent() => Ok(()),
+        // Only a root client outside every agent (an operator) must get the full check; it can
+        // always read /proc. Others cannot use the administrator socket anyway.
+        Err(_) if !nix::unistd::geteuid().is_root() || self_inside_agent() => Ok(()),
         Err(e) => Err(format!("cannot verify the serving process: {e}")),
     }
 }
