@@ -18,7 +18,6 @@ use crate::{
     },
     control::proto::Selector,
     events::{ring::EventRing, to_action},
-    policy::throttle::kind_name,
 };
 
 /// How long an escalation waits for the kernel to report the instance frozen or empty.
@@ -145,7 +144,7 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
                             .iter()
                             .filter(|l| l.kind == throttle_kind(h.kind))
                             .map(|l| {
-                                format!("{} {} per {:?}", kind_name(l.kind), l.rate, l.scope)
+                                format!("{} {} per {}", l.kind.name(), l.rate, l.scope.name())
                                     .to_lowercase()
                             })
                             .collect::<Vec<_>>()
