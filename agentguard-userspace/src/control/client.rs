@@ -1,7 +1,7 @@
 //! The blocking client every CLI command uses. Blocking on purpose: `agentguard run` must stay
 //! single-threaded so it can apply Landlock and credentials to the whole process before exec.
 //!
-//! Before it sends anything, the client checks who serves the socket (see [`verify_server`]): a
+//! Before it sends anything, the client checks who serves the socket (`verify_server`): a
 //! process that took over the socket path could otherwise answer `run` with an empty sandbox or
 //! claim a freeze that never happened.
 
