@@ -105,5 +105,12 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     nsproxy_mnt_ns: 0,
     path_dentry: 0,
     sb_magic: 0,
+    dentry_parent: 0,
+    dentry_name_len: 0,
+    vfsmount_mnt_root: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    task_fs: 0,
+    fs_root: 0,
     valid: 0,
 });

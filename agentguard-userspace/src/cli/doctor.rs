@@ -166,12 +166,27 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 .map(|()| "sys_enter_open* programs load (open budgets on the fallback)".into()),
         ));
         let lsm = find("lsm");
+        let lsm_probe = probes.iter().find(|p| p.group == "lsm");
+        let missing = lsm_probe.map(|p| p.missing.clone()).unwrap_or_default();
+        let notes = lsm_probe.map(|p| p.notes.clone()).unwrap_or_default();
         checks.push(check(
             "bpf-lsm",
-            lsm.clone().map(|()| "LSM programs load".into()),
+            lsm.clone().map(|()| {
+                if missing.is_empty() {
+                    "LSM programs load".into()
+                } else {
+                    let names: Vec<&str> = missing.iter().map(|m| m.program).collect();
+                    format!("LSM programs load except {}", names.join(", "))
+                }
+            }),
         ));
         if find("network").is_ok() {
-            backends = Some(Backends::decide(lsm, landlock));
+            let mut b = Backends::decide(lsm, landlock);
+            if b.lsm() {
+                b.missing = missing;
+                b.notes = notes;
+            }
+            backends = Some(b);
         }
     }
     let can_enforce = backends.is_some()
@@ -197,9 +212,23 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         match &report.backends {
             Some(b) => {
-                println!("\nenforcement on this host: {b}");
+                println!(
+                    "\nenforcement on this host: network={} exec={} file={}",
+                    b.network,
+                    b.exec_name(),
+                    b.file_name()
+                );
                 if let Some(why) = &b.lsm_unavailable {
                     println!("  (BPF LSM not used: {why})");
+                }
+                for m in &b.missing {
+                    println!(
+                        "  NOT LOADED {} ({}): {}\n    so: {}",
+                        m.program, m.hook, m.reason, m.loses
+                    );
+                }
+                for n in &b.notes {
+                    println!("  note: {n}");
                 }
                 if b.file == backends::FileBackend::Landlock {
                     println!(
