@@ -144,17 +144,18 @@ mod tests {
     #[test]
     fn the_object_has_exactly_the_programs_programs_rs_lists() -> TestResult {
         let c = contents()?;
-        let listed: BTreeSet<&str> = SPECS.iter().map(|s| s.name).collect();
+        let listed: BTreeSet<&str> = SPECS.iter().flat_map(|s| s.variants()).collect();
         let built: BTreeSet<&str> = c.programs.keys().map(String::as_str).collect();
         assert_eq!(built, listed, "programs in the object vs programs.rs");
         for spec in SPECS {
-            let section = &c.programs[spec.name];
-            assert!(
-                section_matches(spec.hook, section),
-                "{} is in section {section}, programs.rs says {:?}",
-                spec.name,
-                spec.hook
-            );
+            for name in spec.variants() {
+                let section = &c.programs[name];
+                assert!(
+                    section_matches(spec.hook, section),
+                    "{name} is in section {section}, programs.rs says {:?}",
+                    spec.hook
+                );
+            }
         }
         Ok(())
     }
