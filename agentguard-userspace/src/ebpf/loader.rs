@@ -227,6 +227,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 m.loses
             );
         }
+        for note in &report.notes {
+            tracing::info!("{note}");
+        }
         backends.missing = report.missing;
         backends.notes = report.notes;
     } else {
