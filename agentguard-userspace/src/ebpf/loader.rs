@@ -126,7 +126,7 @@ pub struct Loaded {
     /// Groups adopted from pinned links (a restart).
     pub adopted: Vec<Group>,
     /// Programs loaded and waiting for [`Loaded::attach`]: the spec and the variant that loaded.
-    pending: Vec<(&'static Spec, &'static str)>,
+    pending: Vec<Chosen>,
     /// Every link, held open for the daemon's lifetime: removing a pin file then does not
     /// detach a program while the daemon runs (a root agent could otherwise unlink it).
     links: Vec<PinnedLink>,
@@ -269,7 +269,7 @@ struct Groups<'a> {
     pins: &'a PinDir,
     btf: &'a Btf,
     adopted: Vec<Group>,
-    pending: Vec<(&'static Spec, &'static str)>,
+    pending: Vec<Chosen>,
     links: Vec<PinnedLink>,
 }
 
@@ -345,6 +345,9 @@ pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<Gro
     load_specs(ebpf, programs::of(group).collect(), btf).map(|(_, report)| report)
 }
 
+/// A program to attach: its spec and the variant of it that loaded.
+type Chosen = (&'static Spec, &'static str);
+
 /// Loads `specs`, each as the first of its variants the kernel accepts; returns the variant
 /// loaded for each spec that loaded, and what to report. Once the kernel refused one first
 /// choice that has an alternate, the others try their alternate first: the reason is the same
@@ -353,7 +356,7 @@ fn load_specs(
     ebpf: &mut Ebpf,
     specs: Vec<&'static Spec>,
     btf: &Btf,
-) -> Result<(Vec<(&'static Spec, &'static str)>, GroupLoad), LoadError> {
+) -> Result<(Vec<Chosen>, GroupLoad), LoadError> {
     let mut loaded = Vec::new();
     let mut report = GroupLoad::default();
     let mut alternates: Vec<&str> = Vec::new();
