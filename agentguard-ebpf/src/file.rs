@@ -75,6 +75,8 @@ pub struct Scratch {
     pub stage: [u8; STAGE_LEN],
     /// A path being built backwards by a dentry walk, ending at [`WALK_END`].
     pub walk: [u8; 2 * WALK_END],
+    /// Where that walk is.
+    pub walk_state: WalkState,
 }
 
 /// A path ready for lookup in [`Scratch::key`]: its length (without the trailing `/`) and how it
@@ -189,7 +191,7 @@ fn walk(s: *mut Scratch, p: *const u8) -> Option<usize> {
     // SAFETY: helper without memory arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
     let fs: *const u8 = kernel::read(task, o.task_fs)?;
-    let mut w = WalkState {
+    let start = WalkState {
         dentry: kernel::read(p, o.path_dentry)?,
         vfsmnt: kernel::read(p, o.path_mnt)?,
         root_dentry: kernel::read(fs, o.fs_root + o.path_dentry)?,
@@ -197,25 +199,31 @@ fn walk(s: *mut Scratch, p: *const u8) -> Option<usize> {
         end: WALK_END as u64,
         state: WALK_RUNNING,
     };
+    // The state lives in the scratch map, not on this stack: the 6.1 verifier checks a bpf_loop
+    // callback once, so it would take the values one step leaves on the caller's stack for the
+    // only ones possible after the loop and hard-wire the branches that test them.
     // SAFETY: `s` is this CPU's scratch entry; WALK_END is inside `walk`.
     unsafe {
+        (*s).walk_state = start;
         *core::ptr::addr_of_mut!((*s).walk)
             .cast::<u8>()
-            .add(WALK_END) = 0
-    };
-    // SAFETY: `walk_step` has the callback signature bpf_loop expects and `w` outlives the call.
+            .add(WALK_END) = 0;
+    }
+    // SAFETY: `walk_step` has the callback signature bpf_loop expects; it takes no context.
     unsafe {
         bpf_loop(
             WALK_STEPS,
             walk_step as *mut c_void,
-            core::ptr::addr_of_mut!(w).cast(),
+            core::ptr::null_mut(),
             0,
         )
     };
-    if w.state != WALK_DONE {
+    // SAFETY: this CPU's scratch entry, as above.
+    let (state, end) = unsafe { ((*s).walk_state.state, (*s).walk_state.end) };
+    if state != WALK_DONE {
         return None;
     }
-    finish_walk(s, w.end)
+    finish_walk(s, end)
 }
 
 const WALK_RUNNING: u64 = 0;
@@ -225,23 +233,27 @@ const WALK_FAILED: u64 = 2;
 /// `PATH_KEY_LEN - 1` bytes.
 const WALK_MIN_END: u64 = (WALK_END - (PATH_KEY_LEN - 1)) as u64;
 
-/// A dentry walk between two [`walk_step`]s. Kernel pointers are plain numbers here: they are
-/// only compared and read through `bpf_probe_read_kernel`.
+/// A dentry walk between two [`walk_step`]s. Kernel pointers are plain numbers here (a map
+/// value holds no pointers): they are only compared and read through `bpf_probe_read_kernel`.
 #[repr(C)]
-struct WalkState {
-    dentry: *const u8,
-    vfsmnt: *const u8,
-    root_dentry: *const u8,
-    root_mnt: *const u8,
+pub struct WalkState {
+    dentry: u64,
+    vfsmnt: u64,
+    root_dentry: u64,
+    root_mnt: u64,
     /// Where the path built so far starts in [`Scratch::walk`].
     end: u64,
     state: u64,
 }
 
-/// One step of [`walk`]: 0 to go on, 1 to stop (with `state` saying how it ended).
-extern "C" fn walk_step(_index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `WalkState` that `walk` handed to bpf_loop.
-    let w = unsafe { &mut *ctx.cast::<WalkState>() };
+/// One step of [`walk`] on this CPU's scratch entry: 0 to go on, 1 to stop (with `state`
+/// saying how it ended).
+extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry, valid for the program run; `walk` set it up.
+    let w = unsafe { &mut (*s).walk_state };
     match step(w) {
         Some(true) => 0,
         Some(false) => {
@@ -263,22 +275,23 @@ fn step(w: &mut WalkState) -> Option<bool> {
         return Some(false);
     }
     let o = kernel::offsets()?;
-    let mnt_root: *const u8 = kernel::read(w.vfsmnt, o.vfsmount_mnt_root)?;
-    let parent: *const u8 = kernel::read(w.dentry, o.dentry_parent)?;
+    let (dentry, vfsmnt) = (w.dentry as *const u8, w.vfsmnt as *const u8);
+    let mnt_root: u64 = kernel::read(vfsmnt, o.vfsmount_mnt_root)?;
+    let parent: u64 = kernel::read(dentry, o.dentry_parent)?;
     if w.dentry == mnt_root || w.dentry == parent {
-        let mount = w.vfsmnt.wrapping_sub(o.mount_mnt as usize);
-        let up: *const u8 = kernel::read(mount, o.mount_parent)?;
+        let mount = w.vfsmnt.wrapping_sub(u64::from(o.mount_mnt));
+        let up: u64 = kernel::read(mount as *const u8, o.mount_parent)?;
         // The namespace's root mount is its own parent; a dentry that is its own parent
         // without being a mount root is a disconnected one: d_path stops at both.
         if up == mount || w.dentry != mnt_root {
             return Some(false);
         }
-        w.dentry = kernel::read(mount, o.mount_mountpoint)?;
-        w.vfsmnt = up.wrapping_add(o.mount_mnt as usize);
+        w.dentry = kernel::read(mount as *const u8, o.mount_mountpoint)?;
+        w.vfsmnt = up.wrapping_add(u64::from(o.mount_mnt));
         return Some(true);
     }
-    let len = u64::from(kernel::read::<u32>(w.dentry, o.dentry_name_len)?);
-    let name: *const u8 = kernel::read(w.dentry, o.dentry_name)?;
+    let len = u64::from(kernel::read::<u32>(dentry, o.dentry_name_len)?);
+    let name: *const u8 = kernel::read(dentry, o.dentry_name)?;
     let end = w.end;
     if len == 0 || len > NAME_MAX as u64 || end > WALK_END as u64 || end < len + 1 + WALK_MIN_END {
         return None;
