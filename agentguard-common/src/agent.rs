@@ -47,6 +47,25 @@ pub const AGENT_EXEC_RULES: u32 = 1 << 2;
 pub const AGENT_FILE_RULES: u32 = 1 << 3;
 /// The agent may create user namespaces and mount (a weakening the policy must ask for).
 pub const AGENT_ALLOW_NAMESPACES: u32 = 1 << 4;
+/// An ancestor agent has exec rules: every binary must be allowed by each ancestor that has
+/// them, even when this sub-agent lists no binaries of its own (a sub-agent never exceeds its
+/// parent). Set by the compiler from the ancestors' flags.
+pub const AGENT_EXEC_INHERITED: u32 = 1 << 5;
+/// An ancestor agent has file rules: every path must be allowed by each ancestor that has them,
+/// even when this sub-agent lists no paths of its own.
+pub const AGENT_FILE_INHERITED: u32 = 1 << 6;
+
+/// Whether an agent with `flags` is restricted in what it may execute (its own rules or an
+/// ancestor's).
+pub const fn exec_restricted(flags: u32) -> bool {
+    flags & (AGENT_EXEC_RULES | AGENT_EXEC_INHERITED) != 0
+}
+
+/// Whether an agent with `flags` is restricted in which paths it may use (its own rules or an
+/// ancestor's).
+pub const fn files_restricted(flags: u32) -> bool {
+    flags & (AGENT_FILE_RULES | AGENT_FILE_INHERITED) != 0
+}
 
 /// Which action a budget counts.
 #[repr(u8)]

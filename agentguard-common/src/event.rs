@@ -171,6 +171,12 @@ pub enum FileOp {
     UserNamespace = 21,
     /// ptrace (or /proc access of ptrace strength) to a process outside the instance.
     Ptrace = 22,
+    /// a `bpf(2)` command (the path field says which: `cmd=N`).
+    Bpf = 23,
+    /// a signal to a process outside the instance and its sub-agents (`sig=N`, target pid).
+    Signal = 24,
+    /// creating a socket of a kind agentguard does not judge (`family=F type=T protocol=P`).
+    Socket = 25,
 }
 
 impl FileOp {
@@ -191,6 +197,9 @@ impl FileOp {
             20 => Self::Mount,
             21 => Self::UserNamespace,
             22 => Self::Ptrace,
+            23 => Self::Bpf,
+            24 => Self::Signal,
+            25 => Self::Socket,
             _ => return None,
         })
     }
@@ -208,7 +217,7 @@ pub struct FileEvent {
     pub access: u8,
     /// Explicit padding.
     pub _pad: u8,
-    /// For [`FileOp::Ptrace`]: the target pid; otherwise 0.
+    /// For [`FileOp::Ptrace`] and [`FileOp::Signal`]: the target pid; otherwise 0.
     pub target_pid: u32,
     /// The path as the kernel resolved it, NUL-terminated.
     pub path: [u8; FILE_PATH_LEN],

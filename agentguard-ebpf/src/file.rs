@@ -111,7 +111,7 @@ fn try_file_open(file: *const u8) -> bool {
         let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
         return refuse_protected(&subject, resolve(f_path), access, FileOp::Open);
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         // No file rules: only the open budget applies; only its breaches are logged (the daemon
         // escalates them), without the path, which nothing here needed to render.
         let (j, _) = verdict::finish(
@@ -276,7 +276,8 @@ fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option
 }
 
 /// The rule decision for the path in the scratch key: every access asked for must be allowed by
-/// the agent's rules and by each ancestor agent that has file rules.
+/// the agent's rules (when it has any) and by each ancestor agent that has file rules, so a
+/// sub-agent without file rules of its own is still held to its parent's.
 fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgement {
     let Some(r) = resolved else {
         return Judgement::refuse(Verdict::Denied, 0);
@@ -287,23 +288,31 @@ fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgeme
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Judgement::refuse(Verdict::Denied, r.flags);
     };
+    let own_rules = subject.flags() & AGENT_FILE_RULES != 0;
     let mut rule_id = NO_RULE;
     for bit in [ACCESS_READ, ACCESS_WRITE] {
         if access & bit == 0 {
             continue;
         }
-        match lookup(s, subject.generation, subject.agent_id, bit) {
-            Some(id) => rule_id = id,
-            None => return Judgement::refuse(Verdict::Denied, r.flags),
+        if own_rules {
+            match lookup(s, subject.generation, subject.agent_id, bit) {
+                Some(id) => rule_id = id,
+                None => return Judgement::refuse(Verdict::Denied, r.flags),
+            }
         }
         let mut parent = subject.parent_agent_id();
         let mut depth = 0;
         while parent != 0 && depth < MAX_AGENT_DEPTH {
             let cfg = identity::agent_config(subject.generation, parent);
-            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0)
-                && lookup(s, subject.generation, parent, bit).is_none()
-            {
-                return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0) {
+                match lookup(s, subject.generation, parent, bit) {
+                    // Without rules of its own, an ancestor's rule is the one that allowed.
+                    Some(id) if !own_rules => rule_id = id,
+                    Some(_) => {}
+                    None => {
+                        return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+                    }
+                }
             }
             parent = cfg.map_or(0, |c| c.parent_agent_id);
             depth += 1;
@@ -433,7 +442,7 @@ fn path_child_op(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
             -EPERM
         };
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
     let resolved = resolve_child(dir, dentry);
@@ -457,7 +466,7 @@ fn path_op(p: *mut path, op: FileOp) -> i32 {
             -EPERM
         };
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
     let resolved = resolve(p);
@@ -512,7 +521,7 @@ pub fn ag_path_link(ctx: LsmContext) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
     let resolved = resolve_child(ctx.arg(1), ctx.arg(2));

@@ -79,3 +79,88 @@ fn the_agent_socket_refuses_processes_outside_agents() {
         describe(&out)
     );
 }
+
+/// The refusal a sub-agent gets for an exec or a read its parent may not do: EPERM from the BPF
+/// LSM; on the fallback the parent's Landlock domain, which the sub-agent inherits, says EACCES.
+fn refused(d: &Daemon, line: &str) -> bool {
+    if d.lsm() {
+        line.starts_with("errno=1 ")
+    } else {
+        line.starts_with("errno=13 ")
+    }
+}
+
+#[test]
+fn a_sub_agent_without_exec_or_file_rules_is_held_to_its_parents() {
+    if !privileged("a_sub_agent_without_exec_or_file_rules_is_held_to_its_parents") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("agentguard-sub")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let allowed = dir.path().join("allowed");
+    let secret = dir.path().join("secret");
+    for d in [&allowed, &secret] {
+        std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::write(allowed.join("data.txt"), "data").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(secret.join("key.txt"), "secret").unwrap_or_else(|e| panic!("{e}"));
+    let ag = agentguard_bin();
+    let ag = ag.to_string_lossy();
+    // The sub-agent declares only a (empty) connect list: no exec, read or write rules at all.
+    let d = Daemon::start(&format!(
+        "[agents.buyer]\nexec = [\"{PROBE}\", \"{ag}\"]\nread = [\"@system-runtime\", \"{allowed}\"]\n\n[agents.buyer.sub.search]\nconnect = []\n",
+        allowed = allowed.display(),
+    ));
+    // A process of buyer has itself moved into buyer/search (through the agent socket), then
+    // acts there.
+    let as_sub = |args: &[&str]| {
+        let mut cmd = vec![
+            PROBE,
+            "exec",
+            &ag,
+            "run",
+            "--agent",
+            "buyer/search",
+            "--",
+            PROBE,
+        ];
+        cmd.extend_from_slice(args);
+        let out = d.run("buyer", &cmd);
+        (stdout(&out).trim().to_owned(), describe(&out))
+    };
+    let (line, text) = as_sub(&["exec", "/usr/bin/id"]);
+    assert!(
+        refused(&d, &line),
+        "the sub-agent runs a binary its parent may not: {text}"
+    );
+    let secret_file = secret.join("key.txt");
+    let (line, text) = as_sub(&["read", &secret_file.to_string_lossy()]);
+    assert!(
+        refused(&d, &line),
+        "the sub-agent reads a file its parent may not: {text}"
+    );
+    let allowed_file = allowed.join("data.txt");
+    let (line, text) = as_sub(&["read", &allowed_file.to_string_lossy()]);
+    assert_eq!(
+        line, "ok",
+        "the sub-agent reads what its parent may: {text}"
+    );
+    if d.lsm() {
+        // The kernel names the parent's rules as the reason.
+        for (what, action) in [("exec", "exec"), ("read", "file-open")] {
+            d.wait_record(
+                &format!("the sub-agent's {what} refused by its parent"),
+                |r| {
+                    r["action"] == action
+                        && r["verdict"] == "denied"
+                        && r["agent"] == "buyer/search"
+                        && r["flags"]
+                            .as_array()
+                            .is_some_and(|f| f.iter().any(|x| x == "parent-denied"))
+                },
+            );
+        }
+    }
+}

@@ -50,7 +50,7 @@ pub const EVENT_KINDS: [(EventKind, &str); 7] = [
 ];
 
 /// Every file operation with its name, in number order.
-pub const FILE_OPS: [(FileOp, &str); 14] = [
+pub const FILE_OPS: [(FileOp, &str); 17] = [
     (FileOp::Open, "open"),
     (FileOp::Create, "create"),
     (FileOp::Mkdir, "mkdir"),
@@ -65,6 +65,9 @@ pub const FILE_OPS: [(FileOp, &str); 14] = [
     (FileOp::Mount, "mount"),
     (FileOp::UserNamespace, "user-namespace"),
     (FileOp::Ptrace, "ptrace"),
+    (FileOp::Bpf, "bpf"),
+    (FileOp::Signal, "signal"),
+    (FileOp::Socket, "socket"),
 ];
 
 /// `EVENT_*` flag bits with their names.

@@ -152,6 +152,21 @@ pub const SPECS: &[Spec] = &[
         hook: Hook::Lsm("ptrace_access_check"),
     },
     Spec {
+        name: "ag_bpf",
+        group: Group::Lsm,
+        hook: Hook::Lsm("bpf"),
+    },
+    Spec {
+        name: "ag_task_kill",
+        group: Group::Lsm,
+        hook: Hook::Lsm("task_kill"),
+    },
+    Spec {
+        name: "ag_socket_create",
+        group: Group::Lsm,
+        hook: Hook::Lsm("socket_create"),
+    },
+    Spec {
         name: "ag_open_budget_openat",
         group: Group::OpenBudget,
         hook: Hook::TracePoint("syscalls", "sys_enter_openat"),

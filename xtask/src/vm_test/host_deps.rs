@@ -73,7 +73,10 @@ fn newest_offered(policy: &str) -> Option<String> {
         .skip(1)
         .peekable();
     while let Some(line) = lines.next() {
-        let version = line.trim_start_matches([' ', '*']).split_whitespace().next()?;
+        let version = line
+            .trim_start_matches([' ', '*'])
+            .split_whitespace()
+            .next()?;
         let mut downloadable = false;
         while let Some(source) = lines.next_if(|l| l.starts_with("        ")) {
             downloadable |= !source.trim_end().ends_with("/var/lib/dpkg/status");
