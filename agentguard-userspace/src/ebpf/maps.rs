@@ -63,6 +63,16 @@ pub struct KernelMaps {
     agent_buckets: HashMap<MapData, BucketKey, Bucket>,
 }
 
+/// A delete whose key was already absent succeeded: what it was meant to achieve holds. (aya
+/// reports a missing key on delete as the syscall's ENOENT, not as `KeyNotFound`.)
+fn gone_or_absent(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, MapsError> {
     ebpf.take_map(name).ok_or(MapsError::Missing(name))
 }
@@ -236,10 +246,17 @@ impl KernelMaps {
     /// Forgets an instance cgroup (after it has exited and been removed).
     pub fn remove_instance(&mut self, cgroup_id: u64) -> Result<(), MapsError> {
         let _ = self.counters.remove(&cgroup_id);
-        match self.cgroups.remove(&cgroup_id) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(e) => Err(err(names::CGROUPS)(e)),
+        // The kernel refuses budgeted actions once the budget map is full, so every bucket of an
+        // ended instance must go (a new cgroup never reuses the id of a removed one).
+        for kind in ThrottleKind::ALL {
+            let key = BucketKey {
+                owner: cgroup_id,
+                kind: kind as u32,
+                _pad: 0,
+            };
+            gone_or_absent(self.agent_buckets.remove(&key)).map_err(err(names::AGENT_BUCKETS))?;
         }
+        gone_or_absent(self.cgroups.remove(&cgroup_id)).map_err(err(names::CGROUPS))
     }
 
     /// Every registered instance cgroup.
