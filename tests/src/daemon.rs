@@ -10,11 +10,14 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{agentguard, agentguard_bin, describe, expected_backend};
+use crate::{agentguard, agentguard_bin, describe, expected_backend, patience};
 
-/// How long a daemon may take to come up (the VM runs under software emulation, where a start
-/// takes about 10 s).
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a daemon may take to come up on a native host, with a wide margin (scaled by
+/// [`patience`] where the environment is slower, e.g. the emulated guest).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a log record may take to appear after the action that caused it, natively.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running daemon with its own policy, state directory and socket.
 pub struct Daemon {
@@ -41,7 +44,15 @@ pub fn teardown() {
         "--socket",
         "/nonexistent/agentguard-test.sock",
     ]);
-    assert!(out.status.success(), "teardown failed: {}", describe(&out));
+    // While a failed test unwinds, a second panic here would abort the whole run.
+    if !thread::panicking() {
+        assert!(out.status.success(), "teardown failed: {}", describe(&out));
+    } else if !out.status.success() {
+        eprintln!(
+            "teardown after a failed test also failed: {}",
+            describe(&out)
+        );
+    }
 }
 
 impl Daemon {
@@ -132,6 +143,7 @@ impl Daemon {
 
     fn wait_ready(&mut self) {
         let start = Instant::now();
+        let timeout = patience(READY_TIMEOUT);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
@@ -149,8 +161,8 @@ impl Daemon {
                 return;
             }
             assert!(
-                start.elapsed() < READY_TIMEOUT,
-                "daemon not ready after {READY_TIMEOUT:?}:\n{}",
+                start.elapsed() < timeout,
+                "daemon not ready after {timeout:?}:\n{}",
                 self.output()
             );
             thread::sleep(Duration::from_millis(50));
@@ -173,6 +185,11 @@ impl Daemon {
             ),
             _ => {}
         }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The agent-facing socket.
@@ -276,15 +293,16 @@ impl Daemon {
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let start = Instant::now();
+        let timeout = patience(RECORD_TIMEOUT);
         loop {
             if let Some(r) = self.records().into_iter().find(|r| pred(r)) {
                 return r;
             }
-            if start.elapsed() > Duration::from_secs(10) {
+            if start.elapsed() > timeout {
                 let state = self.state.to_string_lossy().into_owned();
                 let raw = agentguard(&["log", "show", "--state-dir", &state]);
                 panic!(
-                    "no log record {what} within 10 s; log:\n{}\ndaemon:\n{}",
+                    "no log record {what} within {timeout:?}; log:\n{}\ndaemon:\n{}",
                     describe(&raw),
                     self.output()
                 );

@@ -13,8 +13,10 @@ pub mod net;
 pub mod system_files;
 
 use std::{
+    ops::{Deref, DerefMut},
     path::PathBuf,
-    process::{Command, Output},
+    process::{Child, Command, Output},
+    time::Duration,
 };
 
 pub use daemon::Daemon;
@@ -43,6 +45,12 @@ pub fn privileged(test: &str) -> bool {
         Some(format!("{} not built", agentguard_bin().display()))
     } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         Some("no kernel BTF".to_owned())
+    } else if let Some(private) = private_ancestor(&probe_bin()) {
+        Some(format!(
+            "{} is not reachable by unprivileged users ({} lacks o+x), and agents run as dynamic uids: run the suite from a world-searchable directory (.ci/run does this by itself)",
+            probe_bin().display(),
+            private.display()
+        ))
     } else {
         None
     };
@@ -56,6 +64,15 @@ pub fn privileged(test: &str) -> bool {
             false
         }
     }
+}
+
+/// The first directory on the way to `path` that other users cannot search, if any.
+fn private_ancestor(path: &std::path::Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    path.ancestors()
+        .skip(1)
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(PathBuf::from)
 }
 
 /// Runs `agentguard ARGS...`.
@@ -110,4 +127,70 @@ pub fn cgroup_root() -> PathBuf {
         .and_then(|l| l.split(' ').nth(4))
         .unwrap_or("/sys/fs/cgroup");
     PathBuf::from(mount).join("agentguard")
+}
+
+/// How much slower than a native host this environment runs: `AGENTGUARD_TEST_SLOWDOWN`
+/// (the VM runner sets it for the emulated guest), 1 when unset.
+pub fn slowdown() -> u32 {
+    std::env::var("AGENTGUARD_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// `base` (what a native host needs with a wide margin) scaled by [`slowdown`]: every deadline
+/// in the tests comes from here, so none assumes the machine's speed.
+pub fn patience(base: Duration) -> Duration {
+    base * slowdown()
+}
+
+/// A spawned child that is killed and reaped when it goes out of scope, so a failing test
+/// leaves no agent running into the next one.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot spawn {cmd:?}: {e}")),
+        ))
+    }
+
+    /// Waits for the child to exit, collecting its remaining output.
+    pub fn wait_with_output(mut self) -> Output {
+        self.0
+            .take()
+            .unwrap_or_else(|| panic!("child already taken"))
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("wait: {e}"))
+    }
+}
+
+impl Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| panic!("child already taken"))
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0
+            .as_mut()
+            .unwrap_or_else(|| panic!("child already taken"))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -37,6 +37,9 @@ impl Tree {
             .unwrap_or_else(|e| panic!("{e}"));
         fs::copy("/usr/bin/true", base.join("allowed/copy-of-true"))
             .unwrap_or_else(|e| panic!("{e}"));
+        // Agents run as a dynamic uid: open every permission bit, so that whatever is refused
+        // here is refused by the policy, never by file ownership.
+        share_with_everyone(&base);
         Self { _dir: dir, base }
     }
 
@@ -51,6 +54,22 @@ impl Tree {
             ro = self.p("ro"),
             out = self.p("out"),
         )
+    }
+}
+
+/// chmod a+rwx on `path` and everything under it (symlinks left alone).
+fn share_with_everyone(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if meta.file_type().is_symlink() {
+        return;
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).unwrap_or_else(|e| panic!("{e}")) {
+            share_with_everyone(&entry.unwrap_or_else(|e| panic!("{e}")).path());
+        }
     }
 }
 
@@ -197,6 +216,7 @@ fn reads_follow_the_prefixes_whatever_the_path_spelling() {
     let prefix_twin = format!("{}X", t.p("allowed"));
     fs::create_dir(&prefix_twin).unwrap_or_else(|e| panic!("{e}"));
     fs::write(format!("{prefix_twin}/f"), "x").unwrap_or_else(|e| panic!("{e}"));
+    share_with_everyone(std::path::Path::new(&prefix_twin));
     assert_refused(
         &d,
         &probe(&d, &["read", &format!("{prefix_twin}/f")]),
@@ -295,10 +315,8 @@ fn agents_cannot_remap_paths_or_trace_outsiders() {
             describe(&out)
         );
     }
-    let mut outsider = std::process::Command::new("/bin/sleep")
-        .arg("30")
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut outsider =
+        agentguard_tests::ChildGuard::spawn(std::process::Command::new("/bin/sleep").arg("30"));
     let out = probe(&d, &["ptrace", &outsider.id().to_string()]);
     assert!(
         stdout(&out).starts_with("errno=1 "),
@@ -338,6 +356,7 @@ fn a_binary_replaced_on_disk_is_re_resolved() {
         .prefix("agentguard-bin")
         .tempdir()
         .unwrap_or_else(|e| panic!("{e}"));
+    share_with_everyone(dir.path());
     let tool = dir.path().join("tool");
     fs::copy("/usr/bin/true", &tool).unwrap_or_else(|e| panic!("{e}"));
     let tool_s = tool.to_string_lossy().into_owned();

@@ -4,7 +4,7 @@ use agentguard_tests::{Daemon, describe, privileged, stdout};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
-const POLICY: &str = "[agents.buyer]\nconnect = [\"127.0.0.1:9\"]\n\n[agents.privileged]\nconnect = []\ncapabilities = [\"CAP_NET_BIND_SERVICE\"]\n";
+const POLICY: &str = "[agents.buyer]\nconnect = [\"127.0.0.1:9\"]\n\n[agents.privileged]\nconnect = []\ncapabilities = [\"CAP_NET_BIND_SERVICE\"]\n\n[agents.rooted]\nuser = \"root\"\nconnect = []\n";
 
 /// The value of a `/proc/self/status` line printed by the probe.
 fn field<'a>(status: &'a str, key: &str) -> &'a str {
@@ -103,7 +103,11 @@ fn agent_processes_cannot_use_the_control_socket() {
     }
     let d = Daemon::start(POLICY);
     let bin = agentguard_tests::agentguard_bin();
+    // A non-root agent fails on the socket's permissions already; a root agent (the policy's
+    // opt-in) passes them, and the daemon refuses it for its cgroup.
     let out = d.run("buyer", &[bin.to_str().unwrap_or_default(), "status"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let out = d.run("rooted", &[bin.to_str().unwrap_or_default(), "status"]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("inside an agent cgroup"),
@@ -120,16 +124,16 @@ fn tag_adopts_a_running_process() {
     let listener = agentguard_tests::net::Tcp::listen("127.0.0.1");
     let d = Daemon::start(POLICY);
     // A shell that waits for a line on stdin, then connects.
-    let mut child = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "read go; exec {PROBE} tcp 127.0.0.1 {}",
-            listener.port()
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = agentguard_tests::ChildGuard::spawn(
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!(
+                "read go; exec {PROBE} tcp 127.0.0.1 {}",
+                listener.port()
+            ))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped()),
+    );
     let out = d.cli(&["tag", "--agent", "buyer", "--pid", &child.id().to_string()]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(stdout(&out).starts_with("buyer/"), "{}", describe(&out));
@@ -143,7 +147,7 @@ fn tag_adopts_a_running_process() {
         let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
         let _ = stdin.write_all(b"go\n");
     }
-    let result = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let result = child.wait_with_output();
     assert!(
         stdout(&result).starts_with("errno=1 "),
         "tagged process is judged: {}",
@@ -159,10 +163,8 @@ fn teardown_refuses_while_agents_run_unless_forced() {
         return;
     }
     let mut d = Daemon::start(POLICY);
-    let mut agent = d
-        .run_command("buyer", &[PROBE, "sleep", "30"])
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut agent =
+        agentguard_tests::ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "30"]));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.stop();
     let out = agentguard_tests::agentguard(&["teardown", "--socket", "/nonexistent.sock"]);

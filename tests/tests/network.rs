@@ -238,10 +238,8 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     let p = Ports::new();
     let mut d = Daemon::start(&p.policy());
     // A long-lived agent started before the crash.
-    let mut agent = d
-        .run_command("buyer", &[PROBE, "sleep", "30"])
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut agent =
+        agentguard_tests::ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "30"]));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.kill9();
     // With no daemon at all, a process in the agent's cgroup is still refused.

@@ -1,6 +1,10 @@
 //! An agent turning on agentguard itself: leaving its cgroup, unpinning the programs.
 
-use agentguard_tests::{Daemon, assert_eperm, cgroup_root, describe, net, privileged, stdout};
+use agentguard_tests::{Daemon, assert_eperm, cgroup_root, net, privileged};
+
+/// `buyer` runs as the default dynamic uid; `rooted` as root, the policy's explicit opt-in.
+const POLICY: &str =
+    "[agents.buyer]\nconnect = []\n\n[agents.rooted]\nuser = \"root\"\nconnect = []\n";
 
 #[test]
 fn an_agent_cannot_unpin_enforcement() {
@@ -8,7 +12,8 @@ fn an_agent_cannot_unpin_enforcement() {
         return;
     }
     let l = net::Tcp::listen("127.0.0.1");
-    let d = Daemon::start("[agents.buyer]\nconnect = []\n");
+    // `rooted` is the strongest attacker a policy allows: uid 0 without capabilities.
+    let d = Daemon::start(POLICY);
     let link = std::fs::read_dir("/sys/fs/bpf/agentguard")
         .unwrap_or_else(|e| panic!("{e}"))
         .filter_map(Result::ok)
@@ -16,13 +21,18 @@ fn an_agent_cannot_unpin_enforcement() {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("no pinned connect4 link"));
     let out = d.probe("buyer", &["unlink", &link.to_string_lossy()]);
+    assert!(
+        out.starts_with("errno=13 "),
+        "a non-root agent fails on bpffs permissions: {out}"
+    );
+    let out = d.probe("rooted", &["unlink", &link.to_string_lossy()]);
     if d.lsm() {
         assert_eperm(&out, "unlinking a pinned link");
     }
     // Whether or not the pin is gone (the fallback cannot refuse the unlink of a root agent),
     // the daemon holds the link: enforcement stays.
     assert_eperm(
-        &d.probe("buyer", &["tcp", "127.0.0.1", &l.port().to_string()]),
+        &d.probe("rooted", &["tcp", "127.0.0.1", &l.port().to_string()]),
         "a connect after the attempt",
     );
 }
@@ -32,32 +42,22 @@ fn an_agent_cannot_move_itself_out_of_its_cgroup() {
     if !privileged("an_agent_cannot_move_itself_out_of_its_cgroup") {
         return;
     }
-    let d = Daemon::start("[agents.buyer]\nconnect = []\n");
+    let d = Daemon::start(POLICY);
     let root_procs = cgroup_root()
         .parent()
         .map(|p| p.join("cgroup.procs"))
         .unwrap_or_default();
-    let out = d.probe("buyer", &["move-self", &root_procs.to_string_lossy()]);
+    let root_procs = root_procs.to_string_lossy();
+    let out = d.probe("buyer", &["move-self", &root_procs]);
+    assert!(
+        out.starts_with("errno=13 "),
+        "a non-root agent fails on cgroupfs permissions: {out}"
+    );
     if d.lsm() {
-        assert_eperm(&out, "writing to cgroupfs");
-    } else {
-        // Landlock applies only to agents with file rules; a root agent without them can write
-        // to cgroupfs. docs/threat-model.md says to run agents with --user.
-        let unprivileged = d.cli(&[
-            "run",
-            "--agent",
-            "buyer",
-            "--user",
-            "nobody",
-            "--",
-            &agentguard_tests::probe_bin().to_string_lossy(),
-            "move-self",
-            &root_procs.to_string_lossy(),
-        ]);
-        assert!(
-            stdout(&unprivileged).starts_with("errno=13 "),
-            "an unprivileged agent cannot: {}",
-            describe(&unprivileged)
-        );
+        let out = d.probe("rooted", &["move-self", &root_procs]);
+        assert_eperm(&out, "a root agent writing to cgroupfs");
     }
+    // On the fallback, Landlock applies only to agents with file rules: a root agent without
+    // them can write to cgroupfs (docs/threat-model.md), which is why root needs the policy's
+    // explicit `user = "root"`.
 }

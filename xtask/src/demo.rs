@@ -39,6 +39,11 @@ pub fn run(_: &Args) -> Result<()> {
     let home = Path::new(AGENT_HOME);
     let _ = std::fs::remove_dir_all(home);
     std::fs::create_dir_all(home.join("orders"))?;
+    // The agent runs as a dynamic uid that owns nothing: let it write its orders.
+    std::fs::set_permissions(
+        home.join("orders"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
     let agent = home.join("agent.py");
     std::fs::copy(workspace::root().join("examples/demo/agent.py"), &agent)?;
 

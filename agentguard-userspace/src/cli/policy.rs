@@ -62,7 +62,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
                 println!("  {name}: {}", addrs.join(", "));
             }
-            for w in warnings {
+            for w in p.weakenings().into_iter().chain(warnings) {
                 eprintln!("warning: {w}");
             }
             Ok(ExitCode::SUCCESS)

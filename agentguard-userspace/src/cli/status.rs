@@ -34,7 +34,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         s.lost_events
     );
     for a in &s.agents {
-        println!("\n{} [{}]", a.name, a.mode);
+        println!("\n{} [{}] runs as {}", a.name, a.mode, a.runs_as);
         for b in &a.budgets {
             println!("  budget: {b}");
         }

@@ -4,6 +4,8 @@ use std::{fmt, path::PathBuf, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::sandbox::privs::UserSpec;
+
 /// Which instances an operator command is about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -55,6 +57,9 @@ pub enum Request {
         agent: String,
         /// For a sub-agent: the parent instance (default: the newest one).
         parent: Option<String>,
+        /// `run --user USER[:GROUP]`: who to run as instead of the policy's choice.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
     },
     /// Create an instance of `agent` and move `pid` into it.
     Tag {
@@ -109,6 +114,29 @@ pub struct Sandbox {
     pub landlock: Option<LandlockSpec>,
     /// Capabilities the agent keeps (policy `capabilities`), as `CAP_*` names.
     pub capabilities: Vec<String>,
+    /// Who the agent runs as.
+    pub identity: Identity,
+    /// seccomp groups the policy grants back (`allow_syscalls`).
+    pub allow_syscalls: Vec<String>,
+}
+
+/// Who `agentguard run` switches to before exec.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Identity {
+    /// Keep the launcher's identity: a sub-agent started from inside its parent, which has no
+    /// privilege to switch users.
+    #[default]
+    Inherited,
+    /// A named user (policy `user` or `run --user`), never uid 0.
+    User(UserSpec),
+    /// A per-instance uid from agentguard's dynamic range, with no passwd entry.
+    Dynamic {
+        /// The uid (and gid).
+        uid: u32,
+    },
+    /// uid 0, because the policy says `user = "root"`.
+    Root,
 }
 
 /// File rules for Landlock.
@@ -207,6 +235,10 @@ pub struct AgentStatus {
     pub name: String,
     /// `enforce` or `audit`.
     pub mode: String,
+    /// Who `run` starts it as: `dynamic uid`, `user NAME`, or `ROOT (policy opt-in)`; for a
+    /// sub-agent, `parent's user`. Followed by the seccomp groups it is granted back.
+    #[serde(default)]
+    pub runs_as: String,
     /// Budgets, e.g. `connect 10/s per process (burst 1, on exceed deny)`.
     pub budgets: Vec<String>,
     /// Running instances.
@@ -260,6 +292,7 @@ mod tests {
         let r = Request::Run {
             agent: "buyer".into(),
             parent: None,
+            user: None,
         };
         assert_eq!(
             serde_json::to_string(&r)?,

@@ -49,7 +49,7 @@ pub fn resolve(policy: &Policy, names: Addresses) -> Result<(Resolved, Vec<Strin
         names,
         resolvers: resolve::system_resolvers(),
     };
-    Ok((resolved, Vec::new()))
+    Ok((resolved, policy.weakenings()))
 }
 
 /// Validates `text` and applies it; logs the result with `by`.

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use agentguard_common::agent::ThrottleScope;
 
 use super::{
-    Shared, apply,
+    Shared, apply, identity,
     operator::{self, Op},
     state::Breach,
 };
@@ -15,8 +15,8 @@ use crate::{
     control::{
         peer::Peer,
         proto::{
-            AgentStatus, InstanceStatus, LandlockSpec, Reply, Request, Response, Sandbox, Selector,
-            StatusReport,
+            AgentStatus, Identity, InstanceStatus, LandlockSpec, Reply, Request, Response, Sandbox,
+            Selector, StatusReport,
         },
     },
     ebpf::backends::FileBackend,
@@ -35,14 +35,22 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             version: env!("CARGO_PKG_VERSION").to_owned(),
             backends: shared.backends.to_string(),
         }),
-        Request::Run { agent, parent } => {
-            launch(shared, by, &agent, parent.as_deref(), peer.pid, How::Run).map(
-                |(instance, sandbox, _)| Reply::Launched {
-                    instance: instance.name,
-                    sandbox,
-                },
-            )
-        }
+        Request::Run {
+            agent,
+            parent,
+            user,
+        } => launch(
+            shared,
+            by,
+            &agent,
+            parent.as_deref(),
+            peer.pid,
+            How::Run(user.as_deref()),
+        )
+        .map(|(instance, sandbox, _)| Reply::Launched {
+            instance: instance.name,
+            sandbox,
+        }),
         Request::Tag { agent, pid, parent } => {
             launch(shared, by, &agent, parent.as_deref(), pid, How::Tag).map(
                 |(instance, _, warnings)| Reply::Tagged {
@@ -98,7 +106,11 @@ pub async fn handle_agent(
             version: env!("CARGO_PKG_VERSION").to_owned(),
             backends: shared.backends.to_string(),
         }),
-        Request::Run { agent, parent: None } => {
+        Request::Run {
+            agent,
+            parent: None,
+            user: None,
+        } => {
             let own_sub = agent
                 .strip_prefix(&format!("{}/", caller.agent))
                 .is_some_and(|sub| !sub.is_empty() && !sub.contains('/'));
@@ -123,9 +135,9 @@ pub async fn handle_agent(
 
 /// How a process enters an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum How {
-    /// `agentguard run` by an administrator.
-    Run,
+enum How<'a> {
+    /// `agentguard run` by an administrator, with its `--user`.
+    Run(Option<&'a str>),
     /// `agentguard tag` of a running process.
     Tag,
     /// `agentguard run` of a sub-agent by a process inside its parent's instance.
@@ -140,7 +152,7 @@ fn launch(
     agent: &str,
     parent: Option<&str>,
     pid: u32,
-    how: How,
+    how: How<'_>,
 ) -> Result<(Instance, Sandbox, Vec<String>), String> {
     let tagged = how == How::Tag;
     let mut st = shared.lock_state();
@@ -188,10 +200,22 @@ fn launch(
             })?,
         }),
     };
+    let identity = match how {
+        How::Run(user) => {
+            let allocated = st.dynamic_uids.values().copied().collect();
+            identity::choose(&a, user, false, &allocated)?
+        }
+        How::SubAgent => identity::choose(&a, None, true, &Default::default())?,
+        // A tagged process keeps whatever identity it has.
+        How::Tag => Identity::Inherited,
+    };
     let inst = st
         .hierarchy
         .create_instance(agent, parent_instance.as_ref())
         .map_err(|e| e.to_string())?;
+    if let Identity::Dynamic { uid } = identity {
+        st.dynamic_uids.insert(inst.id, uid);
+    }
     let entered = st
         .register(&inst, tagged)
         .map_err(|e| e.to_string())
@@ -215,7 +239,7 @@ fn launch(
         cgroup_id: inst.id,
         pid,
         how: match how {
-            How::Run => "run",
+            How::Run(_) => "run",
             How::Tag => "tag",
             How::SubAgent => "sub-agent",
         }
@@ -224,7 +248,7 @@ fn launch(
         files,
     });
     let _ = shared.new_instances.send(inst.clone());
-    Ok((inst, sandbox(shared, &a), warnings))
+    Ok((inst, sandbox(shared, &a, identity), warnings))
 }
 
 fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
@@ -240,7 +264,7 @@ fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
 }
 
 /// What `run` applies to itself before exec.
-fn sandbox(shared: &Shared, a: &Agent) -> Sandbox {
+fn sandbox(shared: &Shared, a: &Agent, identity: Identity) -> Sandbox {
     // Baseline entries a distribution does not have are simply not granted.
     let prefixes = |rules: &[crate::policy::Located<PathRule>]| {
         rules
@@ -273,7 +297,24 @@ fn sandbox(shared: &Shared, a: &Agent) -> Sandbox {
     Sandbox {
         landlock,
         capabilities: a.capabilities.iter().map(|c| c.value.to_string()).collect(),
+        identity,
+        allow_syscalls: a.allow_syscalls.iter().map(|g| g.value.clone()).collect(),
     }
+}
+
+/// `AgentStatus::runs_as`: weakenings in capitals, so `status` shows them at a glance.
+fn runs_as(a: &Agent) -> String {
+    let user = match (&a.parent, &a.user) {
+        (Some(_), _) => "parent's user".to_owned(),
+        (None, Some(_)) if a.runs_as_root() => "ROOT (policy opt-in)".to_owned(),
+        (None, Some(u)) => format!("user {}", u.value),
+        (None, None) => "dynamic uid".to_owned(),
+    };
+    if a.allow_syscalls.is_empty() {
+        return user;
+    }
+    let groups: Vec<&str> = a.allow_syscalls.iter().map(|g| g.value.as_str()).collect();
+    format!("{user}; SYSCALLS GRANTED: {}", groups.join(", "))
 }
 
 async fn operate(
@@ -332,6 +373,7 @@ fn status(shared: &Shared) -> StatusReport {
                 Mode::Audit => "audit",
             }
             .to_owned(),
+            runs_as: runs_as(a),
             budgets: a
                 .limits
                 .iter()

@@ -8,6 +8,7 @@ mod apply;
 mod binwatch;
 mod dns_task;
 mod handlers;
+pub mod identity;
 mod ingest;
 mod operator;
 mod server;
@@ -222,6 +223,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         instances: Default::default(),
         breaches: Default::default(),
         exited: Default::default(),
+        dynamic_uids: Default::default(),
         binaries: resolved.binaries.clone(),
     };
     let readopted = watch::readopt(&mut state)?;

@@ -38,6 +38,8 @@ pub struct State {
     /// Names of recently exited instances: their last events may still be in the ring buffer.
     /// cgroup ids are never reused, so a stale entry cannot misname a new instance.
     pub exited: BTreeMap<u64, (String, String)>,
+    /// Dynamic uids handed to live instances, by cgroup id.
+    pub dynamic_uids: HashMap<u64, u32>,
 }
 
 /// The daemon's answer to an instance's budget breaches.
@@ -88,6 +90,7 @@ impl State {
             tracing::warn!(cgroup_id, error = %e, "cannot remove instance from the kernel map");
         }
         self.breaches.remove(&cgroup_id);
+        self.dynamic_uids.remove(&cgroup_id);
         let gone = self.instances.remove(&cgroup_id)?;
         self.exited
             .insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));

@@ -87,6 +87,10 @@ pub struct Agent {
     pub write: Vec<Located<PathRule>>,
     /// Capabilities kept by `agentguard run`.
     pub capabilities: Vec<Located<caps::Capability>>,
+    /// The user `agentguard run` starts a top-level instance as (`None`: a dynamic uid).
+    pub user: Option<Located<String>>,
+    /// seccomp groups granted back (see [`crate::sandbox::seccomp::GROUPS`]).
+    pub allow_syscalls: Vec<Located<String>>,
     /// Budgets.
     pub limits: Vec<Limit>,
     /// How many instances may run at once (each nested sub-agent instance counts for its own
@@ -98,6 +102,11 @@ impl Agent {
     /// Exec and file access are default-deny once any exec, read or write rule exists.
     pub fn restricts_files(&self) -> bool {
         !self.exec.is_empty() || !self.read.is_empty() || !self.write.is_empty()
+    }
+
+    /// Whether the policy says, in so many words, that this agent runs as root.
+    pub fn runs_as_root(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| is_root_name(&u.value))
     }
 }
 
@@ -130,10 +139,39 @@ impl Policy {
             .flat_map(|a| a.exec.iter().map(|e| e.value.clone()))
     }
 
+    /// What this policy grants that weakens agentguard's guarantees, one loud line each: agents
+    /// that run as root, and seccomp groups granted back.
+    pub fn weakenings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &self.agents {
+            if a.runs_as_root() {
+                out.push(format!(
+                    "agent {:?} runs as ROOT (user = \"root\"): uid 0 passes file permission checks on the whole host; prefer a dedicated user or the default dynamic uid",
+                    a.name
+                ));
+            }
+            if !a.allow_syscalls.is_empty() {
+                let groups: Vec<&str> = a.allow_syscalls.iter().map(|g| g.value.as_str()).collect();
+                out.push(format!(
+                    "agent {:?} is granted syscall groups the seccomp filter refuses by default: {}",
+                    a.name,
+                    groups.join(", ")
+                ));
+            }
+        }
+        out
+    }
+
     /// The digest as hex, as recorded in the log.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest)
     }
+}
+
+/// Whether a `user` value names uid 0.
+pub fn is_root_name(user: &str) -> bool {
+    let name = user.split_once(':').map_or(user, |(u, _)| u);
+    name == "root" || name.parse::<u32>() == Ok(0)
 }
 
 /// The id of an agent: the first four bytes of blake3 over its full name, never 0 (0 means

@@ -51,6 +51,12 @@ pub struct RawAgent {
     /// Capabilities the agent keeps (weakens the guarantees).
     #[serde(default)]
     pub capabilities: Vec<Spanned<String>>,
+    /// The user `agentguard run` starts the agent as; `"root"` is the only way to run an agent
+    /// as uid 0. Absent: a dynamic per-instance uid.
+    pub user: Option<Spanned<String>>,
+    /// seccomp groups granted back (weakens the guarantees).
+    #[serde(default)]
+    pub allow_syscalls: Vec<Spanned<String>>,
     /// Budgets.
     pub throttle: Option<Spanned<RawThrottle>>,
     /// How many instances of the agent may run at once.

@@ -115,6 +115,8 @@ impl Validator<'_> {
             read: self.paths(&field, "read", &r.read),
             write: self.paths(&field, "write", &r.write),
             capabilities: self.capabilities(&field, &r.capabilities),
+            user: self.user(&field, r.user.as_ref(), parent.is_some()),
+            allow_syscalls: self.allow_syscalls(&field, &r.allow_syscalls),
             limits: r
                 .throttle
                 .as_ref()
@@ -249,6 +251,72 @@ impl Validator<'_> {
                 out.push(Located {
                     value: rule,
                     at: at.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn user(
+        &mut self,
+        field: &str,
+        user: Option<&Spanned<String>>,
+        sub_agent: bool,
+    ) -> Option<Located<String>> {
+        let user = user?;
+        let f = format!("{field}.user");
+        let name = user.get_ref().trim();
+        if sub_agent {
+            self.error(
+                user,
+                f,
+                "a sub-agent runs as its parent's user (the parent has no privilege to switch users)",
+            );
+            return None;
+        }
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
+        let ok = match name.split_once(':') {
+            Some((u, g)) => valid(u) && valid(g),
+            None => valid(name),
+        };
+        if !ok {
+            self.error(
+                user,
+                f,
+                format!("invalid user {name:?}: use USER or USER:GROUP (names or numbers)"),
+            );
+            return None;
+        }
+        Some(Located {
+            value: name.to_owned(),
+            at: self.location(user, f),
+        })
+    }
+
+    fn allow_syscalls(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<String>> {
+        let mut out: Vec<Located<String>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.allow_syscalls[{i}]");
+            let name = e.get_ref().trim();
+            if !crate::sandbox::seccomp::is_group(name) {
+                self.error(
+                    e,
+                    f,
+                    format!(
+                        "unknown syscall group {name:?} (known: {})",
+                        crate::sandbox::seccomp::group_names().join(", ")
+                    ),
+                );
+            } else if out.iter().any(|o| o.value == name) {
+                self.error(e, f, format!("duplicate syscall group {name:?}"));
+            } else {
+                out.push(Located {
+                    value: name.to_owned(),
+                    at: self.location(e, f),
                 });
             }
         }
@@ -470,6 +538,17 @@ impl Validator<'_> {
                 self.error_at(
                     &c.at,
                     format!("{} is not granted to parent agent {pname:?}", c.value),
+                );
+            }
+        }
+        for g in &sub.allow_syscalls {
+            if !parent.allow_syscalls.iter().any(|p| p.value == g.value) {
+                self.error_at(
+                    &g.at,
+                    format!(
+                        "syscall group {:?} is not granted to parent agent {pname:?}",
+                        g.value
+                    ),
                 );
             }
         }

@@ -5,3 +5,4 @@
 pub mod elf;
 pub mod landlock;
 pub mod privs;
+pub mod seccomp;

@@ -39,7 +39,7 @@ fn sys(what: &'static str) -> impl Fn(nix::Error) -> PrivError {
 }
 
 /// The identity to switch to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserSpec {
     /// uid.
     pub uid: u32,

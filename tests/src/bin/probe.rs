@@ -99,6 +99,164 @@ fn status_lines() -> std::io::Result<()> {
     Ok(())
 }
 
+mod attack {
+    //! What a hostile agent tries against agentguard; each returns the system call's verdict.
+
+    use std::{io, net::Ipv4Addr, os::fd::AsRawFd};
+
+    fn check(rc: libc::c_long) -> io::Result<()> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn num<T: std::str::FromStr>(s: &str) -> io::Result<T> {
+        s.parse()
+            .map_err(|_| io::Error::other(format!("not a number: {s}")))
+    }
+
+    /// `clone3(CLONE_INTO_CGROUP)` into `dir` through an O_PATH descriptor (no cgroup.procs
+    /// write): the child exits at once; success means the agent could leave its cgroup.
+    pub fn clone3_into_cgroup(dir: &str) -> io::Result<()> {
+        let cgroup = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?;
+        #[repr(C)]
+        #[derive(Default)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+            cgroup: u64,
+        }
+        const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: u64::try_from(cgroup.as_raw_fd()).unwrap_or(0),
+            ..CloneArgs::default()
+        };
+        // SAFETY: a clone3 without CLONE_VM: the child is a copy of this process and only
+        // calls _exit.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                size_of::<CloneArgs>(),
+            )
+        };
+        if pid == 0 {
+            // SAFETY: leaving the child without running any Rust code.
+            unsafe { libc::_exit(0) };
+        }
+        check(pid)?;
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(i32::try_from(pid).unwrap_or(-1), &mut status, 0) };
+        Ok(())
+    }
+
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    /// `bpf(BPF_OBJ_GET)` on a pinned agentguard object: success means the agent holds a
+    /// descriptor it could detach or rewrite with.
+    pub fn bpf_obj_get(pin: &str) -> io::Result<()> {
+        let path = std::ffi::CString::new(pin).map_err(io::Error::other)?;
+        // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags (and padding).
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        const BPF_OBJ_GET: libc::c_long = 7;
+        // SAFETY: attr is larger than the kernel's bpf_attr prefix for this command.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_GET,
+                attr.as_mut_ptr(),
+                size_of_val(&attr),
+            )
+        };
+        check(fd)?;
+        // SAFETY: the descriptor the kernel just returned.
+        unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+        Ok(())
+    }
+
+    /// `kill(pid, 0)`: the permission check of every signal, without sending one.
+    pub fn signal0(pid: &str) -> io::Result<()> {
+        // SAFETY: signal 0 sends nothing.
+        check(unsafe { libc::kill(num(pid)?, 0) }.into())
+    }
+
+    pub fn socket(family: &str, ty: &str, proto: &str) -> io::Result<()> {
+        // SAFETY: socket(2) with integer arguments; the descriptor is closed right away.
+        let fd = unsafe { libc::socket(num(family)?, num(ty)?, num(proto)?) };
+        check(fd.into())?;
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        Ok(())
+    }
+
+    /// An ICMP echo request from an unprivileged ping socket.
+    pub fn ping(host: &str) -> io::Result<()> {
+        let ip: Ipv4Addr = host.parse().map_err(io::Error::other)?;
+        // SAFETY: socket(2) with integer arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+        check(fd.into())?;
+        let echo: [u8; 16] = [
+            8, 0, 0, 0, 0, 1, 0, 1, b'a', b'g', b'e', b'n', b't', b'g', b'r', b'd',
+        ];
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid buffer and address of the stated sizes.
+        let sent = unsafe {
+            libc::sendto(
+                fd,
+                echo.as_ptr().cast(),
+                echo.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let result = check(sent as libc::c_long);
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        result
+    }
+
+    /// TIOCSTI on stdin: pushing input into the terminal the agent was started from.
+    pub fn tiocsti() -> io::Result<()> {
+        let c = b'x';
+        // SAFETY: TIOCSTI reads one byte from the pointer.
+        check(unsafe { libc::ioctl(0, libc::TIOCSTI, &c) }.into())
+    }
+
+    /// Prints `sid=S pid=P tty=yes|no`.
+    pub fn session() -> io::Result<()> {
+        // SAFETY: getsid(0) and getpid() take no pointers.
+        let (sid, pid) = unsafe { (libc::getsid(0), libc::getpid()) };
+        let tty = std::fs::File::open("/dev/tty").is_ok();
+        println!("sid={sid} pid={pid} tty={}", if tty { "yes" } else { "no" });
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -149,6 +307,50 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        ["tcp-pair-until-eof", host, a, b] => {
+            // Alternates connects to an allowed and a refused port until stdin closes, counting
+            // each outcome; says `connecting` once the first pair is done so the test knows the
+            // load is on.
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = std::sync::Arc::clone(&done);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let mut counts = [[0usize; 2]; 2];
+            let mut i = 0usize;
+            while i < 2 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let port = if i % 2 == 0 { a } else { b };
+                let ok = addr(host, port).and_then(tcp).is_ok();
+                counts[i % 2][usize::from(ok)] += 1;
+                i += 1;
+                if i == 2 {
+                    println!("connecting");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            println!(
+                "a_ok={} a_refused={} b_ok={} b_refused={}",
+                counts[0][1], counts[0][0], counts[1][1], counts[1][0]
+            );
+            ExitCode::SUCCESS
+        }
+        // Attacks on agentguard itself (issue: confinement the agent cannot lift).
+        ["clone3-into-cgroup", dir] => report(attack::clone3_into_cgroup(dir)),
+        ["bpf-obj-get", pin] => report(attack::bpf_obj_get(pin)),
+        ["signal0", pid] => report(attack::signal0(pid)),
+        ["open-write", path] => report(OpenOptions::new().write(true).open(path).map(drop)),
+        ["create-new", path] => report(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(drop),
+        ),
+        ["socket", family, ty, proto] => report(attack::socket(family, ty, proto)),
+        ["ping", host] => report(attack::ping(host)),
+        ["tiocsti"] => report(attack::tiocsti()),
+        ["session"] => report(attack::session()),
         ["move-self", procs] => report(std::fs::write(procs, std::process::id().to_string())),
         ["status"] => report(status_lines()),
         ["read", path] => report(std::fs::File::open(path).and_then(|mut f| {

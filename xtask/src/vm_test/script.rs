@@ -12,6 +12,10 @@ pub const MARKER: &str = "agentguard-vm:";
 pub const BEGIN: &str = "agentguard-vm: begin";
 pub const END: &str = "agentguard-vm: end";
 
+/// How much slower the guest runs than the host, roughly (software emulation): the tests scale
+/// their deadlines by it (`agentguard_tests::patience`).
+const GUEST_SLOWDOWN: u32 = 10;
+
 /// What the guest script needs to know.
 pub struct Plan<'a> {
     pub results: &'a Path,
@@ -30,7 +34,7 @@ pub fn render(plan: &Plan<'_>) -> String {
     let results = quote(&plan.results.to_string_lossy());
     s = s.replace("@RESULTS@", &results);
     let mut env = format!(
-        "AGENTGUARD_BIN={} AGENTGUARD_EXPECT_BACKEND=lsm RUST_BACKTRACE=1",
+        "AGENTGUARD_BIN={} AGENTGUARD_EXPECT_BACKEND=lsm AGENTGUARD_TEST_SLOWDOWN={GUEST_SLOWDOWN} RUST_BACKTRACE=1",
         quote(&plan.agentguard_bin.to_string_lossy())
     );
     if let Some(ci) = &plan.ci {
