@@ -55,6 +55,16 @@ pub const AGENT_EXEC_INHERITED: u32 = 1 << 5;
 /// even when this sub-agent lists no paths of its own.
 pub const AGENT_FILE_INHERITED: u32 = 1 << 6;
 
+/// The policy grants the `bpf` syscall group back (`allow_syscalls`): the BPF LSM lets the
+/// agent use `bpf(2)`, as the seccomp filter does.
+pub const AGENT_ALLOW_BPF: u32 = 1 << 7;
+/// The policy grants `raw_sockets`: `SOCK_RAW` IPv4/IPv6 and `AF_PACKET` sockets.
+pub const AGENT_ALLOW_RAW_SOCKETS: u32 = 1 << 8;
+/// The policy grants `ping_sockets`: ICMP/ICMPv6 datagram sockets.
+pub const AGENT_ALLOW_PING_SOCKETS: u32 = 1 << 9;
+/// The policy grants `other_sockets`: every other socket the network programs do not judge.
+pub const AGENT_ALLOW_OTHER_SOCKETS: u32 = 1 << 10;
+
 /// Whether an agent with `flags` is restricted in what it may execute (its own rules or an
 /// ancestor's).
 pub const fn exec_restricted(flags: u32) -> bool {

@@ -1,8 +1,10 @@
-//! What an agent may never do, whatever its policy (BPF LSM backend): use `bpf(2)` (a root
-//! agent could otherwise open agentguard's pinned links and detach them), signal a process
-//! outside its own instance and its sub-agents (the daemon, the operator's shell), or create a
-//! socket of a kind the network programs do not judge (raw, packet, ICMP ping, SCTP, vsock, ...:
-//! traffic on those never passes the cgroup sock_addr hooks).
+//! What an agent may not do (BPF LSM backend): use `bpf(2)` (a root agent could otherwise open
+//! agentguard's pinned links and detach them), signal a process outside its own instance and its
+//! sub-agents (the daemon, the operator's shell), or create a socket of a kind the network
+//! programs do not judge (raw, packet, ICMP ping, SCTP, vsock, ...: traffic on those never passes
+//! the cgroup sock_addr hooks). `bpf(2)` and the socket classes follow the policy's
+//! `allow_syscalls` grants, like the seccomp filter `agentguard run` installs; these hooks also
+//! hold for processes without that filter (adopted with `agentguard tag`).
 //!
 //! These hooks do not read their `ret` argument: BPF LSM programs on an int hook run as
 //! fmod_ret programs, and the trampoline skips every later program once one returned non-zero,
@@ -10,6 +12,10 @@
 //! between kernels, which would move `ret`.)
 
 use agentguard_common::{
+    agent::{
+        AGENT_ALLOW_BPF, AGENT_ALLOW_OTHER_SOCKETS, AGENT_ALLOW_PING_SOCKETS,
+        AGENT_ALLOW_RAW_SOCKETS,
+    },
     event::{EventKind, FILE_PATH_LEN, FileEvent, FileOp},
     maps::MAX_AGENT_DEPTH,
     verdict::{Backend, Verdict},
@@ -30,12 +36,16 @@ const AF_UNIX: i32 = 1;
 const AF_INET: i32 = 2;
 const AF_INET6: i32 = 10;
 const AF_NETLINK: i32 = 16;
+const AF_PACKET: i32 = 17;
 const SOCK_STREAM: i32 = 1;
 const SOCK_DGRAM: i32 = 2;
+const SOCK_RAW: i32 = 3;
 /// `SOCK_NONBLOCK` and `SOCK_CLOEXEC` share the type argument; the type is the low bits.
 const SOCK_TYPE_MASK: i32 = 0xf;
+const IPPROTO_ICMP: i32 = 1;
 const IPPROTO_TCP: i32 = 6;
 const IPPROTO_UDP: i32 = 17;
+const IPPROTO_ICMPV6: i32 = 58;
 const NETLINK_ROUTE: i32 = 0;
 
 #[lsm(hook = "bpf")]
@@ -44,6 +54,9 @@ pub fn ag_bpf(ctx: LsmContext) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
+    if subject.flags() & AGENT_ALLOW_BPF != 0 {
+        return 0;
+    }
     let cmd: i32 = ctx.arg(0);
     let mut text = Text::new();
     text.push(b"cmd=");
@@ -94,7 +107,8 @@ pub fn ag_socket_create(ctx: LsmContext) -> i32 {
     let family: i32 = ctx.arg(0);
     let ty: i32 = ctx.arg(1);
     let protocol: i32 = ctx.arg(2);
-    if judged_socket(family, ty & SOCK_TYPE_MASK, protocol) {
+    let grant = socket_grant(family, ty & SOCK_TYPE_MASK, protocol);
+    if grant == 0 || subject.flags() & grant != 0 {
         return 0;
     }
     let mut text = Text::new();
@@ -107,18 +121,35 @@ pub fn ag_socket_create(ctx: LsmContext) -> i32 {
     refuse(&subject, FileOp::Socket, 0, &text)
 }
 
-/// The sockets agentguard judges (TCP and UDP through the sock_addr programs), plus those that
-/// reach no network: Unix sockets and route netlink (which the C library's resolver uses).
+/// The `AGENT_ALLOW_*` grant a socket needs, or 0 for the sockets agentguard judges (TCP and UDP
+/// through the sock_addr programs) and those that reach no network (Unix sockets, route
+/// netlink, which the C library's resolver uses). The classes are the seccomp filter's groups,
+/// so a policy's `allow_syscalls` grant means the same on every backend.
 #[inline(always)]
-fn judged_socket(family: i32, ty: i32, protocol: i32) -> bool {
+fn socket_grant(family: i32, ty: i32, protocol: i32) -> u32 {
     match family {
-        AF_UNIX => true,
-        AF_INET | AF_INET6 => matches!(
-            (ty, protocol),
-            (SOCK_STREAM, 0 | IPPROTO_TCP) | (SOCK_DGRAM, 0 | IPPROTO_UDP)
-        ),
-        AF_NETLINK => protocol == NETLINK_ROUTE,
-        _ => false,
+        AF_UNIX => 0,
+        AF_INET | AF_INET6 => {
+            let icmp = if family == AF_INET {
+                IPPROTO_ICMP
+            } else {
+                IPPROTO_ICMPV6
+            };
+            if ty == SOCK_RAW {
+                AGENT_ALLOW_RAW_SOCKETS
+            } else if ty == SOCK_DGRAM && protocol == icmp {
+                AGENT_ALLOW_PING_SOCKETS
+            } else if (ty != SOCK_STREAM && ty != SOCK_DGRAM)
+                || !matches!(protocol, 0 | IPPROTO_TCP | IPPROTO_UDP)
+            {
+                AGENT_ALLOW_OTHER_SOCKETS
+            } else {
+                0
+            }
+        }
+        AF_NETLINK if protocol == NETLINK_ROUTE => 0,
+        AF_PACKET => AGENT_ALLOW_RAW_SOCKETS,
+        _ => AGENT_ALLOW_OTHER_SOCKETS,
     }
 }
 

@@ -1,18 +1,44 @@
-//! What no agent may do whatever its policy: use bpf(2), signal processes outside its instance,
-//! create sockets agentguard does not judge. Refused by BPF LSM programs; on the fallback the
-//! same tests check that what an agent legitimately does still works.
+//! The kernel side of confinement (BPF LSM): no agent uses bpf(2), signals a process outside its
+//! instance or creates a socket agentguard does not judge, unless its policy grants the syscall
+//! group back. `agentguard run` also installs a seccomp filter for the same things; these tests
+//! adopt a root process with `agentguard tag` instead, which has neither that filter nor dropped
+//! capabilities, so only the kernel programs stand between it and the action. On the fallback
+//! backend (no BPF LSM) the same tests check that what an agent legitimately does still works.
 
-use agentguard_tests::{Daemon, assert_eperm, privileged};
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use agentguard_tests::{ChildGuard, Daemon, assert_eperm, describe, privileged};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
-fn probe(d: &Daemon, agent: &str, args: &[&str]) -> String {
-    let mut cmd = vec![PROBE];
-    cmd.extend_from_slice(args);
-    let out = d.run(agent, &cmd);
+const POLICY: &str = "[agents.a]\nconnect = []\n\n[agents.granted]\nconnect = []\nallow_syscalls = [\"bpf\", \"raw_sockets\"]\n";
+
+/// Runs `agentguard-probe ARGS...` as a root process adopted into `agent` with `agentguard tag`
+/// before it acts; its output line, or everything about the run when it printed none.
+fn tagged(d: &Daemon, agent: &str, args: &[&str]) -> String {
+    let mut child = ChildGuard::spawn(
+        Command::new(PROBE)
+            .arg("after-line")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let pid = child.id().to_string();
+    let tag = d.cli(&["tag", "--agent", agent, "--pid", &pid]);
+    assert!(tag.status.success(), "tag: {}", describe(&tag));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(b"go\n")
+            .unwrap_or_else(|e| panic!("probe stdin: {e}"));
+    }
+    let out = child.wait_with_output();
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     if text.is_empty() {
-        agentguard_tests::describe(&out)
+        describe(&out)
     } else {
         text
     }
@@ -42,24 +68,22 @@ fn pinned_map() -> String {
 }
 
 #[test]
-fn agents_cannot_use_bpf() {
-    if !privileged("agents_cannot_use_bpf") {
+fn agents_cannot_use_bpf_unless_granted() {
+    if !privileged("agents_cannot_use_bpf_unless_granted") {
         return;
     }
-    let d = Daemon::start("[agents.a]\nconnect = []\n");
+    let d = Daemon::start(POLICY);
     let pin = pinned_map();
-    let result = probe(&d, "a", &["bpf-obj-get", &pin]);
+    assert_eq!(
+        tagged(&d, "granted", &["bpf-obj-get", &pin]),
+        "ok",
+        "allow_syscalls = [\"bpf\"] grants bpf(2) on every backend"
+    );
+    let result = tagged(&d, "a", &["bpf-obj-get", &pin]);
     if d.lsm() {
         assert_eperm(&result, "BPF_OBJ_GET of agentguard's own map");
         let ev = wait_refusal(&d, "bpf", "a");
         assert_eq!(ev["target"]["path"], "cmd=7", "{ev}");
-    } else {
-        // The fallback has no bpf hook: the seccomp filter `run` installs is what refuses it
-        // there. Whatever the answer, the daemon keeps enforcing.
-        assert!(
-            result.starts_with("ok") || result.starts_with("errno="),
-            "{result}"
-        );
     }
 }
 
@@ -68,14 +92,14 @@ fn agents_signal_only_their_own_instance() {
     if !privileged("agents_signal_only_their_own_instance") {
         return;
     }
-    let d = Daemon::start("[agents.a]\nconnect = []\n");
+    let d = Daemon::start(POLICY);
     assert_eq!(
-        probe(&d, "a", &["kill-own-child"]),
+        tagged(&d, "a", &["kill-own-child"]),
         "ok",
         "a signal to a child in the same instance"
     );
     let outsider = std::process::id().to_string();
-    let result = probe(&d, "a", &["kill", &outsider, "0"]);
+    let result = tagged(&d, "a", &["signal0", &outsider]);
     if d.lsm() {
         assert_eperm(&result, "signal 0 to a process outside the instance");
         let ev = wait_refusal(&d, "signal", "a");
@@ -85,15 +109,19 @@ fn agents_signal_only_their_own_instance() {
             Some(u64::from(std::process::id())),
             "{ev}"
         );
+        assert_eperm(
+            &tagged(&d, "a", &["signal0", &d.pid().to_string()]),
+            "signal 0 to the daemon",
+        );
     }
 }
 
 #[test]
-fn agents_create_only_sockets_agentguard_judges() {
-    if !privileged("agents_create_only_sockets_agentguard_judges") {
+fn agents_create_only_sockets_agentguard_judges_unless_granted() {
+    if !privileged("agents_create_only_sockets_agentguard_judges_unless_granted") {
         return;
     }
-    let d = Daemon::start("[agents.a]\nconnect = []\n");
+    let d = Daemon::start(POLICY);
     let (unix, inet, inet6, netlink, packet, vsock) = (
         libc::AF_UNIX,
         libc::AF_INET,
@@ -108,7 +136,14 @@ fn agents_create_only_sockets_agentguard_judges() {
         libc::SOCK_RAW,
         libc::SOCK_SEQPACKET,
     );
-    let judged = [
+    let socket = |agent: &str, (f, t, p): (i32, i32, i32)| {
+        tagged(
+            &d,
+            agent,
+            &["socket", &f.to_string(), &t.to_string(), &p.to_string()],
+        )
+    };
+    for s in [
         (unix, stream, 0),
         (unix, dgram, 0),
         (inet, stream, 0),
@@ -117,38 +152,31 @@ fn agents_create_only_sockets_agentguard_judges() {
         (inet, dgram, 0),
         (inet6, dgram, libc::IPPROTO_UDP),
         (netlink, raw, libc::NETLINK_ROUTE),
-    ];
-    for (f, t, p) in judged {
-        let result = probe(
-            &d,
-            "a",
-            &["socket", &f.to_string(), &t.to_string(), &p.to_string()],
-        );
-        assert_eq!(
-            result, "ok",
-            "socket({f}, {t}, {p}) is one agentguard judges"
-        );
+    ] {
+        assert_eq!(socket("a", s), "ok", "socket{s:?} is one agentguard judges");
     }
-    let unjudged = [
-        ("ICMP ping", inet, dgram, libc::IPPROTO_ICMP),
-        ("ICMPv6 ping", inet6, dgram, libc::IPPROTO_ICMPV6),
-        ("raw IPv4", inet, raw, libc::IPPROTO_TCP),
-        ("SCTP", inet, seqpacket, libc::IPPROTO_SCTP),
-        ("SCTP stream", inet6, stream, libc::IPPROTO_SCTP),
-        ("packet", packet, raw, 0),
-        ("vsock", vsock, stream, 0),
-        ("netlink audit", netlink, raw, libc::NETLINK_AUDIT),
-    ];
-    for (what, f, t, p) in unjudged {
-        let result = probe(
-            &d,
-            "a",
-            &["socket", &f.to_string(), &t.to_string(), &p.to_string()],
-        );
+    for (what, s) in [
+        ("ICMP ping", (inet, dgram, libc::IPPROTO_ICMP)),
+        ("ICMPv6 ping", (inet6, dgram, libc::IPPROTO_ICMPV6)),
+        ("raw IPv4", (inet, raw, libc::IPPROTO_TCP)),
+        ("SCTP", (inet, seqpacket, libc::IPPROTO_SCTP)),
+        ("SCTP stream", (inet6, stream, libc::IPPROTO_SCTP)),
+        ("MPTCP", (inet, stream, libc::IPPROTO_MPTCP)),
+        ("packet", (packet, raw, 0)),
+        ("vsock", (vsock, stream, 0)),
+        ("netlink audit", (netlink, raw, libc::NETLINK_AUDIT)),
+    ] {
+        let result = socket("a", s);
         if d.lsm() {
             assert_eperm(&result, what);
         }
     }
+    // A root process keeps CAP_NET_RAW when tagged: with the grant, nothing refuses.
+    assert_eq!(
+        socket("granted", (inet, raw, libc::IPPROTO_TCP)),
+        "ok",
+        "allow_syscalls = [\"raw_sockets\"]"
+    );
     if d.lsm() {
         let ev = wait_refusal(&d, "socket", "a");
         assert!(

@@ -106,6 +106,21 @@ fn a_sub_agent_without_exec_or_file_rules_is_held_to_its_parents() {
     }
     std::fs::write(allowed.join("data.txt"), "data").unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(secret.join("key.txt"), "secret").unwrap_or_else(|e| panic!("{e}"));
+    // Agents run as dynamic uids: every file is readable by permissions, so only the policy
+    // refuses.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (p, mode) in [
+            (dir.path().to_path_buf(), 0o755),
+            (allowed.clone(), 0o755),
+            (secret.clone(), 0o755),
+            (allowed.join("data.txt"), 0o644),
+            (secret.join("key.txt"), 0o644),
+        ] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
     let ag = agentguard_bin();
     let ag = ag.to_string_lossy();
     // The sub-agent declares only a (empty) connect list: no exec, read or write rules at all.
@@ -115,12 +130,18 @@ fn a_sub_agent_without_exec_or_file_rules_is_held_to_its_parents() {
     ));
     // A process of buyer has itself moved into buyer/search (through the agent socket), then
     // acts there.
+    let agent_socket = d.agent_socket();
+    let agent_socket = agent_socket.to_string_lossy();
     let as_sub = |args: &[&str]| {
+        // The agent socket named outright: under file rules `run` may not be able to read
+        // /proc to find out that it runs inside an agent.
         let mut cmd = vec![
             PROBE,
             "exec",
             &ag,
             "run",
+            "--socket",
+            &agent_socket,
             "--agent",
             "buyer/search",
             "--",

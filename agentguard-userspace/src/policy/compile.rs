@@ -3,9 +3,10 @@
 
 use agentguard_common::{
     agent::{
-        AGENT_AUDIT, AGENT_EXEC_INHERITED, AGENT_EXEC_RULES, AGENT_FILE_INHERITED,
-        AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AgentConfig, AgentKey, exec_restricted,
-        files_restricted, throttle_slot,
+        AGENT_ALLOW_BPF, AGENT_ALLOW_OTHER_SOCKETS, AGENT_ALLOW_PING_SOCKETS,
+        AGENT_ALLOW_RAW_SOCKETS, AGENT_AUDIT, AGENT_EXEC_INHERITED, AGENT_EXEC_RULES,
+        AGENT_FILE_INHERITED, AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AgentConfig, AgentKey,
+        exec_restricted, files_restricted, throttle_slot,
     },
     rules::{
         ExecKey, NET_KEY_FIXED_BITS, NetKey, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey, RuleRef,
@@ -108,6 +109,16 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
         }
         if agent.restricts_files() {
             flags |= AGENT_EXEC_RULES | AGENT_FILE_RULES;
+        }
+        for group in &agent.allow_syscalls {
+            // The BPF LSM refuses what the seccomp filter refuses, and honours the same grants.
+            flags |= match group.value.as_str() {
+                "bpf" => AGENT_ALLOW_BPF,
+                "raw_sockets" => AGENT_ALLOW_RAW_SOCKETS,
+                "ping_sockets" => AGENT_ALLOW_PING_SOCKETS,
+                "other_sockets" => AGENT_ALLOW_OTHER_SOCKETS,
+                _ => 0,
+            };
         }
         let parent = agent.parent.as_deref().and_then(|p| policy.agent(p));
         if let Some(parent) = parent {
@@ -432,5 +443,22 @@ mod tests {
         assert_eq!(flags("a/s/t") & (own | inherited), inherited);
         // A parent without exec or file rules passes nothing on.
         assert_eq!(flags("b/s") & (own | inherited), 0);
+    }
+
+    #[test]
+    fn syscall_grants_reach_the_kernel_as_flags() {
+        let p = policy(
+            "[agents.a]\nconnect = []\nallow_syscalls = [\"bpf\", \"ping_sockets\", \"ptrace\"]\n[agents.b]\nconnect = []\n",
+        );
+        let c = compile(&p, 0, &Resolved::default());
+        let grants = AGENT_ALLOW_BPF
+            | AGENT_ALLOW_RAW_SOCKETS
+            | AGENT_ALLOW_PING_SOCKETS
+            | AGENT_ALLOW_OTHER_SOCKETS;
+        assert_eq!(
+            c.agents[0].1.flags & grants,
+            AGENT_ALLOW_BPF | AGENT_ALLOW_PING_SOCKETS
+        );
+        assert_eq!(c.agents[1].1.flags & grants, 0);
     }
 }
