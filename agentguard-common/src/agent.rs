@@ -193,6 +193,45 @@ pub struct Bucket {
 }
 const _: () = assert!(size_of::<Bucket>() == 16);
 
+/// One instance's event budget: a token bucket each for allowed-action events and for refusals,
+/// and what the instance could not send beyond them. No instance can fill a ring buffer on its
+/// own, so none can hide the others' actions from the log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Credit for events about allowed actions.
+    pub allowed: Bucket,
+    /// Credit for events about refusals.
+    pub refusals: Bucket,
+    /// Allowed-action events not sent for lack of credit, since the instance started.
+    pub lost_allowed: u64,
+    /// Refusal events not sent for lack of credit, since the instance started.
+    pub lost_refusals: u64,
+    /// `bpf_ktime_get_ns` of the newest unsent refusal that asked for an escalation.
+    pub escalate_ns: u64,
+    /// `EVENT_ESCALATE_*` flags of unsent refusals: the daemon acts on them all the same.
+    pub escalate: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<EventBudget>() == 64);
+
+/// Events about allowed actions an instance may send: 20,000 per second, in bursts of as many.
+pub const EVENT_BUDGET_ALLOWED: Throttle = Throttle {
+    cost_ns: 50_000,
+    burst_ns: 1_000_000_000,
+    on_exceed: 0,
+    _pad: [0; 7],
+};
+/// Events about refusals an instance may send: 2,000 per second, in bursts of as many (a sixth
+/// of [`crate::maps::ALERTS`]).
+pub const EVENT_BUDGET_REFUSALS: Throttle = Throttle {
+    cost_ns: 500_000,
+    burst_ns: 1_000_000_000,
+    on_exceed: 0,
+    _pad: [0; 7],
+};
+
 /// Per-instance verdict counters (per CPU; userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -222,7 +222,7 @@ impl Text {
 #[inline(always)]
 fn refuse(subject: &Subject, op: FileOp, target_pid: u32, text: &Text) -> i32 {
     let (j, log) = verdict::finish(subject, None, Judgement::refuse(Verdict::Denied, 0));
-    if log && let Some(mut entry) = emit::reserve::<FileEvent>() {
+    if log && let Some(mut entry) = emit::reserve::<FileEvent>(subject, &j) {
         let ev = entry.as_mut_ptr();
         // SAFETY: reserved ring buffer memory of the right size, written field by field (the
         // event is too large for the BPF stack).

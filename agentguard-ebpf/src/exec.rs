@@ -145,7 +145,7 @@ fn judge(bprm: *const u8, backend: Backend, refusal: Verdict) -> Option<Judgemen
         Some(ThrottleKind::Exec),
         decide(&subject, file_id, refusal),
     );
-    if log && let Some(mut entry) = emit::reserve::<ExecEvent>() {
+    if log && let Some(mut entry) = emit::reserve::<ExecEvent>(&subject, &j) {
         let ev = entry.as_mut_ptr();
         let (dev, ino) = file_id.unwrap_or((0, 0));
         let mut flags = 0;

@@ -387,7 +387,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         len,
         target_pid,
     } = *info;
-    let Some(mut entry) = emit::reserve::<FileEvent>() else {
+    let Some(mut entry) = emit::reserve::<FileEvent>(subject, j) else {
         return;
     };
     let ev = entry.as_mut_ptr();

@@ -65,7 +65,7 @@ fn escalation(t: &Throttle) -> u32 {
 /// into an unlimited budget (an agent could otherwise fill it with instances or processes and
 /// then act without limit). The daemon removes an instance's buckets when the instance ends.
 #[inline(always)]
-fn take(
+pub fn take(
     bucket: Option<*mut Bucket>,
     t: &Throttle,
     now: u64,
