@@ -45,8 +45,6 @@ pub const AGENT_LOG_ALLOWED: u32 = 1 << 1;
 pub const AGENT_EXEC_RULES: u32 = 1 << 2;
 /// The agent has read/write rules: any path not covered is denied.
 pub const AGENT_FILE_RULES: u32 = 1 << 3;
-/// The agent may create user namespaces and mount (a weakening the policy must ask for).
-pub const AGENT_ALLOW_NAMESPACES: u32 = 1 << 4;
 /// An ancestor agent has exec rules: every binary must be allowed by each ancestor that has
 /// them, even when this sub-agent lists no binaries of its own (a sub-agent never exceeds its
 /// parent). Set by the compiler from the ancestors' flags.
@@ -77,58 +75,37 @@ pub const fn files_restricted(flags: u32) -> bool {
     flags & (AGENT_FILE_RULES | AGENT_FILE_INHERITED) != 0
 }
 
-/// Which action a budget counts.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ThrottleKind {
-    /// TCP connects and UDP sends with a destination.
-    Connect = 0,
-    /// Successful execs (every binary an agent runs).
-    Exec = 1,
-    /// File opens.
-    Open = 2,
+stable_enum! {
+    /// Which action a budget counts. The name is the policy's (`throttle.connect`, ...).
+    pub enum ThrottleKind: u8, from_u8 {
+        /// TCP connects and UDP sends with a destination.
+        Connect = 0 => "connect",
+        /// Successful execs (every binary an agent runs).
+        Exec = 1 => "exec",
+        /// File opens.
+        Open = 2 => "open",
+    }
 }
 
-impl ThrottleKind {
-    /// Every kind, in index order.
-    pub const ALL: [ThrottleKind; 3] = [
-        ThrottleKind::Connect,
-        ThrottleKind::Exec,
-        ThrottleKind::Open,
-    ];
+stable_enum! {
+    /// Whose actions a budget counts. The name is the policy's (`throttle.agent`, `scope`).
+    pub enum ThrottleScope: u8, from_u8 {
+        /// One bucket per process (thread group).
+        Process = 0 => "process",
+        /// One bucket per agent instance, shared by all its processes.
+        Agent = 1 => "agent",
+    }
 }
 
-/// Whose actions a budget counts.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ThrottleScope {
-    /// One bucket per process (thread group).
-    Process = 0,
-    /// One bucket per agent instance, shared by all its processes.
-    Agent = 1,
-}
-
-/// What happens when a budget is exhausted.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OnExceed {
-    /// Refuse the over-budget action.
-    Deny = 0,
-    /// Refuse it and ask the daemon to freeze the instance.
-    Freeze = 1,
-    /// Refuse it and ask the daemon to kill the instance.
-    Kill = 2,
-}
-
-impl OnExceed {
-    /// Decodes the numeric value stored in a [`Throttle`].
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Self::Deny),
-            1 => Some(Self::Freeze),
-            2 => Some(Self::Kill),
-            _ => None,
-        }
+stable_enum! {
+    /// What happens when a budget is exhausted. The name is the policy's (`on_exceed`).
+    pub enum OnExceed: u8, from_u8 {
+        /// Refuse the over-budget action.
+        Deny = 0 => "deny",
+        /// Refuse it and ask the daemon to freeze the instance.
+        Freeze = 1 => "freeze",
+        /// Refuse it and ask the daemon to kill the instance.
+        Kill = 2 => "kill",
     }
 }
 

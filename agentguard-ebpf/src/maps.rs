@@ -1,5 +1,8 @@
-//! Every map, declared once. All are pinned by name so that enforcement outlives the daemon and
-//! a restarted daemon re-adopts the same state (see the userspace loader).
+//! Every map, declared once. The maps userspace shares (policy, state, events, budgets, counters)
+//! are pinned by name so that enforcement outlives the daemon and a restarted daemon re-adopts
+//! the same state (see the userspace loader); their names must equal agentguard-common's
+//! `maps::*`, which a userspace unit test checks against the built object. [`SENT`] and
+//! [`SCRATCH`] are the programs' own memory: not pinned, recreated empty on each load.
 
 use agentguard_common::{
     agent::{

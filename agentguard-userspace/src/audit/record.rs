@@ -1,8 +1,9 @@
 //! What the log records: one [`Record`] per action or daemon event.
 //!
-//! [`Body`] variants and [`ActionKind`] have stable numeric ids (`Body::kind_id`): records are
-//! encoded with serde (postcard: an enum is written as its variant index), so variants may only
-//! ever be appended, never reordered or removed. docs/log-format.md lists them.
+//! The variants of [`Body`], [`Actor`] and [`Target`] have stable numeric ids ([`Body::kind_id`]
+//! for records): records are encoded with serde (postcard: an enum is written as its variant
+//! index), so variants may only ever be appended, never reordered or removed.
+//! docs/log-format.md lists them.
 
 use std::net::IpAddr;
 

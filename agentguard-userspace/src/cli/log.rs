@@ -13,7 +13,10 @@ use std::{
 
 use agentguard_common::verdict::Verdict;
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{
+    Args, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
 use serde_json::json;
 
 use agentguard::audit::{
@@ -130,35 +133,14 @@ pub struct ShowArgs {
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
     /// Only actions with this verdict.
-    #[arg(long, value_enum)]
-    pub verdict: Option<VerdictArg>,
+    #[arg(long, value_parser = verdict_name())]
+    pub verdict: Option<Verdict>,
 }
 
-/// Verdicts by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum VerdictArg {
-    /// Refused.
-    Denied,
-    /// Allowed.
-    Allowed,
-    /// Would have been refused (audit mode).
-    AuditDenied,
-    /// The process was killed.
-    Killed,
-    /// Refused because a budget ran out.
-    Throttled,
-}
-
-impl From<VerdictArg> for Verdict {
-    fn from(v: VerdictArg) -> Self {
-        match v {
-            VerdictArg::Denied => Self::Denied,
-            VerdictArg::Allowed => Self::Allowed,
-            VerdictArg::AuditDenied => Self::AuditDenied,
-            VerdictArg::Killed => Self::Killed,
-            VerdictArg::Throttled => Self::Throttled,
-        }
-    }
+/// Verdicts by their stable names (the ones `show` prints).
+fn verdict_name() -> impl TypedValueParser<Value = Verdict> {
+    PossibleValuesParser::new(Verdict::ALL.map(Verdict::name))
+        .try_map(|name| Verdict::from_name(&name).ok_or("not a verdict name"))
 }
 
 /// Runs `agentguard log ...`, printing to stdout (and warnings to stderr).
@@ -275,7 +257,7 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
     }
     let filter = Filter {
         agent: args.agent.clone(),
-        verdict: args.verdict.map(Verdict::from),
+        verdict: args.verdict,
     };
     let mut tail = Tail::new(&dir);
     loop {

@@ -20,7 +20,7 @@ use crate::{
         },
     },
     ebpf::backends::FileBackend,
-    policy::{Agent, Mode, PathRule, runtime, throttle::kind_name},
+    policy::{Agent, Mode, PathRule, runtime},
 };
 
 /// Answers one request from an administrator.
@@ -383,11 +383,11 @@ fn status(shared: &Shared) -> StatusReport {
                         ThrottleScope::Agent => "per instance",
                     };
                     format!(
-                        "{} {} {scope} (burst {}, on exceed {:?})",
-                        kind_name(l.kind),
+                        "{} {} {scope} (burst {}, on exceed {})",
+                        l.kind.name(),
                         l.rate,
                         l.burst,
-                        l.on_exceed
+                        l.on_exceed.name()
                     )
                     .to_lowercase()
                 })
@@ -419,7 +419,7 @@ fn status(shared: &Shared) -> StatusReport {
                                     .map(|left| {
                                         format!(
                                             "{} (instance): {left} of {} left",
-                                            kind_name(l.kind),
+                                            l.kind.name(),
                                             budget_size(l)
                                         )
                                     })

@@ -18,7 +18,6 @@ use crate::{
     },
     control::proto::Selector,
     events::{Names as _, ring::EventRing, to_action},
-    policy::throttle::kind_name,
 };
 
 /// How long an escalation waits for the kernel to report the instance frozen or empty.
@@ -170,7 +169,7 @@ fn escalation(
                 .iter()
                 .filter(|l| kind.is_none_or(|k| l.kind == throttle_kind(k)))
                 .map(|l| {
-                    format!("{} {} per {:?}", kind_name(l.kind), l.rate, l.scope).to_lowercase()
+                    format!("{} {} per {}", l.kind.name(), l.rate, l.scope.name()).to_lowercase()
                 })
                 .collect::<Vec<_>>()
                 .join(", ")

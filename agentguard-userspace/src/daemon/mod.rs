@@ -12,6 +12,8 @@ pub mod identity;
 mod ingest;
 mod operator;
 mod server;
+
+pub use server::ClientLimits;
 mod state;
 mod watch;
 
@@ -63,6 +65,8 @@ pub struct Options {
     pub log: LogOptions,
     /// Size of the event ring buffer in bytes, when the programs are first loaded.
     pub ring_buffer_bytes: u32,
+    /// What one client, and all of them, may hold of each control socket.
+    pub clients: ClientLimits,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -290,12 +294,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shared.clone(),
             listener,
             server::Role::Admin,
+            opts.clients,
             shutdown_rx.clone(),
         )),
         tokio::spawn(server::run(
             shared.clone(),
             agent_listener,
             server::Role::Agent,
+            opts.clients,
             shutdown_rx.clone(),
         )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),

@@ -156,7 +156,8 @@ impl KernelMaps {
 
     /// Applies a compiled policy (its generation must be the inactive one) and waits out the
     /// grace period before removing the old generation. For callers that must not block for
-    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge`] are the parts.
+    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge_if_inactive`] are the
+    /// parts.
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
         let old = self.write_and_flip(compiled)?;
         thread::sleep(GRACE);

@@ -320,7 +320,7 @@ fn main() -> ExitCode {
             let mut counts = [[0usize; 2]; 2];
             let mut i = 0usize;
             while i < 2 || !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let port = if i % 2 == 0 { a } else { b };
+                let port = if i.is_multiple_of(2) { a } else { b };
                 let ok = addr(host, port).and_then(tcp).is_ok();
                 counts[i % 2][usize::from(ok)] += 1;
                 i += 1;
