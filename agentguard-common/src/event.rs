@@ -154,6 +154,12 @@ stable_enum! {
         UserNamespace = 21 => "user-namespace",
         /// ptrace (or /proc access of ptrace strength) to a process outside the instance.
         Ptrace = 22 => "ptrace",
+        /// a `bpf(2)` command (the path field says which: `cmd=N`).
+        Bpf = 23 => "bpf",
+        /// a signal to a process outside the instance and its sub-agents (`sig=N`, target pid).
+        Signal = 24 => "signal",
+        /// creating a socket of a kind agentguard does not judge (`family=F type=T protocol=P`).
+        Socket = 25 => "socket",
     }
 }
 
@@ -169,7 +175,7 @@ pub struct FileEvent {
     pub access: u8,
     /// Explicit padding.
     pub _pad: u8,
-    /// For [`FileOp::Ptrace`]: the target pid; otherwise 0.
+    /// For [`FileOp::Ptrace`] and [`FileOp::Signal`]: the target pid; otherwise 0.
     pub target_pid: u32,
     /// The path as the kernel resolved it, NUL-terminated.
     pub path: [u8; FILE_PATH_LEN],

@@ -132,7 +132,7 @@ fn try_file_open(file: *const u8) -> bool {
         let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
         return refuse_protected(&subject, resolve::<false>(f_path), access, FileOp::Open);
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         // No file rules: only the open budget applies; only its breaches are logged (the daemon
         // escalates them), without the path, which nothing here needed to render.
         let (j, _) = verdict::finish(
@@ -462,7 +462,8 @@ fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option
 }
 
 /// The rule decision for the path in the scratch key: every access asked for must be allowed by
-/// the agent's rules and by each ancestor agent that has file rules.
+/// the agent's rules (when it has any) and by each ancestor agent that has file rules, so a
+/// sub-agent without file rules of its own is still held to its parent's.
 fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgement {
     let Some(r) = resolved else {
         return Judgement::refuse(Verdict::Denied, 0);
@@ -473,23 +474,31 @@ fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgeme
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Judgement::refuse(Verdict::Denied, r.flags);
     };
+    let own_rules = subject.flags() & AGENT_FILE_RULES != 0;
     let mut rule_id = NO_RULE;
     for bit in [ACCESS_READ, ACCESS_WRITE] {
         if access & bit == 0 {
             continue;
         }
-        match lookup(s, subject.generation, subject.agent_id, bit) {
-            Some(id) => rule_id = id,
-            None => return Judgement::refuse(Verdict::Denied, r.flags),
+        if own_rules {
+            match lookup(s, subject.generation, subject.agent_id, bit) {
+                Some(id) => rule_id = id,
+                None => return Judgement::refuse(Verdict::Denied, r.flags),
+            }
         }
         let mut parent = subject.parent_agent_id();
         let mut depth = 0;
         while parent != 0 && depth < MAX_AGENT_DEPTH {
             let cfg = identity::agent_config(subject.generation, parent);
-            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0)
-                && lookup(s, subject.generation, parent, bit).is_none()
-            {
-                return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0) {
+                match lookup(s, subject.generation, parent, bit) {
+                    // Without rules of its own, an ancestor's rule is the one that allowed.
+                    Some(id) if !own_rules => rule_id = id,
+                    Some(_) => {}
+                    None => {
+                        return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+                    }
+                }
             }
             parent = cfg.map_or(0, |c| c.parent_agent_id);
             depth += 1;
@@ -564,7 +573,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         len,
         target_pid,
     } = *info;
-    let Some(mut entry) = emit::reserve::<FileEvent>() else {
+    let Some(mut entry) = emit::reserve::<FileEvent>(subject, j) else {
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -619,7 +628,7 @@ fn path_child_op<const WALK: bool>(dir: *mut path, dentry: *const u8, op: FileOp
             -EPERM
         };
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
     let resolved = resolve_child::<WALK>(dir, dentry);
@@ -643,7 +652,7 @@ fn path_op<const WALK: bool>(p: *mut path, op: FileOp) -> i32 {
             -EPERM
         };
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
     let resolved = resolve::<WALK>(p);
@@ -742,7 +751,7 @@ fn path_link<const WALK: bool>(ctx: &LsmContext) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
     let resolved = resolve_child::<WALK>(ctx.arg(1), ctx.arg(2));

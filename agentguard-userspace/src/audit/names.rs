@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 12] = [
+pub const RECORD_KINDS: [&str; 13] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -45,6 +45,7 @@ pub const RECORD_KINDS: [&str; 12] = [
     "lost",
     "recovered",
     "seal",
+    "lost-events",
 ];
 
 /// The name of a record kind.

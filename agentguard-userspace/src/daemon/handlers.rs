@@ -176,6 +176,16 @@ fn launch(
             "process {pid} already belongs to an agent instance"
         ));
     }
+    if let Some(max) = a.max_instances {
+        // Counted under the state lock that also registers the new instance, so two racing
+        // launches cannot both take the last place.
+        let running = st.instances.values().filter(|i| i.agent == a.name).count();
+        if running >= max as usize {
+            return Err(format!(
+                "agent {agent:?} already runs {running} instance(s), its policy's max_instances = {max}; refusing to start another"
+            ));
+        }
+    }
     let parent_instance = match &a.parent {
         None => None,
         Some(pname) => Some(match parent {

@@ -206,7 +206,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if let Some(reason) = &backends.lsm_unavailable {
         tracing::info!("BPF LSM not used: {reason}");
     }
-    let (mut maps, ring) = KernelMaps::take(&mut loaded.ebpf)?;
+    let (mut maps, rings) = KernelMaps::take(&mut loaded.ebpf)?;
     maps.set_root(root_id, root_level)?;
 
     let log = AuditLog::open(LogOptions {
@@ -229,6 +229,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exited: Default::default(),
         dynamic_uids: Default::default(),
         binaries: resolved.binaries.clone(),
+        gaps: Default::default(),
     };
     let readopted = watch::readopt(&mut state)?;
 
@@ -282,9 +283,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let listener = server::bind(&opts.socket, server::Role::Admin)?;
     let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
-    let ring = EventRing::new(ring).map_err(io("cannot register the event ring buffer"))?;
+    let events =
+        EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
+    let alerts =
+        EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
     let tasks = vec![
-        tokio::spawn(ingest::run(shared.clone(), ring, shutdown_rx.clone())),
+        tokio::spawn(ingest::run(shared.clone(), events, shutdown_rx.clone())),
+        tokio::spawn(ingest::run(shared.clone(), alerts, shutdown_rx.clone())),
         tokio::spawn(server::run(
             shared.clone(),
             listener,

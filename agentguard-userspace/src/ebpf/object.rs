@@ -32,19 +32,8 @@ mod tests {
 
     /// Every map name agentguard-common defines: the maps userspace shares with the programs,
     /// pinned by name so they outlive the daemon.
-    const COMMON_MAPS: [&str; 11] = [
-        maps::CGROUPS,
-        maps::AGENT_CONFIG,
-        maps::NET_RULES,
-        maps::EXEC_RULES,
-        maps::PATH_RULES,
-        maps::STATE,
-        maps::EVENTS,
-        maps::LOST,
-        maps::PROC_BUCKETS,
-        maps::AGENT_BUCKETS,
-        maps::COUNTERS,
-    ];
+    /// The maps agentguard-common names: the pinned ones.
+    const COMMON_MAPS: &[&str] = maps::ALL;
 
     /// aya-ebpf's map definition in the `maps` section is seven `u32`s; the seventh says how the
     /// map is pinned, 1 being by name.
@@ -123,7 +112,7 @@ mod tests {
         // space, per-socket memory) are not pinned and need no name in agentguard-common.
         assert_eq!(
             pinned,
-            BTreeSet::from(COMMON_MAPS),
+            COMMON_MAPS.iter().copied().collect::<BTreeSet<&str>>(),
             "pinned maps in the object"
         );
         for name in COMMON_MAPS {

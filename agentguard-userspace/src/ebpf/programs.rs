@@ -150,6 +150,21 @@ pub const SPECS: &[Spec] = &[
         "ptrace_access_check",
         "agents may ptrace processes outside their instance as far as the kernel's own ptrace rules allow",
     ),
+    Spec::hardening(
+        "ag_bpf",
+        "bpf",
+        "agents' bpf(2) calls are refused only by the seccomp filter `agentguard run` installs",
+    ),
+    Spec::hardening(
+        "ag_task_kill",
+        "task_kill",
+        "agents may signal processes outside their instance as far as their uid allows",
+    ),
+    Spec::hardening(
+        "ag_socket_create",
+        "socket_create",
+        "sockets no hook judges are refused only by the seccomp filter `agentguard run` installs",
+    ),
     Spec::new(
         "ag_open_budget_openat",
         Group::OpenBudget,

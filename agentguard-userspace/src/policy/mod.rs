@@ -93,6 +93,9 @@ pub struct Agent {
     pub allow_syscalls: Vec<Located<String>>,
     /// Budgets.
     pub limits: Vec<Limit>,
+    /// How many instances may run at once (each nested sub-agent instance counts for its own
+    /// agent); `None`: as many as the kernel maps hold.
+    pub max_instances: Option<u32>,
 }
 
 impl Agent {

@@ -122,6 +122,10 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|t| self.throttle(&format!("{field}.throttle"), t))
                 .unwrap_or_default(),
+            max_instances: r
+                .max_instances
+                .as_ref()
+                .and_then(|m| self.max_instances(&field, m)),
         };
         if let Some(p) = &parent_agent {
             self.within_parent(&field, r, &agent, p);
@@ -130,6 +134,21 @@ impl Validator<'_> {
         let me = self.agents.len() - 1;
         for (sub_name, sub) in &r.sub {
             self.agent(sub_name, sub, Some(me));
+        }
+    }
+
+    fn max_instances(&mut self, field: &str, m: &Spanned<i64>) -> Option<u32> {
+        let limit = agentguard_common::maps::MAX_CGROUPS;
+        match u32::try_from(*m.get_ref()) {
+            Ok(n) if (1..=limit).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    m,
+                    format!("{field}.max_instances"),
+                    format!("must be between 1 and {limit}, not {}", m.get_ref()),
+                );
+                None
+            }
         }
     }
 

@@ -9,6 +9,9 @@ use std::{
     time::Duration,
 };
 
+#[path = "probe_parts/confine.rs"]
+mod confine;
+
 fn report(r: std::io::Result<()>) -> ExitCode {
     match r {
         Ok(()) => {
@@ -433,6 +436,7 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));
             ExitCode::SUCCESS
         }
+        [cmd, rest @ ..] if confine::COMMANDS.contains(cmd) => confine::run(cmd, rest, report),
         _ => {
             eprintln!(
                 "usage: agentguard-probe tcp|tcp-name|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
