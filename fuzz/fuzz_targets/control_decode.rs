@@ -7,12 +7,21 @@
 
 #![no_main]
 
-use agentguard::control::{
-    frame::{JsonLines, encode_line},
-    proto::{Request, Response},
-};
+// The protocol's two files, compiled on their own (they depend on serde, bytes and tokio-util
+// only), so that fuzzing does not build, and instrument, the whole daemon.
+#[path = "../../agentguard-userspace/src/control/frame.rs"]
+#[expect(
+    dead_code,
+    reason = "the daemon's frame bounds; the target sets its own, smaller one"
+)]
+mod frame;
+#[path = "../../agentguard-userspace/src/control/proto.rs"]
+mod proto;
+
 use bytes::BytesMut;
+use frame::{JsonLines, encode_line};
 use libfuzzer_sys::fuzz_target;
+use proto::{Request, Response};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::codec::Decoder;
 

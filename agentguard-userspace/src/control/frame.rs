@@ -3,7 +3,8 @@
 //! more than one maximal frame (plus one read) of a peer's bytes, whatever the peer sends.
 //!
 //! The line splitting and the length bound are tokio-util's `LinesCodec`; this module adds the
-//! JSON layer and errors that say which bound was hit.
+//! JSON layer and errors that say which bound was hit. Like `proto.rs`, this file uses no
+//! `crate::` items outside its tests: the fuzz target compiles the two on their own.
 
 use std::{io, marker::PhantomData};
 

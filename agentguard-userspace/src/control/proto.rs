@@ -1,10 +1,24 @@
 //! Requests and replies on the control socket: one JSON object per line each way.
+//!
+//! This file depends on serde alone (no `crate::` items): the fuzz target (`fuzz/`) compiles it,
+//! with `frame.rs`, on its own, so fuzzing does not build the daemon.
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::sandbox::privs::UserSpec;
+/// The identity to switch to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Name, for messages.
+    pub name: String,
+}
 
 /// Which instances an operator command is about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,18 +42,7 @@ fn sys(what: &'static str) -> impl Fn(nix::Error) -> PrivError {
     }
 }
 
-/// The identity to switch to.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UserSpec {
-    /// uid.
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-    /// Name, for messages.
-    pub name: String,
-}
+pub use crate::control::proto::UserSpec;
 
 /// Resolves `USER[:GROUP]` (names or numbers).
 pub fn resolve_user(spec: &str) -> Result<UserSpec, PrivError> {
