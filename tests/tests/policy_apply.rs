@@ -133,7 +133,11 @@ fn a_hundred_agents_with_ten_thousand_rules_load_and_apply() {
     let old = net::Tcp::listen("127.0.0.1");
     let new = net::Tcp::listen("127.0.0.1");
     let big = |shift: u8| {
-        let port = if shift == 0 { old.port() } else { new.port() };
+        let port = if shift % 2 == 0 {
+            old.port()
+        } else {
+            new.port()
+        };
         let mut p = String::new();
         for agent in 0..100u32 {
             let _ = write!(p, "[agents.a{agent}]\nconnect = [\"127.0.0.1:{port}\"");
@@ -182,4 +186,22 @@ fn a_hundred_agents_with_ten_thousand_rules_load_and_apply() {
             "{agent}: generation 1 refuses old: {refused}"
         );
     }
+    // Each apply removes the generation it replaced (after the reply): more 10,000-rule
+    // policies, each with rules of its own, than the rule map (65,536 entries) could hold
+    // leftovers of, apply, and the last one is in force.
+    for round in 2..9u8 {
+        fs::write(&file, big(round)).unwrap_or_else(|e| panic!("{e}"));
+        let out = d.cli(&["policy", "apply", &file.to_string_lossy()]);
+        assert!(out.status.success(), "apply {round}: {}", describe(&out));
+    }
+    let allowed = tcp(&d, "a42", old.port());
+    assert!(
+        allowed.starts_with("ok"),
+        "the last apply allows old: {allowed}"
+    );
+    let refused = tcp(&d, "a42", new.port());
+    assert!(
+        refused.starts_with("errno=1 "),
+        "the last apply refuses new: {refused}"
+    );
 }

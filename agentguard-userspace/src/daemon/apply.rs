@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedMutexGuard;
+
 use crate::{
     audit::record::{Actor, Body},
     dns::cache::Addresses,
@@ -59,7 +61,9 @@ pub async fn apply_text(
     text: &str,
     by: Actor,
 ) -> Result<Applied, ApplyError> {
+    let started = std::time::Instant::now();
     let policy = policy::parse(origin, text)?;
+    tracing::debug!(parse_us = started.elapsed().as_micros(), "policy parsed");
     apply_policy(shared, policy, by).await
 }
 
@@ -70,27 +74,30 @@ pub async fn apply_policy(
     by: Actor,
 ) -> Result<Applied, ApplyError> {
     // One apply at a time: the next one must not reuse a generation programs may still read.
-    let _serial = shared.apply_lock.lock().await;
+    // The guard lives on in the purge of the old generation, after the reply.
+    let serial = Arc::clone(&shared.apply_lock).lock_owned().await;
     // Under the lock, so a DNS re-apply cannot forget this policy's names in between.
     let dns_warnings = shared.dns.refresh_policy(&policy).await;
-    install(shared, policy, by, dns_warnings).await
+    install(shared, serial, policy, by, dns_warnings).await
 }
 
 /// Re-applies the policy in force with the addresses its DNS names have now.
 pub async fn reapply_current(shared: &Arc<Shared>, by: Actor) -> Result<Applied, ApplyError> {
-    let _serial = shared.apply_lock.lock().await;
+    let serial = Arc::clone(&shared.apply_lock).lock_owned().await;
     let policy = shared.lock_state().policy.clone();
-    install(shared, policy, by, Vec::new()).await
+    install(shared, serial, policy, by, Vec::new()).await
 }
 
-/// Compiles `policy` into the inactive generation and flips to it; the caller holds the apply
-/// lock.
+/// Compiles `policy` into the inactive generation and flips to it; `serial` is the apply lock,
+/// held until the old generation is purged, after this returns.
 async fn install(
     shared: &Arc<Shared>,
+    serial: OwnedMutexGuard<()>,
     policy: Policy,
     by: Actor,
     dns_warnings: Vec<String>,
 ) -> Result<Applied, ApplyError> {
+    let started = std::time::Instant::now();
     let (resolved, mut warnings) = resolve(&policy, shared.dns.addresses_for(&policy))?;
     warnings.extend(dns_warnings);
     let exec_paths = super::binwatch::paths_of(policy.exec_paths());
@@ -98,7 +105,15 @@ async fn install(
         let mut st = shared.lock_state();
         let generation = st.maps.inactive_generation()?;
         let compiled = compile::compile(&policy, generation, &resolved);
+        let compiled_at = started.elapsed();
         let old = st.maps.write_and_flip(&compiled)?;
+        tracing::info!(
+            generation,
+            rules = compiled.rules.len(),
+            resolve_and_compile_us = compiled_at.as_micros(),
+            write_us = (started.elapsed() - compiled_at).as_micros(),
+            "policy generation written and in force"
+        );
         let applied = Applied {
             digest: policy.digest_hex(),
             generation,
@@ -120,9 +135,27 @@ async fn install(
         (old, applied)
     };
     shared.dns.set_in_force(&resolved.names);
-    // Programs running now may still hold the old generation; they finish within microseconds.
-    tokio::time::sleep(GRACE).await;
-    let mut st = shared.lock_state();
-    st.maps.purge_if_inactive(old)?;
+    // The new rules are in force: reply now, and remove the old generation once the programs
+    // running at the flip (they run for microseconds) are done with it. The next apply waits
+    // for that (it holds `serial`), so it never writes a generation still being read.
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        tokio::time::sleep(GRACE).await;
+        let purged = tokio::task::spawn_blocking(move || {
+            let mut st = shared.lock_state();
+            let st = &mut *st;
+            let written = st.compiled[usize::from(old & 1)].as_ref();
+            st.maps.purge_if_inactive(old, written)
+        })
+        .await;
+        match purged {
+            Ok(Ok(())) => {}
+            // The entries stay unused (they carry the inactive generation) and the next write
+            // of that generation removes them first.
+            Ok(Err(e)) => tracing::warn!("removing the previous policy generation: {e}"),
+            Err(e) => tracing::warn!("removing the previous policy generation: {e}"),
+        }
+        drop(serial);
+    });
     Ok(applied)
 }

@@ -117,7 +117,7 @@ pub struct Shared {
     /// Backends in force.
     pub backends: Backends,
     /// Serialises policy applies.
-    apply_lock: tokio::sync::Mutex<()>,
+    apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Asks every task to stop; `Some(unload)` once shutdown was requested.
     shutdown: tokio::sync::watch::Sender<Option<bool>>,
     /// Paths of allowed binaries, for the watcher that re-resolves them on change.
@@ -254,7 +254,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         state: Mutex::new(state),
         log: Mutex::new(log),
         backends: backends.clone(),
-        apply_lock: tokio::sync::Mutex::new(()),
+        apply_lock: Arc::new(tokio::sync::Mutex::new(())),
         shutdown,
         exec_paths,
         new_instances,

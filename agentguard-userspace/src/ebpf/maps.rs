@@ -62,6 +62,8 @@ pub struct KernelMaps {
     counters: PerCpuHashMap<MapData, u64, Counters>,
     agent_buckets: HashMap<MapData, BucketKey, Bucket>,
     event_budgets: HashMap<MapData, u64, EventBudget>,
+    /// Per generation: known to hold no entries (purged by this daemon since it started).
+    clean: [bool; 2],
 }
 
 /// The two event ring buffers.
@@ -120,6 +122,7 @@ impl KernelMaps {
             event_budgets: take(ebpf, names::EVENT_BUDGETS)?
                 .try_into()
                 .map_err(err(names::EVENT_BUDGETS))?,
+            clean: [false; 2],
         };
         let rings = Rings {
             events: take(ebpf, names::EVENTS)?
@@ -161,7 +164,7 @@ impl KernelMaps {
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
         let old = self.write_and_flip(compiled)?;
         thread::sleep(GRACE);
-        self.purge_if_inactive(old)
+        self.purge_if_inactive(old, None)
     }
 
     /// Writes every entry of the compiled generation, then makes it the active one. Returns the
@@ -180,17 +183,31 @@ impl KernelMaps {
         Ok(old)
     }
 
-    /// Removes the entries of `generation` unless it is (again) the active one.
-    pub fn purge_if_inactive(&mut self, generation: u8) -> Result<(), MapsError> {
+    /// Removes the entries of `generation` unless it is (again) the active one. `written` is
+    /// what this daemon wrote into that generation, when it knows: deleting those keys costs a
+    /// syscall each, where finding them costs a walk of the LPM trie from its root per key.
+    pub fn purge_if_inactive(
+        &mut self,
+        generation: u8,
+        written: Option<&Compiled>,
+    ) -> Result<(), MapsError> {
         if u32::from(generation) == self.state()?.active_generation {
             return Ok(());
         }
-        self.purge(generation)
+        match written {
+            Some(c) if c.generation == generation => self.purge_written(c),
+            _ => self.purge(generation),
+        }
     }
 
     fn write_generation(&mut self, c: &Compiled) -> Result<(), MapsError> {
-        // Entries left over from an apply that failed earlier must not leak into this one.
-        self.purge(c.generation)?;
+        let g = usize::from(c.generation & 1);
+        // Entries left over from an apply that failed earlier (or from an earlier daemon) must
+        // not leak into this one.
+        if !self.clean[g] {
+            self.purge(c.generation)?;
+        }
+        self.clean[g] = false;
         for (k, v) in &c.agents {
             self.agents
                 .insert(k, v, 0)
@@ -212,8 +229,33 @@ impl KernelMaps {
         Ok(())
     }
 
-    /// Removes every entry of `generation`.
+    /// Removes the entries `c` wrote (those already absent are fine).
+    fn purge_written(&mut self, c: &Compiled) -> Result<(), MapsError> {
+        for (k, _) in &c.agents {
+            gone_or_absent(self.agents.remove(k)).map_err(err(names::AGENT_CONFIG))?;
+        }
+        for (k, bits, _) in &c.net {
+            gone_or_absent(self.net.remove(&Key::new(*bits, *k))).map_err(err(names::NET_RULES))?;
+        }
+        for (k, _) in &c.exec {
+            gone_or_absent(self.exec.remove(k)).map_err(err(names::EXEC_RULES))?;
+        }
+        for (k, bits, _) in &c.paths {
+            gone_or_absent(self.paths.remove(&Key::new(*bits, *k)))
+                .map_err(err(names::PATH_RULES))?;
+        }
+        self.clean[usize::from(c.generation & 1)] = true;
+        Ok(())
+    }
+
+    /// Removes every entry of `generation`, whoever wrote them.
     fn purge(&mut self, generation: u8) -> Result<(), MapsError> {
+        self.purge_scan(generation)?;
+        self.clean[usize::from(generation & 1)] = true;
+        Ok(())
+    }
+
+    fn purge_scan(&mut self, generation: u8) -> Result<(), MapsError> {
         let g = u32::from(generation);
         let agents: Vec<AgentKey> = self
             .agents
