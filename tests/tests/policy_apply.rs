@@ -133,7 +133,7 @@ fn a_hundred_agents_with_ten_thousand_rules_load_and_apply() {
     let old = net::Tcp::listen("127.0.0.1");
     let new = net::Tcp::listen("127.0.0.1");
     let big = |shift: u8| {
-        let port = if shift % 2 == 0 {
+        let port = if shift.is_multiple_of(2) {
             old.port()
         } else {
             new.port()
