@@ -66,5 +66,5 @@ fn count_open() {
         (*ev).target_pid = 0;
         (*ev).path[0] = 0;
     }
-    entry.submit(0);
+    entry.send();
 }

@@ -238,7 +238,7 @@ fn refuse(subject: &Subject, op: FileOp, target_pid: u32, text: &Text) -> i32 {
                 i += 1;
             }
         }
-        entry.submit(0);
+        entry.send();
     }
     if j.permits() { 0 } else { -EPERM }
 }

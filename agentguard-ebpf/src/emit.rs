@@ -50,22 +50,68 @@ pub fn header(kind: EventKind, backend: Backend, subject: &Subject, j: &Judgemen
     }
 }
 
+/// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selectors (uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// A reserved event, written through `Deref`, sent with [`Pending::send`] (which picks the
+/// wake-up; the entry's own `submit` is not reachable through the deref).
+pub struct Pending<T: 'static> {
+    entry: RingBufEntry<T>,
+    /// A refusal or an escalation: the daemon must see it now.
+    urgent: bool,
+}
+
+impl<T: 'static> core::ops::Deref for Pending<T> {
+    type Target = RingBufEntry<T>;
+    fn deref(&self) -> &Self::Target {
+        &self.entry
+    }
+}
+
+impl<T: 'static> core::ops::DerefMut for Pending<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.entry
+    }
+}
+
+impl<T: 'static> Pending<T> {
+    /// Commits the event. Refusals and escalations wake the daemon (the kernel's adaptive
+    /// wake-up). Allowed events do not: a wake-up per event would cost every allowed action an
+    /// irq_work and a daemon cycle, so the daemon drains them on a short timer instead, and is
+    /// woken early only when the ring is a quarter full.
+    #[inline(always)]
+    pub fn send(self) {
+        let flags = if self.urgent {
+            0
+        } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= EVENTS.query(BPF_RB_RING_SIZE) / 4 {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        self.entry.submit(flags);
+    }
+}
+
 /// Reserves room for an event of type `T` about `subject`'s action judged `j`: `None` when the
 /// instance has spent its event budget, or when no ring buffer has room (counted as lost).
 #[inline(always)]
-pub fn reserve<T: 'static>(subject: &Subject, j: &Judgement) -> Option<RingBufEntry<T>> {
+pub fn reserve<T: 'static>(subject: &Subject, j: &Judgement) -> Option<Pending<T>> {
     let refusal = j.verdict != Verdict::Allowed;
     if !within_budget(subject.cgroup_id, refusal, j.flags) {
         return None;
     }
+    let urgent = refusal || j.flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL) != 0;
     if refusal && let Some(entry) = ALERTS.reserve::<T>(0) {
-        return Some(entry);
+        return Some(Pending { entry, urgent });
     }
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
         lost(if refusal { LOST_ALERTS } else { LOST_EVENTS });
     }
-    entry
+    entry.map(|entry| Pending { entry, urgent })
 }
 
 #[inline(always)]

@@ -168,7 +168,7 @@ fn judge(bprm: *const u8, backend: Backend, refusal: Verdict) -> Option<Judgemen
             header.flags |= flags;
             (*ev).header = header;
         }
-        entry.submit(0);
+        entry.send();
     }
     Some(j)
 }

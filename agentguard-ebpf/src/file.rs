@@ -598,7 +598,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
             (*ev).path[len & (FILE_PATH_LEN - 1)] = 0;
         }
     }
-    entry.submit(0);
+    entry.send();
 }
 
 /// Agents may never change agentguard's own state (its cgroups, its pinned programs), whatever

@@ -212,7 +212,7 @@ fn judge(ctx: &SockAddrContext, dst: &Destination, kind: EventKind) -> i32 {
             protocol: dst.protocol,
             _pad: [0; 3],
         });
-        entry.submit(0);
+        entry.send();
     }
     if j.permits() { ALLOW } else { DENY }
 }

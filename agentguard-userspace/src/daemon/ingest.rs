@@ -26,12 +26,24 @@ const ESCALATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Records handled per lock of the state and the log.
 const BATCH: usize = 4096;
 
-/// Drains the ring buffer until shutdown, then once more.
+/// How often the ring of allowed events is drained: the programs send those without waking the
+/// daemon (see the eBPF crate's `emit::Pending::send`) unless the ring is filling up.
+pub const DRAIN_ALLOWED: Duration = Duration::from_millis(20);
+
+/// Drains the ring buffer until shutdown, then once more: when the kernel wakes the daemon, and
+/// every `drain_every` for events sent without a wake-up. Lost-event accounting is on the
+/// [`tick`], not per batch.
 pub async fn run(
     shared: Arc<Shared>,
     mut ring: EventRing,
+    drain_every: Option<Duration>,
     mut shutdown: watch::Receiver<Option<bool>>,
 ) {
+    let mut drain = drain_every.map(|every| {
+        let mut drain = tokio::time::interval(every);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        drain
+    });
     loop {
         tokio::select! {
             r = ring.next_batch(BATCH) => match r {
@@ -41,9 +53,14 @@ pub async fn run(
                     break;
                 }
             },
+            _ = async { drain.as_mut()?.tick().await; Some(()) }, if drain.is_some() => {
+                let batch = ring.batch_now(BATCH);
+                if !batch.is_empty() {
+                    process(&shared, batch);
+                }
+            }
             _ = shutdown.changed() => break,
         }
-        check_lost(&shared);
     }
     // Whatever the kernel produced before the stop still goes into the log.
     loop {

@@ -288,8 +288,19 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let alerts =
         EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
     let tasks = vec![
-        tokio::spawn(ingest::run(shared.clone(), events, shutdown_rx.clone())),
-        tokio::spawn(ingest::run(shared.clone(), alerts, shutdown_rx.clone())),
+        tokio::spawn(ingest::run(
+            shared.clone(),
+            events,
+            Some(ingest::DRAIN_ALLOWED),
+            shutdown_rx.clone(),
+        )),
+        // Refusals and escalations always wake the daemon.
+        tokio::spawn(ingest::run(
+            shared.clone(),
+            alerts,
+            None,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(server::run(
             shared.clone(),
             listener,
