@@ -52,6 +52,10 @@ pub struct DaemonArgs {
     /// programs are first loaded. Events beyond it while the daemon lags are counted as lost.
     #[arg(long, value_name = "BYTES", default_value_t = agentguard_common::maps::EVENTS_BYTES, value_parser = parse_ring_size)]
     ring_buffer_bytes: u32,
+    /// Where the daemon makes each instance's private temp directory
+    /// (`<tmp-dir>/<agent>/<n>`, see `private_tmp` in docs/policy.md).
+    #[arg(long, value_name = "DIR", default_value = daemon::private_tmp::DEFAULT_ROOT)]
+    tmp_dir: PathBuf,
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -89,6 +93,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         unload_on_exit: args.unload_on_exit,
         log,
         ring_buffer_bytes: args.ring_buffer_bytes,
+        tmp_dir: args.tmp_dir,
         dns: dns::Timing::new(
             Duration::from_secs(args.dns_ttl_ceiling),
             Duration::from_secs(args.dns_grace),
