@@ -13,6 +13,8 @@ mod ingest;
 mod operator;
 pub mod private_tmp;
 mod server;
+
+pub use server::ClientLimits;
 mod state;
 mod watch;
 
@@ -66,6 +68,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     /// Where private temp directories are made (`<tmp-dir>/<agent>/<n>`).
     pub tmp_dir: PathBuf,
+    /// What one client, and all of them, may hold of each control socket.
+    pub clients: ClientLimits,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -295,12 +299,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shared.clone(),
             listener,
             server::Role::Admin,
+            opts.clients,
             shutdown_rx.clone(),
         )),
         tokio::spawn(server::run(
             shared.clone(),
             agent_listener,
             server::Role::Agent,
+            opts.clients,
             shutdown_rx.clone(),
         )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),

@@ -198,7 +198,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Parses and validates policy text; `name` is what diagnostics call the file.
 pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
-    let source = Source { name, text };
+    let source = Source::new(name, text);
     let raw: schema::RawPolicy = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let field = source.field_at(span.start);

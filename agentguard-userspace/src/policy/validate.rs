@@ -1,7 +1,7 @@
 //! Validation: raw TOML structs -> [`Policy`], or every problem found, each naming its field.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Component, Path, PathBuf},
     str::FromStr,
 };
@@ -178,10 +178,11 @@ impl Validator<'_> {
 
     fn connect(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<NetEntry>> {
         let mut out: Vec<Located<NetEntry>> = Vec::new();
+        let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.connect[{i}]");
             match e.get_ref().parse::<NetEntry>() {
-                Ok(entry) if out.iter().any(|o| o.value == entry) => {
+                Ok(entry) if !seen.insert(entry.clone()) => {
                     self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
                 }
                 Ok(entry) => out.push(Located {
@@ -196,10 +197,11 @@ impl Validator<'_> {
 
     fn exec(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<PathBuf>> {
         let mut out: Vec<Located<PathBuf>> = Vec::new();
+        let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.exec[{i}]");
             match absolute(e.get_ref()) {
-                Ok(p) if out.iter().any(|o| o.value == p) => {
+                Ok(p) if !seen.insert(p.clone()) => {
                     self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
                 }
                 Ok(p) => out.push(Located {
@@ -219,6 +221,7 @@ impl Validator<'_> {
         entries: &[Spanned<String>],
     ) -> Vec<Located<PathRule>> {
         let mut out: Vec<Located<PathRule>> = Vec::new();
+        let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.{kind}[{i}]");
             let text = e.get_ref().trim();
@@ -231,7 +234,7 @@ impl Validator<'_> {
             };
             let at = self.location(e, f.clone());
             for rule in rules {
-                if out.iter().any(|o| o.value == rule) {
+                if !seen.insert(rule.clone()) {
                     if text != runtime::TOKEN {
                         self.error(e, f.clone(), format!("duplicate entry {text:?}"));
                     }
