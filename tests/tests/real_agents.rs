@@ -71,7 +71,13 @@ impl World {
         fs::create_dir(base.join("pki")).unwrap_or_else(|e| panic!("{e}"));
         fs::write(base.join("secret.txt"), "secret").unwrap_or_else(|e| panic!("{e}"));
         let pki = base.join("pki");
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         sh(Command::new("openssl")
             .current_dir(&pki)
             .args(["req", "-x509"])
@@ -82,12 +88,35 @@ impl World {
             .current_dir(&pki)
             .arg("req")
             .args(ec)
-            .args(["-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost"]));
-        fs::write(pki.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-            .unwrap_or_else(|e| panic!("{e}"));
+            .args([
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=localhost",
+            ]));
+        fs::write(
+            pki.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         sh(Command::new("openssl").current_dir(&pki).args([
-            "x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "san.ext",
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
         ]));
         // The agent may read the CA certificate, nothing else of the PKI.
         fs::set_permissions(pki.join("ca.key"), fs::Permissions::from_mode(0o600))
@@ -205,17 +234,41 @@ git log --oneline | wc -l
     // curl -o /dev/null to the allowed server: exit 0 and 200 (before /dev/null was implicit,
     // curl printed 200 and then failed with 23, a write error).
     let url = format!("http://127.0.0.1:{}/", w.http);
-    let out = w.run(&d, &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    let out = w.run(
+        &d,
+        &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url],
+    );
     assert!(out.status.success(), "curl: {}", describe(&out));
     assert_eq!(stdout(&out), "200", "{}", describe(&out));
 
     // Refused: a host the policy does not list (curl exit 7, cannot connect) ...
     let denied = format!("http://127.0.0.1:{}/", w.denied);
     let out = w.run(&d, &["curl", "-sS", "-o", "/dev/null", &denied]);
-    assert_eq!(out.status.code(), Some(7), "denied host: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "denied host: {}",
+        describe(&out)
+    );
     // ... a file outside the workspace, through git and through the shell ...
-    let out = w.run(&d, &["git", "-C", "repo", "--no-pager", "diff", "--no-index", "README", &w.p("secret.txt")]);
-    assert!(!stdout(&out).contains("secret"), "git read the secret: {}", describe(&out));
+    let out = w.run(
+        &d,
+        &[
+            "git",
+            "-C",
+            "repo",
+            "--no-pager",
+            "diff",
+            "--no-index",
+            "README",
+            &w.p("secret.txt"),
+        ],
+    );
+    assert!(
+        !stdout(&out).contains("secret"),
+        "git read the secret: {}",
+        describe(&out)
+    );
     let out = w.run(&d, &["sh", "-c", &format!("cat {}", w.p("secret.txt"))]);
     assert!(
         !out.status.success() && !stdout(&out).contains("secret"),
@@ -224,7 +277,14 @@ git log --oneline | wc -l
     );
     // ... writing outside the workspace and the private temp directory, and a device not
     // listed (/dev/null is, /dev/shm and /dev/mem are not).
-    let out = w.run(&d, &["sh", "-c", &format!("echo x > {}/elsewhere", w.base.display())]);
+    let out = w.run(
+        &d,
+        &[
+            "sh",
+            "-c",
+            &format!("echo x > {}/elsewhere", w.base.display()),
+        ],
+    );
     assert!(!out.status.success(), "wrote outside: {}", describe(&out));
     assert!(!w.base.join("elsewhere").exists());
     let out = w.run(&d, &["sh", "-c", "echo x > /dev/null && cat /dev/kmsg"]);
@@ -280,17 +340,31 @@ fn a_python_agent_uses_tempfile_subprocess_sqlite_and_tls() {
         return;
     };
     fs::write(w.base.join("ws/agent.py"), PYTHON).unwrap_or_else(|e| panic!("{e}"));
-    fs::set_permissions(w.base.join("ws/agent.py"), fs::Permissions::from_mode(0o644))
-        .unwrap_or_else(|e| panic!("{e}"));
+    fs::set_permissions(
+        w.base.join("ws/agent.py"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let https = w.https.to_string();
     let denied = w.denied.to_string();
     let out = w.run(
         &d,
-        &["python3", "agent.py", &w.p("pki/ca.pem"), &https, &denied, &w.p("secret.txt")],
+        &[
+            "python3",
+            "agent.py",
+            &w.p("pki/ca.pem"),
+            &https,
+            &denied,
+            &w.p("secret.txt"),
+        ],
     );
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(out.status.success() && lines.len() == 4, "python: {}", describe(&out));
+    assert!(
+        out.status.success() && lines.len() == 4,
+        "python: {}",
+        describe(&out)
+    );
     let ok: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         (ok[0], ok[2], ok[3], ok.get(4..).map(|s| s.join(" "))),
@@ -298,11 +372,20 @@ fn a_python_agent_uses_tempfile_subprocess_sqlite_and_tls() {
         "{}",
         describe(&out)
     );
-    assert_eq!(&lines[1..], ["refused file", "refused host", "no tty"], "{}", describe(&out));
+    assert_eq!(
+        &lines[1..],
+        ["refused file", "refused host", "no tty"],
+        "{}",
+        describe(&out)
+    );
 
     // The private temp directory was the instance's own, and it goes with the instance.
     let tmp = PathBuf::from(ok[1]);
-    assert!(tmp.starts_with("/tmp/agentguard/coder"), "TMPDIR {}", tmp.display());
+    assert!(
+        tmp.starts_with("/tmp/agentguard/coder"),
+        "TMPDIR {}",
+        tmp.display()
+    );
     let deadline = Instant::now() + patience(Duration::from_secs(10));
     while tmp.exists() {
         assert!(
@@ -317,10 +400,9 @@ fn a_python_agent_uses_tempfile_subprocess_sqlite_and_tls() {
     assert_eq!((parent.uid(), parent.mode() & 0o7777), (0, 0o711));
 
     // private_tmp = false: no directory, TMPDIR left as the operator had it.
-    let policy = w.policy(false).replace(
-        "[agents.coder]\n",
-        "[agents.coder]\nprivate_tmp = false\n",
-    );
+    let policy = w
+        .policy(false)
+        .replace("[agents.coder]\n", "[agents.coder]\nprivate_tmp = false\n");
     fs::write(&d.policy, policy).unwrap_or_else(|e| panic!("{e}"));
     let applied = d.cli(&["policy", "apply", &d.policy.to_string_lossy()]);
     assert!(applied.status.success(), "{}", describe(&applied));
@@ -332,7 +414,9 @@ fn a_python_agent_uses_tempfile_subprocess_sqlite_and_tls() {
 fn a_node_agent_makes_the_same_https_call() {
     if !node_installed() {
         // Said loudly: this part of the acceptance did not run here.
-        eprintln!("node is not installed on this host: the node acceptance test has nothing to run");
+        eprintln!(
+            "node is not installed on this host: the node acceptance test has nothing to run"
+        );
         return;
     }
     let Some((w, d)) = start("a_node_agent_makes_the_same_https_call") else {
@@ -362,10 +446,24 @@ https.get({{ host: "127.0.0.1", port: {https}, ca: fs.readFileSync("{ca}") }}, (
     let out = w.run(&d, &["node", "-e", &js]);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.first(), Some(&"ok 200 hello from the supplier"), "{}", describe(&out));
-    assert_eq!(lines.get(1), Some(&"refused host EPERM"), "{}", describe(&out));
+    assert_eq!(
+        lines.first(),
+        Some(&"ok 200 hello from the supplier"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        lines.get(1),
+        Some(&"refused host EPERM"),
+        "{}",
+        describe(&out)
+    );
     // EACCES from Landlock, EPERM from the BPF LSM.
-    let file = if d.lsm() { "refused file EPERM" } else { "refused file EACCES" };
+    let file = if d.lsm() {
+        "refused file EPERM"
+    } else {
+        "refused file EACCES"
+    };
     assert_eq!(lines.get(2), Some(&file), "{}", describe(&out));
 }
 
@@ -406,4 +504,71 @@ fn run_names_both_paths_when_path_finds_another_binary() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "{}", describe(&out));
+}
+
+/// Item 1 of the acceptance: the device files every process expects work without being listed,
+/// and nothing else under /dev does. Each refusal is one that file permissions alone would allow
+/// (/dev/shm is world-writable, /dev/urandom world-writable), so only the policy refuses it.
+#[test]
+fn device_files_work_without_listing_and_nothing_else_under_dev() {
+    let Some((w, d)) = start("device_files_work_without_listing_and_nothing_else_under_dev") else {
+        return;
+    };
+    // /dev/std* and /dev/fd/N reopen the file behind the descriptor: pipes the agent made itself
+    // here. Reopening the caller's own pipe or file is a matter of Unix ownership (the agent
+    // runs as another uid, as with `sudo -u`), which docs/policy.md explains.
+    let script = "set -e
+head -c 4 /dev/urandom | wc -c
+head -c 4 /dev/random | wc -c
+head -c 4 /dev/zero | wc -c
+echo sink > /dev/null
+echo sink > /dev/zero
+if echo x 2>/dev/null > /dev/full; then echo full-accepted; else echo full-refused-write; fi
+echo in | cat /dev/stdin
+{ echo out > /dev/stdout && echo err > /dev/stderr && echo fd > /dev/fd/1 && echo done; } 2>&1 | cat
+";
+    let out = w.run(&d, &["sh", "-c", script]);
+    assert!(out.status.success(), "devices: {}", describe(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "4",
+            "4",
+            "4",
+            "full-refused-write",
+            "in",
+            "out",
+            "err",
+            "fd",
+            "done"
+        ],
+        "{}",
+        describe(&out)
+    );
+    // /dev/full refuses the write itself (ENOSPC), not the open: the open is allowed.
+    let out = w.run(&d, &["python3", "-c", "import os\nfd = os.open('/dev/full', os.O_WRONLY)\ntry:\n    os.write(fd, b'x')\nexcept OSError as e:\n    print(e.errno)"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "28",
+        "ENOSPC from /dev/full: {}",
+        describe(&out)
+    );
+
+    // Not granted: writing the entropy devices, anything in /dev/shm, listing /dev.
+    for (what, cmd) in [
+        ("write /dev/urandom", "echo x > /dev/urandom"),
+        (
+            "create in /dev/shm",
+            "echo x > /dev/shm/agentguard-real-agents",
+        ),
+        ("list /dev", "ls /dev"),
+    ] {
+        let out = w.run(&d, &["sh", "-c", cmd]);
+        assert!(
+            !out.status.success(),
+            "{what} was allowed: {}",
+            describe(&out)
+        );
+    }
+    assert!(!Path::new("/dev/shm/agentguard-real-agents").exists());
 }
