@@ -70,9 +70,7 @@ fn check(file: &std::path::Path, verbose: bool) -> anyhow::Result<ExitCode> {
                 binaries,
                 names,
                 resolvers: resolve::system_resolvers(),
-                private_tmp: Some(PathBuf::from(
-                    agentguard::daemon::private_tmp::DEFAULT_ROOT,
-                )),
+                private_tmp: Some(PathBuf::from(agentguard::daemon::private_tmp::DEFAULT_ROOT)),
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(
@@ -144,7 +142,12 @@ fn expanded(p: &Policy, resolved: &resolve::Resolved, full: bool) -> String {
             !field.ends_with(".<devices>") && !a.presets.iter().any(|n| n.at.field == field)
         };
         for e in a.exec.iter().filter(|e| full || explicit(&e.at.field)) {
-            let _ = writeln!(out, "  exec  {}  ({})", e.value.display(), source(&e.at.field));
+            let _ = writeln!(
+                out,
+                "  exec  {}  ({})",
+                e.value.display(),
+                source(&e.at.field)
+            );
         }
         let tmp = compile::private_tmp_rule(a, resolved);
         for (kind, rules) in [("read ", &a.read), ("write", &a.write)] {

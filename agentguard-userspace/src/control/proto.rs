@@ -174,8 +174,8 @@ pub enum Reply {
     Launched {
         /// Instance path.
         instance: String,
-        /// What to apply before exec.
-        sandbox: Sandbox,
+        /// What to apply before exec (boxed: by far the largest reply).
+        sandbox: Box<Sandbox>,
     },
     /// To [`Request::Tag`].
     Tagged {

@@ -49,7 +49,7 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
         )
         .map(|(instance, sandbox, _)| Reply::Launched {
             instance: instance.name,
-            sandbox,
+            sandbox: Box::new(sandbox),
         }),
         Request::Tag { agent, pid, parent } => {
             launch(shared, by, &agent, parent.as_deref(), pid, How::Tag).map(
@@ -116,7 +116,7 @@ pub async fn handle_agent(
                 .is_some_and(|sub| !sub.is_empty() && !sub.contains('/'));
             if own_sub {
                 launch(shared, by, &agent, Some(&caller.name), peer.pid, How::SubAgent)
-                    .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox })
+                    .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox: Box::new(sandbox) })
             } else {
                 Err(format!(
                     "agent {:?} may only start its own sub-agents ({}/NAME), not {agent:?}",

@@ -88,7 +88,8 @@ impl PrivateTmp {
         let dir = self.own_dir(inst);
         let gone = dir.with_file_name(format!(
             ".gone-{}-{}",
-            dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            dir.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
             inst.id
         ));
         match fs::rename(&dir, &gone) {
@@ -117,10 +118,10 @@ impl PrivateTmp {
             };
             for d in dirs.filter_map(Result::ok) {
                 let path = d.path();
-                if !keep.contains(&path) {
-                    if let Err(e) = fs::remove_dir_all(&path) {
-                        tracing::warn!(dir = %path.display(), error = %e, "cannot remove stale private temp directory");
-                    }
+                if !keep.contains(&path)
+                    && let Err(e) = fs::remove_dir_all(&path)
+                {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove stale private temp directory");
                 }
             }
         }

@@ -414,11 +414,20 @@ mod tests {
         let (a, s) = (p.agents[0].id, p.agents[1].id);
         assert_eq!(
             tmp,
-            vec![(a, ACCESS_READ), (a, ACCESS_WRITE), (s, ACCESS_READ), (s, ACCESS_WRITE)]
+            vec![
+                (a, ACCESS_READ),
+                (a, ACCESS_WRITE),
+                (s, ACCESS_READ),
+                (s, ACCESS_WRITE)
+            ]
         );
         // Opted out, or no file rules (nothing to grant): no rule.
-        assert!(!c.paths.iter().any(|(k, _, _)| k.path.starts_with(b"/tmp/ag/b")
-            || k.path.starts_with(b"/tmp/ag/c")));
+        assert!(
+            !c.paths
+                .iter()
+                .any(|(k, _, _)| k.path.starts_with(b"/tmp/ag/b")
+                    || k.path.starts_with(b"/tmp/ag/c"))
+        );
     }
 
     #[test]

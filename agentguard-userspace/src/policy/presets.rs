@@ -124,7 +124,8 @@ impl Host for SystemHost {
             .split(':')
             .map(|dir| Path::new(dir).join(program))
             .find(|p| {
-                std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             })
     }
 
@@ -291,8 +292,7 @@ fn matches(pattern: &str, name: &str) -> bool {
     if parts.len() == 1 {
         return pattern == name;
     }
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last)
-    {
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
         return false;
     }
     let mut pos = first.len();
@@ -348,7 +348,8 @@ mod tests {
         h.bins.insert("env", "/usr/bin/env");
         h.bins.insert("git", "/usr/local/bin/git");
         h.links.insert("/usr/bin/python3", "/usr/bin/python3.11");
-        h.links.insert("/srv/venv/bin/python3", "/opt/py/bin/python3.12");
+        h.links
+            .insert("/srv/venv/bin/python3", "/opt/py/bin/python3.12");
         h.files.extend([
             "/usr/bin/python3.11",
             "/usr/bin/env",
@@ -376,7 +377,8 @@ mod tests {
             assert!(
                 !FILES
                     .iter()
-                    .any(|(n, t)| *n == name && t.lines().any(|l| l.trim_start().starts_with("write"))),
+                    .any(|(n, t)| *n == name
+                        && t.lines().any(|l| l.trim_start().starts_with("write"))),
                 "{name} has write entries"
             );
         }
@@ -397,9 +399,15 @@ mod tests {
         );
         let venv = BTreeMap::from([("venv".to_owned(), "/srv/venv".to_owned())]);
         let e = expand("@python", &venv, &h).unwrap_or_else(|e| panic!("{e}"));
-        assert!(e.exec.contains(&"/srv/venv/bin/python3".to_owned()), "{e:?}");
+        assert!(
+            e.exec.contains(&"/srv/venv/bin/python3".to_owned()),
+            "{e:?}"
+        );
         assert!(e.read.contains(&"/srv/venv".to_owned()), "{e:?}");
-        assert!(e.read.contains(&"/opt/py/lib/python3.12".to_owned()), "{e:?}");
+        assert!(
+            e.read.contains(&"/opt/py/lib/python3.12".to_owned()),
+            "{e:?}"
+        );
     }
 
     #[test]

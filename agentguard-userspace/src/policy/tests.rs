@@ -174,7 +174,14 @@ fn has(rules: &[super::Located<super::PathRule>], path: &str) -> bool {
 fn device_files_come_with_file_rules_only() {
     let files = policy("[agents.a]\nread = [\"/srv\"]\n");
     let a = &files.agents[0];
-    for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"] {
+    for dev in [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    ] {
         assert!(has(&a.read, dev), "read {dev}");
     }
     for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"] {
@@ -182,9 +189,14 @@ fn device_files_come_with_file_rules_only() {
     }
     // Nothing else under /dev, and the random devices are not writable.
     assert!(!has(&a.write, "/dev/urandom"));
-    assert!(!a.read.iter().chain(&a.write).any(|r| r.value.to_string() == "/dev"
-        || r.value.to_string().starts_with("/dev/pts")
-        || r.value.to_string().starts_with("/dev/shm")));
+    assert!(
+        !a.read
+            .iter()
+            .chain(&a.write)
+            .any(|r| r.value.to_string() == "/dev"
+                || r.value.to_string().starts_with("/dev/pts")
+                || r.value.to_string().starts_with("/dev/shm"))
+    );
     // A network-only agent is unrestricted in files: no rules are invented for it.
     let net = policy("[agents.a]\nconnect = [\"127.0.0.1:80\"]\n");
     assert!(net.agents[0].read.is_empty() && net.agents[0].write.is_empty());
@@ -197,7 +209,8 @@ fn private_tmp_defaults_on_and_sub_agents_cannot_regain_it() {
     assert!(p.agent("a").is_some_and(|a| a.private_tmp));
     assert!(p.agent("b").is_some_and(|a| !a.private_tmp));
     assert!(p.agent("b/s").is_some_and(|a| !a.private_tmp));
-    let (line, _, field, msg) = one("[agents.b]\nprivate_tmp = false\n[agents.b.sub.s]\nprivate_tmp = true\n");
+    let (line, _, field, msg) =
+        one("[agents.b]\nprivate_tmp = false\n[agents.b.sub.s]\nprivate_tmp = true\n");
     assert_eq!((line, field.as_str()), (4, "agents.b.sub.s.private_tmp"));
     assert!(msg.contains("no private temp directory"), "{msg}");
 }

@@ -262,7 +262,9 @@ impl Validator<'_> {
             let f = format!("{field}.presets[{i}]");
             let (name, options) = match e.get_ref() {
                 RawPreset::Name(n) => (n.trim().to_owned(), Default::default()),
-                RawPreset::WithOptions { name, options } => (name.trim().to_owned(), options.clone()),
+                RawPreset::WithOptions { name, options } => {
+                    (name.trim().to_owned(), options.clone())
+                }
             };
             if names.iter().any(|n| n.value == name) {
                 self.error(e, f, format!("duplicate preset {name:?}"));
