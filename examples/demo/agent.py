@@ -8,6 +8,7 @@ refuses the rest in the kernel.
 import os
 import socket
 import subprocess
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,6 +45,10 @@ print("agent: fetching a quote and placing an order")
 attempt("TCP 127.0.0.1:18080 (supplier API, in the policy)", tcp("127.0.0.1", 18080))
 attempt("TCP [::1]:18080 (supplier API over IPv6, in the policy)", tcp("::1", 18080))
 attempt("write orders/order.txt (a write prefix)", write_order)
+attempt(
+    "scratch file via tempfile (its private $TMPDIR)",
+    lambda: tempfile.NamedTemporaryFile().write(b"draft"),
+)
 
 print("agent: (prompt-injected) exfiltrating the order book")
 attempt("TCP 127.0.0.1:18081 (not in the policy)", tcp("127.0.0.1", 18081))

@@ -52,6 +52,10 @@ pub struct DaemonArgs {
     /// programs are first loaded. Events beyond it while the daemon lags are counted as lost.
     #[arg(long, value_name = "BYTES", default_value_t = agentguard_common::maps::EVENTS_BYTES, value_parser = parse_ring_size)]
     ring_buffer_bytes: u32,
+    /// Where the daemon makes each instance's private temp directory
+    /// (`<tmp-dir>/<agent>/<n>`, see `private_tmp` in docs/policy.md).
+    #[arg(long, value_name = "DIR", default_value = daemon::private_tmp::DEFAULT_ROOT)]
+    tmp_dir: PathBuf,
     /// Seconds a client of either socket may take to send one whole request (or to take one
     /// reply); idle and trickling clients are disconnected after it.
     #[arg(long, value_name = "SECS", default_value_t = ClientLimits::default().request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
@@ -107,6 +111,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         unload_on_exit: args.unload_on_exit,
         log,
         ring_buffer_bytes: args.ring_buffer_bytes,
+        tmp_dir: args.tmp_dir,
         clients: ClientLimits {
             request_timeout: Duration::from_secs(args.client_timeout),
             per_uid: args.max_connections_per_uid,

@@ -19,6 +19,22 @@ pub enum PolicyCommand {
     Check {
         /// The policy file.
         file: PathBuf,
+        /// Also print every agent's rules with presets and built-ins expanded (as `show
+        /// --expanded`).
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Print a policy's agents and rules; with --expanded, presets, `@system-runtime`, the
+    /// implicit device files and the private temp directory as this host expands them.
+    Show {
+        /// The policy file.
+        file: PathBuf,
+        /// Expand presets and built-ins.
+        #[arg(long)]
+        expanded: bool,
+        /// The daemon's --tmp-dir, to show private temp rules as it will grant them.
+        #[arg(long, value_name = "DIR", default_value = agentguard::daemon::private_tmp::DEFAULT_ROOT)]
+        tmp_dir: PathBuf,
     },
     /// Validate a policy and make the daemon apply it atomically.
     Apply {
@@ -31,12 +47,17 @@ pub enum PolicyCommand {
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Check { file } => check(&file),
+        PolicyCommand::Check { file, verbose } => check(&file, verbose),
+        PolicyCommand::Show {
+            file,
+            expanded,
+            tmp_dir,
+        } => show(&file, expanded, &tmp_dir),
         PolicyCommand::Apply { file, socket } => apply(&file, &socket),
     }
 }
 
-fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn check(file: &std::path::Path, verbose: bool) -> anyhow::Result<ExitCode> {
     let result = policy::load(file).and_then(|p| {
         resolve::binaries(&p)
             .map(|b| (p, b))
@@ -49,6 +70,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 binaries,
                 names,
                 resolvers: resolve::system_resolvers(),
+                private_tmp: Some(PathBuf::from(agentguard::daemon::private_tmp::DEFAULT_ROOT)),
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(
@@ -65,6 +87,9 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
             for w in p.weakenings().into_iter().chain(warnings) {
                 eprintln!("warning: {w}");
             }
+            if verbose {
+                print!("{}", expanded(&p, &resolved, true));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ PolicyError::Invalid(_)) => {
@@ -73,6 +98,76 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn show(file: &std::path::Path, full: bool, tmp_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match policy::load(file) {
+        Ok(p) => {
+            let resolved = resolve::Resolved {
+                private_tmp: Some(tmp_dir.to_owned()),
+                ..resolve::Resolved::default()
+            };
+            print!("{}", expanded(&p, &resolved, full));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ PolicyError::Invalid(_)) => {
+            eprintln!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every agent's rules, one per line, each with where it comes from: the field it was written
+/// in, the preset it came from, `@system-runtime`, or a built-in (`<devices>`, private temp).
+/// Without `full`, only what the file says in so many words.
+fn expanded(p: &Policy, resolved: &resolve::Resolved, full: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for a in &p.agents {
+        let _ = writeln!(out, "[agents.{}]", a.name.replace('/', ".sub."));
+        let mut presets: Vec<String> = a.presets.iter().map(|n| n.value.clone()).collect();
+        if presets.is_empty() {
+            presets.push("none".to_owned());
+        }
+        let _ = writeln!(out, "  presets: {}", presets.join(", "));
+        let source = |field: &str| -> String {
+            match a.presets.iter().find(|n| n.at.field == field) {
+                Some(n) => n.value.clone(),
+                None if field.ends_with(".<devices>") => "built-in: device files".to_owned(),
+                None => field.rsplit('.').next().unwrap_or(field).to_owned(),
+            }
+        };
+        let explicit = |field: &str| {
+            !field.ends_with(".<devices>") && !a.presets.iter().any(|n| n.at.field == field)
+        };
+        for e in a.exec.iter().filter(|e| full || explicit(&e.at.field)) {
+            let _ = writeln!(
+                out,
+                "  exec  {}  ({})",
+                e.value.display(),
+                source(&e.at.field)
+            );
+        }
+        let tmp = compile::private_tmp_rule(a, resolved);
+        for (kind, rules) in [("read ", &a.read), ("write", &a.write)] {
+            for r in rules.iter().filter(|r| full || explicit(&r.at.field)) {
+                let _ = writeln!(out, "  {kind} {}  ({})", r.value, source(&r.at.field));
+            }
+            if full && let Some(t) = &tmp {
+                let _ = writeln!(
+                    out,
+                    "  {kind} {t}  (built-in: private temp; each instance gets {t}/N, mode 0700)"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  private temp: {}",
+            if a.private_tmp { "yes (TMPDIR)" } else { "no" }
+        );
+    }
+    out
 }
 
 /// The addresses of the policy's DNS names as the daemon would see them now, and warnings for

@@ -120,6 +120,49 @@ fn supervise(child: Pid, supervised: &SigSet) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// When the command is a name that PATH resolves to a binary the agent may not run while its
+/// exec list names a different file of the same name, the message that says so (the kernel
+/// would refuse the exec with a bare EPERM, or kill it, with no word about PATH).
+fn elsewhere_on_path(program: &CString, allowed: &[PathBuf]) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if allowed.is_empty() {
+        return None;
+    }
+    let name = std::ffi::OsStr::from_bytes(program.as_bytes());
+    let found = if name.as_bytes().contains(&b'/') {
+        PathBuf::from(name)
+    } else {
+        // execvp's default search path when PATH is unset.
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })?
+    };
+    let identity = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let id = identity(&found)?;
+    if allowed.iter().any(|a| identity(a) == Some(id)) {
+        return None;
+    }
+    let listed: Vec<String> = allowed
+        .iter()
+        .filter(|a| a.file_name() == found.file_name())
+        .map(|a| a.display().to_string())
+        .collect();
+    if listed.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "refusing to run {}: it resolves to {} (through PATH), which the agent's exec rules do not allow; they list {} (a different file). Run that path, or add {} to exec",
+        name.to_string_lossy(),
+        found.display(),
+        listed.join(", "),
+        found.display()
+    ))
+}
+
 fn exit_byte(code: i32) -> u8 {
     u8::try_from(code & 0xff).unwrap_or(1)
 }
@@ -200,8 +243,18 @@ fn launch(args: RunArgs, argv: Vec<CString>) -> anyhow::Result<ExitCode> {
     if getppid() != launcher {
         bail!("the launcher exited before the agent started");
     }
-    // SAFETY: single-threaded here; the variable is read by the agent only.
-    unsafe { std::env::set_var(INSTANCE_ENV, &instance) };
+    // SAFETY: single-threaded here; the variables are read by the agent only.
+    unsafe {
+        std::env::set_var(INSTANCE_ENV, &instance);
+        if let Some(tmp) = &sandbox.tmp_dir {
+            std::env::set_var("TMPDIR", tmp);
+        }
+    }
+    // As the agent's user, so PATH is searched as execvp will search it.
+    if let Some(hint) = elsewhere_on_path(&program, &sandbox.exec_allowed) {
+        eprintln!("agentguard run: {hint}");
+        return Ok(ExitCode::from(126));
+    }
     // Last, so nothing above runs under the filter.
     let filters = seccomp::filters(&sandbox.allow_syscalls)?;
     seccomp::install(&filters)?;

@@ -132,6 +132,13 @@ pub struct Sandbox {
     pub identity: Identity,
     /// seccomp groups the policy grants back (`allow_syscalls`).
     pub allow_syscalls: Vec<String>,
+    /// The instance's private temp directory, exported as `TMPDIR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_dir: Option<PathBuf>,
+    /// The binaries an enforcing agent with exec rules may run, so `run` can explain a command
+    /// that PATH finds elsewhere than the listed path (empty: no such check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exec_allowed: Vec<PathBuf>,
 }
 
 /// Who `agentguard run` switches to before exec.
@@ -181,8 +188,8 @@ pub enum Reply {
     Launched {
         /// Instance path.
         instance: String,
-        /// What to apply before exec.
-        sandbox: Sandbox,
+        /// What to apply before exec (boxed: by far the largest reply).
+        sandbox: Box<Sandbox>,
     },
     /// To [`Request::Tag`].
     Tagged {

@@ -1,6 +1,6 @@
 //! One function per control request.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use agentguard_common::agent::ThrottleScope;
 
@@ -49,7 +49,7 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
         )
         .map(|(instance, sandbox, _)| Reply::Launched {
             instance: instance.name,
-            sandbox,
+            sandbox: Box::new(sandbox),
         }),
         Request::Tag { agent, pid, parent } => {
             launch(shared, by, &agent, parent.as_deref(), pid, How::Tag).map(
@@ -116,7 +116,7 @@ pub async fn handle_agent(
                 .is_some_and(|sub| !sub.is_empty() && !sub.contains('/'));
             if own_sub {
                 launch(shared, by, &agent, Some(&caller.name), peer.pid, How::SubAgent)
-                    .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox })
+                    .map(|(instance, sandbox, _)| Reply::Launched { instance: instance.name, sandbox: Box::new(sandbox) })
             } else {
                 Err(format!(
                     "agent {:?} may only start its own sub-agents ({}/NAME), not {agent:?}",
@@ -216,6 +216,29 @@ fn launch(
     if let Identity::Dynamic { uid } = identity {
         st.dynamic_uids.insert(inst.id, uid);
     }
+    // The private temp directory exists before the process can run in the instance. A tagged
+    // process keeps its environment (no TMPDIR to give it), so it gets none.
+    let tmp_dir = match (a.private_tmp, how) {
+        (false, _) | (true, How::Tag) => Ok(None),
+        (true, How::SubAgent) => Ok(Some(shared.private_tmp.top_dir(&inst))),
+        // A sub-agent started by an administrator does not share its parent instance's user,
+        // so it gets a directory of its own.
+        (true, How::Run(_)) => shared.private_tmp.create(&inst, &identity).map_err(|e| {
+            format!(
+                "cannot create the private temp directory of {} under {}: {e}",
+                inst.name,
+                shared.private_tmp.root().display()
+            )
+        }),
+    };
+    let tmp_dir = match tmp_dir {
+        Ok(t) => t,
+        Err(e) => {
+            st.unregister(inst.id);
+            let _ = st.hierarchy.remove(&inst);
+            return Err(e);
+        }
+    };
     let entered = st
         .register(&inst, tagged)
         .map_err(|e| e.to_string())
@@ -223,6 +246,9 @@ fn launch(
     if let Err(e) = entered {
         st.unregister(inst.id);
         let _ = st.hierarchy.remove(&inst);
+        if matches!(how, How::Run(_)) {
+            shared.private_tmp.remove(&inst);
+        }
         return Err(format!("cannot start an instance of {agent:?}: {e}"));
     }
     drop(st);
@@ -248,7 +274,7 @@ fn launch(
         files,
     });
     let _ = shared.new_instances.send(inst.clone());
-    Ok((inst, sandbox(shared, &a, identity), warnings))
+    Ok((inst, sandbox(shared, &a, identity, tmp_dir), warnings))
 }
 
 fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
@@ -264,21 +290,18 @@ fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
 }
 
 /// What `run` applies to itself before exec.
-fn sandbox(shared: &Shared, a: &Agent, identity: Identity) -> Sandbox {
-    // Baseline entries a distribution does not have are simply not granted.
+fn sandbox(shared: &Shared, a: &Agent, identity: Identity, tmp_dir: Option<PathBuf>) -> Sandbox {
+    // Baseline entries a distribution does not have are simply not granted. The private temp
+    // directory is granted exactly: Landlock rules are per process, so per instance.
     let prefixes = |rules: &[crate::policy::Located<PathRule>]| {
         rules
             .iter()
             .filter_map(|r| match &r.value {
-                PathRule::Prefix(p)
-                    if runtime::SYSTEM_RUNTIME.iter().any(|b| p.as_os_str() == *b)
-                        && !p.exists() =>
-                {
-                    None
-                }
+                PathRule::Prefix(p) if runtime::is_builtin(p) && !p.exists() => None,
                 PathRule::Prefix(p) => Some(p.clone()),
                 PathRule::ProcSelf => None,
             })
+            .chain(tmp_dir.clone())
             .collect()
     };
     let landlock =
@@ -299,6 +322,12 @@ fn sandbox(shared: &Shared, a: &Agent, identity: Identity) -> Sandbox {
         capabilities: a.capabilities.iter().map(|c| c.value.to_string()).collect(),
         identity,
         allow_syscalls: a.allow_syscalls.iter().map(|g| g.value.clone()).collect(),
+        tmp_dir,
+        exec_allowed: if a.restricts_files() && a.mode == Mode::Enforce {
+            a.exec.iter().map(|e| e.value.clone()).collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -11,6 +11,7 @@ mod handlers;
 pub mod identity;
 mod ingest;
 mod operator;
+pub mod private_tmp;
 mod server;
 
 pub use server::ClientLimits;
@@ -65,6 +66,8 @@ pub struct Options {
     pub log: LogOptions,
     /// Size of the event ring buffer in bytes, when the programs are first loaded.
     pub ring_buffer_bytes: u32,
+    /// Where private temp directories are made (`<tmp-dir>/<agent>/<n>`).
+    pub tmp_dir: PathBuf,
     /// What one client, and all of them, may hold of each control socket.
     pub clients: ClientLimits,
 }
@@ -126,6 +129,8 @@ pub struct Shared {
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
     /// DNS names of the policy in force.
     dns: dns_task::DnsNames,
+    /// Private temp directories of instances.
+    pub private_tmp: private_tmp::PrivateTmp,
 }
 
 impl Shared {
@@ -189,7 +194,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&opts.state_dir)?;
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
-    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy))?;
+    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy), &opts.tmp_dir)?;
+    let private_tmp = private_tmp::PrivateTmp::new(&opts.tmp_dir);
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
@@ -232,6 +238,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         gaps: Default::default(),
     };
     let readopted = watch::readopt(&mut state)?;
+    // Directories of instances that ended while no daemon watched them.
+    private_tmp.sweep(&readopted);
 
     // Fill the inactive generation, flip, then attach: programs never see empty maps.
     let generation = state.maps.inactive_generation()?;
@@ -259,6 +267,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exec_paths,
         new_instances,
         dns,
+        private_tmp,
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -98,6 +98,9 @@ fn check(
         .collect();
     for i in &ended {
         st.unregister(i.id);
+        // Only instances with an identity of their own have a directory; for the others
+        // (sub-agents sharing their instance's) this finds nothing.
+        shared.private_tmp.remove(i);
     }
     if let Err(e) = st.hierarchy.remove(&inst) {
         tracing::warn!(instance = %inst.name, error = %e, "cannot remove instance cgroup");

@@ -228,19 +228,30 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
                 }
             }
         }
+        let tmp = private_tmp_rule(agent, resolved);
         for (rules, access, kind) in [
             (&agent.read, ACCESS_READ, RuleKind::Read),
             (&agent.write, ACCESS_WRITE, RuleKind::Write),
         ] {
-            for r in rules {
-                let rule = out.add_rule(&agent.name, kind, r.value.to_string(), None);
-                if let Some(entry) = path_entry(generation, agent.id, access, &r.value, rule) {
+            for r in rules.iter().map(|r| &r.value).chain(&tmp) {
+                let rule = out.add_rule(&agent.name, kind, r.to_string(), None);
+                if let Some(entry) = path_entry(generation, agent.id, access, r, rule) {
                     out.paths.push(entry);
                 }
             }
         }
     }
     out
+}
+
+/// The private temp rule of an agent with file rules: `<root>/<top-level agent>`, which holds
+/// the directory of every instance of that agent (rules are per agent, not per instance; the
+/// directories' 0700 mode and per-instance uids keep instances apart). A sub-agent shares its
+/// top-level instance's directory, so it gets the same prefix.
+pub fn private_tmp_rule(agent: &crate::policy::Agent, resolved: &Resolved) -> Option<PathRule> {
+    let root = resolved.private_tmp.as_ref()?;
+    let top = agent.name.split('/').next().unwrap_or(&agent.name);
+    (agent.restricts_files() && agent.private_tmp).then(|| PathRule::Prefix(root.join(top)))
 }
 
 fn net_entry(
@@ -395,6 +406,8 @@ mod tests {
         let keys: Vec<(u8, &[u8], u32)> = c
             .paths
             .iter()
+            // The implicit device files have their own test in policy::tests.
+            .filter(|(k, _, _)| !k.path.starts_with(b"/dev/"))
             .map(|(k, bits, _)| (k.access, &k.path[..((bits - 64) / 8) as usize], *bits))
             .collect();
         assert_eq!(
@@ -404,6 +417,41 @@ mod tests {
                 (ACCESS_READ, &b"/proc/self/"[..], 64 + 88),
                 (ACCESS_WRITE, &b"/"[..], 64 + 8),
             ]
+        );
+    }
+
+    #[test]
+    fn private_tmp_is_one_prefix_per_top_level_agent() {
+        let p = policy(
+            "[agents.a]\nread = [\"/srv\"]\n[agents.a.sub.s]\nread = [\"/srv\"]\n[agents.b]\nread = [\"/srv\"]\nprivate_tmp = false\n[agents.c]\nconnect = [\"127.0.0.1:1\"]\n",
+        );
+        let r = Resolved {
+            private_tmp: Some(PathBuf::from("/tmp/ag")),
+            ..Resolved::default()
+        };
+        let c = compile(&p, 0, &r);
+        let tmp: Vec<(u32, u8)> = c
+            .paths
+            .iter()
+            .filter(|(k, bits, _)| &k.path[..((bits - 64) / 8) as usize] == b"/tmp/ag/a/")
+            .map(|(k, _, _)| (k.agent_id, k.access))
+            .collect();
+        let (a, s) = (p.agents[0].id, p.agents[1].id);
+        assert_eq!(
+            tmp,
+            vec![
+                (a, ACCESS_READ),
+                (a, ACCESS_WRITE),
+                (s, ACCESS_READ),
+                (s, ACCESS_WRITE)
+            ]
+        );
+        // Opted out, or no file rules (nothing to grant): no rule.
+        assert!(
+            !c.paths
+                .iter()
+                .any(|(k, _, _)| k.path.starts_with(b"/tmp/ag/b")
+                    || k.path.starts_with(b"/tmp/ag/c"))
         );
     }
 

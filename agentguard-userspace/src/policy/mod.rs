@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod diag;
 pub mod net;
+pub mod presets;
 pub mod resolve;
 pub mod runtime;
 pub mod schema;
@@ -81,10 +82,14 @@ pub struct Agent {
     pub connect: Vec<Located<NetEntry>>,
     /// Binaries (absolute paths as written).
     pub exec: Vec<Located<PathBuf>>,
-    /// Read rules (`@system-runtime` expanded).
+    /// Read rules (`@system-runtime` and presets expanded, plus the implicit device files).
     pub read: Vec<Located<PathRule>>,
-    /// Write rules.
+    /// Write rules (plus the implicit device files).
     pub write: Vec<Located<PathRule>>,
+    /// Presets referenced (their rules are already in `exec` and `read`).
+    pub presets: Vec<Located<String>>,
+    /// Whether each instance gets a private temp directory.
+    pub private_tmp: bool,
     /// Capabilities kept by `agentguard run`.
     pub capabilities: Vec<Located<caps::Capability>>,
     /// The user `agentguard run` starts a top-level instance as (`None`: a dynamic uid).

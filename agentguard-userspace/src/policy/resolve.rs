@@ -20,6 +20,9 @@ pub struct Resolved {
     pub names: BTreeMap<String, Vec<IpAddr>>,
     /// Resolvers from /etc/resolv.conf, for agents with `dns = true`.
     pub resolvers: Vec<IpAddr>,
+    /// Where the daemon makes private temp directories (`<root>/<agent>/<n>`): agents with file
+    /// rules and `private_tmp` may read and write `<root>/<agent>`.
+    pub private_tmp: Option<PathBuf>,
 }
 
 /// Resolves every exec path to its identity; a missing or non-regular binary is an error

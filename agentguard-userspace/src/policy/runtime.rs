@@ -1,5 +1,6 @@
-//! `@system-runtime`: the built-in read baseline that lets ordinary programs start under default
-//! deny. Kept minimal on purpose; docs/policy.md lists it and says why each entry is there.
+//! Built-in baselines: `@system-runtime`, the read baseline that lets ordinary programs start
+//! under default deny, and the device files every agent with file rules gets without listing
+//! them. Kept minimal on purpose; docs/policy.md lists both and says why each entry is there.
 
 /// Path prefixes `@system-runtime` grants for reading.
 pub const SYSTEM_RUNTIME: &[&str] = &[
@@ -16,17 +17,40 @@ pub const SYSTEM_RUNTIME: &[&str] = &[
     "/usr/share/locale",
     "/usr/share/zoneinfo",
     "/etc/localtime",
-    // Device nodes every runtime expects.
-    "/dev/null",
-    "/dev/zero",
-    "/dev/urandom",
-    "/dev/random",
     // CPU topology (glibc and language runtimes size thread pools from it).
     "/sys/devices/system/cpu",
 ];
+
+/// Device files every agent with file rules may read, without listing them: shells, package
+/// managers, test runners and TLS libraries open them unconditionally, and none of them gives
+/// access to anything but itself. `/dev/tty` opens only the caller's own controlling terminal
+/// (the kernel answers ENXIO without one, and `agentguard run` starts agents without one).
+/// `/dev/fd/N` and `/dev/std{in,out,err}` need no rule: they are symlinks through
+/// `/proc/self/fd`, and what they reopen is judged where it really is (a pipe or socket always
+/// passes, a file by the rules).
+pub const DEVICES_READ: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+
+/// Device files every agent with file rules may write: the sinks (`curl -o /dev/null`, `> /dev/null
+/// 2>&1`) and the caller's own terminal.
+pub const DEVICES_WRITE: &[&str] = &["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"];
 
 /// The token that names the baseline in `read = [...]`.
 pub const TOKEN: &str = "@system-runtime";
 
 /// The token for the agent's own `/proc/<pid>` entries (also part of `@system-runtime`).
 pub const PROC_SELF: &str = "/proc/self";
+
+/// Whether `path` is a built-in entry that a host may lack (and is then not granted).
+pub fn is_builtin(path: &std::path::Path) -> bool {
+    SYSTEM_RUNTIME
+        .iter()
+        .chain(DEVICES_READ)
+        .any(|b| path.as_os_str() == *b)
+}

@@ -48,6 +48,13 @@ pub struct RawAgent {
     /// Path prefixes the agent may open for writing.
     #[serde(default)]
     pub write: Vec<Spanned<String>>,
+    /// Presets (`"@python"`, or `{ name = "@python", venv = "/path" }`) whose exec and read
+    /// entries the agent gets.
+    #[serde(default)]
+    pub presets: Vec<Spanned<RawPreset>>,
+    /// A private temp directory per instance, exported as `TMPDIR` (default true; a sub-agent
+    /// defaults to its parent's choice and shares its instance's directory).
+    pub private_tmp: Option<Spanned<bool>>,
     /// Capabilities the agent keeps (weakens the guarantees).
     #[serde(default)]
     pub capabilities: Vec<Spanned<String>>,
@@ -64,6 +71,22 @@ pub struct RawAgent {
     /// Sub-agents by name.
     #[serde(default)]
     pub sub: BTreeMap<Spanned<String>, Spanned<RawAgent>>,
+}
+
+/// A preset reference: its name, or a table with its name and options.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPreset {
+    /// `"@git"`.
+    Name(String),
+    /// `{ name = "@python", venv = "/srv/app/.venv" }`.
+    WithOptions {
+        /// The preset.
+        name: String,
+        /// Its options.
+        #[serde(flatten)]
+        options: BTreeMap<String, String>,
+    },
 }
 
 /// `[agents.NAME.throttle]`.

@@ -173,3 +173,86 @@ fn max_instances_is_a_positive_count_within_the_kernel_map() {
         assert!(msg.contains("between 1 and 16384"), "{bad}: {msg}");
     }
 }
+
+fn policy(text: &str) -> super::Policy {
+    parse("p.toml", text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn has(rules: &[super::Located<super::PathRule>], path: &str) -> bool {
+    rules
+        .iter()
+        .any(|r| r.value == super::PathRule::Prefix(path.into()))
+}
+
+#[test]
+fn device_files_come_with_file_rules_only() {
+    let files = policy("[agents.a]\nread = [\"/srv\"]\n");
+    let a = &files.agents[0];
+    for dev in [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+    ] {
+        assert!(has(&a.read, dev), "read {dev}");
+    }
+    for dev in ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"] {
+        assert!(has(&a.write, dev), "write {dev}");
+    }
+    // Nothing else under /dev, and the random devices are not writable.
+    assert!(!has(&a.write, "/dev/urandom"));
+    assert!(
+        !a.read
+            .iter()
+            .chain(&a.write)
+            .any(|r| r.value.to_string() == "/dev"
+                || r.value.to_string().starts_with("/dev/pts")
+                || r.value.to_string().starts_with("/dev/shm"))
+    );
+    // A network-only agent is unrestricted in files: no rules are invented for it.
+    let net = policy("[agents.a]\nconnect = [\"127.0.0.1:80\"]\n");
+    assert!(net.agents[0].read.is_empty() && net.agents[0].write.is_empty());
+    assert!(!net.agents[0].restricts_files());
+}
+
+#[test]
+fn private_tmp_defaults_on_and_sub_agents_cannot_regain_it() {
+    let p = policy("[agents.a]\n[agents.b]\nprivate_tmp = false\n[agents.b.sub.s]\n");
+    assert!(p.agent("a").is_some_and(|a| a.private_tmp));
+    assert!(p.agent("b").is_some_and(|a| !a.private_tmp));
+    assert!(p.agent("b/s").is_some_and(|a| !a.private_tmp));
+    let (line, _, field, msg) =
+        one("[agents.b]\nprivate_tmp = false\n[agents.b.sub.s]\nprivate_tmp = true\n");
+    assert_eq!((line, field.as_str()), (4, "agents.b.sub.s.private_tmp"));
+    assert!(msg.contains("no private temp directory"), "{msg}");
+}
+
+#[test]
+fn presets_are_checked_where_they_are_referenced() {
+    let (line, _, field, msg) = one("[agents.a]\npresets = [\"@tls\", \"@cobol\"]\n");
+    assert_eq!((line, field.as_str()), (2, "agents.a.presets[1]"));
+    assert!(msg.contains("unknown preset \"@cobol\""), "{msg}");
+    let (_, _, field, msg) = one("[agents.a]\npresets = [{ name = \"@tls\", venv = \"/\" }]\n");
+    assert_eq!(field, "agents.a.presets[0]");
+    assert!(msg.contains("takes no option \"venv\""), "{msg}");
+    let (_, _, _, msg) = one("[agents.a]\nread = [\"@python\"]\n");
+    assert!(msg.contains("presets = [...]"), "{msg}");
+    // A sub-agent's preset must be within its parent's rules like anything else.
+    let text = "[agents.a]\nread = [\"/srv\"]\n[agents.a.sub.s]\npresets = [\"@shell\"]\n";
+    let errs = errors(text);
+    assert!(
+        errs.iter()
+            .all(|(_, _, f, m)| f == "agents.a.sub.s.presets[0]" && m.contains("parent agent")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_preset_never_grants_writes() {
+    // Whatever the host has installed: presets add exec and read entries, never write ones.
+    let with = policy("[agents.a]\nread = [\"/srv\"]\npresets = [\"@tls\", \"@shell\"]\n");
+    let without = policy("[agents.a]\nread = [\"/srv\"]\n");
+    assert_eq!(with.agents[0].write, without.agents[0].write);
+}

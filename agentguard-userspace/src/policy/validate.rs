@@ -15,8 +15,8 @@ use toml::Spanned;
 use super::{
     Agent, Diagnostic, Located, Location, Mode, PathRule, Policy, Source, agent_id,
     net::{NetEntry, NetTarget, net_within},
-    runtime,
-    schema::{OnExceedRaw, RawAgent, RawPolicy, RawThrottle, Scope},
+    presets, runtime,
+    schema::{OnExceedRaw, RawAgent, RawPolicy, RawPreset, RawThrottle, Scope},
     throttle::{DEFAULT_BURST, Limit, Rate},
 };
 
@@ -24,10 +24,20 @@ use super::{
 /// trailing `/` a prefix is stored with, and lookups need one byte more.
 pub const MAX_RULE_PATH: usize = PATH_KEY_LEN - 2;
 
-/// Validates a parsed policy file.
+/// Validates a parsed policy file, expanding presets on the running host.
 pub fn validate(src: &Source<'_>, raw: &RawPolicy) -> Result<Policy, Vec<Diagnostic>> {
+    validate_on(src, raw, &presets::SystemHost)
+}
+
+/// [`validate`] with presets expanded on `host`.
+pub fn validate_on(
+    src: &Source<'_>,
+    raw: &RawPolicy,
+    host: &dyn presets::Host,
+) -> Result<Policy, Vec<Diagnostic>> {
     let mut v = Validator {
         src,
+        host,
         diags: Vec::new(),
         agents: Vec::new(),
     };
@@ -48,6 +58,7 @@ pub fn validate(src: &Source<'_>, raw: &RawPolicy) -> Result<Policy, Vec<Diagnos
 
 struct Validator<'a> {
     src: &'a Source<'a>,
+    host: &'a dyn presets::Host,
     diags: Vec<Diagnostic>,
     agents: Vec<Agent>,
 }
@@ -103,7 +114,16 @@ impl Validator<'_> {
             || parent_agent.as_ref().map_or(Mode::Enforce, |p| p.mode),
             |m| *m.get_ref(),
         );
-        let agent = Agent {
+        let mut exec = self.exec(&field, &r.exec);
+        let mut read = self.paths(&field, "read", &r.read);
+        let write = self.paths(&field, "write", &r.write);
+        let presets = self.presets(&field, &r.presets, &mut exec, &mut read);
+        let private_tmp = match (&r.private_tmp, &parent_agent) {
+            (Some(b), _) => *b.get_ref(),
+            (None, Some(p)) => p.private_tmp,
+            (None, None) => true,
+        };
+        let mut agent = Agent {
             id: agent_id(&full),
             name: full,
             parent: parent_agent.as_ref().map(|p| p.name.clone()),
@@ -111,9 +131,11 @@ impl Validator<'_> {
             log_allowed: r.log_allowed.as_ref().is_none_or(|b| *b.get_ref()),
             dns: r.dns.as_ref().is_some_and(|b| *b.get_ref()),
             connect: self.connect(&field, &r.connect),
-            exec: self.exec(&field, &r.exec),
-            read: self.paths(&field, "read", &r.read),
-            write: self.paths(&field, "write", &r.write),
+            exec,
+            read,
+            write,
+            presets,
+            private_tmp,
             capabilities: self.capabilities(&field, &r.capabilities),
             user: self.user(&field, r.user.as_ref(), parent.is_some()),
             allow_syscalls: self.allow_syscalls(&field, &r.allow_syscalls),
@@ -127,6 +149,27 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|m| self.max_instances(&field, m)),
         };
+        if agent.restricts_files() {
+            // Every process opens these; they reach nothing but themselves (see runtime.rs).
+            let at = Location {
+                field: format!("{field}.<devices>"),
+                ..self.location(name, String::new())
+            };
+            for (list, paths) in [
+                (&mut agent.read, runtime::DEVICES_READ),
+                (&mut agent.write, runtime::DEVICES_WRITE),
+            ] {
+                for p in paths {
+                    let rule = PathRule::Prefix(PathBuf::from(p));
+                    if !list.iter().any(|r| r.value == rule) {
+                        list.push(Located {
+                            value: rule,
+                            at: at.clone(),
+                        });
+                    }
+                }
+            }
+        }
         if let Some(p) = &parent_agent {
             self.within_parent(&field, r, &agent, p);
         }
@@ -201,46 +244,11 @@ impl Validator<'_> {
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.{kind}[{i}]");
             let text = e.get_ref().trim();
-            let rules = if text == runtime::TOKEN {
-                if kind != "read" {
-                    self.error(
-                        e,
-                        f,
-                        format!(
-                            "{} is a read baseline; it cannot be granted for {kind}",
-                            runtime::TOKEN
-                        ),
-                    );
+            let rules = match path_rules(kind, text) {
+                Ok(rules) => rules,
+                Err(msg) => {
+                    self.error(e, f, msg);
                     continue;
-                }
-                runtime::SYSTEM_RUNTIME
-                    .iter()
-                    .map(|p| PathRule::Prefix(PathBuf::from(p)))
-                    .chain([PathRule::ProcSelf])
-                    .collect()
-            } else if text.starts_with('@') {
-                self.error(
-                    e,
-                    f,
-                    format!(
-                        "unknown baseline {text:?}; the only one is {}",
-                        runtime::TOKEN
-                    ),
-                );
-                continue;
-            } else if text == runtime::PROC_SELF || text == "/proc/thread-self" {
-                vec![PathRule::ProcSelf]
-            } else {
-                match absolute(text) {
-                    Ok(p) if is_proc_pid(&p) => {
-                        self.error(e, f, "a numbered /proc entry names another process; use /proc/self for the agent's own");
-                        continue;
-                    }
-                    Ok(p) => vec![PathRule::Prefix(p)],
-                    Err(msg) => {
-                        self.error(e, f, msg);
-                        continue;
-                    }
                 }
             };
             let at = self.location(e, f.clone());
@@ -258,6 +266,65 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// Expands `presets = [...]` into `exec` and `read` (entries already there are kept once).
+    fn presets(
+        &mut self,
+        field: &str,
+        entries: &[Spanned<RawPreset>],
+        exec: &mut Vec<Located<PathBuf>>,
+        read: &mut Vec<Located<PathRule>>,
+    ) -> Vec<Located<String>> {
+        let mut names: Vec<Located<String>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.presets[{i}]");
+            let (name, options) = match e.get_ref() {
+                RawPreset::Name(n) => (n.trim().to_owned(), Default::default()),
+                RawPreset::WithOptions { name, options } => {
+                    (name.trim().to_owned(), options.clone())
+                }
+            };
+            if names.iter().any(|n| n.value == name) {
+                self.error(e, f, format!("duplicate preset {name:?}"));
+                continue;
+            }
+            let expansion = match presets::expand(&name, &options, self.host) {
+                Ok(x) => x,
+                Err(err) => {
+                    self.error(e, f, err.to_string());
+                    continue;
+                }
+            };
+            let at = self.location(e, f);
+            for p in &expansion.exec {
+                match absolute(p) {
+                    Ok(p) if exec.iter().any(|x| x.value == p) => {}
+                    Ok(p) => exec.push(Located {
+                        value: p,
+                        at: at.clone(),
+                    }),
+                    Err(msg) => self.error_at(&at, format!("preset {name}: {msg}")),
+                }
+            }
+            for text in &expansion.read {
+                match path_rules("read", text) {
+                    Ok(rules) => {
+                        for rule in rules {
+                            if !read.iter().any(|r| r.value == rule) {
+                                read.push(Located {
+                                    value: rule,
+                                    at: at.clone(),
+                                });
+                            }
+                        }
+                    }
+                    Err(msg) => self.error_at(&at, format!("preset {name}: {msg}")),
+                }
+            }
+            names.push(Located { value: name, at });
+        }
+        names
     }
 
     fn user(
@@ -476,6 +543,16 @@ impl Validator<'_> {
                 format!("a sub-agent of enforcing agent {pname:?} cannot be in audit mode"),
             );
         }
+        if sub.private_tmp
+            && !parent.private_tmp
+            && let Some(t) = &raw.private_tmp
+        {
+            self.error(
+                t,
+                format!("{field}.private_tmp"),
+                format!("parent agent {pname:?} has no private temp directory to share"),
+            );
+        }
         if sub.dns
             && !parent.dns
             && let Some(d) = &raw.dns
@@ -572,6 +649,40 @@ impl Validator<'_> {
             self.diags.push(self.src.diag(0..0, "agents", message));
         }
     }
+}
+
+/// The rules one `read`/`write` entry stands for.
+fn path_rules(kind: &str, text: &str) -> Result<Vec<PathRule>, String> {
+    if text == runtime::TOKEN {
+        if kind != "read" {
+            return Err(format!(
+                "{} is a read baseline; it cannot be granted for {kind}",
+                runtime::TOKEN
+            ));
+        }
+        return Ok(runtime::SYSTEM_RUNTIME
+            .iter()
+            .map(|p| PathRule::Prefix(PathBuf::from(p)))
+            .chain([PathRule::ProcSelf])
+            .collect());
+    }
+    if text.starts_with('@') {
+        return Err(format!(
+            "unknown baseline {text:?}; the only one is {} (presets such as @python go in `presets = [...]`)",
+            runtime::TOKEN
+        ));
+    }
+    if text == runtime::PROC_SELF || text == "/proc/thread-self" {
+        return Ok(vec![PathRule::ProcSelf]);
+    }
+    let p = absolute(text)?;
+    if is_proc_pid(&p) {
+        return Err(
+            "a numbered /proc entry names another process; use /proc/self for the agent's own"
+                .to_owned(),
+        );
+    }
+    Ok(vec![PathRule::Prefix(p)])
 }
 
 /// The dotted field path of an agent by full name (`buyer/search` -> `agents.buyer.sub.search`).
