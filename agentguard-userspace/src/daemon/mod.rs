@@ -126,6 +126,8 @@ pub struct Shared {
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
     /// DNS names of the policy in force.
     dns: dns_task::DnsNames,
+    /// The agent socket's path, reachable by every agent (see [`crate::policy::resolve::Resolved`]).
+    pub agent_socket: PathBuf,
 }
 
 impl Shared {
@@ -189,7 +191,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&opts.state_dir)?;
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
-    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy))?;
+    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy), &opts.agent_socket)?;
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
@@ -259,6 +261,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exec_paths,
         new_instances,
         dns,
+        agent_socket: opts.agent_socket.clone(),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),

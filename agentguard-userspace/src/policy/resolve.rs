@@ -20,6 +20,9 @@ pub struct Resolved {
     pub names: BTreeMap<String, Vec<IpAddr>>,
     /// Resolvers from /etc/resolv.conf, for agents with `dns = true`.
     pub resolvers: Vec<IpAddr>,
+    /// The daemon's agent socket, which every agent whose AF_UNIX use is judged may reach
+    /// (to start sub-agents) without listing it; `None` for a policy checked offline.
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Resolves every exec path to its identity; a missing or non-regular binary is an error
