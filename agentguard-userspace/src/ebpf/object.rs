@@ -90,7 +90,14 @@ mod tests {
     /// The section aya derives a program's type and attach point from, for a hook.
     fn section_matches(hook: Hook, section: &str) -> bool {
         match hook {
-            Hook::SockAddr => ["connect4", "connect6", "sendmsg4", "sendmsg6"]
+            Hook::SockAddr => [
+                "connect4",
+                "connect6",
+                "sendmsg4",
+                "sendmsg6",
+                "connect_unix",
+                "sendmsg_unix",
+            ]
                 .iter()
                 .any(|a| section == format!("cgroup/{a}")),
             Hook::TpBtf(f) => section == format!("tp_btf/{f}"),

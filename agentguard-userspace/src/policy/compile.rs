@@ -368,7 +368,56 @@ mod tests {
                 agent_id: id
             }
         );
-        assert_eq!(cfg.flags, AGENT_LOG_ALLOWED);
+        assert_eq!(cfg.flags, AGENT_LOG_ALLOWED | AGENT_UNIX_RULES);
+    }
+
+    #[test]
+    fn unix_entries_are_exact_keys_and_the_agent_socket_is_added() {
+        let p = policy(
+            "[agents.buyer]\nconnect = [\"unix:/run/x.sock\", \"unix:@bus\"]\n\
+             [agents.buyer.sub.s]\nexec = []\n[agents.free]\nexec = []\n",
+        );
+        let r = Resolved {
+            agent_socket: Some(PathBuf::from("/run/agentguard/agent.sock")),
+            ..Resolved::default()
+        };
+        let c = compile(&p, 1, &r);
+        let buyer = p.agents[0].id;
+        let keys: Vec<(u32, Vec<u8>)> = c
+            .unix
+            .iter()
+            .map(|(k, _)| {
+                assert_eq!(k.generation, 1);
+                (k.agent_id, k.path[..k.len as usize].to_vec())
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (buyer, b"/run/x.sock".to_vec()),
+                (buyer, b"\0bus".to_vec()),
+                (buyer, b"/run/agentguard/agent.sock".to_vec()),
+            ]
+        );
+        assert_eq!(
+            c.rule(c.unix[2].1.rule_id).map(|r| r.kind),
+            Some(RuleKind::AgentSocket)
+        );
+        let flags = |name: &str| {
+            let id = p.agent(name).map(|a| a.id).unwrap_or_default();
+            c.agents
+                .iter()
+                .find(|(k, _)| k.agent_id == id)
+                .map_or(0, |(_, cfg)| cfg.flags)
+        };
+        assert_ne!(flags("buyer") & AGENT_UNIX_RULES, 0);
+        // A sub-agent without a connect list is held to its parent's list.
+        assert_eq!(
+            flags("buyer/s") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED),
+            AGENT_UNIX_INHERITED
+        );
+        // An agent without a connect list is not judged on AF_UNIX.
+        assert_eq!(flags("free") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED), 0);
     }
 
     #[test]
