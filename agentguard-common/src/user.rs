@@ -126,9 +126,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
             | EventKind::Privileged
             | EventKind::UnixConnect
             | EventKind::UnixSend,
-        ) => {
-            read(buf, kind).map(KernelEvent::File)
-        }
+        ) => read(buf, kind).map(KernelEvent::File),
         Some(EventKind::Lost) | None => Err(DecodeError::UnknownKind(kind)),
     }
 }

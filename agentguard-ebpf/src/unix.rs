@@ -212,10 +212,7 @@ fn read_sock_addr(ctx: &SockAddrContext) -> Address {
     }
     // SAFETY: `key` is valid; the read tolerates any source address.
     let read = unsafe {
-        bpf_probe_read_kernel_buf(
-            kern.uaddr.wrapping_add(SUN_PATH_OFFSET),
-            &mut (*key).path,
-        )
+        bpf_probe_read_kernel_buf(kern.uaddr.wrapping_add(SUN_PATH_OFFSET), &mut (*key).path)
     };
     if read.is_err() {
         return Address::Unreadable;

@@ -149,10 +149,7 @@ fn unix_connects_and_sends_are_judged_by_address() {
     // The agent socket needs no entry.
     let agent_socket = agent_socket_path(&d);
     assert_eq!(
-        d.probe(
-            "buyer",
-            &["unix-stream", &agent_socket.to_string_lossy()]
-        ),
+        d.probe("buyer", &["unix-stream", &agent_socket.to_string_lossy()]),
         "ok",
         "the agent socket stays reachable"
     );
@@ -229,6 +226,9 @@ fn a_sub_agent_reaches_only_what_its_parent_may() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert_eq!(run_sub(&s.path("ok.sock")), "ok", "listed by both");
-    assert_eperm(&run_sub(&s.abstract_name("ok")), "listed by the parent only");
+    assert_eperm(
+        &run_sub(&s.abstract_name("ok")),
+        "listed by the parent only",
+    );
     assert_eperm(&run_sub(&s.path("no.sock")), "listed by neither");
 }

@@ -191,7 +191,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&opts.state_dir)?;
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
-    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy), &opts.agent_socket)?;
+    let (resolved, warnings) =
+        apply::resolve(&policy, dns.addresses_for(&policy), &opts.agent_socket)?;
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }

@@ -313,6 +313,9 @@ mod tests {
         let mut b = Backends::decide(Err("x".into()), Some(2));
         b.settle_unix(|| vec![missing("ag_connect_unix"), missing("ag_sendmsg_unix")]);
         assert_eq!(b.unix, UnixBackend::Unjudged);
-        assert!(b.to_string().contains("unix=NOT-JUDGED; NOT LOADED ag_connect_unix"));
+        assert!(
+            b.to_string()
+                .contains("unix=NOT-JUDGED; NOT LOADED ag_connect_unix")
+        );
     }
 }

@@ -98,8 +98,8 @@ mod tests {
                 "connect_unix",
                 "sendmsg_unix",
             ]
-                .iter()
-                .any(|a| section == format!("cgroup/{a}")),
+            .iter()
+            .any(|a| section == format!("cgroup/{a}")),
             Hook::TpBtf(f) => section == format!("tp_btf/{f}"),
             Hook::Lsm(h) => section == format!("lsm/{h}") || section == format!("lsm.s/{h}"),
             Hook::TracePoint(c, n) => section == format!("tracepoint/{c}/{n}"),

@@ -189,7 +189,10 @@ fn unix_entries_are_located_and_a_sub_agent_stays_within_its_parent() {
         "[agents.a]\nconnect = [\"unix:/run/a.sock\"]\n[agents.a.sub.s]\nconnect = [\"unix:/run/b.sock\"]\n",
     );
     assert_eq!((line, field.as_str()), (4, "agents.a.sub.s.connect[0]"));
-    assert!(msg.contains("unix:/run/b.sock is not allowed to parent agent"), "{msg}");
+    assert!(
+        msg.contains("unix:/run/b.sock is not allowed to parent agent"),
+        "{msg}"
+    );
     // A parent that does not judge AF_UNIX (no connect list) does not limit its sub-agents'.
     assert!(
         parse(
