@@ -63,6 +63,18 @@ pub const AGENT_ALLOW_PING_SOCKETS: u32 = 1 << 9;
 /// The policy grants `other_sockets`: every other socket the network programs do not judge.
 pub const AGENT_ALLOW_OTHER_SOCKETS: u32 = 1 << 10;
 
+/// The agent's AF_UNIX connects and sends are judged (it has a `connect` list): any address not
+/// listed as `unix:` (other than agentguard's agent socket) is refused.
+pub const AGENT_UNIX_RULES: u32 = 1 << 11;
+/// An ancestor agent judges AF_UNIX: every address must be allowed by each ancestor that does.
+pub const AGENT_UNIX_INHERITED: u32 = 1 << 12;
+
+/// Whether an agent with `flags` has its AF_UNIX connects and sends judged (its own rules or an
+/// ancestor's).
+pub const fn unix_restricted(flags: u32) -> bool {
+    flags & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED) != 0
+}
+
 /// Whether an agent with `flags` is restricted in what it may execute (its own rules or an
 /// ancestor's).
 pub const fn exec_restricted(flags: u32) -> bool {

@@ -23,6 +23,11 @@ stable_enum! {
         PathOp = 5 => "path-op",
         /// A namespace, mount or ptrace attempt ([`FileEvent`] with the op and no path).
         Privileged = 6 => "privileged",
+        /// An AF_UNIX stream/seqpacket connect or datagram connect ([`FileEvent`]: op
+        /// [`FileOp::UnixConnect`], the address in `path`, `@` for an abstract name).
+        UnixConnect = 7 => "unix-connect",
+        /// An AF_UNIX datagram sent to an address ([`FileEvent`]: op [`FileOp::UnixSend`]).
+        UnixSend = 8 => "unix-send",
         /// Kernel events were dropped (synthesised by the daemon, never sent by the kernel).
         Lost = 15 => "lost",
     }
@@ -160,6 +165,10 @@ stable_enum! {
         Signal = 24 => "signal",
         /// creating a socket of a kind agentguard does not judge (`family=F type=T protocol=P`).
         Socket = 25 => "socket",
+        /// connecting an AF_UNIX socket (the address in the path field).
+        UnixConnect = 26 => "unix-connect",
+        /// sending an AF_UNIX datagram to an address (the address in the path field).
+        UnixSend = 27 => "unix-send",
     }
 }
 

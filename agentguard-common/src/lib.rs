@@ -24,7 +24,7 @@ pub mod user;
 
 /// Bumped whenever a map layout or an event layout changes incompatibly. Pinned state lives under
 /// a bpffs directory named after it, so a new daemon never reads maps written by an old layout.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;

@@ -10,6 +10,9 @@ pub const AGENT_CONFIG: &str = "AG_AGENT_CFG";
 pub const NET_RULES: &str = "AG_NET_RULES";
 /// [`crate::rules::ExecKey`] -> [`crate::rules::RuleRef`].
 pub const EXEC_RULES: &str = "AG_EXEC_RULES";
+/// Hash [`crate::rules::UnixKey`] -> [`crate::rules::RuleRef`]: AF_UNIX addresses an agent may
+/// connect or send to.
+pub const UNIX_RULES: &str = "AG_UNIX_RULES";
 /// LPM trie of [`crate::rules::PathKey`] -> [`crate::rules::RuleRef`].
 pub const PATH_RULES: &str = "AG_PATH_RULES";
 /// Array with one [`crate::agent::GlobalState`].
@@ -38,6 +41,7 @@ pub const ALL: &[&str] = &[
     AGENT_CONFIG,
     NET_RULES,
     EXEC_RULES,
+    UNIX_RULES,
     PATH_RULES,
     STATE,
     EVENTS,
@@ -57,6 +61,9 @@ pub const MAX_AGENT_CONFIGS: u32 = 2 * 4_096;
 pub const MAX_NET_RULES: u32 = 2 * 32_768;
 /// Capacity of [`EXEC_RULES`]: binaries over all agents, times two generations.
 pub const MAX_EXEC_RULES: u32 = 2 * 16_384;
+/// Capacity of [`UNIX_RULES`]: AF_UNIX addresses over all agents (with the agent socket each
+/// judged agent gets), times two generations.
+pub const MAX_UNIX_RULES: u32 = 2 * 8_192;
 /// Capacity of [`PATH_RULES`]: path prefixes over all agents, times two generations.
 pub const MAX_PATH_RULES: u32 = 2 * 32_768;
 /// Size of [`EVENTS`] in bytes (a power of two multiple of the page size).

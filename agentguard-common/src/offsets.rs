@@ -78,7 +78,20 @@ pub struct KernelOffsets {
     pub task_fs: u32,
     /// `struct fs_struct::root` (a `struct path`: the task's root directory).
     pub fs_root: u32,
+    /// `struct unix_sock::addr` (the socket's bound `struct unix_address`).
+    pub unix_sock_addr: u32,
+    /// `struct unix_address::len`.
+    pub unix_address_len: u32,
+    /// `struct unix_address::name` (a `struct sockaddr_un`).
+    pub unix_address_name: u32,
+    /// `struct socket::sk`.
+    pub socket_sk: u32,
+    /// `struct bpf_sock_addr_kern::uaddr` (the address a cgroup sock_addr program judges).
+    pub sock_addr_kern_uaddr: u32,
+    /// `struct bpf_sock_addr_kern::uaddrlen`; 0 on kernels before 6.7, which have neither the
+    /// field nor the AF_UNIX cgroup hooks that need it.
+    pub sock_addr_kern_uaddrlen: u32,
     /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
     pub valid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 128);
+const _: () = assert!(size_of::<KernelOffsets>() == 152);

@@ -88,6 +88,40 @@ pub struct ExecKey {
 }
 const _: () = assert!(size_of::<ExecKey>() == 24);
 
+/// Bytes of `sun_path` in `struct sockaddr_un`.
+pub const UNIX_PATH_LEN: usize = 108;
+
+/// Key of [`crate::maps::UNIX_RULES`]: one AF_UNIX address, matched exactly.
+///
+/// `path` holds the address in the kernel's own encoding: a pathname socket's path up to (not
+/// including) its first NUL byte, or for an abstract socket a NUL byte followed by the name.
+/// `len` counts the significant bytes (an abstract name may contain or end in NUL bytes, so
+/// the zero padding alone cannot tell `\0a` from `\0a\0`); the rest of `path` is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    /// Agent id.
+    pub agent_id: u32,
+    /// Policy generation.
+    pub generation: u32,
+    /// Significant bytes of `path`.
+    pub len: u32,
+    /// The address, zero-padded.
+    pub path: [u8; UNIX_PATH_LEN],
+}
+const _: () = assert!(size_of::<UnixKey>() == 12 + UNIX_PATH_LEN);
+
+impl Default for UnixKey {
+    fn default() -> Self {
+        Self {
+            agent_id: 0,
+            generation: 0,
+            len: 0,
+            path: [0; UNIX_PATH_LEN],
+        }
+    }
+}
+
 /// Converts a userspace `st_dev` (glibc encoding) to the kernel's internal `s_dev`.
 pub const fn kernel_dev(major: u32, minor: u32) -> u64 {
     ((major as u64) << 20) | minor as u64

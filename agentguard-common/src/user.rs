@@ -8,7 +8,7 @@ use crate::{
     },
     event::{EventHeader, EventKind, ExecEvent, FileEvent, NetEvent},
     offsets::KernelOffsets,
-    rules::{ExecKey, NetKey, PathKey, RuleRef},
+    rules::{ExecKey, NetKey, PathKey, RuleRef, UnixKey},
 };
 
 macro_rules! pod {
@@ -33,6 +33,7 @@ pod!(
     NetKey,
     PathKey,
     ExecKey,
+    UnixKey,
 );
 
 /// A ring buffer record, decoded.
@@ -42,7 +43,8 @@ pub enum KernelEvent {
     Net(NetEvent),
     /// [`EventKind::Exec`].
     Exec(ExecEvent),
-    /// [`EventKind::FileOpen`], [`EventKind::PathOp`] or [`EventKind::Privileged`].
+    /// [`EventKind::FileOpen`], [`EventKind::PathOp`], [`EventKind::Privileged`],
+    /// [`EventKind::UnixConnect`] or [`EventKind::UnixSend`].
     File(FileEvent),
 }
 
@@ -118,9 +120,13 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
     match EventKind::from_u16(kind) {
         Some(EventKind::Connect | EventKind::Send) => read(buf, kind).map(KernelEvent::Net),
         Some(EventKind::Exec) => read(buf, kind).map(KernelEvent::Exec),
-        Some(EventKind::FileOpen | EventKind::PathOp | EventKind::Privileged) => {
-            read(buf, kind).map(KernelEvent::File)
-        }
+        Some(
+            EventKind::FileOpen
+            | EventKind::PathOp
+            | EventKind::Privileged
+            | EventKind::UnixConnect
+            | EventKind::UnixSend,
+        ) => read(buf, kind).map(KernelEvent::File),
         Some(EventKind::Lost) | None => Err(DecodeError::UnknownKind(kind)),
     }
 }

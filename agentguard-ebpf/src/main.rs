@@ -30,6 +30,8 @@ mod privileged;
 #[cfg(target_arch = "bpf")]
 mod throttle;
 #[cfg(target_arch = "bpf")]
+mod unix;
+#[cfg(target_arch = "bpf")]
 mod verdict;
 
 #[cfg(target_arch = "bpf")]

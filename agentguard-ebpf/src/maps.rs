@@ -11,9 +11,10 @@ use agentguard_common::{
     maps::{
         ALERTS_BYTES, EVENTS_BYTES, LOST_SLOTS, MAX_AGENT_BUCKETS, MAX_AGENT_CONFIGS, MAX_CGROUPS,
         MAX_COUNTERS, MAX_EXEC_RULES, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROC_BUCKETS,
+        MAX_UNIX_RULES,
     },
     offsets::KernelOffsets,
-    rules::{ExecKey, NetKey, PathKey, RuleRef},
+    rules::{ExecKey, NetKey, PathKey, RuleRef, UnixKey},
 };
 use aya_ebpf::{
     Global,
@@ -57,6 +58,9 @@ pub static PROC_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(MAX_
 #[map(name = "AG_AGENT_BKT")]
 pub static AGENT_BUCKETS: HashMap<BucketKey, Bucket> = HashMap::pinned(MAX_AGENT_BUCKETS, 0);
 
+#[map(name = "AG_UNIX_RULES")]
+pub static UNIX_RULES: HashMap<UnixKey, RuleRef> = HashMap::pinned(MAX_UNIX_RULES, 0);
+
 #[map(name = "AG_COUNTERS")]
 pub static COUNTERS: PerCpuHashMap<u64, Counters> = PerCpuHashMap::pinned(MAX_COUNTERS, 0);
 
@@ -80,6 +84,11 @@ pub static SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(65_536, 
 /// Per-CPU scratch space for path lookups (too large for the 512-byte BPF stack).
 #[map(name = "AG_SCRATCH")]
 pub static SCRATCH: PerCpuArray<crate::file::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the AF_UNIX address being judged (a 120-byte key, copied into the
+/// event too: kept off the 512-byte BPF stack).
+#[map(name = "AG_UNIX_SCRATCH")]
+pub static UNIX_SCRATCH: PerCpuArray<UnixKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// `struct file::f_path`, separately from [`AG_OFFSETS`]: the verifier must see it as a
 /// constant (read straight from frozen `.rodata`) to accept `bpf_d_path(&file->f_path)`.
@@ -120,5 +129,11 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mount_mountpoint: 0,
     task_fs: 0,
     fs_root: 0,
+    unix_sock_addr: 0,
+    unix_address_len: 0,
+    unix_address_name: 0,
+    socket_sk: 0,
+    sock_addr_kern_uaddr: 0,
+    sock_addr_kern_uaddrlen: 0,
     valid: 0,
 });

@@ -6,7 +6,7 @@ use agentguard::{
     cgroup::Hierarchy,
     ebpf::{
         backends::{self, Backends},
-        offsets, pins, probe,
+        offsets, pins, probe, programs,
     },
     sys::{kernel, mounts},
 };
@@ -149,6 +149,9 @@ fn fix(name: &str, detail: &str) -> Option<String> {
             "CONFIG_CGROUP_BPF",
             "the kernel refused the cgroup programs: see the detail".into(),
         ),
+        "af-unix-cgroup" => "the AF_UNIX cgroup hooks need Linux 6.7; with BPF LSM the \
+                             unix_stream_connect and unix_may_send hooks judge AF_UNIX instead"
+            .into(),
         "syscall-tracepoints" => config.unless_missing(
             "CONFIG_FTRACE_SYSCALLS",
             "mount tracefs at /sys/kernel/tracing".into(),
@@ -300,12 +303,39 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 }
             }),
         ));
+        let unix_probe = probes.iter().find(|p| p.group == "unix-sock-addr");
+        let unix_missing = match unix_probe {
+            Some(p) if p.result.is_ok() => p.missing.clone(),
+            _ => programs::SPECS
+                .iter()
+                .filter(|s| s.group == programs::Group::UnixSockAddr)
+                .map(|s| backends::MissingProgram {
+                    program: s.name,
+                    hook: s.hook_name(),
+                    reason: "not probed".into(),
+                    loses: programs::UNIX_UNJUDGED,
+                })
+                .collect(),
+        };
+        checks.push(check(
+            "af-unix-cgroup",
+            if unix_missing.is_empty() {
+                Ok("connect_unix and sendmsg_unix programs load".into())
+            } else {
+                Err(unix_missing
+                    .iter()
+                    .map(|m| format!("{}: {}", m.program, m.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "))
+            },
+        ));
         if find("network").is_ok() {
             let mut b = Backends::decide(lsm, landlock);
             if b.lsm() {
                 b.missing = missing;
                 b.notes = notes;
             }
+            b.settle_unix(|| unix_missing);
             backends = Some(b);
         }
     }
@@ -336,11 +366,25 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         match &report.backends {
             Some(b) => {
                 println!(
-                    "\nenforcement on this host: network={} exec={} file={}",
+                    "\nenforcement on this host: network={} exec={} file={} unix={}",
                     b.network,
                     b.exec_name(),
-                    b.file_name()
+                    b.file_name(),
+                    b.unix.name()
                 );
+                match b.unix {
+                    backends::UnixBackend::BpfLsm => println!(
+                        "  AF_UNIX: judged by the LSM hooks unix_stream_connect and unix_may_send"
+                    ),
+                    backends::UnixBackend::CgroupSockAddr => println!(
+                        "  AF_UNIX: judged by the cgroup programs connect_unix and sendmsg_unix"
+                    ),
+                    backends::UnixBackend::Unjudged => println!(
+                        "  AF_UNIX NOT JUDGED: neither BPF LSM nor the AF_UNIX cgroup hooks \
+                         (Linux >= 6.7) are available; {}",
+                        programs::UNIX_UNJUDGED
+                    ),
+                }
                 if let Some(why) = &b.lsm_unavailable {
                     println!("  (BPF LSM not used: {why})");
                 }

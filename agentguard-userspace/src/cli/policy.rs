@@ -71,6 +71,7 @@ fn check(file: &std::path::Path, verbose: bool) -> anyhow::Result<ExitCode> {
                 names,
                 resolvers: resolve::system_resolvers(),
                 private_tmp: Some(PathBuf::from(agentguard::daemon::private_tmp::DEFAULT_ROOT)),
+                agent_socket: None,
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(

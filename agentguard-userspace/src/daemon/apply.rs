@@ -47,6 +47,7 @@ pub fn resolve(
     policy: &Policy,
     names: Addresses,
     private_tmp: &std::path::Path,
+    agent_socket: &std::path::Path,
 ) -> Result<(Resolved, Vec<String>), ApplyError> {
     let binaries = resolve::binaries(policy)
         .map_err(|d| ApplyError::Policy(policy::PolicyError::Invalid(d)))?;
@@ -55,6 +56,7 @@ pub fn resolve(
         names,
         resolvers: resolve::system_resolvers(),
         private_tmp: Some(private_tmp.to_owned()),
+        agent_socket: Some(agent_socket.to_owned()),
     };
     Ok((resolved, policy.weakenings()))
 }
@@ -107,6 +109,7 @@ async fn install(
         &policy,
         shared.dns.addresses_for(&policy),
         shared.private_tmp.root(),
+        &shared.agent_socket,
     )?;
     warnings.extend(dns_warnings);
     let exec_paths = super::binwatch::paths_of(policy.exec_paths());

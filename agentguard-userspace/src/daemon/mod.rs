@@ -131,6 +131,8 @@ pub struct Shared {
     dns: dns_task::DnsNames,
     /// Private temp directories of instances.
     pub private_tmp: private_tmp::PrivateTmp,
+    /// The agent socket's path, reachable by every agent (see [`crate::policy::resolve::Resolved`]).
+    pub agent_socket: PathBuf,
 }
 
 impl Shared {
@@ -194,7 +196,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&opts.state_dir)?;
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
-    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy), &opts.tmp_dir)?;
+    let (resolved, warnings) = apply::resolve(
+        &policy,
+        dns.addresses_for(&policy),
+        &opts.tmp_dir,
+        &opts.agent_socket,
+    )?;
     let private_tmp = private_tmp::PrivateTmp::new(&opts.tmp_dir);
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
@@ -268,6 +275,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         new_instances,
         dns,
         private_tmp,
+        agent_socket: opts.agent_socket.clone(),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -4,6 +4,7 @@ use std::{fmt, path::Path};
 
 use serde::Serialize;
 
+use super::programs;
 use crate::sys::mounts;
 
 /// Who judges execs.
@@ -28,6 +29,30 @@ pub enum FileBackend {
     Unenforced,
 }
 
+/// Who judges AF_UNIX connects and sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnixBackend {
+    /// `unix_stream_connect` and `unix_may_send` judge the address the peer is bound to.
+    BpfLsm,
+    /// `cgroup/connect_unix` and `cgroup/sendmsg_unix` (Linux >= 6.7) judge the address asked
+    /// for.
+    CgroupSockAddr,
+    /// Neither loads: agents reach every Unix socket their uid may open.
+    Unjudged,
+}
+
+impl UnixBackend {
+    /// The name `doctor`, `status` and the log show.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::BpfLsm => "bpf-lsm",
+            Self::CgroupSockAddr => "cgroup-sock-addr",
+            Self::Unjudged => "NOT-JUDGED",
+        }
+    }
+}
+
 /// A program of the chosen backend that did not load, and what enforcement loses without it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MissingProgram {
@@ -50,6 +75,8 @@ pub struct Backends {
     pub exec: ExecBackend,
     /// Files.
     pub file: FileBackend,
+    /// AF_UNIX (settled by [`Backends::settle_unix`]).
+    pub unix: UnixBackend,
     /// Landlock ABI version, when Landlock is available.
     pub landlock_abi: Option<i32>,
     /// Why BPF LSM is not used, when it is not.
@@ -69,6 +96,7 @@ impl Backends {
                 network: "cgroup-sock-addr",
                 exec: ExecBackend::BpfLsm,
                 file: FileBackend::BpfLsm,
+                unix: UnixBackend::BpfLsm,
                 landlock_abi,
                 lsm_unavailable: None,
                 missing: Vec::new(),
@@ -82,6 +110,7 @@ impl Backends {
                 } else {
                     FileBackend::Unenforced
                 },
+                unix: UnixBackend::Unjudged,
                 landlock_abi,
                 lsm_unavailable: Some(reason),
                 missing: Vec::new(),
@@ -93,6 +122,34 @@ impl Backends {
     /// Whether BPF LSM enforces here.
     pub fn lsm(&self) -> bool {
         self.exec == ExecBackend::BpfLsm
+    }
+
+    /// Decides who judges AF_UNIX once the LSM programs are loaded (and their failures are in
+    /// [`Backends::missing`]): the LSM hooks where BPF LSM is the backend and both loaded (the
+    /// only way on Linux 6.1); otherwise the cgroup programs `load_cgroup` loads, which returns
+    /// those that did not load (Linux < 6.7 has none). Only one of the two ever judges, so no
+    /// action is judged, counted or logged twice.
+    pub fn settle_unix(&mut self, load_cgroup: impl FnOnce() -> Vec<MissingProgram>) {
+        let lsm_missing = self
+            .missing
+            .iter()
+            .any(|m| programs::UNIX_LSM.contains(&m.program));
+        if self.lsm() && !lsm_missing {
+            self.unix = UnixBackend::BpfLsm;
+            return;
+        }
+        let missing = load_cgroup();
+        if missing.is_empty() {
+            self.unix = UnixBackend::CgroupSockAddr;
+            // The cgroup programs judge instead: nothing is lost.
+            self.missing
+                .retain(|m| !programs::UNIX_LSM.contains(&m.program));
+        } else {
+            self.unix = UnixBackend::Unjudged;
+            if !lsm_missing {
+                self.missing.extend(missing);
+            }
+        }
     }
 }
 
@@ -119,10 +176,11 @@ impl fmt::Display for Backends {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "network={} exec={} file={}",
+            "network={} exec={} file={} unix={}",
             self.network,
             self.exec_name(),
-            self.file_name()
+            self.file_name(),
+            self.unix.name()
         )?;
         // Loud on purpose: `status` and the log's start record show this string.
         for m in &self.missing {
@@ -197,7 +255,7 @@ mod tests {
         );
         assert_eq!(
             b.to_string(),
-            "network=cgroup-sock-addr exec=tp-btf+sigkill file=landlock(abi 7)"
+            "network=cgroup-sock-addr exec=tp-btf+sigkill file=landlock(abi 7) unix=NOT-JUDGED"
         );
         let b = Backends::decide(Err("x".into()), None);
         assert_eq!(b.file, FileBackend::Unenforced);
@@ -205,7 +263,7 @@ mod tests {
         assert!(b.lsm());
         assert_eq!(
             b.to_string(),
-            "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm"
+            "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm unix=bpf-lsm"
         );
     }
 
@@ -221,8 +279,43 @@ mod tests {
         assert!(b.lsm());
         assert_eq!(
             b.to_string(),
-            "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm; NOT LOADED ag_userns_create \
+            "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm unix=bpf-lsm; NOT LOADED ag_userns_create \
              (lsm/userns_create): agents may create user namespaces"
+        );
+    }
+
+    fn missing(program: &'static str) -> MissingProgram {
+        MissingProgram {
+            program,
+            hook: String::new(),
+            reason: "no".into(),
+            loses: programs::UNIX_UNJUDGED,
+        }
+    }
+
+    #[test]
+    fn unix_is_judged_by_exactly_one_mechanism() {
+        // BPF LSM with both hooks: the cgroup programs are not even loaded.
+        let mut b = Backends::decide(Ok(()), Some(6));
+        b.settle_unix(|| panic!("loaded the cgroup programs as well"));
+        assert_eq!(b.unix, UnixBackend::BpfLsm);
+        // Fallback on Linux >= 6.7.
+        let mut b = Backends::decide(Err("x".into()), Some(7));
+        b.settle_unix(Vec::new);
+        assert_eq!(b.unix, UnixBackend::CgroupSockAddr);
+        assert!(b.to_string().ends_with("unix=cgroup-sock-addr"));
+        // BPF LSM whose unix hooks did not load: the cgroup programs stand in, nothing is lost.
+        let mut b = Backends::decide(Ok(()), Some(6));
+        b.missing.push(missing("ag_unix_may_send"));
+        b.settle_unix(Vec::new);
+        assert_eq!((b.unix, b.missing.len()), (UnixBackend::CgroupSockAddr, 0));
+        // Neither: said loudly.
+        let mut b = Backends::decide(Err("x".into()), Some(2));
+        b.settle_unix(|| vec![missing("ag_connect_unix"), missing("ag_sendmsg_unix")]);
+        assert_eq!(b.unix, UnixBackend::Unjudged);
+        assert!(
+            b.to_string()
+                .contains("unix=NOT-JUDGED; NOT LOADED ag_connect_unix")
         );
     }
 }

@@ -22,7 +22,7 @@ use aya::{
 };
 
 use super::{
-    backends::{self, Backends, MissingProgram},
+    backends::{self, Backends, MissingProgram, UnixBackend},
     object::{self, OBJECT},
     offsets::{self, OffsetError},
     pins::{self, PinDir},
@@ -150,11 +150,14 @@ impl Loaded {
             let link = attach_one(&mut self.ebpf, spec, program, &cgroup, &self.pins)?;
             self.links.push(link);
         }
-        let unused: &[Group] = if self.backends.lsm() {
-            &[Group::ExecFallback, Group::OpenBudget]
+        let mut unused: Vec<Group> = if self.backends.lsm() {
+            vec![Group::ExecFallback, Group::OpenBudget]
         } else {
-            &[Group::Lsm]
+            vec![Group::Lsm]
         };
+        if self.backends.unix != UnixBackend::CgroupSockAddr {
+            unused.push(Group::UnixSockAddr);
+        }
         for spec in unused.iter().flat_map(|g| programs::of(*g)) {
             let _ = std::fs::remove_file(self.pins.link(spec.name));
         }
@@ -236,6 +239,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         groups.take(&mut ebpf, Group::ExecFallback)?;
         pins::ensure_tracefs()?;
         groups.take(&mut ebpf, Group::OpenBudget)?;
+    }
+    // Every program of the group is optional: loading it only fails for a missing program.
+    let mut unix_error = None;
+    backends.settle_unix(|| match groups.take(&mut ebpf, Group::UnixSockAddr) {
+        Ok(report) => report.missing,
+        Err(e) => {
+            unix_error = Some(e);
+            Vec::new()
+        }
+    });
+    if let Some(e) = unix_error {
+        return Err(e);
+    }
+    if backends.unix == UnixBackend::Unjudged {
+        tracing::warn!("{}", programs::UNIX_UNJUDGED);
     }
     let (adopted, pending, links) = (groups.adopted, groups.pending, groups.links);
     Ok(Loaded {

@@ -14,7 +14,7 @@ use agentguard_common::{
         Throttle, ThrottleKind,
     },
     maps as names,
-    rules::{ExecKey, NetKey, PathKey, RuleRef},
+    rules::{ExecKey, NetKey, PathKey, RuleRef, UnixKey},
 };
 use aya::{
     Ebpf,
@@ -56,6 +56,7 @@ pub struct KernelMaps {
     agents: HashMap<MapData, AgentKey, AgentConfig>,
     net: LpmTrie<MapData, NetKey, RuleRef>,
     exec: HashMap<MapData, ExecKey, RuleRef>,
+    unix: HashMap<MapData, UnixKey, RuleRef>,
     paths: LpmTrie<MapData, PathKey, RuleRef>,
     state: Array<MapData, GlobalState>,
     lost: PerCpuArray<MapData, u64>,
@@ -104,6 +105,9 @@ impl KernelMaps {
             exec: take(ebpf, names::EXEC_RULES)?
                 .try_into()
                 .map_err(err(names::EXEC_RULES))?,
+            unix: take(ebpf, names::UNIX_RULES)?
+                .try_into()
+                .map_err(err(names::UNIX_RULES))?,
             paths: take(ebpf, names::PATH_RULES)?
                 .try_into()
                 .map_err(err(names::PATH_RULES))?,
@@ -221,6 +225,9 @@ impl KernelMaps {
         for (k, v) in &c.exec {
             self.exec.insert(k, v, 0).map_err(err(names::EXEC_RULES))?;
         }
+        for (k, v) in &c.unix {
+            self.unix.insert(k, v, 0).map_err(err(names::UNIX_RULES))?;
+        }
         for (k, bits, v) in &c.paths {
             self.paths
                 .insert(&Key::new(*bits, *k), v, 0)
@@ -283,6 +290,15 @@ impl KernelMaps {
             .collect();
         for k in exec {
             self.exec.remove(&k).map_err(err(names::EXEC_RULES))?;
+        }
+        let unix: Vec<UnixKey> = self
+            .unix
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == g)
+            .collect();
+        for k in unix {
+            self.unix.remove(&k).map_err(err(names::UNIX_RULES))?;
         }
         let paths: Vec<Key<PathKey>> = self
             .paths

@@ -90,9 +90,16 @@ mod tests {
     /// The section aya derives a program's type and attach point from, for a hook.
     fn section_matches(hook: Hook, section: &str) -> bool {
         match hook {
-            Hook::SockAddr => ["connect4", "connect6", "sendmsg4", "sendmsg6"]
-                .iter()
-                .any(|a| section == format!("cgroup/{a}")),
+            Hook::SockAddr => [
+                "connect4",
+                "connect6",
+                "sendmsg4",
+                "sendmsg6",
+                "connect_unix",
+                "sendmsg_unix",
+            ]
+            .iter()
+            .any(|a| section == format!("cgroup/{a}")),
             Hook::TpBtf(f) => section == format!("tp_btf/{f}"),
             Hook::Lsm(h) => section == format!("lsm/{h}") || section == format!("lsm.s/{h}"),
             Hook::TracePoint(c, n) => section == format!("tracepoint/{c}/{n}"),

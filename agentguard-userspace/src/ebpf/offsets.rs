@@ -80,6 +80,13 @@ pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
         mount_mountpoint: f("mount", &["mnt_mountpoint"])?,
         task_fs: f("task_struct", &["fs"])?,
         fs_root: f("fs_struct", &["root"])?,
+        unix_sock_addr: f("unix_sock", &["addr"])?,
+        unix_address_len: f("unix_address", &["len"])?,
+        unix_address_name: f("unix_address", &["name"])?,
+        socket_sk: f("socket", &["sk"])?,
+        sock_addr_kern_uaddr: f("bpf_sock_addr_kern", &["uaddr"])?,
+        // Linux 6.7 added the field with the AF_UNIX cgroup hooks; older kernels need neither.
+        sock_addr_kern_uaddrlen: f("bpf_sock_addr_kern", &["uaddrlen"]).unwrap_or(0),
         valid: 1,
     })
 }

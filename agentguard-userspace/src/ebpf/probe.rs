@@ -28,6 +28,7 @@ pub fn programs() -> Vec<GroupProbe> {
         Group::ExecFallback,
         Group::Lsm,
         Group::OpenBudget,
+        Group::UnixSockAddr,
     ];
     let fail_all = |e: String| {
         groups

@@ -11,6 +11,9 @@ pub enum Group {
     Lsm,
     /// Syscall tracepoints counting opens for budgets (when BPF LSM is unavailable).
     OpenBudget,
+    /// cgroup sock_addr programs judging AF_UNIX connects and sends (Linux >= 6.7), where the
+    /// BPF LSM hooks do not judge them.
+    UnixSockAddr,
 }
 
 impl Group {
@@ -21,6 +24,7 @@ impl Group {
             Self::ExecFallback => "exec-fallback",
             Self::Lsm => "lsm",
             Self::OpenBudget => "open-budget",
+            Self::UnixSockAddr => "unix-sock-addr",
         }
     }
 }
@@ -103,6 +107,13 @@ impl Spec {
     }
 }
 
+/// What an agent can do when no AF_UNIX program judges.
+pub const UNIX_UNJUDGED: &str =
+    "AF_UNIX is not judged: agents may connect and send to any Unix socket their uid may open";
+
+/// The programs that judge AF_UNIX, each a pair: connects and datagram sends.
+pub const UNIX_LSM: [&str; 2] = ["ag_unix_stream_connect", "ag_unix_may_send"];
+
 /// Every program agentguard loads.
 ///
 /// Essential LSM programs are the exec and file rules (`bprm_check_security`, `file_open`, the
@@ -165,6 +176,20 @@ pub const SPECS: &[Spec] = &[
         "socket_create",
         "sockets no hook judges are refused only by the seccomp filter `agentguard run` installs",
     ),
+    Spec::hardening(
+        "ag_unix_stream_connect",
+        "unix_stream_connect",
+        UNIX_UNJUDGED,
+    ),
+    Spec::hardening("ag_unix_may_send", "unix_may_send", UNIX_UNJUDGED),
+    Spec {
+        optional: Some(UNIX_UNJUDGED),
+        ..Spec::new("ag_connect_unix", Group::UnixSockAddr, Hook::SockAddr)
+    },
+    Spec {
+        optional: Some(UNIX_UNJUDGED),
+        ..Spec::new("ag_sendmsg_unix", Group::UnixSockAddr, Hook::SockAddr)
+    },
     Spec::new(
         "ag_open_budget_openat",
         Group::OpenBudget,

@@ -5,11 +5,13 @@ use agentguard_common::{
     agent::{
         AGENT_ALLOW_BPF, AGENT_ALLOW_OTHER_SOCKETS, AGENT_ALLOW_PING_SOCKETS,
         AGENT_ALLOW_RAW_SOCKETS, AGENT_AUDIT, AGENT_EXEC_INHERITED, AGENT_EXEC_RULES,
-        AGENT_FILE_INHERITED, AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AgentConfig, AgentKey,
-        exec_restricted, files_restricted, throttle_slot,
+        AGENT_FILE_INHERITED, AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AGENT_UNIX_INHERITED,
+        AGENT_UNIX_RULES, AgentConfig, AgentKey, exec_restricted, files_restricted, throttle_slot,
+        unix_restricted,
     },
     rules::{
         ExecKey, NET_KEY_FIXED_BITS, NetKey, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey, RuleRef,
+        UnixKey,
     },
     verdict::{ACCESS_READ, ACCESS_WRITE},
 };
@@ -21,6 +23,7 @@ use super::{
     net::{NetTarget, to_key_space},
     resolve::Resolved,
     runtime,
+    unix::UnixAddr,
 };
 
 /// What kind of rule a rule id stands for.
@@ -29,6 +32,10 @@ use super::{
 pub enum RuleKind {
     /// A `connect` entry.
     Connect,
+    /// A `unix:` entry of `connect`.
+    Unix,
+    /// agentguard's agent socket, reachable by every agent whose AF_UNIX use is judged.
+    AgentSocket,
     /// A system resolver allowed by `dns = true`.
     Dns,
     /// An `exec` entry.
@@ -63,6 +70,8 @@ pub struct Compiled {
     pub net: Vec<(NetKey, u32, RuleRef)>,
     /// Exec entries.
     pub exec: Vec<(ExecKey, RuleRef)>,
+    /// AF_UNIX entries.
+    pub unix: Vec<(UnixKey, RuleRef)>,
     /// Path LPM entries: key data, prefix length in bits, value.
     pub paths: Vec<(PathKey, u32, RuleRef)>,
     /// Rule table: `rule_id` indexes it.
@@ -110,6 +119,9 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
         if agent.restricts_files() {
             flags |= AGENT_EXEC_RULES | AGENT_FILE_RULES;
         }
+        if agent.restricts_unix() {
+            flags |= AGENT_UNIX_RULES;
+        }
         for group in &agent.allow_syscalls {
             // The BPF LSM refuses what the seccomp filter refuses, and honours the same grants.
             flags |= match group.value.as_str() {
@@ -135,6 +147,9 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
             }
             if files_restricted(parent_flags) {
                 flags |= AGENT_FILE_INHERITED;
+            }
+            if unix_restricted(parent_flags) {
+                flags |= AGENT_UNIX_INHERITED;
             }
         }
         let mut config = AgentConfig {
@@ -183,6 +198,21 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
                     }
                 }
             }
+        }
+        for entry in &agent.unix {
+            let rule = out.add_rule(&agent.name, RuleKind::Unix, entry.value.to_string(), None);
+            out.unix.push((entry.value.key(agent.id, generation), rule));
+        }
+        // The agent socket stays reachable: an agent must be able to start its sub-agents
+        // (the socket serves nothing else to agents, see control/). Every ancestor gets it too,
+        // so the kernel's walk up the parents allows it.
+        if flags & AGENT_UNIX_RULES != 0
+            && let Some(socket) = &resolved.agent_socket
+            && let Ok(addr) = socket.to_string_lossy().parse::<UnixAddr>()
+            && !agent.unix.iter().any(|e| e.value == addr)
+        {
+            let rule = out.add_rule(&agent.name, RuleKind::AgentSocket, addr.to_string(), None);
+            out.unix.push((addr.key(agent.id, generation), rule));
         }
         if agent.dns {
             for resolver in &resolved.resolvers {
@@ -349,7 +379,56 @@ mod tests {
                 agent_id: id
             }
         );
-        assert_eq!(cfg.flags, AGENT_LOG_ALLOWED);
+        assert_eq!(cfg.flags, AGENT_LOG_ALLOWED | AGENT_UNIX_RULES);
+    }
+
+    #[test]
+    fn unix_entries_are_exact_keys_and_the_agent_socket_is_added() {
+        let p = policy(
+            "[agents.buyer]\nconnect = [\"unix:/run/x.sock\", \"unix:@bus\"]\n\
+             [agents.buyer.sub.s]\nexec = []\n[agents.free]\nexec = []\n",
+        );
+        let r = Resolved {
+            agent_socket: Some(PathBuf::from("/run/agentguard/agent.sock")),
+            ..Resolved::default()
+        };
+        let c = compile(&p, 1, &r);
+        let buyer = p.agents[0].id;
+        let keys: Vec<(u32, Vec<u8>)> = c
+            .unix
+            .iter()
+            .map(|(k, _)| {
+                assert_eq!(k.generation, 1);
+                (k.agent_id, k.path[..k.len as usize].to_vec())
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (buyer, b"/run/x.sock".to_vec()),
+                (buyer, b"\0bus".to_vec()),
+                (buyer, b"/run/agentguard/agent.sock".to_vec()),
+            ]
+        );
+        assert_eq!(
+            c.rule(c.unix[2].1.rule_id).map(|r| r.kind),
+            Some(RuleKind::AgentSocket)
+        );
+        let flags = |name: &str| {
+            let id = p.agent(name).map(|a| a.id).unwrap_or_default();
+            c.agents
+                .iter()
+                .find(|(k, _)| k.agent_id == id)
+                .map_or(0, |(_, cfg)| cfg.flags)
+        };
+        assert_ne!(flags("buyer") & AGENT_UNIX_RULES, 0);
+        // A sub-agent without a connect list is held to its parent's list.
+        assert_eq!(
+            flags("buyer/s") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED),
+            AGENT_UNIX_INHERITED
+        );
+        // An agent without a connect list is not judged on AF_UNIX.
+        assert_eq!(flags("free") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED), 0);
     }
 
     #[test]

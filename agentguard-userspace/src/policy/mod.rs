@@ -15,6 +15,7 @@ pub mod schema;
 #[cfg(test)]
 mod tests;
 pub mod throttle;
+pub mod unix;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -78,8 +79,10 @@ pub struct Agent {
     pub log_allowed: bool,
     /// Whether the system resolvers are reachable on port 53.
     pub dns: bool,
-    /// Network destinations.
+    /// Network destinations (IPv4/IPv6).
     pub connect: Vec<Located<NetEntry>>,
+    /// AF_UNIX addresses (`unix:` entries of `connect`).
+    pub unix: Vec<Located<unix::UnixAddr>>,
     /// Binaries (absolute paths as written).
     pub exec: Vec<Located<PathBuf>>,
     /// Read rules (`@system-runtime` and presets expanded, plus the implicit device files).
@@ -107,6 +110,12 @@ impl Agent {
     /// Exec and file access are default-deny once any exec, read or write rule exists.
     pub fn restricts_files(&self) -> bool {
         !self.exec.is_empty() || !self.read.is_empty() || !self.write.is_empty()
+    }
+
+    /// AF_UNIX connects and sends are default-deny once the agent has a `connect` list (IP or
+    /// `unix:` entries).
+    pub fn restricts_unix(&self) -> bool {
+        !self.connect.is_empty() || !self.unix.is_empty()
     }
 
     /// Whether the policy says, in so many words, that this agent runs as root.

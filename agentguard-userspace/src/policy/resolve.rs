@@ -23,6 +23,9 @@ pub struct Resolved {
     /// Where the daemon makes private temp directories (`<root>/<agent>/<n>`): agents with file
     /// rules and `private_tmp` may read and write `<root>/<agent>`.
     pub private_tmp: Option<PathBuf>,
+    /// The daemon's agent socket, which every agent whose AF_UNIX use is judged may reach
+    /// (to start sub-agents) without listing it; `None` for a policy checked offline.
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Resolves every exec path to its identity; a missing or non-regular binary is an error

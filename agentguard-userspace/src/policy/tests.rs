@@ -256,3 +256,32 @@ fn a_preset_never_grants_writes() {
     let without = policy("[agents.a]\nread = [\"/srv\"]\n");
     assert_eq!(with.agents[0].write, without.agents[0].write);
 }
+
+#[test]
+fn unix_entries_are_located_and_a_sub_agent_stays_within_its_parent() {
+    let (line, col, field, msg) =
+        one("[agents.a]\nconnect = [\"127.0.0.1:80\", \"unix:run/x.sock\"]\n");
+    assert_eq!((line, col, field.as_str()), (2, 28, "agents.a.connect[1]"));
+    assert!(msg.contains("not an absolute path"), "{msg}");
+    let (_, _, field, msg) = one("[agents.a]\nconnect = [\"unix:/run//x.sock\"]\n");
+    assert_eq!(field, "agents.a.connect[0]");
+    assert!(msg.contains("not a normalised path"), "{msg}");
+    let (_, _, _, msg) = one("[agents.a]\nconnect = [\"unix:@x\", \"unix:@x\"]\n");
+    assert!(msg.contains("duplicate"), "{msg}");
+    let (line, _, field, msg) = one(
+        "[agents.a]\nconnect = [\"unix:/run/a.sock\"]\n[agents.a.sub.s]\nconnect = [\"unix:/run/b.sock\"]\n",
+    );
+    assert_eq!((line, field.as_str()), (4, "agents.a.sub.s.connect[0]"));
+    assert!(
+        msg.contains("unix:/run/b.sock is not allowed to parent agent"),
+        "{msg}"
+    );
+    // A parent that does not judge AF_UNIX (no connect list) does not limit its sub-agents'.
+    assert!(
+        parse(
+            "p.toml",
+            "[agents.a]\nexec = []\n[agents.a.sub.s]\nconnect = [\"unix:@x\"]\n"
+        )
+        .is_ok()
+    );
+}

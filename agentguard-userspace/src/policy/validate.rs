@@ -18,6 +18,7 @@ use super::{
     presets, runtime,
     schema::{OnExceedRaw, RawAgent, RawPolicy, RawPreset, RawThrottle, Scope},
     throttle::{DEFAULT_BURST, Limit, Rate},
+    unix::{self, UnixAddr},
 };
 
 /// Longest path a rule may name: the kernel key holds [`PATH_KEY_LEN`] bytes including the
@@ -131,6 +132,7 @@ impl Validator<'_> {
             log_allowed: r.log_allowed.as_ref().is_none_or(|b| *b.get_ref()),
             dns: r.dns.as_ref().is_some_and(|b| *b.get_ref()),
             connect: self.connect(&field, &r.connect),
+            unix: self.unix(&field, &r.connect),
             exec,
             read,
             write,
@@ -199,6 +201,9 @@ impl Validator<'_> {
         let mut out: Vec<Located<NetEntry>> = Vec::new();
         let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
+            if e.get_ref().trim_start().starts_with(unix::PREFIX) {
+                continue;
+            }
             let f = format!("{field}.connect[{i}]");
             match e.get_ref().parse::<NetEntry>() {
                 Ok(entry) if !seen.insert(entry.clone()) => {
@@ -206,6 +211,29 @@ impl Validator<'_> {
                 }
                 Ok(entry) => out.push(Located {
                     value: entry,
+                    at: self.location(e, f),
+                }),
+                Err(err) => self.error(e, f, format!("invalid entry {:?}: {err}", e.get_ref())),
+            }
+        }
+        out
+    }
+
+    /// The `unix:` entries of `connect` (the others are [`Self::connect`]'s).
+    fn unix(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<UnixAddr>> {
+        let mut out: Vec<Located<UnixAddr>> = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, e) in entries.iter().enumerate() {
+            let Some(rest) = e.get_ref().trim_start().strip_prefix(unix::PREFIX) else {
+                continue;
+            };
+            let f = format!("{field}.connect[{i}]");
+            match rest.parse::<UnixAddr>() {
+                Ok(addr) if !seen.insert(addr.clone()) => {
+                    self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
+                }
+                Ok(addr) => out.push(Located {
+                    value: addr,
                     at: self.location(e, f),
                 }),
                 Err(err) => self.error(e, f, format!("invalid entry {:?}: {err}", e.get_ref())),
@@ -577,6 +605,18 @@ impl Validator<'_> {
                     &entry.at,
                     format!("{} is not allowed to parent agent {pname:?}", entry.value),
                 );
+            }
+        }
+        // Exact matching: a sub-agent's AF_UNIX address must be one of its parent's (when the
+        // parent judges AF_UNIX at all; the kernel checks every ancestor too).
+        if parent.restricts_unix() {
+            for entry in &sub.unix {
+                if !parent.unix.iter().any(|p| p.value == entry.value) {
+                    self.error_at(
+                        &entry.at,
+                        format!("{} is not allowed to parent agent {pname:?}", entry.value),
+                    );
+                }
             }
         }
         if parent.restricts_files() {

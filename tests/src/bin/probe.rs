@@ -257,11 +257,29 @@ mod attack {
     }
 }
 
+/// An AF_UNIX address: a path, or `@name` for an abstract socket.
+fn unix_addr(a: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    match a.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(a),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
         ["tcp", host, port] => report(addr(host, port).and_then(tcp)),
+        ["unix-stream", a] => report(
+            unix_addr(a)
+                .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
+                .map(drop),
+        ),
+        ["unix-dgram", a] => report(unix_addr(a).and_then(|a| {
+            let s = std::os::unix::net::UnixDatagram::unbound()?;
+            s.send_to_addr(b"agentguard", &a).map(drop)
+        })),
         ["tcp-name", host, port] => report(tcp_name(host, port)),
         ["tcp-mapped", host, port] => report(mapped(host, port).and_then(tcp)),
         ["udp", host, port] => report(addr(host, port).and_then(udp_send)),

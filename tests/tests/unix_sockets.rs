@@ -1,0 +1,234 @@
+//! The AF_UNIX allowlist on a real kernel: `cgroup/connect_unix` and `cgroup/sendmsg_unix` on
+//! the fallback (Linux >= 6.7), the `unix_stream_connect` and `unix_may_send` LSM hooks with
+//! BPF LSM. An agent with a `connect` list reaches only the Unix sockets it lists (and the agent
+//! socket); every other connect or datagram is refused with EPERM and logged.
+
+use std::{
+    os::{
+        linux::net::SocketAddrExt as _,
+        unix::{
+            fs::PermissionsExt as _,
+            net::{SocketAddr, UnixDatagram, UnixListener},
+        },
+    },
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agentguard_tests::{Daemon, assert_eperm, patience, privileged};
+
+/// Listening sockets: allowed and refused, pathname stream, pathname datagram, abstract stream.
+struct Sockets {
+    dir: tempfile::TempDir,
+    _stream_ok: UnixListener,
+    _stream_no: UnixListener,
+    dgram_ok: UnixDatagram,
+    dgram_no: UnixDatagram,
+    _abstract_ok: UnixListener,
+    _abstract_no: UnixListener,
+    tag: String,
+}
+
+fn world_writable(path: &Path) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+impl Sockets {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        // Agents run as dynamic uids: they need search on the directory and write on the
+        // socket files to connect (the permission check agentguard adds to, not replaces).
+        world_writable(dir.path());
+        let bind = |name: &str| {
+            let path = dir.path().join(name);
+            let l = UnixListener::bind(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            world_writable(&path);
+            l
+        };
+        let dgram = |name: &str| {
+            let path = dir.path().join(name);
+            let s = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            world_writable(&path);
+            s.set_nonblocking(true)
+                .unwrap_or_else(|e| panic!("nonblocking: {e}"));
+            s
+        };
+        let tag = format!("agentguard-test-{}", std::process::id());
+        let abstract_listener = |suffix: &str| {
+            let addr = SocketAddr::from_abstract_name(format!("{tag}-{suffix}"))
+                .unwrap_or_else(|e| panic!("abstract name: {e}"));
+            UnixListener::bind_addr(&addr).unwrap_or_else(|e| panic!("abstract bind: {e}"))
+        };
+        Self {
+            _stream_ok: bind("ok.sock"),
+            _stream_no: bind("no.sock"),
+            dgram_ok: dgram("ok.dgram"),
+            dgram_no: dgram("no.dgram"),
+            _abstract_ok: abstract_listener("ok"),
+            _abstract_no: abstract_listener("no"),
+            tag,
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    fn abstract_name(&self, suffix: &str) -> String {
+        format!("@{}-{suffix}", self.tag)
+    }
+
+    fn policy(&self) -> String {
+        format!(
+            "[agents.buyer]\nconnect = [\"127.0.0.1:9\", \"unix:{}\", \"unix:{}\", \"unix:{}\"]\n\
+             [agents.buyer.sub.helper]\nconnect = [\"unix:{}\"]\n\
+             [agents.local]\nexec = []\n",
+            self.path("ok.sock"),
+            self.path("ok.dgram"),
+            self.abstract_name("ok"),
+            self.path("ok.sock"),
+        )
+    }
+}
+
+/// Whether `socket` received a datagram (waiting a little: delivery is synchronous for
+/// AF_UNIX, so a datagram that was sent is already queued).
+fn received(socket: &UnixDatagram) -> bool {
+    let mut buf = [0u8; 64];
+    socket.recv(&mut buf).is_ok()
+}
+
+fn agent_socket_path(d: &Daemon) -> PathBuf {
+    d.agent_socket()
+}
+
+#[test]
+fn unix_connects_and_sends_are_judged_by_address() {
+    if !privileged("unix_connects_and_sends_are_judged_by_address") {
+        return;
+    }
+    let s = Sockets::new();
+    let d = Daemon::start(&s.policy());
+    // Pathname stream sockets.
+    assert_eq!(
+        d.probe("buyer", &["unix-stream", &s.path("ok.sock")]),
+        "ok",
+        "allowed pathname socket"
+    );
+    assert_eperm(
+        &d.probe("buyer", &["unix-stream", &s.path("no.sock")]),
+        "unlisted pathname socket",
+    );
+    // Abstract sockets.
+    assert_eq!(
+        d.probe("buyer", &["unix-stream", &s.abstract_name("ok")]),
+        "ok",
+        "allowed abstract socket"
+    );
+    assert_eperm(
+        &d.probe("buyer", &["unix-stream", &s.abstract_name("no")]),
+        "unlisted abstract socket",
+    );
+    // Datagrams sent to an address.
+    assert_eq!(
+        d.probe("buyer", &["unix-dgram", &s.path("ok.dgram")]),
+        "ok",
+        "allowed datagram socket"
+    );
+    assert!(received(&s.dgram_ok), "the allowed datagram must arrive");
+    assert_eperm(
+        &d.probe("buyer", &["unix-dgram", &s.path("no.dgram")]),
+        "unlisted datagram socket",
+    );
+    assert!(
+        !received(&s.dgram_no),
+        "the refused datagram must not arrive"
+    );
+    // The agent socket needs no entry.
+    let agent_socket = agent_socket_path(&d);
+    assert_eq!(
+        d.probe("buyer", &["unix-stream", &agent_socket.to_string_lossy()]),
+        "ok",
+        "the agent socket stays reachable"
+    );
+    // An agent without a connect list is not judged on AF_UNIX.
+    assert_eq!(
+        d.probe("local", &["unix-stream", &s.path("no.sock")]),
+        "ok",
+        "an agent without a connect list"
+    );
+
+    // Every refusal is in the log, with the address and the backend that judged it.
+    let backend = if d.lsm() {
+        "bpf-lsm"
+    } else {
+        "cgroup-sock-addr"
+    };
+    let refused = |action: &'static str, path: String| {
+        let r = d.wait_record(&format!("{action} {path} refused"), |r| {
+            r["action"] == action && r["target"]["path"] == path.as_str()
+        });
+        assert_eq!(
+            (
+                r["agent"].as_str(),
+                r["verdict"].as_str(),
+                r["backend"].as_str(),
+                r["target"]["op"].as_str()
+            ),
+            (Some("buyer"), Some("denied"), Some(backend), Some(action)),
+            "{r}"
+        );
+    };
+    refused("unix-connect", s.path("no.sock"));
+    refused("unix-connect", s.abstract_name("no"));
+    refused("unix-send", s.path("no.dgram"));
+    // An allowed connect names its rule.
+    let allowed = d.wait_record("allowed unix connect", |r| {
+        r["action"] == "unix-connect" && r["verdict"] == "allowed"
+    });
+    assert!(
+        allowed["rule"]
+            .as_str()
+            .is_some_and(|rule| rule.starts_with("unix:")),
+        "{allowed}"
+    );
+    let _ = patience(Duration::from_millis(1));
+}
+
+#[test]
+fn a_sub_agent_reaches_only_what_its_parent_may() {
+    if !privileged("a_sub_agent_reaches_only_what_its_parent_may") {
+        return;
+    }
+    let s = Sockets::new();
+    let d = Daemon::start(&s.policy());
+    let probe = agentguard_tests::probe_bin();
+    let probe = probe.to_string_lossy().into_owned();
+    // The parent starts the sub-agent through the agent socket, then the sub-agent probes.
+    let run_sub = |target: &str| {
+        let bin = agentguard_tests::agentguard_bin();
+        let bin = bin.to_string_lossy().into_owned();
+        let out = d.run(
+            "buyer",
+            &[
+                &bin,
+                "run",
+                "--agent",
+                "buyer/helper",
+                "--",
+                &probe,
+                "unix-stream",
+                target,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run_sub(&s.path("ok.sock")), "ok", "listed by both");
+    assert_eperm(
+        &run_sub(&s.abstract_name("ok")),
+        "listed by the parent only",
+    );
+    assert_eperm(&run_sub(&s.path("no.sock")), "listed by neither");
+}
