@@ -49,6 +49,8 @@ impl Series {
                 "network",
                 "self_defence",
                 "sub_agents",
+                "unix_escape",
+                "unix_sockets",
             ]),
         }
     }
