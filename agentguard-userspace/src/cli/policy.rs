@@ -49,6 +49,7 @@ fn check(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 binaries,
                 names,
                 resolvers: resolve::system_resolvers(),
+                gateway: None,
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(

@@ -41,13 +41,18 @@ pub enum ApplyError {
 
 /// Everything outside the policy file that compile needs; `names` are the addresses of its DNS
 /// names (see [`super::dns_task`]).
-pub fn resolve(policy: &Policy, names: Addresses) -> Result<(Resolved, Vec<String>), ApplyError> {
+pub fn resolve(
+    policy: &Policy,
+    names: Addresses,
+    gateway: Option<std::net::SocketAddr>,
+) -> Result<(Resolved, Vec<String>), ApplyError> {
     let binaries = resolve::binaries(policy)
         .map_err(|d| ApplyError::Policy(policy::PolicyError::Invalid(d)))?;
     let resolved = Resolved {
         binaries,
         names,
         resolvers: resolve::system_resolvers(),
+        gateway,
     };
     Ok((resolved, policy.weakenings()))
 }
@@ -91,7 +96,11 @@ async fn install(
     by: Actor,
     dns_warnings: Vec<String>,
 ) -> Result<Applied, ApplyError> {
-    let (resolved, mut warnings) = resolve(&policy, shared.dns.addresses_for(&policy))?;
+    let (resolved, mut warnings) = resolve(
+        &policy,
+        shared.dns.addresses_for(&policy),
+        shared.gateway_addr,
+    )?;
     warnings.extend(dns_warnings);
     let exec_paths = super::binwatch::paths_of(policy.exec_paths());
     let (old, applied) = {

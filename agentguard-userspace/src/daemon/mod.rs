@@ -46,6 +46,9 @@ use crate::{
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentguard";
 
+/// Default address of the tool gateway.
+pub const DEFAULT_GATEWAY: &str = "127.0.0.1:4180";
+
 /// How the daemon was started.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -67,6 +70,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     /// What one client, and all of them, may hold of each control socket.
     pub clients: ClientLimits,
+    /// Where the tool gateway listens (loopback); `None`: no gateway.
+    pub gateway_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -126,6 +131,8 @@ pub struct Shared {
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
     /// DNS names of the policy in force.
     dns: dns_task::DnsNames,
+    /// Where the tool gateway listens, for the implicit `connect` rule of agents with tools.
+    pub gateway_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shared {
@@ -189,7 +196,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _lock = lock_state_dir(&opts.state_dir)?;
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
-    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy))?;
+    let (resolved, warnings) =
+        apply::resolve(&policy, dns.addresses_for(&policy), opts.gateway_listen)?;
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
@@ -259,6 +267,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exec_paths,
         new_instances,
         dns,
+        gateway_addr: opts.gateway_listen,
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -20,6 +20,8 @@ pub struct Resolved {
     pub names: BTreeMap<String, Vec<IpAddr>>,
     /// Resolvers from /etc/resolv.conf, for agents with `dns = true`.
     pub resolvers: Vec<IpAddr>,
+    /// The gateway's listening address, for agents with `tools` (an implicit `connect` rule).
+    pub gateway: Option<std::net::SocketAddr>,
 }
 
 /// Resolves every exec path to its identity; a missing or non-regular binary is an error
