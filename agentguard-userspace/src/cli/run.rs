@@ -202,6 +202,13 @@ fn launch(args: RunArgs, argv: Vec<CString>) -> anyhow::Result<ExitCode> {
     }
     // SAFETY: single-threaded here; the variable is read by the agent only.
     unsafe { std::env::set_var(INSTANCE_ENV, &instance) };
+    match &sandbox.gateway {
+        // SAFETY: as above.
+        Some(url) => unsafe { std::env::set_var(agentguard::control::GATEWAY_ENV, url) },
+        // A gateway address inherited from elsewhere would only mislead an agent without tools.
+        // SAFETY: as above.
+        None => unsafe { std::env::remove_var(agentguard::control::GATEWAY_ENV) },
+    }
     // Last, so nothing above runs under the filter.
     let filters = seccomp::filters(&sandbox.allow_syscalls)?;
     seccomp::install(&filters)?;

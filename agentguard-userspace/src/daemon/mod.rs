@@ -40,6 +40,7 @@ use crate::{
     },
     events::ring::EventRing,
     policy,
+    secrets::{SecretError, SecretStore},
     sys::kernel,
 };
 
@@ -101,6 +102,9 @@ pub enum DaemonError {
     /// The log could not be opened or written.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    /// The secret store could not be opened.
+    #[error("secret store: {0}")]
+    Secrets(#[from] SecretError),
     /// Another daemon holds the state directory.
     #[error("another agentguard daemon is running (state directory {0} is locked)")]
     AlreadyRunning(PathBuf),
@@ -133,6 +137,10 @@ pub struct Shared {
     dns: dns_task::DnsNames,
     /// Where the tool gateway listens, for the implicit `connect` rule of agents with tools.
     pub gateway_addr: Option<std::net::SocketAddr>,
+    /// Credentials the gateway injects.
+    secrets: std::sync::RwLock<SecretStore>,
+    /// Leases and budgets of the gateway.
+    pub gateway: crate::gateway::GatewayState,
 }
 
 impl Shared {
@@ -156,6 +164,20 @@ impl Shared {
         if let Err(e) = self.lock_log().append(wall, mono, body) {
             tracing::error!(error = %e, "cannot append to the audit log");
         }
+    }
+
+    /// Reads the secret store.
+    pub fn read_secrets(&self) -> std::sync::RwLockReadGuard<'_, SecretStore> {
+        self.secrets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the secret store.
+    pub fn write_secrets(&self) -> std::sync::RwLockWriteGuard<'_, SecretStore> {
+        self.secrets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Requests shutdown.
@@ -194,10 +216,27 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     kernel::check_minimum(&release)?;
     let policy = policy::load(&opts.policy)?;
     let _lock = lock_state_dir(&opts.state_dir)?;
+    let secrets = SecretStore::open(&opts.state_dir)?;
+    // Bound before the policy is compiled: with port 0 the kernel picks the port the implicit
+    // `connect` rule of agents with tools must name.
+    let gateway_listener = match opts.gateway_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(io(format!("cannot listen on {addr} for the tool gateway")))?,
+        ),
+        None => None,
+    };
+    let gateway_addr = match &gateway_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(io("cannot read the gateway's address"))?,
+        ),
+        None => None,
+    };
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
     let (resolved, warnings) =
-        apply::resolve(&policy, dns.addresses_for(&policy), opts.gateway_listen)?;
+        apply::resolve(&policy, dns.addresses_for(&policy), gateway_addr)?;
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }
@@ -267,7 +306,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exec_paths,
         new_instances,
         dns,
-        gateway_addr: opts.gateway_listen,
+        gateway_addr,
+        secrets: std::sync::RwLock::new(secrets),
+        gateway: crate::gateway::GatewayState::default(),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -296,7 +337,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
     let alerts =
         EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(ingest::run(shared.clone(), events, shutdown_rx.clone())),
         tokio::spawn(ingest::run(shared.clone(), alerts, shutdown_rx.clone())),
         tokio::spawn(server::run(
@@ -327,6 +368,18 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shutdown_rx.clone(),
         )),
     ];
+    if let Some(l) = gateway_listener {
+        l.set_nonblocking(true)
+            .map_err(io("cannot configure the gateway socket"))?;
+        let l = tokio::net::TcpListener::from_std(l)
+            .map_err(io("cannot register the gateway socket"))?;
+        tracing::info!(addr = ?gateway_addr, "tool gateway listening");
+        tasks.push(tokio::spawn(crate::gateway::serve(
+            shared.clone(),
+            l,
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
 
     let mut rx = shutdown_rx;

@@ -99,6 +99,8 @@ fn check(
     for i in &ended {
         st.unregister(i.id);
     }
+    let ids: Vec<u64> = ended.iter().map(|i| i.id).collect();
+    shared.gateway.forget(&ids);
     if let Err(e) = st.hierarchy.remove(&inst) {
         tracing::warn!(instance = %inst.name, error = %e, "cannot remove instance cgroup");
     }
