@@ -86,7 +86,12 @@ fn start(port: u16) -> Daemon {
         assert!(out.status.success(), "secret set: {}", describe(&out));
     }
     let list = d.cli(&["secret", "list"]);
-    assert_eq!(stdout(&list), "echo-key\nother-key\n", "{}", describe(&list));
+    assert_eq!(
+        stdout(&list),
+        "echo-key\nother-key\n",
+        "{}",
+        describe(&list)
+    );
     d
 }
 
@@ -114,15 +119,19 @@ fn the_gateway_injects_credentials_and_enforces_the_tools_rules() {
         "buyer",
         "env; echo; curl --noproxy '*' -s -D - \"$AGENTGUARD_GATEWAY/tools/echo/v1/quotes/7?q=1\"",
     );
-    assert!(out.contains("AGENTGUARD_GATEWAY=http://127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("AGENTGUARD_GATEWAY=http://127.0.0.1:"),
+        "{out}"
+    );
     assert!(out.contains("upstream-ok /v1/quotes/7?q=1"), "{out}");
     assert!(!out.contains(KEY), "the agent saw the credential: {out}");
     let heads = seen.lock().unwrap_or_else(|e| panic!("{e}")).clone();
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert!(
-        heads[0]
-            .to_ascii_lowercase()
-            .contains(&format!("authorization: bearer {}", KEY.to_ascii_lowercase())),
+        heads[0].to_ascii_lowercase().contains(&format!(
+            "authorization: bearer {}",
+            KEY.to_ascii_lowercase()
+        )),
         "the upstream got no credential: {heads:?}"
     );
     let gateway = out
@@ -178,7 +187,10 @@ fn the_gateway_injects_credentials_and_enforces_the_tools_rules() {
     assert!(codes[..10].iter().all(|c| *c == "200"), "{out}");
     let (code, retry) = codes[10].split_once(' ').unwrap_or((codes[10], ""));
     assert_eq!(code, "429", "{out}");
-    assert!(retry.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)), "Retry-After {retry:?}");
+    assert!(
+        retry.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)),
+        "Retry-After {retry:?}"
+    );
 
     // An agent without the tool, and a process that is no agent at all: 403.
     let out = agent_sh(
@@ -188,7 +200,15 @@ fn the_gateway_injects_credentials_and_enforces_the_tools_rules() {
     );
     assert_eq!(out.trim(), "403", "{out}");
     let host = Command::new("curl")
-        .args(["--noproxy", "*", "-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "--noproxy",
+            "*",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .arg(format!("{gateway}/tools/echo/v1/quotes"))
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
@@ -224,12 +244,18 @@ fn the_gateway_injects_credentials_and_enforces_the_tools_rules() {
     let all = agentguard_tests::agentguard(&["log", "show", "--json", "--state-dir", &state]);
     let text = stdout(&all);
     assert!(text.contains("tool-call"), "{text}");
-    assert!(!text.contains(KEY) && !text.contains(OTHER), "a secret in the log");
+    assert!(
+        !text.contains(KEY) && !text.contains(OTHER),
+        "a secret in the log"
+    );
     let verify = agentguard_tests::agentguard(&["log", "verify", "--state-dir", &state]);
     assert!(verify.status.success(), "{}", describe(&verify));
     // At rest, the store holds no value in clear.
     let store = std::fs::read_to_string(d.state.join("secrets/store.json")).unwrap_or_default();
-    assert!(store.contains("echo-key") && !store.contains(KEY), "{store}");
+    assert!(
+        store.contains("echo-key") && !store.contains(KEY),
+        "{store}"
+    );
 }
 
 #[test]
@@ -266,7 +292,12 @@ fn a_freeze_revokes_the_lease() {
     let start = Instant::now();
     let out = child.wait_with_output();
     assert!(start.elapsed() < patience(Duration::from_secs(30)));
-    assert_eq!(stdout(&out).lines().map(str::trim).collect::<Vec<_>>(), ["200", "200"], "{}", describe(&out));
+    assert_eq!(
+        stdout(&out).lines().map(str::trim).collect::<Vec<_>>(),
+        ["200", "200"],
+        "{}",
+        describe(&out)
+    );
     assert_eq!(first["instance"], second["instance"]);
     assert_ne!(
         first["lease"], second["lease"],

@@ -235,8 +235,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
-    let (resolved, warnings) =
-        apply::resolve(&policy, dns.addresses_for(&policy), gateway_addr)?;
+    let (resolved, warnings) = apply::resolve(&policy, dns.addresses_for(&policy), gateway_addr)?;
     for w in warnings.iter().chain(&dns_warnings) {
         tracing::warn!("{w}");
     }

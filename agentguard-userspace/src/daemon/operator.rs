@@ -119,7 +119,9 @@ pub async fn run(
                 .map(|i| i.id)
                 .collect()
         };
-        shared.gateway.revoke(&ids, if op == Op::Kill { "kill" } else { "freeze" });
+        shared
+            .gateway
+            .revoke(&ids, if op == Op::Kill { "kill" } else { "freeze" });
     }
     let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
     let action = OperatorAction {

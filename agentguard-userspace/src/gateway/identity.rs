@@ -169,10 +169,11 @@ fn cgroup_attr(body: &[u8]) -> Parsed {
         if len < 4 || off + len > body.len() {
             break;
         }
-        if kind & 0x3fff == INET_DIAG_CGROUP_ID && len >= 12 {
-            if let Some(b) = body.get(off + 4..off + 12).and_then(|b| b.try_into().ok()) {
-                return Parsed::Cgroup(u64::from_ne_bytes(b));
-            }
+        if kind & 0x3fff == INET_DIAG_CGROUP_ID
+            && len >= 12
+            && let Some(b) = body.get(off + 4..off + 12).and_then(|b| b.try_into().ok())
+        {
+            return Parsed::Cgroup(u64::from_ne_bytes(b));
         }
         off += (len + 3) & !3;
     }
@@ -203,7 +204,10 @@ mod tests {
         }
         // A tuple nobody holds.
         let gone = SocketAddr::from(([127, 0, 0, 1], 1));
-        assert_eq!(peer_cgroup(local, gone).unwrap_or_else(|e| panic!("{e}")), None);
+        assert_eq!(
+            peer_cgroup(local, gone).unwrap_or_else(|e| panic!("{e}")),
+            None
+        );
     }
 
     fn own_cgroup_id(h: &crate::cgroup::Hierarchy) -> Option<u64> {

@@ -37,8 +37,14 @@ impl Buckets {
         let b = self
             .buckets
             .entry((cgroup_id, tool.to_owned()))
-            .or_insert(Bucket { tokens: cap, at: now });
-        #[expect(clippy::cast_precision_loss, reason = "nanoseconds since the last request")]
+            .or_insert(Bucket {
+                tokens: cap,
+                at: now,
+            });
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "nanoseconds since the last request"
+        )]
         let refill = now.saturating_duration_since(b.at).as_nanos() as f64 / per_token;
         b.tokens = (b.tokens + refill).min(cap);
         b.at = now;
@@ -75,7 +81,10 @@ mod tests {
             assert!(b.take(1, "t", rate, t0).is_ok(), "request {i}");
         }
         let wait = b.take(1, "t", rate, t0).err().unwrap_or_default();
-        assert!(wait > Duration::from_secs(5) && wait <= Duration::from_secs(6), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+            "{wait:?}"
+        );
         // Another instance has its own bucket.
         assert!(b.take(2, "t", rate, t0).is_ok());
         assert!(b.take(1, "t", rate, t0 + Duration::from_secs(6)).is_ok());

@@ -177,7 +177,10 @@ pub async fn handle(
             finish,
             StatusCode::FORBIDDEN,
             ToolVerdict::Denied,
-            &format!("method {} is not allowed for tool {tool_name:?}", req.method()),
+            &format!(
+                "method {} is not allowed for tool {tool_name:?}",
+                req.method()
+            ),
         ));
     }
     if !path_is_plain(&sub) || !tool.allows_path(&sub) {

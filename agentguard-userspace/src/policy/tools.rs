@@ -109,7 +109,10 @@ pub fn path_is_plain(path: &str) -> bool {
         return false;
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")
@@ -195,7 +198,9 @@ fn parse_inject(s: &str) -> Result<Inject, String> {
             template,
         })
     } else if let Some(rest) = s.strip_prefix("query:") {
-        let (param, template) = rest.split_once('=').ok_or("expected query:PARAM=TEMPLATE")?;
+        let (param, template) = rest
+            .split_once('=')
+            .ok_or("expected query:PARAM=TEMPLATE")?;
         let param = param.trim();
         if param.is_empty()
             || !param

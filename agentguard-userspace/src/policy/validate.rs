@@ -157,7 +157,11 @@ impl Validator<'_> {
                     f,
                     format!(
                         "unknown tool {name:?} (declared with [tools.NAME]: {})",
-                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 );
             } else if out.iter().any(|o| o.value == name) {

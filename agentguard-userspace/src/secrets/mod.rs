@@ -58,7 +58,9 @@ pub enum SecretError {
         reason: String,
     },
     /// A secret did not decrypt: wrong key, or the store was altered.
-    #[error("secret {0:?} does not decrypt with the key file (wrong key, or the store was altered)")]
+    #[error(
+        "secret {0:?} does not decrypt with the key file (wrong key, or the store was altered)"
+    )]
     Decrypt(String),
     /// The name is not acceptable.
     #[error("invalid secret name {0:?}: use 1 to 64 letters, digits, '-', '_' and '.'")]
@@ -164,17 +166,17 @@ impl SecretStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io("cannot read", &path)(e)),
         };
-        let file: StoreFile =
-            serde_json::from_str(&text).map_err(|e| SecretError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
+        let file: StoreFile = serde_json::from_str(&text).map_err(|e| SecretError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         for (name, sealed) in file.secrets {
             let nonce = hex::decode(&sealed.nonce)
                 .ok()
                 .filter(|n| n.len() == 24)
                 .ok_or_else(|| SecretError::Decrypt(name.clone()))?;
-            let ct = hex::decode(&sealed.ciphertext).map_err(|_| SecretError::Decrypt(name.clone()))?;
+            let ct =
+                hex::decode(&sealed.ciphertext).map_err(|_| SecretError::Decrypt(name.clone()))?;
             let plain = self
                 .cipher
                 .decrypt(
@@ -217,11 +219,10 @@ impl SecretStore {
                 },
             );
         }
-        let text = serde_json::to_vec_pretty(&file)
-            .map_err(|e| SecretError::Corrupt {
-                path: self.store_path(),
-                reason: e.to_string(),
-            })?;
+        let text = serde_json::to_vec_pretty(&file).map_err(|e| SecretError::Corrupt {
+            path: self.store_path(),
+            reason: e.to_string(),
+        })?;
         write_private(&self.store_path(), &text)
     }
 
@@ -296,8 +297,14 @@ mod tests {
     fn values_survive_a_reopen_and_are_not_on_disk_in_clear() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut s = SecretStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!s.set("k1", "s3cr3t-value-123").unwrap_or_else(|e| panic!("{e}")));
-        assert!(s.set("k1", "s3cr3t-value-456").unwrap_or_else(|e| panic!("{e}")));
+        assert!(
+            !s.set("k1", "s3cr3t-value-123")
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert!(
+            s.set("k1", "s3cr3t-value-456")
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
         let s2 = SecretStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s2.get("k1"), Some("s3cr3t-value-456"));
         let disk = fs::read_to_string(dir.path().join("secrets/store.json"))
@@ -312,23 +319,34 @@ mod tests {
         assert_eq!(mode("secrets/key"), 0o600);
         assert_eq!(mode("secrets/store.json"), 0o600);
         assert!(s.remove("k1").unwrap_or_else(|e| panic!("{e}")));
-        assert!(SecretStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}")).names().is_empty());
+        assert!(
+            SecretStore::open(dir.path())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .names()
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_swapped_or_altered_entry_does_not_decrypt() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let mut s = SecretStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        s.set("a", "value-of-a-123").unwrap_or_else(|e| panic!("{e}"));
-        s.set("b", "value-of-b-456").unwrap_or_else(|e| panic!("{e}"));
+        s.set("a", "value-of-a-123")
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.set("b", "value-of-b-456")
+            .unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("secrets/store.json");
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let mut v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         let a = v["secrets"]["a"].clone();
         v["secrets"]["a"] = v["secrets"]["b"].clone();
         v["secrets"]["b"] = a;
         fs::write(&path, v.to_string()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(SecretStore::open(dir.path()), Err(SecretError::Decrypt(_))));
+        assert!(matches!(
+            SecretStore::open(dir.path()),
+            Err(SecretError::Decrypt(_))
+        ));
     }
 
     #[test]
