@@ -34,6 +34,31 @@ stable_enum! {
     }
 }
 
+stable_enum! {
+    /// What the tool gateway did with a request. Stable numbers: they are written into the
+    /// audit log (`tool-call` records).
+    pub enum ToolVerdict: u8, from_u8 {
+        /// Forwarded to the upstream (whatever status it answered).
+        Forwarded = 1 => "forwarded",
+        /// Refused by the rules: not an agent, tool not granted, method or path not allowed (403).
+        Denied = 2 => "denied",
+        /// Over the tool's rate for the instance (429).
+        Throttled = 3 => "throttled",
+        /// Body over `max_body` (413).
+        TooLarge = 4 => "too-large",
+        /// The request carried the value of a secret the gateway holds (403).
+        SecretInRequest = 5 => "secret-in-request",
+        /// The tool's credential is not in the secret store (503).
+        NoCredential = 6 => "no-credential",
+        /// The upstream could not be reached or failed mid-response (502).
+        UpstreamError = 7 => "upstream-error",
+        /// The response carried the value of a secret; the stream was cut.
+        SecretInResponse = 8 => "secret-in-response",
+        /// Not a request the gateway serves (no `/tools/NAME/` prefix, unknown tool) (404).
+        NotFound = 9 => "not-found",
+    }
+}
+
 /// Read access to a path.
 pub const ACCESS_READ: u8 = 1;
 /// Write access to a path (open for writing, create, delete, rename, link, truncate).

@@ -13,6 +13,8 @@ pub mod daemon;
 pub mod dns;
 pub mod ebpf;
 pub mod events;
+pub mod gateway;
 pub mod policy;
 pub mod sandbox;
+pub mod secrets;
 pub mod sys;

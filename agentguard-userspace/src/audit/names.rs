@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 13] = [
+pub const RECORD_KINDS: [&str; 14] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -46,6 +46,7 @@ pub const RECORD_KINDS: [&str; 13] = [
     "recovered",
     "seal",
     "lost-events",
+    "tool-call",
 ];
 
 /// The name of a record kind.
@@ -54,6 +55,12 @@ pub fn record_kind(body: &Body) -> &'static str {
         .get(usize::from(body.kind_id()))
         .copied()
         .unwrap_or("unknown")
+}
+
+/// The name of a tool-gateway verdict number.
+pub fn tool_verdict(n: u8) -> Cow<'static, str> {
+    agentguard_common::verdict::ToolVerdict::from_u8(n)
+        .map_or_else(|| unknown(n), |v| Cow::Borrowed(v.name()))
 }
 
 /// The name of a verdict number.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use agentguard_common::{
     event::{EventKind, FileOp},
-    verdict::{Backend, Verdict},
+    verdict::{Backend, ToolVerdict, Verdict},
 };
 use serde::{Deserialize, Serialize};
 
@@ -166,6 +166,8 @@ pub enum Body {
         /// Events about refusals not sent since the previous such record.
         refusals: u64,
     },
+    /// One request to the tool gateway (kind 13).
+    ToolCall(ToolCall),
 }
 
 impl Body {
@@ -185,7 +187,44 @@ impl Body {
             Self::Recovered { .. } => 10,
             Self::Seal { .. } => 11,
             Self::LostEvents { .. } => 12,
+            Self::ToolCall(_) => 13,
         }
+    }
+}
+
+/// A request to the tool gateway and what became of it. Never holds a secret's value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Full agent name, empty for a caller that is no agent.
+    pub agent: String,
+    /// Instance path, empty for a caller that is no agent.
+    pub instance: String,
+    /// The caller's socket's cgroup id (0 when the kernel reported none).
+    pub cgroup_id: u64,
+    /// Tool name, empty when the request named none.
+    pub tool: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path below the tool (without the query, which may carry data).
+    pub path: String,
+    /// HTTP status returned to the agent.
+    pub status: u16,
+    /// Request body bytes forwarded.
+    pub bytes_in: u64,
+    /// Response body bytes returned.
+    pub bytes_out: u64,
+    /// Microseconds from the request's arrival to the end of its response.
+    pub duration_us: u64,
+    /// The credential lease used, empty when none was.
+    pub lease: String,
+    /// Verdict number ([`ToolVerdict`] as u8).
+    pub verdict: u8,
+}
+
+impl ToolCall {
+    /// The verdict, decoded.
+    pub fn verdict(&self) -> Option<ToolVerdict> {
+        ToolVerdict::from_u8(self.verdict)
     }
 }
 

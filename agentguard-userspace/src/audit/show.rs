@@ -133,6 +133,12 @@ fn body_json(body: &Body) -> Value {
             "segment": segment, "cut_bytes": cut_bytes, "last_seq": last_seq, "reason": reason,
         }),
         Body::Seal { epoch, mac } => json!({ "epoch": epoch, "mac": mac }),
+        Body::ToolCall(c) => json!({
+            "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "tool": c.tool,
+            "method": c.method, "path": c.path, "status": c.status, "bytes_in": c.bytes_in,
+            "bytes_out": c.bytes_out, "duration_us": c.duration_us, "lease": c.lease,
+            "verdict": names::tool_verdict(c.verdict),
+        }),
     }
 }
 
@@ -291,6 +297,20 @@ pub fn to_line(record: &Record) -> String {
             last_seq.map_or_else(|| "none".to_owned(), |s| s.to_string())
         ),
         Body::Seal { epoch, mac } => format!("epoch={epoch} mac={mac}"),
+        Body::ToolCall(c) => format!(
+            "{} agent={:?} instance={:?} tool={:?} {} {:?} status={} in={} out={} took_us={} lease={}",
+            names::tool_verdict(c.verdict),
+            c.agent,
+            c.instance,
+            c.tool,
+            c.method,
+            c.path,
+            c.status,
+            c.bytes_in,
+            c.bytes_out,
+            c.duration_us,
+            if c.lease.is_empty() { "none" } else { &c.lease }
+        ),
     };
     format!("{head} {rest}")
 }
@@ -463,6 +483,20 @@ mod tests {
                 allowed: 3,
                 refusals: 4,
             },
+            Body::ToolCall(crate::audit::record::ToolCall {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+                tool: "supplier".into(),
+                method: "GET".into(),
+                path: "/v1/quotes".into(),
+                status: 200,
+                bytes_in: 0,
+                bytes_out: 12,
+                duration_us: 800,
+                lease: "ab".into(),
+                verdict: 1,
+            }),
         ]
     }
 

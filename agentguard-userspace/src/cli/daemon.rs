@@ -66,6 +66,23 @@ pub struct DaemonArgs {
     /// Connections all clients together may hold open at once, on each socket.
     #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total, value_parser = parse_positive)]
     max_connections: usize,
+    /// Where the tool gateway listens (a loopback address; port 0 picks a free port). Agents
+    /// find it in AGENTGUARD_GATEWAY.
+    #[arg(long, value_name = "ADDR:PORT", default_value = daemon::DEFAULT_GATEWAY, value_parser = parse_loopback)]
+    gateway_listen: std::net::SocketAddr,
+    /// Serve no tool gateway (policies with `tools` are still accepted; their calls fail).
+    #[arg(long)]
+    no_gateway: bool,
+}
+
+fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
+    let a: std::net::SocketAddr = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !a.ip().is_loopback() {
+        return Err(format!(
+            "{a} is not a loopback address: the gateway serves local agents only"
+        ));
+    }
+    Ok(a)
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {
@@ -117,6 +134,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             per_uid: args.max_connections_per_uid,
             total: args.max_connections,
         },
+        gateway_listen: (!args.no_gateway).then_some(args.gateway_listen),
         dns: dns::Timing::new(
             Duration::from_secs(args.dns_ttl_ceiling),
             Duration::from_secs(args.dns_grace),

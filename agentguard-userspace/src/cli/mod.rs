@@ -8,6 +8,7 @@ mod log;
 mod man;
 mod policy;
 mod run;
+mod secret;
 mod status;
 mod tag;
 mod teardown;
@@ -47,6 +48,9 @@ enum Command {
     /// Check or apply a policy file.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Store, list and remove the credentials the tool gateway injects.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Report what this host can enforce and which backend enforces it.
     Doctor(doctor::DoctorArgs),
     /// Remove every agentguard program, map pin and cgroup (uninstall; clean test state).
@@ -84,6 +88,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(a),
         Command::Policy(c) => policy::run(c),
         Command::Log(a) => log::run(a),
+        Command::Secret(c) => secret::run(c),
         Command::Doctor(a) => doctor::run(a),
         Command::Teardown(a) => teardown::run(a),
         Command::Completions(a) => completions::run(&a),

@@ -72,6 +72,7 @@ fn check(file: &std::path::Path, verbose: bool) -> anyhow::Result<ExitCode> {
                 resolvers: resolve::system_resolvers(),
                 private_tmp: Some(PathBuf::from(agentguard::daemon::private_tmp::DEFAULT_ROOT)),
                 agent_socket: None,
+                gateway: None,
             };
             let compiled = compile::compile(&p, 0, &resolved);
             println!(

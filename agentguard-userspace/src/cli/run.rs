@@ -249,6 +249,12 @@ fn launch(args: RunArgs, argv: Vec<CString>) -> anyhow::Result<ExitCode> {
         if let Some(tmp) = &sandbox.tmp_dir {
             std::env::set_var("TMPDIR", tmp);
         }
+        match &sandbox.gateway {
+            Some(url) => std::env::set_var(agentguard::control::GATEWAY_ENV, url),
+            // A gateway address inherited from elsewhere would only mislead an agent without
+            // tools.
+            None => std::env::remove_var(agentguard::control::GATEWAY_ENV),
+        }
     }
     // As the agent's user, so PATH is searched as execvp will search it.
     if let Some(hint) = elsewhere_on_path(&program, &sandbox.exec_allowed) {

@@ -14,3 +14,5 @@ pub const SOCKET_ENV: &str = "AGENTGUARD_SOCKET";
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/agentguard/agent.sock";
 /// Environment variable naming the agent socket.
 pub const AGENT_SOCKET_ENV: &str = "AGENTGUARD_AGENT_SOCKET";
+/// Environment variable `agentguard run` sets for an agent with tools: the gateway's URL.
+pub const GATEWAY_ENV: &str = "AGENTGUARD_GATEWAY";

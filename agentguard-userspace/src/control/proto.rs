@@ -114,11 +114,36 @@ pub enum Request {
         /// The policy text.
         text: String,
     },
+    /// Store (or replace) a secret for the gateway (administrator socket only).
+    SecretSet {
+        /// Secret name.
+        name: String,
+        /// The value (never printed by `Debug`).
+        value: SecretValue,
+    },
+    /// Secret names.
+    SecretList,
+    /// Remove a secret.
+    SecretRm {
+        /// Secret name.
+        name: String,
+    },
     /// Stop the daemon.
     Shutdown {
         /// Also remove the programs (agents lose enforcement).
         unload: bool,
     },
+}
+
+/// A secret value on the wire: serialised as a plain string, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub String);
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(<redacted>)")
+    }
 }
 
 /// What `agentguard run` must apply to itself before exec.
@@ -139,6 +164,10 @@ pub struct Sandbox {
     /// that PATH finds elsewhere than the listed path (empty: no such check).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exec_allowed: Vec<PathBuf>,
+    /// The tool gateway's URL (`http://ADDR`), exported as `AGENTGUARD_GATEWAY` for an agent
+    /// with tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
 }
 
 /// Who `agentguard run` switches to before exec.
@@ -217,6 +246,21 @@ pub enum Reply {
         rules: usize,
         /// Non-fatal notes (e.g. DNS names not resolved yet).
         warnings: Vec<String>,
+    },
+    /// To [`Request::SecretSet`].
+    SecretStored {
+        /// Whether a secret of that name was replaced.
+        replaced: bool,
+    },
+    /// To [`Request::SecretList`].
+    Secrets {
+        /// Names (never values).
+        names: Vec<String>,
+    },
+    /// To [`Request::SecretRm`].
+    SecretRemoved {
+        /// Whether it existed.
+        existed: bool,
     },
     /// To [`Request::Shutdown`].
     ShuttingDown,

@@ -48,6 +48,7 @@ pub fn resolve(
     names: Addresses,
     private_tmp: &std::path::Path,
     agent_socket: &std::path::Path,
+    gateway: Option<std::net::SocketAddr>,
 ) -> Result<(Resolved, Vec<String>), ApplyError> {
     let binaries = resolve::binaries(policy)
         .map_err(|d| ApplyError::Policy(policy::PolicyError::Invalid(d)))?;
@@ -57,6 +58,7 @@ pub fn resolve(
         resolvers: resolve::system_resolvers(),
         private_tmp: Some(private_tmp.to_owned()),
         agent_socket: Some(agent_socket.to_owned()),
+        gateway,
     };
     Ok((resolved, policy.weakenings()))
 }
@@ -110,6 +112,7 @@ async fn install(
         shared.dns.addresses_for(&policy),
         shared.private_tmp.root(),
         &shared.agent_socket,
+        shared.gateway_addr,
     )?;
     warnings.extend(dns_warnings);
     let exec_paths = super::binwatch::paths_of(policy.exec_paths());

@@ -82,6 +82,22 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             shared.request_shutdown(unload);
             Ok(Reply::ShuttingDown)
         }
+        Request::SecretSet { name, value } => shared
+            .write_secrets()
+            .set(&name, &value.0)
+            .map(|replaced| {
+                tracing::info!(secret = %name, replaced, "secret stored");
+                Reply::SecretStored { replaced }
+            })
+            .map_err(|e| e.to_string()),
+        Request::SecretList => Ok(Reply::Secrets {
+            names: shared.read_secrets().names(),
+        }),
+        Request::SecretRm { name } => shared
+            .write_secrets()
+            .remove(&name)
+            .map(|existed| Reply::SecretRemoved { existed })
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(reply) => Response::Ok(reply),
@@ -328,6 +344,10 @@ fn sandbox(shared: &Shared, a: &Agent, identity: Identity, tmp_dir: Option<PathB
         } else {
             Vec::new()
         },
+        gateway: shared
+            .gateway_addr
+            .filter(|_| !a.tools.is_empty())
+            .map(|addr| format!("http://{addr}")),
     }
 }
 

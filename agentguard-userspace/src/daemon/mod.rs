@@ -41,11 +41,15 @@ use crate::{
     },
     events::ring::EventRing,
     policy,
+    secrets::{SecretError, SecretStore},
     sys::kernel,
 };
 
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentguard";
+
+/// Default address of the tool gateway.
+pub const DEFAULT_GATEWAY: &str = "127.0.0.1:4180";
 
 /// How the daemon was started.
 #[derive(Clone, Debug)]
@@ -70,6 +74,8 @@ pub struct Options {
     pub tmp_dir: PathBuf,
     /// What one client, and all of them, may hold of each control socket.
     pub clients: ClientLimits,
+    /// Where the tool gateway listens (loopback); `None`: no gateway.
+    pub gateway_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -99,6 +105,9 @@ pub enum DaemonError {
     /// The log could not be opened or written.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
+    /// The secret store could not be opened.
+    #[error("secret store: {0}")]
+    Secrets(#[from] SecretError),
     /// Another daemon holds the state directory.
     #[error("another agentguard daemon is running (state directory {0} is locked)")]
     AlreadyRunning(PathBuf),
@@ -133,6 +142,12 @@ pub struct Shared {
     pub private_tmp: private_tmp::PrivateTmp,
     /// The agent socket's path, reachable by every agent (see [`crate::policy::resolve::Resolved`]).
     pub agent_socket: PathBuf,
+    /// Where the tool gateway listens, for the implicit `connect` rule of agents with tools.
+    pub gateway_addr: Option<std::net::SocketAddr>,
+    /// Credentials the gateway injects.
+    secrets: std::sync::RwLock<SecretStore>,
+    /// Leases and budgets of the gateway.
+    pub gateway: crate::gateway::GatewayState,
 }
 
 impl Shared {
@@ -156,6 +171,20 @@ impl Shared {
         if let Err(e) = self.lock_log().append(wall, mono, body) {
             tracing::error!(error = %e, "cannot append to the audit log");
         }
+    }
+
+    /// Reads the secret store.
+    pub fn read_secrets(&self) -> std::sync::RwLockReadGuard<'_, SecretStore> {
+        self.secrets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the secret store.
+    pub fn write_secrets(&self) -> std::sync::RwLockWriteGuard<'_, SecretStore> {
+        self.secrets
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Requests shutdown.
@@ -194,6 +223,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     kernel::check_minimum(&release)?;
     let policy = policy::load(&opts.policy)?;
     let _lock = lock_state_dir(&opts.state_dir)?;
+    let secrets = SecretStore::open(&opts.state_dir)?;
+    // Bound before the policy is compiled: with port 0 the kernel picks the port the implicit
+    // `connect` rule of agents with tools must name.
+    let gateway_listener = match opts.gateway_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(io(format!("cannot listen on {addr} for the tool gateway")))?,
+        ),
+        None => None,
+    };
+    let gateway_addr = match &gateway_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(io("cannot read the gateway's address"))?,
+        ),
+        None => None,
+    };
     let dns = dns_task::DnsNames::new(opts.dns);
     let dns_warnings = dns.refresh_policy(&policy).await;
     let (resolved, warnings) = apply::resolve(
@@ -201,6 +247,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         dns.addresses_for(&policy),
         &opts.tmp_dir,
         &opts.agent_socket,
+        gateway_addr,
     )?;
     let private_tmp = private_tmp::PrivateTmp::new(&opts.tmp_dir);
     for w in warnings.iter().chain(&dns_warnings) {
@@ -276,6 +323,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         dns,
         private_tmp,
         agent_socket: opts.agent_socket.clone(),
+        gateway_addr,
+        secrets: std::sync::RwLock::new(secrets),
+        gateway: crate::gateway::GatewayState::default(),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -304,7 +354,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
     let alerts =
         EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(ingest::run(
             shared.clone(),
             events,
@@ -346,6 +396,18 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shutdown_rx.clone(),
         )),
     ];
+    if let Some(l) = gateway_listener {
+        l.set_nonblocking(true)
+            .map_err(io("cannot configure the gateway socket"))?;
+        let l = tokio::net::TcpListener::from_std(l)
+            .map_err(io("cannot register the gateway socket"))?;
+        tracing::info!(addr = ?gateway_addr, "tool gateway listening");
+        tasks.push(tokio::spawn(crate::gateway::serve(
+            shared.clone(),
+            l,
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
 
     let mut rx = shutdown_rx;

@@ -108,6 +108,21 @@ pub async fn run(
     .await
     .unwrap_or_else(|e| vec![format!("worker failed: {e}")]);
     let took = start.elapsed();
+    if matches!(op, Op::Freeze | Op::Kill) {
+        // Leases end with the freeze or kill, for the instances and their sub-agents; a thawed
+        // instance's next tool request takes a new lease.
+        let ids: Vec<u64> = {
+            let st = shared.lock_state();
+            st.instances
+                .values()
+                .filter(|i| instances.iter().any(|t| i.path.starts_with(&t.path)))
+                .map(|i| i.id)
+                .collect()
+        };
+        shared
+            .gateway
+            .revoke(&ids, if op == Op::Kill { "kill" } else { "freeze" });
+    }
     let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
     let action = OperatorAction {
         target,

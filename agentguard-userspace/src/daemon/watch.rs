@@ -102,6 +102,8 @@ fn check(
         // (sub-agents sharing their instance's) this finds nothing.
         shared.private_tmp.remove(i);
     }
+    let ids: Vec<u64> = ended.iter().map(|i| i.id).collect();
+    shared.gateway.forget(&ids);
     if let Err(e) = st.hierarchy.remove(&inst) {
         tracing::warn!(instance = %inst.name, error = %e, "cannot remove instance cgroup");
     }

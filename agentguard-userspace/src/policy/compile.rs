@@ -38,6 +38,8 @@ pub enum RuleKind {
     AgentSocket,
     /// A system resolver allowed by `dns = true`.
     Dns,
+    /// The tool gateway, implicitly reachable by agents with `tools`.
+    Gateway,
     /// An `exec` entry.
     Exec,
     /// A `read` entry.
@@ -236,6 +238,23 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
                     rule,
                 ));
             }
+        }
+        if let Some(gw) = resolved.gateway.filter(|_| !agent.tools.is_empty()) {
+            let net = IpNet::from(gw.ip());
+            let rule = out.add_rule(
+                &agent.name,
+                RuleKind::Gateway,
+                format!(
+                    "{} (gateway)",
+                    super::net::NetEntry {
+                        target: NetTarget::Net(net),
+                        port: gw.port(),
+                    }
+                ),
+                None,
+            );
+            out.net
+                .push(net_entry(generation, agent.id, &net, gw.port(), rule));
         }
         for e in &agent.exec {
             let rule = out.add_rule(
@@ -532,6 +551,26 @@ mod tests {
                 .any(|(k, _, _)| k.path.starts_with(b"/tmp/ag/b")
                     || k.path.starts_with(b"/tmp/ag/c"))
         );
+    }
+
+    #[test]
+    fn agents_with_tools_reach_the_gateway_and_no_one_else_does() {
+        let p = policy(
+            "[tools.t]\nurl = \"http://127.0.0.1:9\"\npaths = [\"/\"]\n[agents.a]\ntools = [\"t\"]\n[agents.b]\nconnect = []\n",
+        );
+        let r = Resolved {
+            gateway: Some("127.0.0.1:4180".parse().unwrap_or_else(|e| panic!("{e}"))),
+            ..Resolved::default()
+        };
+        let c = compile(&p, 0, &r);
+        assert_eq!(c.net.len(), 1);
+        let (key, _, rule) = &c.net[0];
+        assert_eq!(key.agent_id, p.agents[0].id);
+        assert_eq!(key.port_be, 4180u16.to_be_bytes());
+        let info = c.rule(rule.rule_id).unwrap_or_else(|| panic!("no rule"));
+        assert_eq!(info.kind, RuleKind::Gateway);
+        // Without a gateway nothing is implied.
+        assert!(compile(&p, 0, &Resolved::default()).net.is_empty());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod schema;
 #[cfg(test)]
 mod tests;
 pub mod throttle;
+pub mod tools;
 pub mod unix;
 pub mod validate;
 
@@ -104,6 +105,8 @@ pub struct Agent {
     /// How many instances may run at once (each nested sub-agent instance counts for its own
     /// agent); `None`: as many as the kernel maps hold.
     pub max_instances: Option<u32>,
+    /// Tools (names of `[tools.NAME]`) the agent may call through the gateway.
+    pub tools: Vec<Located<String>>,
 }
 
 impl Agent {
@@ -129,6 +132,8 @@ impl Agent {
 pub struct Policy {
     /// Agents, every parent before its sub-agents.
     pub agents: Vec<Agent>,
+    /// Tools the gateway serves.
+    pub tools: Vec<tools::Tool>,
     /// blake3 of the file's bytes.
     pub digest: [u8; 32],
     /// The file it came from.
@@ -139,6 +144,16 @@ impl Policy {
     /// The agent with this full name.
     pub fn agent(&self, name: &str) -> Option<&Agent> {
         self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// The tool with this name.
+    pub fn tool(&self, name: &str) -> Option<&tools::Tool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+
+    /// Whether any agent may call a tool (and so needs the gateway reachable).
+    pub fn uses_tools(&self) -> bool {
+        self.agents.iter().any(|a| !a.tools.is_empty())
     }
 
     /// The agent with this id.

@@ -26,6 +26,8 @@ pub struct Resolved {
     /// The daemon's agent socket, which every agent whose AF_UNIX use is judged may reach
     /// (to start sub-agents) without listing it; `None` for a policy checked offline.
     pub agent_socket: Option<PathBuf>,
+    /// The gateway's listening address, for agents with `tools` (an implicit `connect` rule).
+    pub gateway: Option<std::net::SocketAddr>,
 }
 
 /// Resolves every exec path to its identity; a missing or non-regular binary is an error

@@ -13,6 +13,33 @@ pub struct RawPolicy {
     /// Agents by name.
     #[serde(default)]
     pub agents: BTreeMap<Spanned<String>, Spanned<RawAgent>>,
+    /// Tools served by the gateway, by name.
+    #[serde(default)]
+    pub tools: BTreeMap<Spanned<String>, Spanned<RawTool>>,
+}
+
+/// `[tools.NAME]`: an upstream HTTP API the gateway forwards to, with its credential and rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// Upstream base URL (`http://` or `https://`).
+    pub url: Option<Spanned<String>>,
+    /// Name of the secret injected into every forwarded request.
+    pub credential: Option<Spanned<String>>,
+    /// How: `header:NAME: TEMPLATE` or `query:PARAM=TEMPLATE`, TEMPLATE containing `{secret}`.
+    pub inject: Option<Spanned<String>>,
+    /// Allowed methods (default GET and HEAD).
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// Allowed path prefixes (at least one).
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    /// Requests per interval per instance, e.g. `"10/min"`.
+    pub rate: Option<Spanned<String>>,
+    /// Largest request body, e.g. `"64KiB"` (default 1MiB).
+    pub max_body: Option<Spanned<String>>,
+    /// How long a credential lease lasts before the next request takes a new one (default 15min).
+    pub lease_ttl: Option<Spanned<String>>,
 }
 
 /// `mode = "enforce" | "audit"`.
@@ -68,6 +95,9 @@ pub struct RawAgent {
     pub throttle: Option<Spanned<RawThrottle>>,
     /// How many instances of the agent may run at once.
     pub max_instances: Option<Spanned<i64>>,
+    /// Tools (`[tools.NAME]`) the agent may call through the gateway.
+    #[serde(default)]
+    pub tools: Vec<Spanned<String>>,
     /// Sub-agents by name.
     #[serde(default)]
     pub sub: BTreeMap<Spanned<String>, Spanned<RawAgent>>,

@@ -285,3 +285,50 @@ fn unix_entries_are_located_and_a_sub_agent_stays_within_its_parent() {
         .is_ok()
     );
 }
+
+const TOOL: &str = "[tools.supplier]\nurl = \"https://api.supplier.example/\"\ncredential = \"supplier-key\"\ninject = \"header:Authorization: Bearer {secret}\"\nmethods = [\"GET\", \"post\"]\npaths = [\"/v1/quotes\"]\nrate = \"10/min\"\nmax_body = \"64KiB\"\n";
+
+#[test]
+fn tools_validate_and_agents_name_them() {
+    let p = parse(
+        "p.toml",
+        &format!("{TOOL}[agents.buyer]\ntools = [\"supplier\"]\n[agents.buyer.sub.s]\ntools = [\"supplier\"]\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let t = p.tool("supplier").unwrap_or_else(|| panic!("no tool"));
+    assert_eq!(t.url, "https://api.supplier.example");
+    assert_eq!(t.methods, ["GET", "POST"]);
+    assert_eq!(t.max_body, 65536);
+    assert_eq!(t.rate.map(|r| r.count), Some(10));
+    assert_eq!(p.agent("buyer/s").map(|a| a.tools.len()), Some(1));
+    assert!(p.uses_tools());
+}
+
+#[test]
+fn tool_errors_name_their_field() {
+    let (line, _, field, msg) = one(&format!("{TOOL}[agents.b]\ntools = [\"nope\"]\n"));
+    assert_eq!((line, field.as_str()), (10, "agents.b.tools[0]"));
+    assert!(msg.contains("unknown tool \"nope\""), "{msg}");
+    let (line, _, field, _) = one(&TOOL.replace("Bearer {secret}", "Bearer"));
+    assert_eq!((line, field.as_str()), (4, "tools.supplier.inject"));
+    let (line, _, field, _) = one(&TOOL.replace("\"/v1/quotes\"", "\"/v1/../x\""));
+    assert_eq!((line, field.as_str()), (6, "tools.supplier.paths[0]"));
+    let (line, _, field, _) = one(&TOOL.replace("10/min", "10/fortnight"));
+    assert_eq!((line, field.as_str()), (7, "tools.supplier.rate"));
+    let (line, _, field, _) = one(&TOOL.replace("64KiB", "1GiB"));
+    assert_eq!((line, field.as_str()), (8, "tools.supplier.max_body"));
+    let (_, _, field, _) = one(&TOOL.replace("https://", "ftp://"));
+    assert_eq!(field, "tools.supplier.url");
+    let (_, _, field, msg) = one("[tools.x]\nurl = \"http://127.0.0.1:1\"\n");
+    assert_eq!(field, "tools.x.paths");
+    assert!(msg.contains("paths"), "{msg}");
+}
+
+#[test]
+fn a_sub_agent_gets_no_tool_its_parent_lacks() {
+    let (line, _, field, msg) = one(&format!(
+        "{TOOL}[tools.other]\nurl = \"http://127.0.0.1:1\"\npaths = [\"/\"]\n[agents.b]\ntools = [\"supplier\"]\n[agents.b.sub.s]\ntools = [\"other\"]\n"
+    ));
+    assert_eq!((line, field.as_str()), (15, "agents.b.sub.s.tools[0]"));
+    assert!(msg.contains("not granted to parent agent \"b\""), "{msg}");
+}

@@ -36,11 +36,14 @@ pub fn validate_on(
     raw: &RawPolicy,
     host: &dyn presets::Host,
 ) -> Result<Policy, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let tools = super::tools::validate(src, &raw.tools, &mut diags);
     let mut v = Validator {
         src,
         host,
-        diags: Vec::new(),
+        diags,
         agents: Vec::new(),
+        tool_names: raw.tools.keys().map(|k| k.get_ref().clone()).collect(),
     };
     for (name, agent) in &raw.agents {
         v.agent(name, agent, None);
@@ -49,6 +52,7 @@ pub fn validate_on(
     if v.diags.is_empty() {
         Ok(Policy {
             agents: v.agents,
+            tools,
             digest: *blake3::hash(src.text.as_bytes()).as_bytes(),
             origin: src.name.to_owned(),
         })
@@ -62,6 +66,8 @@ struct Validator<'a> {
     host: &'a dyn presets::Host,
     diags: Vec<Diagnostic>,
     agents: Vec<Agent>,
+    /// Every declared tool name (valid or not, so a bad tool is reported once, at the tool).
+    tool_names: HashSet<String>,
 }
 
 /// Agent and sub-agent names: what fits in a cgroup directory name and a CLI argument, and never
@@ -150,6 +156,7 @@ impl Validator<'_> {
                 .max_instances
                 .as_ref()
                 .and_then(|m| self.max_instances(&field, m)),
+            tools: self.tools(&field, &r.tools),
         };
         if agent.restricts_files() {
             // Every process opens these; they reach nothing but themselves (see runtime.rs).
@@ -180,6 +187,38 @@ impl Validator<'_> {
         for (sub_name, sub) in &r.sub {
             self.agent(sub_name, sub, Some(me));
         }
+    }
+
+    fn tools(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<String>> {
+        let mut out: Vec<Located<String>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.tools[{i}]");
+            let name = e.get_ref().trim();
+            if !self.tool_names.contains(name) {
+                let mut known: Vec<&str> = self.tool_names.iter().map(String::as_str).collect();
+                known.sort_unstable();
+                self.error(
+                    e,
+                    f,
+                    format!(
+                        "unknown tool {name:?} (declared with [tools.NAME]: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            } else if out.iter().any(|o| o.value == name) {
+                self.error(e, f, format!("duplicate tool {name:?}"));
+            } else {
+                out.push(Located {
+                    value: name.to_owned(),
+                    at: self.location(e, f),
+                });
+            }
+        }
+        out
     }
 
     fn max_instances(&mut self, field: &str, m: &Spanned<i64>) -> Option<u32> {
@@ -658,6 +697,17 @@ impl Validator<'_> {
                 self.error_at(
                     &c.at,
                     format!("{} is not granted to parent agent {pname:?}", c.value),
+                );
+            }
+        }
+        for t in &sub.tools {
+            if !parent.tools.iter().any(|p| p.value == t.value) {
+                self.error_at(
+                    &t.at,
+                    format!(
+                        "tool {:?} is not granted to parent agent {pname:?}",
+                        t.value
+                    ),
                 );
             }
         }

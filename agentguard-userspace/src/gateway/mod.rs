@@ -1,0 +1,142 @@
+//! The tool gateway: a loopback HTTP server in the daemon through which agents call the tools
+//! (`[tools.NAME]`) their policy grants, with credentials they never see.
+//!
+//! `$AGENTGUARD_GATEWAY/tools/NAME/PATH` is forwarded to the tool's `url` + `PATH` with the
+//! credential injected, once the caller is known from the kernel ([`identity`]), the tool is
+//! granted to its agent, the method and path are allowed, the instance's budget has room, the
+//! body fits, and nothing in the request carries a secret's value ([`scan`]). Every request is
+//! a chained `tool-call` record. HTTP is hyper's (server and client), TLS rustls'.
+
+mod body;
+pub mod identity;
+pub mod lease;
+pub mod rate;
+mod request;
+pub mod scan;
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use agentguard_common::verdict::ToolVerdict;
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use crate::{
+    audit::record::{Body, ToolCall},
+    daemon::Shared,
+};
+
+/// Connections the gateway serves at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// Time a client may take to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Leases and budgets, shared with the kill switch (which revokes leases).
+#[derive(Debug, Default)]
+pub struct GatewayState {
+    leases: Mutex<lease::Leases>,
+    buckets: Mutex<rate::Buckets>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl GatewayState {
+    /// Ends the leases of these instances (frozen, killed or ended): their next request, if
+    /// any, takes a new lease. Returns the lease ids ended.
+    pub fn revoke(&self, cgroup_ids: &[u64], why: &str) -> Vec<String> {
+        let ended = lock(&self.leases).revoke(cgroup_ids);
+        if !ended.is_empty() {
+            tracing::info!(leases = ?ended, why, "gateway leases revoked");
+        }
+        ended
+    }
+
+    /// Forgets everything about instances that ended.
+    pub fn forget(&self, cgroup_ids: &[u64]) {
+        self.revoke(cgroup_ids, "instance ended");
+        lock(&self.buckets).forget(cgroup_ids);
+    }
+}
+
+/// The log record of one request, written once when its response is complete.
+pub struct Finish {
+    shared: Arc<Shared>,
+    record: ToolCall,
+    start: Instant,
+}
+
+impl Finish {
+    /// Logs the record.
+    pub fn done(mut self, status: u16, bytes_out: u64, verdict: ToolVerdict) {
+        self.record.status = status;
+        self.record.bytes_out = bytes_out;
+        self.record.verdict = verdict as u8;
+        self.record.duration_us =
+            u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.shared.log(Body::ToolCall(self.record));
+    }
+}
+
+/// What one request handler needs.
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    client: request::Client,
+}
+
+/// Serves the gateway until shutdown.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
+    let ctx = Ctx {
+        shared,
+        client: request::client(),
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        // The caller's identity, from the kernel, before a byte of the request is read.
+        let cgroup = stream
+            .local_addr()
+            .and_then(|local| identity::peer_cgroup(local, peer))
+            .unwrap_or_else(|e| {
+                tracing::warn!(%peer, error = %e, "gateway: cannot identify the caller; treating it as no agent");
+                None
+            });
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| request::handle(ctx.clone(), cgroup, req));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "gateway connection ended with an error");
+            }
+        });
+    }
+}
