@@ -7,13 +7,12 @@ use std::{
     io::{self, Write},
     path::PathBuf,
     process::ExitCode,
-    thread,
-    time::Duration,
 };
 
 use agentguard_common::verdict::Verdict;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use inotify::{Inotify, WatchMask};
 use serde_json::json;
 
 use agentguard::audit::{
@@ -25,9 +24,6 @@ use agentguard::audit::{
 
 /// Where agentguard keeps its state when not told otherwise; the log is in its `log` subdir.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentguard";
-
-/// How often `show --follow` looks for new records.
-const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// `agentguard log ...`.
 #[derive(Debug, Args)]
@@ -132,6 +128,28 @@ pub struct ShowArgs {
     /// Only actions with this verdict.
     #[arg(long, value_enum)]
     pub verdict: Option<VerdictArg>,
+    /// Only records from this time on: a duration ago (`10m`, `2h`) or an RFC 3339 time
+    /// (`2026-11-25T10:00:00Z`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<u64>,
+    /// Only records up to this time (same forms as --since); with --follow, stop after it.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<u64>,
+}
+
+/// A wall-clock time in ns since the epoch: `DURATION` ago, or an RFC 3339 time.
+fn parse_time(s: &str) -> Result<u64, String> {
+    let (now, _) = audit::now();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("{s:?} is neither a duration (10m, 2h) nor an RFC 3339 time (2026-11-25T10:00:00Z)")
+    })?;
+    let since_epoch = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?;
+    Ok(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Verdicts by name.
@@ -276,6 +294,14 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let filter = Filter {
         agent: args.agent.clone(),
         verdict: args.verdict.map(Verdict::from),
+        since_ns: args.since,
+        until_ns: args.until,
+    };
+    // Watching starts before the first read, so no write between the two is missed.
+    let mut changes = if args.follow {
+        Some(LogChanges::watch(&dir)?)
+    } else {
+        None
     };
     let mut tail = Tail::new(&dir);
     loop {
@@ -283,7 +309,16 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
         for warning in &batch.warnings {
             eprintln!("warning: {warning}");
         }
-        for record in batch.records.iter().filter(|r| filter.matches(r)) {
+        for record in &batch.records {
+            if args.until.is_some_and(|u| record.wall_ns > u) && args.follow {
+                // Records are in time order (give or take the writer's batching): the window
+                // is over.
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !filter.matches(record) {
+                continue;
+            }
             if args.json {
                 writeln!(out, "{}", show::to_json(record))?;
             } else {
@@ -291,12 +326,50 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
             }
         }
         if !batch.more {
-            if !args.follow {
+            let Some(changes) = changes.as_mut() else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             out.flush()?;
-            thread::sleep(FOLLOW_POLL);
+            changes.wait()?;
         }
+    }
+}
+
+/// Wake-ups for `show --follow`: inotify on the log directory (appends, new segments,
+/// rotation, re-initialisation), instead of polling on a timer.
+struct LogChanges {
+    inotify: Inotify,
+    buf: Vec<u8>,
+}
+
+impl LogChanges {
+    fn watch(dir: &std::path::Path) -> Result<Self> {
+        let inotify = Inotify::init().context("inotify")?;
+        inotify
+            .watches()
+            .add(
+                dir,
+                WatchMask::MODIFY
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::CREATE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::DELETE,
+            )
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        Ok(Self {
+            inotify,
+            buf: vec![0u8; 4096],
+        })
+    }
+
+    /// Blocks until something in the log directory changed.
+    fn wait(&mut self) -> Result<()> {
+        self.inotify
+            .read_events_blocking(&mut self.buf)
+            .context("waiting for log changes")?;
+        // One read takes every event queued so far; the next poll reads all they announced.
+        Ok(())
     }
 }
 

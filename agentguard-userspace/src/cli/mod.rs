@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each thin over the library.
 
 mod daemon;
+mod denials;
 mod doctor;
 mod kill_switch;
 mod log;
@@ -47,6 +48,8 @@ enum Command {
     Policy(policy::PolicyCommand),
     /// Report what this host can enforce and which backend enforces it.
     Doctor(doctor::DoctorArgs),
+    /// Recent refusals: inside an agent, its own and its sub-agents'; what would allow each.
+    Denials(denials::DenialsArgs),
     /// Remove every agentguard program, map pin and cgroup (uninstall; clean test state).
     Teardown(teardown::TeardownArgs),
 }
@@ -79,6 +82,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(c) => policy::run(c),
         Command::Log(a) => log::run(a),
         Command::Doctor(a) => doctor::run(a),
+        Command::Denials(a) => denials::run(a),
         Command::Teardown(a) => teardown::run(a),
     }
 }

@@ -6,10 +6,12 @@
 
 mod apply;
 mod binwatch;
+pub mod denials;
 mod dns_task;
 mod handlers;
 pub mod identity;
 mod ingest;
+pub mod landlock_audit;
 mod operator;
 mod server;
 mod state;
@@ -122,6 +124,8 @@ pub struct Shared {
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
     /// DNS names of the policy in force.
     dns: dns_task::DnsNames,
+    /// Recent refusals per instance, for `agentguard denials`.
+    denials: Mutex<denials::Denials>,
 }
 
 impl Shared {
@@ -144,6 +148,30 @@ impl Shared {
         let (wall, mono) = audit::now();
         if let Err(e) = self.lock_log().append(wall, mono, body) {
             tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    }
+
+    /// Keeps a refusal for `agentguard denials` (anything else is ignored).
+    pub fn note_refusal(&self, wall_ns: u64, action: &audit::record::Action) {
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(wall_ns, action);
+    }
+
+    /// Recent refusals of `instance` and its sub-agents (`None`: of every instance).
+    pub fn recent_denials(
+        &self,
+        instance: Option<&str>,
+        since_ns: u64,
+    ) -> Vec<crate::control::proto::Denial> {
+        let d = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match instance {
+            Some(i) => d.of(i, since_ns),
+            None => d.all(since_ns),
         }
     }
 
@@ -224,6 +252,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         breaches: Default::default(),
         exited: Default::default(),
         dynamic_uids: Default::default(),
+        exited_uids: Default::default(),
         binaries: resolved.binaries.clone(),
     };
     let readopted = watch::readopt(&mut state)?;
@@ -254,6 +283,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exec_paths,
         new_instances,
         dns,
+        denials: Mutex::default(),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -279,7 +309,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let listener = server::bind(&opts.socket, server::Role::Admin)?;
     let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
     let ring = EventRing::new(ring).map_err(io("cannot register the event ring buffer"))?;
-    let tasks = vec![
+    // Landlock refusals reach the log through audit records (fallback file backend).
+    let landlock = landlock_audit::start(&opts.state_dir, backends.file);
+    let mut tasks = vec![
         tokio::spawn(ingest::run(shared.clone(), ring, shutdown_rx.clone())),
         tokio::spawn(server::run(
             shared.clone(),
@@ -307,6 +339,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shutdown_rx.clone(),
         )),
     ];
+    if let Some(listener) = landlock {
+        tasks.push(tokio::spawn(landlock_audit::run(
+            shared.clone(),
+            listener,
+            shutdown_rx.clone(),
+        )));
+    }
     tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
 
     let mut rx = shutdown_rx;

@@ -40,6 +40,9 @@ pub struct State {
     pub exited: BTreeMap<u64, (String, String)>,
     /// Dynamic uids handed to live instances, by cgroup id.
     pub dynamic_uids: HashMap<u64, u32>,
+    /// Dynamic uids of recently exited instances, to the cgroup id they had: a Landlock
+    /// refusal's audit records may arrive after its instance ended.
+    pub exited_uids: BTreeMap<u32, u64>,
 }
 
 /// The daemon's answer to an instance's budget breaches.
@@ -90,7 +93,12 @@ impl State {
             tracing::warn!(cgroup_id, error = %e, "cannot remove instance from the kernel map");
         }
         self.breaches.remove(&cgroup_id);
-        self.dynamic_uids.remove(&cgroup_id);
+        if let Some(uid) = self.dynamic_uids.remove(&cgroup_id) {
+            self.exited_uids.insert(uid, cgroup_id);
+            while self.exited_uids.len() > EXITED_KEPT {
+                self.exited_uids.pop_first();
+            }
+        }
         let gone = self.instances.remove(&cgroup_id)?;
         self.exited
             .insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));
@@ -107,6 +115,21 @@ impl State {
             .filter(|i| i.agent == agent)
             // kernfs ids grow monotonically: the largest id is the newest cgroup.
             .max_by_key(|i| i.id)
+    }
+}
+
+impl State {
+    /// The instance (agent, instance path, cgroup id) a dynamic uid belongs to: a live one
+    /// first, else the one that last had it.
+    pub fn by_dynamic_uid(&self, uid: u32) -> Option<(String, String, u64)> {
+        let id = self
+            .dynamic_uids
+            .iter()
+            .find(|(_, u)| **u == uid)
+            .map(|(id, _)| *id)
+            .or_else(|| self.exited_uids.get(&uid).copied())?;
+        let (agent, instance) = self.instance(id)?;
+        Some((agent, instance, id))
     }
 }
 
