@@ -222,6 +222,7 @@ fn launch(
         let _ = st.hierarchy.remove(&inst);
         return Err(format!("cannot start an instance of {agent:?}: {e}"));
     }
+    st.note_first_pid(pid, inst.id);
     drop(st);
     let mut warnings = Vec::new();
     if tagged {

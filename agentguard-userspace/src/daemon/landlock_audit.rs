@@ -178,13 +178,16 @@ pub trait Resolve {
     fn by_pid(&self, pid: u32) -> Option<Named>;
     /// The instance a dynamic uid was handed to.
     fn by_uid(&self, uid: u32) -> Option<Named>;
+    /// The instance whose first process had this pid (live or exited).
+    fn by_first_pid(&self, pid: u32) -> Option<Named>;
+    /// The dynamic uid an instance runs as, if it runs as one.
+    fn dynamic_uid(&self, cgroup_id: u64) -> Option<u32>;
 }
 
 #[derive(Clone, Debug)]
 struct Domain {
     pid: u32,
     uid: u32,
-    comm: String,
     named: Option<Named>,
 }
 
@@ -246,15 +249,18 @@ impl Assembler {
                     Some("allocated") => {
                         let pid = r.number("pid").and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
                         let uid = r.number("uid").and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-                        // The creator is usually the agent's first process: name it now, while
-                        // it surely lives.
-                        let named = names.by_pid(pid).or_else(|| names.by_uid(uid));
+                        // agentguard's domains are created by `run`, which became the agent's
+                        // first process; the daemon knows that pid even after it exited. Other
+                        // domains (an agent sandboxing its own children) by their creator's cgroup.
+                        let named = names
+                            .by_first_pid(pid)
+                            .or_else(|| names.by_pid(pid))
+                            .or_else(|| names.by_uid(uid));
                         self.remember(
                             id,
                             Domain {
                                 pid,
                                 uid,
-                                comm: r.get("comm").unwrap_or_default().to_owned(),
                                 named,
                             },
                         );
@@ -334,13 +340,6 @@ impl Assembler {
                 let what = refused(r)?;
                 let domain = r.domain().and_then(|id| self.domains.get(&id));
                 let sc = p.syscall.as_ref();
-                // Without a SYSCALL record and with agentguard's rules in force, the denying
-                // task had no audit context: it was created outside the dynamic uid range, which
-                // for a dynamic-uid agent is only its first process, the domain's creator.
-                let creator = match (sc, domain) {
-                    (None, Some(d)) if self.creator_without_context && is_dynamic(d.uid) => Some(d),
-                    _ => None,
-                };
                 let named = sc
                     .and_then(|s| s.named.clone())
                     .or_else(|| domain.and_then(|d| d.named.clone()))
@@ -351,7 +350,17 @@ impl Assembler {
                         instance: String::new(),
                         cgroup_id: 0,
                     });
-                let pid = sc.map(|s| s.pid).or(creator.map(|d| d.pid)).unwrap_or(0);
+                // Without a SYSCALL record and with agentguard's rules in force, the denying
+                // task had no audit context: it was created outside the dynamic uid range, which
+                // for a dynamic-uid agent is only its first process, the domain's creator (the
+                // launcher that became the agent: same pid; its uid and comm in the domain
+                // record are the launcher's, from before it switched user and exec'd).
+                let dynamic = names.dynamic_uid(named.cgroup_id);
+                let creator = match (sc, domain, dynamic) {
+                    (None, Some(d), Some(uid)) if self.creator_without_context => Some((d.pid, uid)),
+                    _ => None,
+                };
+                let pid = sc.map(|s| s.pid).or(creator.map(|c| c.0)).unwrap_or(0);
                 Some(Action {
                     kind: what.kind as u16,
                     verdict: Verdict::Denied as u8,
@@ -361,11 +370,12 @@ impl Assembler {
                     cgroup_id: named.cgroup_id,
                     pid,
                     tid: pid,
-                    uid: sc.map(|s| s.uid).or(domain.map(|d| d.uid)).unwrap_or(0),
-                    comm: sc
-                        .map(|s| s.comm.clone())
-                        .or(creator.map(|d| d.comm.clone()))
-                        .unwrap_or_default(),
+                    uid: sc
+                        .map(|s| s.uid)
+                        .or(creator.map(|c| c.1))
+                        .or(dynamic)
+                        .unwrap_or(0),
+                    comm: sc.map(|s| s.comm.clone()).unwrap_or_default(),
                     target: what.target,
                     rule: None,
                     flags: 0,
@@ -410,6 +420,27 @@ impl Resolve for StateNames<'_> {
             agent,
             instance,
             cgroup_id,
+        })
+    }
+
+    fn by_first_pid(&self, pid: u32) -> Option<Named> {
+        let st = self.0.lock_state();
+        let id = *st.first_pids.get(&pid)?;
+        let (agent, instance) = crate::events::Names::instance(&*st, id)?;
+        Some(Named {
+            agent,
+            instance,
+            cgroup_id: id,
+        })
+    }
+
+    fn dynamic_uid(&self, cgroup_id: u64) -> Option<u32> {
+        let st = self.0.lock_state();
+        st.dynamic_uids.get(&cgroup_id).copied().or_else(|| {
+            st.exited_uids
+                .iter()
+                .find(|(_, id)| **id == cgroup_id)
+                .map(|(uid, _)| *uid)
         })
     }
 }
@@ -504,7 +535,7 @@ mod tests {
 
     impl Resolve for Fake {
         fn by_pid(&self, pid: u32) -> Option<Named> {
-            (pid == 100 || pid == 101).then(|| Named {
+            (pid == 101).then(|| Named {
                 agent: "buyer".into(),
                 instance: "buyer/1".into(),
                 cgroup_id: 7,
@@ -512,6 +543,17 @@ mod tests {
         }
         fn by_uid(&self, _: u32) -> Option<Named> {
             None
+        }
+        fn by_first_pid(&self, pid: u32) -> Option<Named> {
+            // The creator exited already; the daemon still knows its pid.
+            (pid == 100).then(|| Named {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 7,
+            })
+        }
+        fn dynamic_uid(&self, cgroup_id: u64) -> Option<u32> {
+            (cgroup_id == 7).then_some(2_113_929_300)
         }
     }
 
@@ -527,13 +569,13 @@ mod tests {
         };
         let t0 = Instant::now();
         assert!(a.push(rec(1423, "audit(1.0:5): domain=ab blockers=fs.read_file path=\"/etc/passwd\" dev=\"vda\" ino=9"), t0, &Fake).is_empty());
-        assert!(a.push(rec(1424, "audit(1.0:6): domain=ab status=allocated mode=enforcing pid=100 uid=2113929300 exe=\"/bin/probe\" comm=\"probe\""), t0, &Fake).is_empty());
+        assert!(a.push(rec(1424, "audit(1.0:6): domain=ab status=allocated mode=enforcing pid=100 uid=0 exe=\"/usr/bin/agentguard\" comm=\"agentguard\""), t0, &Fake).is_empty());
         assert!(a.expire(t0, false, &Fake).is_empty(), "waits for a SYSCALL record");
         let got = a.expire(t0 + GRACE, false, &Fake);
         assert_eq!(got.len(), 1);
         let g = &got[0];
         assert_eq!((g.agent.as_str(), g.instance.as_str(), g.cgroup_id), ("buyer", "buyer/1", 7));
-        assert_eq!((g.pid, g.comm.as_str(), g.uid), (100, "probe", 2_113_929_300));
+        assert_eq!((g.pid, g.comm.as_str(), g.uid), (100, "", 2_113_929_300));
         assert_eq!(g.verdict, Verdict::Denied as u8);
         assert_eq!(g.kind, EventKind::FileOpen as u16);
         assert!(matches!(&g.target, Target::File { path, .. } if path == "/etc/passwd"));
@@ -569,6 +611,7 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].instance, "buyer/1");
         assert_eq!(got[0].pid, 0, "no syscall record and no rules: the denying pid is unknown");
+        assert_eq!(got[0].uid, 2_113_929_300, "the instance's dynamic uid");
         assert!(a.domains.is_empty());
     }
 }

@@ -253,6 +253,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exited: Default::default(),
         dynamic_uids: Default::default(),
         exited_uids: Default::default(),
+        first_pids: Default::default(),
+        first_pid_order: Default::default(),
         binaries: resolved.binaries.clone(),
     };
     let readopted = watch::readopt(&mut state)?;

@@ -43,6 +43,11 @@ pub struct State {
     /// Dynamic uids of recently exited instances, to the cgroup id they had: a Landlock
     /// refusal's audit records may arrive after its instance ended.
     pub exited_uids: BTreeMap<u32, u64>,
+    /// The first process of each instance (the `run` launcher that became the agent), to its
+    /// cgroup id; it created the instance's Landlock domain. Kept after exit, newest wins.
+    pub first_pids: HashMap<u32, u64>,
+    /// Insertion order of `first_pids`, to bound it.
+    pub first_pid_order: std::collections::VecDeque<u32>,
 }
 
 /// The daemon's answer to an instance's budget breaches.
@@ -119,6 +124,18 @@ impl State {
 }
 
 impl State {
+    /// Remembers the first process of an instance.
+    pub fn note_first_pid(&mut self, pid: u32, cgroup_id: u64) {
+        if self.first_pids.insert(pid, cgroup_id).is_none() {
+            self.first_pid_order.push_back(pid);
+        }
+        while self.first_pid_order.len() > EXITED_KEPT {
+            if let Some(old) = self.first_pid_order.pop_front() {
+                self.first_pids.remove(&old);
+            }
+        }
+    }
+
     /// The instance (agent, instance path, cgroup id) a dynamic uid belongs to: a live one
     /// first, else the one that last had it.
     pub fn by_dynamic_uid(&self, uid: u32) -> Option<(String, String, u64)> {

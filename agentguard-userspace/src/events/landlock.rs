@@ -109,10 +109,10 @@ fn fields(mut s: &str) -> Result<Vec<(String, String)>, ParseError> {
         if s.is_empty() {
             return Ok(out);
         }
-        let Some((key, rest)) = s.split_once('=') else {
+        let word_end = s.find(' ').unwrap_or(s.len());
+        let Some((key, rest)) = s.split_once('=').filter(|(k, _)| k.len() < word_end) else {
             // A bare word (some records carry them); nothing to key it by.
-            let (_, rest) = s.split_once(' ').unwrap_or((s, ""));
-            s = rest;
+            s = &s[word_end..];
             continue;
         };
         let key = key.to_owned();
