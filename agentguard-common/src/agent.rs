@@ -45,61 +45,67 @@ pub const AGENT_LOG_ALLOWED: u32 = 1 << 1;
 pub const AGENT_EXEC_RULES: u32 = 1 << 2;
 /// The agent has read/write rules: any path not covered is denied.
 pub const AGENT_FILE_RULES: u32 = 1 << 3;
-/// The agent may create user namespaces and mount (a weakening the policy must ask for).
-pub const AGENT_ALLOW_NAMESPACES: u32 = 1 << 4;
+/// An ancestor agent has exec rules: every binary must be allowed by each ancestor that has
+/// them, even when this sub-agent lists no binaries of its own (a sub-agent never exceeds its
+/// parent). Set by the compiler from the ancestors' flags.
+pub const AGENT_EXEC_INHERITED: u32 = 1 << 5;
+/// An ancestor agent has file rules: every path must be allowed by each ancestor that has them,
+/// even when this sub-agent lists no paths of its own.
+pub const AGENT_FILE_INHERITED: u32 = 1 << 6;
 
-/// Which action a budget counts.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ThrottleKind {
-    /// TCP connects and UDP sends with a destination.
-    Connect = 0,
-    /// Successful execs (every binary an agent runs).
-    Exec = 1,
-    /// File opens.
-    Open = 2,
+/// The policy grants the `bpf` syscall group back (`allow_syscalls`): the BPF LSM lets the
+/// agent use `bpf(2)`, as the seccomp filter does.
+pub const AGENT_ALLOW_BPF: u32 = 1 << 7;
+/// The policy grants `raw_sockets`: `SOCK_RAW` IPv4/IPv6 and `AF_PACKET` sockets.
+pub const AGENT_ALLOW_RAW_SOCKETS: u32 = 1 << 8;
+/// The policy grants `ping_sockets`: ICMP/ICMPv6 datagram sockets.
+pub const AGENT_ALLOW_PING_SOCKETS: u32 = 1 << 9;
+/// The policy grants `other_sockets`: every other socket the network programs do not judge.
+pub const AGENT_ALLOW_OTHER_SOCKETS: u32 = 1 << 10;
+
+/// Whether an agent with `flags` is restricted in what it may execute (its own rules or an
+/// ancestor's).
+pub const fn exec_restricted(flags: u32) -> bool {
+    flags & (AGENT_EXEC_RULES | AGENT_EXEC_INHERITED) != 0
 }
 
-impl ThrottleKind {
-    /// Every kind, in index order.
-    pub const ALL: [ThrottleKind; 3] = [
-        ThrottleKind::Connect,
-        ThrottleKind::Exec,
-        ThrottleKind::Open,
-    ];
+/// Whether an agent with `flags` is restricted in which paths it may use (its own rules or an
+/// ancestor's).
+pub const fn files_restricted(flags: u32) -> bool {
+    flags & (AGENT_FILE_RULES | AGENT_FILE_INHERITED) != 0
 }
 
-/// Whose actions a budget counts.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ThrottleScope {
-    /// One bucket per process (thread group).
-    Process = 0,
-    /// One bucket per agent instance, shared by all its processes.
-    Agent = 1,
+stable_enum! {
+    /// Which action a budget counts. The name is the policy's (`throttle.connect`, ...).
+    pub enum ThrottleKind: u8, from_u8 {
+        /// TCP connects and UDP sends with a destination.
+        Connect = 0 => "connect",
+        /// Successful execs (every binary an agent runs).
+        Exec = 1 => "exec",
+        /// File opens.
+        Open = 2 => "open",
+    }
 }
 
-/// What happens when a budget is exhausted.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OnExceed {
-    /// Refuse the over-budget action.
-    Deny = 0,
-    /// Refuse it and ask the daemon to freeze the instance.
-    Freeze = 1,
-    /// Refuse it and ask the daemon to kill the instance.
-    Kill = 2,
+stable_enum! {
+    /// Whose actions a budget counts. The name is the policy's (`throttle.agent`, `scope`).
+    pub enum ThrottleScope: u8, from_u8 {
+        /// One bucket per process (thread group).
+        Process = 0 => "process",
+        /// One bucket per agent instance, shared by all its processes.
+        Agent = 1 => "agent",
+    }
 }
 
-impl OnExceed {
-    /// Decodes the numeric value stored in a [`Throttle`].
-    pub const fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0 => Some(Self::Deny),
-            1 => Some(Self::Freeze),
-            2 => Some(Self::Kill),
-            _ => None,
-        }
+stable_enum! {
+    /// What happens when a budget is exhausted. The name is the policy's (`on_exceed`).
+    pub enum OnExceed: u8, from_u8 {
+        /// Refuse the over-budget action.
+        Deny = 0 => "deny",
+        /// Refuse it and ask the daemon to freeze the instance.
+        Freeze = 1 => "freeze",
+        /// Refuse it and ask the daemon to kill the instance.
+        Kill = 2 => "kill",
     }
 }
 
@@ -163,6 +169,45 @@ pub struct Bucket {
     pub last_ns: u64,
 }
 const _: () = assert!(size_of::<Bucket>() == 16);
+
+/// One instance's event budget: a token bucket each for allowed-action events and for refusals,
+/// and what the instance could not send beyond them. No instance can fill a ring buffer on its
+/// own, so none can hide the others' actions from the log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Credit for events about allowed actions.
+    pub allowed: Bucket,
+    /// Credit for events about refusals.
+    pub refusals: Bucket,
+    /// Allowed-action events not sent for lack of credit, since the instance started.
+    pub lost_allowed: u64,
+    /// Refusal events not sent for lack of credit, since the instance started.
+    pub lost_refusals: u64,
+    /// `bpf_ktime_get_ns` of the newest unsent refusal that asked for an escalation.
+    pub escalate_ns: u64,
+    /// `EVENT_ESCALATE_*` flags of unsent refusals: the daemon acts on them all the same.
+    pub escalate: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<EventBudget>() == 64);
+
+/// Events about allowed actions an instance may send: 20,000 per second, in bursts of as many.
+pub const EVENT_BUDGET_ALLOWED: Throttle = Throttle {
+    cost_ns: 50_000,
+    burst_ns: 1_000_000_000,
+    on_exceed: 0,
+    _pad: [0; 7],
+};
+/// Events about refusals an instance may send: 2,000 per second, in bursts of as many (a sixth
+/// of [`crate::maps::ALERTS`]).
+pub const EVENT_BUDGET_REFUSALS: Throttle = Throttle {
+    cost_ns: 500_000,
+    burst_ns: 1_000_000_000,
+    on_exceed: 0,
+    _pad: [0; 7],
+};
 
 /// Per-instance verdict counters (per CPU; userspace sums them).
 #[repr(C)]

@@ -8,39 +8,23 @@ use core::mem::size_of;
 
 use crate::COMM_LEN;
 
-/// The kind of an event. Stable numbers.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// A TCP or UDP connect ([`NetEvent`]).
-    Connect = 1,
-    /// A UDP/raw send with an explicit destination ([`NetEvent`]).
-    Send = 2,
-    /// An exec ([`ExecEvent`]).
-    Exec = 3,
-    /// A file open ([`FileEvent`]).
-    FileOpen = 4,
-    /// A path operation: create, delete, rename, link, truncate, ... ([`FileEvent`]).
-    PathOp = 5,
-    /// A namespace, mount or ptrace attempt ([`FileEvent`] with the op and no path).
-    Privileged = 6,
-    /// Kernel events were dropped (synthesised by the daemon, never sent by the kernel).
-    Lost = 15,
-}
-
-impl EventKind {
-    /// Decodes a number read from the kernel or the log.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        match v {
-            1 => Some(Self::Connect),
-            2 => Some(Self::Send),
-            3 => Some(Self::Exec),
-            4 => Some(Self::FileOpen),
-            5 => Some(Self::PathOp),
-            6 => Some(Self::Privileged),
-            15 => Some(Self::Lost),
-            _ => None,
-        }
+stable_enum! {
+    /// The kind of an event. Stable numbers.
+    pub enum EventKind: u16, from_u16 {
+        /// A TCP or UDP connect ([`NetEvent`]).
+        Connect = 1 => "connect",
+        /// A UDP/raw send with an explicit destination ([`NetEvent`]).
+        Send = 2 => "send",
+        /// An exec ([`ExecEvent`]).
+        Exec = 3 => "exec",
+        /// A file open ([`FileEvent`]).
+        FileOpen = 4 => "file-open",
+        /// A path operation: create, delete, rename, link, truncate, ... ([`FileEvent`]).
+        PathOp = 5 => "path-op",
+        /// A namespace, mount or ptrace attempt ([`FileEvent`] with the op and no path).
+        Privileged = 6 => "privileged",
+        /// Kernel events were dropped (synthesised by the daemon, never sent by the kernel).
+        Lost = 15 => "lost",
     }
 }
 
@@ -139,60 +123,43 @@ const _: () = assert!(size_of::<ExecEvent>() == 64 + 16 + EXEC_PATH_LEN);
 /// Bytes of path a [`FileEvent`] carries.
 pub const FILE_PATH_LEN: usize = 256;
 
-/// File and privileged operations, as carried in [`FileEvent::op`]. Stable numbers.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FileOp {
-    /// open(2) and friends.
-    Open = 1,
-    /// Creating a regular file, device or socket.
-    Create = 2,
-    /// mkdir.
-    Mkdir = 3,
-    /// unlink.
-    Unlink = 4,
-    /// rmdir.
-    Rmdir = 5,
-    /// rename (source or destination).
-    Rename = 6,
-    /// hard link.
-    Link = 7,
-    /// symlink.
-    Symlink = 8,
-    /// truncate.
-    Truncate = 9,
-    /// chmod.
-    Chmod = 10,
-    /// chown.
-    Chown = 11,
-    /// mount, remount, bind mount, pivot_root.
-    Mount = 20,
-    /// creating a user namespace.
-    UserNamespace = 21,
-    /// ptrace (or /proc access of ptrace strength) to a process outside the instance.
-    Ptrace = 22,
-}
-
-impl FileOp {
-    /// Decodes a number read from the kernel or the log.
-    pub const fn from_u16(v: u16) -> Option<Self> {
-        Some(match v {
-            1 => Self::Open,
-            2 => Self::Create,
-            3 => Self::Mkdir,
-            4 => Self::Unlink,
-            5 => Self::Rmdir,
-            6 => Self::Rename,
-            7 => Self::Link,
-            8 => Self::Symlink,
-            9 => Self::Truncate,
-            10 => Self::Chmod,
-            11 => Self::Chown,
-            20 => Self::Mount,
-            21 => Self::UserNamespace,
-            22 => Self::Ptrace,
-            _ => return None,
-        })
+stable_enum! {
+    /// File and privileged operations, as carried in [`FileEvent::op`]. Stable numbers.
+    pub enum FileOp: u16, from_u16 {
+        /// open(2) and friends.
+        Open = 1 => "open",
+        /// Creating a regular file, device or socket.
+        Create = 2 => "create",
+        /// mkdir.
+        Mkdir = 3 => "mkdir",
+        /// unlink.
+        Unlink = 4 => "unlink",
+        /// rmdir.
+        Rmdir = 5 => "rmdir",
+        /// rename (source or destination).
+        Rename = 6 => "rename",
+        /// hard link.
+        Link = 7 => "link",
+        /// symlink.
+        Symlink = 8 => "symlink",
+        /// truncate.
+        Truncate = 9 => "truncate",
+        /// chmod.
+        Chmod = 10 => "chmod",
+        /// chown.
+        Chown = 11 => "chown",
+        /// mount, remount, bind mount, pivot_root.
+        Mount = 20 => "mount",
+        /// creating a user namespace.
+        UserNamespace = 21 => "user-namespace",
+        /// ptrace (or /proc access of ptrace strength) to a process outside the instance.
+        Ptrace = 22 => "ptrace",
+        /// a `bpf(2)` command (the path field says which: `cmd=N`).
+        Bpf = 23 => "bpf",
+        /// a signal to a process outside the instance and its sub-agents (`sig=N`, target pid).
+        Signal = 24 => "signal",
+        /// creating a socket of a kind agentguard does not judge (`family=F type=T protocol=P`).
+        Socket = 25 => "socket",
     }
 }
 
@@ -208,12 +175,9 @@ pub struct FileEvent {
     pub access: u8,
     /// Explicit padding.
     pub _pad: u8,
-    /// For [`FileOp::Ptrace`]: the target pid; otherwise 0.
+    /// For [`FileOp::Ptrace`] and [`FileOp::Signal`]: the target pid; otherwise 0.
     pub target_pid: u32,
     /// The path as the kernel resolved it, NUL-terminated.
     pub path: [u8; FILE_PATH_LEN],
 }
 const _: () = assert!(size_of::<FileEvent>() == 64 + 8 + FILE_PATH_LEN);
-
-/// The largest event, for buffer sizing.
-pub const MAX_EVENT_LEN: usize = size_of::<ExecEvent>();

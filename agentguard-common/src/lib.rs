@@ -9,6 +9,9 @@
 //! The `user` feature adds userspace-only views: `aya::Pod` impls and safe decoding.
 #![no_std]
 
+#[macro_use]
+mod stable;
+
 pub mod agent;
 pub mod event;
 pub mod maps;

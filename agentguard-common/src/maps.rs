@@ -16,8 +16,15 @@ pub const PATH_RULES: &str = "AG_PATH_RULES";
 pub const STATE: &str = "AG_STATE";
 /// Ring buffer of events (see [`crate::event`]).
 pub const EVENTS: &str = "AG_EVENTS";
-/// Per-CPU array with one `u64`: events dropped because the ring buffer was full.
+/// Ring buffer of refusals and escalations only (see [`crate::event`]): allowed actions never
+/// use it, so however many of them an agent causes, they cannot crowd out a refusal.
+pub const ALERTS: &str = "AG_ALERTS";
+/// Per-CPU array of `u64`, [`LOST_SLOTS`] of them: events dropped because their ring buffer was
+/// full, per ring ([`LOST_EVENTS`], [`LOST_ALERTS`]).
 pub const LOST: &str = "AG_LOST";
+/// `u64` instance cgroup id -> [`crate::agent::EventBudget`]: how many events each instance may
+/// still send, and how many it could not.
+pub const EVENT_BUDGETS: &str = "AG_EVT_BUDGET";
 /// LRU hash [`crate::agent::BucketKey`] -> [`crate::agent::Bucket`] for per-process budgets.
 pub const PROC_BUCKETS: &str = "AG_PROC_BKT";
 /// Hash [`crate::agent::BucketKey`] -> [`crate::agent::Bucket`] for per-instance budgets.
@@ -34,7 +41,9 @@ pub const ALL: &[&str] = &[
     PATH_RULES,
     STATE,
     EVENTS,
+    ALERTS,
     LOST,
+    EVENT_BUDGETS,
     PROC_BUCKETS,
     AGENT_BUCKETS,
     COUNTERS,
@@ -52,6 +61,14 @@ pub const MAX_EXEC_RULES: u32 = 2 * 16_384;
 pub const MAX_PATH_RULES: u32 = 2 * 32_768;
 /// Size of [`EVENTS`] in bytes (a power of two multiple of the page size).
 pub const EVENTS_BYTES: u32 = 16 * 1024 * 1024;
+/// Size of [`ALERTS`] in bytes: about 12,000 of the largest refusal events.
+pub const ALERTS_BYTES: u32 = 4 * 1024 * 1024;
+/// Entries of [`LOST`].
+pub const LOST_SLOTS: u32 = 2;
+/// Slot of [`LOST`] counting allowed-action events lost on a full [`EVENTS`].
+pub const LOST_EVENTS: u32 = 0;
+/// Slot of [`LOST`] counting refusals lost with both [`ALERTS`] and [`EVENTS`] full.
+pub const LOST_ALERTS: u32 = 1;
 /// Capacity of [`PROC_BUCKETS`] (LRU: the least recently used process budget is evicted).
 pub const MAX_PROC_BUCKETS: u32 = 65_536;
 /// Capacity of [`AGENT_BUCKETS`].

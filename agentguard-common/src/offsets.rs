@@ -64,7 +64,21 @@ pub struct KernelOffsets {
     pub path_dentry: u32,
     /// `struct super_block::s_magic`.
     pub sb_magic: u32,
+    /// `struct dentry::d_parent`.
+    pub dentry_parent: u32,
+    /// `struct dentry::d_name` + `struct qstr::len`.
+    pub dentry_name_len: u32,
+    /// `struct vfsmount::mnt_root`.
+    pub vfsmount_mnt_root: u32,
+    /// `struct mount::mnt_parent`.
+    pub mount_parent: u32,
+    /// `struct mount::mnt_mountpoint`.
+    pub mount_mountpoint: u32,
+    /// `struct task_struct::fs`.
+    pub task_fs: u32,
+    /// `struct fs_struct::root` (a `struct path`: the task's root directory).
+    pub fs_root: u32,
     /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
     pub valid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 100);
+const _: () = assert!(size_of::<KernelOffsets>() == 128);

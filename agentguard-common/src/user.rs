@@ -3,7 +3,9 @@
 use core::{fmt, mem::size_of, ptr};
 
 use crate::{
-    agent::{AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState},
+    agent::{
+        AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, EventBudget, GlobalState,
+    },
     event::{EventHeader, EventKind, ExecEvent, FileEvent, NetEvent},
     offsets::KernelOffsets,
     rules::{ExecKey, NetKey, PathKey, RuleRef},
@@ -25,6 +27,7 @@ pod!(
     BucketKey,
     CgroupEntry,
     Counters,
+    EventBudget,
     GlobalState,
     RuleRef,
     NetKey,

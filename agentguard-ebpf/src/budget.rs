@@ -53,7 +53,7 @@ fn count_open() {
         // Nothing here can refuse the open: say so rather than claim it was refused.
         j.verdict = Verdict::AuditDenied;
     }
-    let Some(mut entry) = emit::reserve::<FileEvent>() else {
+    let Some(mut entry) = emit::reserve::<FileEvent>(&subject, &j) else {
         return;
     };
     let ev = entry.as_mut_ptr();

@@ -10,7 +10,7 @@
 //! Both therefore implement one rule: the binary that ends up running must be allowed.
 
 use agentguard_common::{
-    agent::{AGENT_EXEC_RULES, ThrottleKind},
+    agent::{AGENT_EXEC_RULES, ThrottleKind, exec_restricted},
     event::{EVENT_PARENT_DENIED, EVENT_TRUNCATED, EXEC_PATH_LEN, EventKind, ExecEvent},
     maps::MAX_AGENT_DEPTH,
     offsets::KernelOffsets,
@@ -73,24 +73,37 @@ fn lookup(generation: u32, agent_id: u32, dev: u64, ino: u64) -> Option<u32> {
     unsafe { EXEC_RULES.get(key) }.map(|r| r.rule_id)
 }
 
+/// The rule decision: the agent's own list (when it has one), then every ancestor that has one.
+/// A sub-agent without an exec list of its own is still held to its ancestors' lists: it can
+/// never run what its parent may not.
 #[inline(always)]
 fn decide(subject: &Subject, identity: Option<(u64, u64)>, refusal: Verdict) -> Judgement {
-    if subject.flags() & AGENT_EXEC_RULES == 0 {
+    let flags = subject.flags();
+    if !exec_restricted(flags) {
         return Judgement::allow(NO_RULE);
     }
     let Some((dev, ino)) = identity else {
         return Judgement::refuse(refusal, 0);
     };
-    let Some(rule_id) = lookup(subject.generation, subject.agent_id, dev, ino) else {
-        return Judgement::refuse(refusal, 0);
-    };
+    let mut rule_id = NO_RULE;
+    if flags & AGENT_EXEC_RULES != 0 {
+        match lookup(subject.generation, subject.agent_id, dev, ino) {
+            Some(id) => rule_id = id,
+            None => return Judgement::refuse(refusal, 0),
+        }
+    }
     let mut parent = subject.parent_agent_id();
     let mut depth = 0;
     while parent != 0 && depth < MAX_AGENT_DEPTH {
         let parent_config = identity::agent_config(subject.generation, parent);
         let parent_has_rules = parent_config.is_none_or(|c| c.flags & AGENT_EXEC_RULES != 0);
-        if parent_has_rules && lookup(subject.generation, parent, dev, ino).is_none() {
-            return Judgement::refuse(refusal, EVENT_PARENT_DENIED);
+        if parent_has_rules {
+            match lookup(subject.generation, parent, dev, ino) {
+                // Without a list of its own, the nearest ancestor's rule is the one that allowed.
+                Some(id) if rule_id == NO_RULE => rule_id = id,
+                Some(_) => {}
+                None => return Judgement::refuse(refusal, EVENT_PARENT_DENIED),
+            }
         }
         parent = parent_config.map_or(0, |c| c.parent_agent_id);
         depth += 1;
@@ -132,7 +145,7 @@ fn judge(bprm: *const u8, backend: Backend, refusal: Verdict) -> Option<Judgemen
         Some(ThrottleKind::Exec),
         decide(&subject, file_id, refusal),
     );
-    if log && let Some(mut entry) = emit::reserve::<ExecEvent>() {
+    if log && let Some(mut entry) = emit::reserve::<ExecEvent>(&subject, &j) {
         let ev = entry.as_mut_ptr();
         let (dev, ino) = file_id.unwrap_or((0, 0));
         let mut flags = 0;

@@ -2,11 +2,18 @@
 //! from `bpf_d_path`; `path_*` hooks apply the write rules to creating, deleting, renaming,
 //! linking, truncating and changing attributes.
 //!
+//! The kernel renders paths with `bpf_d_path` where it allows that helper. Linux 6.1 allows it
+//! in `file_open` but not in the `path_*` hooks, so each path hook also exists as a `walk`
+//! variant (`ag_walk_*`) that builds the same path by following `d_parent` and mount parents up
+//! to the task's root; the loader takes it where the verifier refuses the `bpf_d_path` one.
+//!
 //! Paths are looked up in an LPM trie keyed by (agent, generation, access, path bytes). Rules are
 //! stored with a trailing `/` and paths are looked up with one appended, so `/srv/buyer` covers
 //! `/srv/buyer` and `/srv/buyer/x` but never `/srv/buyerX`. A path too long to judge is denied.
 //! `/proc/<own pid>/...` is looked up as `/proc/self/...`, so the agent's own /proc entries are a
 //! rule like any other.
+
+use core::ffi::c_void;
 
 use agentguard_common::{
     agent::{AGENT_FILE_RULES, ThrottleKind},
@@ -21,8 +28,9 @@ use agentguard_common::{
 use aya_ebpf::{
     bindings::path,
     helpers::{
-        bpf_d_path, bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes,
-        generated::bpf_probe_read_kernel,
+        bpf_d_path, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_loop, bpf_probe_read_kernel},
     },
     macros::lsm,
     maps::lpm_trie::Key,
@@ -49,6 +57,15 @@ const O_FMODE_EXEC: u32 = 0x20;
 /// as many again, so every write the verifier sees stays in bounds.
 const STAGE_LEN: usize = 2 * PATH_KEY_LEN + 16;
 
+/// Where a dentry walk ends its path in [`Scratch::walk`]: it writes components backwards from
+/// here, each at most 255 bytes (NAME_MAX), so every write stays below `2 * WALK_END`.
+const WALK_END: usize = 256;
+/// Most steps (path components plus mount crossings) a walk takes before it gives up: a path
+/// that fits a key has at most `PATH_KEY_LEN / 2` components.
+const WALK_STEPS: u32 = 160;
+/// NAME_MAX: no component is longer.
+const NAME_MAX: usize = 255;
+
 /// Per-CPU working memory for one lookup.
 #[repr(C)]
 pub struct Scratch {
@@ -56,6 +73,10 @@ pub struct Scratch {
     pub key: Key<PathKey>,
     /// The path as the kernel rendered it.
     pub stage: [u8; STAGE_LEN],
+    /// A path being built backwards by a dentry walk, ending at [`WALK_END`].
+    pub walk: [u8; 2 * WALK_END],
+    /// Where that walk is.
+    pub walk_state: WalkState,
 }
 
 /// A path ready for lookup in [`Scratch::key`]: its length (without the trailing `/`) and how it
@@ -109,9 +130,9 @@ fn try_file_open(file: *const u8) -> bool {
             .is_some_and(|i| kernel::inode_protected(&o, i))
     {
         let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
-        return refuse_protected(&subject, resolve(f_path), access, FileOp::Open);
+        return refuse_protected(&subject, resolve::<false>(f_path), access, FileOp::Open);
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         // No file rules: only the open budget applies; only its breaches are logged (the daemon
         // escalates them), without the path, which nothing here needed to render.
         let (j, _) = verdict::finish(
@@ -132,7 +153,7 @@ fn try_file_open(file: *const u8) -> bool {
         return j.permits();
     }
     let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
-    let resolved = resolve(f_path);
+    let resolved = resolve::<false>(f_path);
     judge(&subject, resolved, access, FileOp::Open)
 }
 
@@ -142,30 +163,195 @@ const TOO_LONG: Resolved = Resolved {
     flags: EVENT_PATH_TOO_LONG,
 };
 
-/// Renders `p` with `bpf_d_path` at the start of the scratch stage; its length without the NUL,
-/// or `None` when the kernel could not render it in [`PATH_KEY_LEN`] bytes.
+/// Renders `p` at the start of the scratch stage (with `bpf_d_path`, or by a dentry walk when
+/// `WALK`); its length without the NUL, or `None` when it could not be rendered in
+/// [`PATH_KEY_LEN`] bytes.
 #[inline(always)]
-fn render(s: *mut Scratch, p: *mut path) -> Option<usize> {
+fn render<const WALK: bool>(s: *mut Scratch, p: *mut path) -> Option<usize> {
+    if WALK {
+        return walk(s, p.cast_const().cast());
+    }
     // SAFETY: `s` is this CPU's scratch entry, valid for the program run; `p` is a kernel
     // `struct path` the hook received (or derived from one at a BTF offset).
     let n = unsafe { bpf_d_path(p, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
     if n <= 0 { None } else { Some((n - 1) as usize) }
 }
 
-/// Renders `p` into the scratch stage and prepares the lookup key.
-fn resolve(p: *mut path) -> Option<Resolved> {
+/// What `bpf_d_path` renders, built by hand for hooks where the kernel does not offer that
+/// helper: from the path's dentry up through `d_parent`, crossing from a mount's root to where
+/// it is mounted, until the task's root directory (so a chroot is honoured as `d_path` does)
+/// or the root of the mount namespace.
+///
+/// Each step is one `bpf_loop` iteration, so the verifier checks the step once instead of
+/// unrolling a loop of [`WALK_STEPS`] (which took seconds per program on an emulated 6.1).
+/// Programs run under RCU, so the dentries and names read here stay valid; a concurrent rename
+/// of an ancestor can give a path that existed just before or just after it, as `d_path` can.
+fn walk(s: *mut Scratch, p: *const u8) -> Option<usize> {
+    let o = kernel::offsets()?;
+    // SAFETY: helper without memory arguments.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let fs: *const u8 = kernel::read(task, o.task_fs)?;
+    let start = WalkState {
+        dentry: kernel::read(p, o.path_dentry)?,
+        vfsmnt: kernel::read(p, o.path_mnt)?,
+        root_dentry: kernel::read(fs, o.fs_root + o.path_dentry)?,
+        root_mnt: kernel::read(fs, o.fs_root + o.path_mnt)?,
+        end: WALK_END as u64,
+        state: WALK_RUNNING,
+    };
+    // The state lives in the scratch map, not on this stack: the 6.1 verifier checks a bpf_loop
+    // callback once, so it would take the values one step leaves on the caller's stack for the
+    // only ones possible after the loop and hard-wire the branches that test them.
+    // SAFETY: `s` is this CPU's scratch entry; WALK_END is inside `walk`.
+    unsafe {
+        (*s).walk_state = start;
+        *core::ptr::addr_of_mut!((*s).walk)
+            .cast::<u8>()
+            .add(WALK_END) = 0;
+    }
+    // SAFETY: `walk_step` has the callback signature bpf_loop expects; it takes no context.
+    unsafe {
+        bpf_loop(
+            WALK_STEPS,
+            walk_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    // SAFETY: this CPU's scratch entry, as above.
+    let (state, end) = unsafe { ((*s).walk_state.state, (*s).walk_state.end) };
+    if state != WALK_DONE {
+        return None;
+    }
+    finish_walk(s, end)
+}
+
+const WALK_RUNNING: u64 = 0;
+const WALK_DONE: u64 = 1;
+const WALK_FAILED: u64 = 2;
+/// The walk writes no lower than this: the whole path, a `/` before each component, fits in
+/// `PATH_KEY_LEN - 1` bytes.
+const WALK_MIN_END: u64 = (WALK_END - (PATH_KEY_LEN - 1)) as u64;
+
+/// A dentry walk between two [`walk_step`]s. Kernel pointers are plain numbers here (a map
+/// value holds no pointers): they are only compared and read through `bpf_probe_read_kernel`.
+#[repr(C)]
+pub struct WalkState {
+    dentry: u64,
+    vfsmnt: u64,
+    root_dentry: u64,
+    root_mnt: u64,
+    /// Where the path built so far starts in [`Scratch::walk`].
+    end: u64,
+    state: u64,
+}
+
+/// One step of [`walk`] on this CPU's scratch entry: 0 to go on, 1 to stop (with `state`
+/// saying how it ended).
+extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry, valid for the program run; `walk` set it up.
+    let w = unsafe { &mut (*s).walk_state };
+    match step(w) {
+        Some(true) => 0,
+        Some(false) => {
+            w.state = WALK_DONE;
+            1
+        }
+        None => {
+            w.state = WALK_FAILED;
+            1
+        }
+    }
+}
+
+/// Moves `w` one dentry or one mount up; `Some(false)` when the path is complete, `None` when
+/// it cannot be rendered.
+#[inline(always)]
+fn step(w: &mut WalkState) -> Option<bool> {
+    if w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt {
+        return Some(false);
+    }
+    let o = kernel::offsets()?;
+    let (dentry, vfsmnt) = (w.dentry as *const u8, w.vfsmnt as *const u8);
+    let mnt_root: u64 = kernel::read(vfsmnt, o.vfsmount_mnt_root)?;
+    let parent: u64 = kernel::read(dentry, o.dentry_parent)?;
+    if w.dentry == mnt_root || w.dentry == parent {
+        let mount = w.vfsmnt.wrapping_sub(u64::from(o.mount_mnt));
+        let up: u64 = kernel::read(mount as *const u8, o.mount_parent)?;
+        // The namespace's root mount is its own parent; a dentry that is its own parent
+        // without being a mount root is a disconnected one: d_path stops at both.
+        if up == mount || w.dentry != mnt_root {
+            return Some(false);
+        }
+        w.dentry = kernel::read(mount as *const u8, o.mount_mountpoint)?;
+        w.vfsmnt = up.wrapping_add(u64::from(o.mount_mnt));
+        return Some(true);
+    }
+    let len = u64::from(kernel::read::<u32>(dentry, o.dentry_name_len)?);
+    let name: *const u8 = kernel::read(dentry, o.dentry_name)?;
+    let end = w.end;
+    if len == 0 || len > NAME_MAX as u64 || end > WALK_END as u64 || end < len + 1 + WALK_MIN_END {
+        return None;
+    }
+    // Masked for the verifier, which does not see that `end - len` is in 10..=255.
+    let at = ((end - len) & 0xff) as usize;
     let s = SCRATCH.get_ptr_mut(0)?;
-    match render(s, p) {
+    // SAFETY: this CPU's scratch entry; `at` and `len` are each below 256 and `walk` holds 512.
+    unsafe {
+        let buf = core::ptr::addr_of_mut!((*s).walk).cast::<u8>();
+        if bpf_probe_read_kernel(buf.add(at).cast(), (len & 0xff) as u32, name.cast()) != 0 {
+            return None;
+        }
+        *buf.add((at - 1) & 0xff) = b'/';
+    }
+    w.end = (at - 1) as u64;
+    w.dentry = parent;
+    Some(true)
+}
+
+/// Moves a walked path (`walk[end..WALK_END]`) to the start of the stage; its length.
+#[inline(always)]
+fn finish_walk(s: *mut Scratch, end: u64) -> Option<usize> {
+    if end > WALK_END as u64 || end < WALK_MIN_END {
+        return None;
+    }
+    // SAFETY: `s` is this CPU's scratch entry; the copy lands in the stage, which is longer than
+    // PATH_KEY_LEN, and reads scratch memory from `end`, which is inside `walk`.
+    unsafe {
+        let buf = core::ptr::addr_of_mut!((*s).walk).cast::<u8>();
+        let mut end = end as usize;
+        if end == WALK_END {
+            // The root itself.
+            end = WALK_END - 1;
+            *buf.add(WALK_END - 1) = b'/';
+        }
+        // The copy ends at or after the NUL at WALK_END, since end >= WALK_MIN_END.
+        bpf_probe_read_kernel(
+            (*s).stage.as_mut_ptr().cast(),
+            PATH_KEY_LEN as u32,
+            buf.wrapping_add(end).cast(),
+        );
+        Some(WALK_END - end)
+    }
+}
+
+/// Renders `p` into the scratch stage and prepares the lookup key.
+fn resolve<const WALK: bool>(p: *mut path) -> Option<Resolved> {
+    let s = SCRATCH.get_ptr_mut(0)?;
+    match render::<WALK>(s, p) {
         Some(len) => finish_key(s, len),
         None => Some(TOO_LONG),
     }
 }
 
 /// Renders `dir` + "/" + the name of `dentry` (a path that is about to exist or stop existing).
-fn resolve_child(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
+fn resolve_child<const WALK: bool>(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
     let o = kernel::offsets()?;
     let s = SCRATCH.get_ptr_mut(0)?;
-    let Some(mut start) = render(s, dir) else {
+    let Some(mut start) = render::<WALK>(s, dir) else {
         return Some(TOO_LONG);
     };
     if start >= PATH_KEY_LEN {
@@ -276,7 +462,8 @@ fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option
 }
 
 /// The rule decision for the path in the scratch key: every access asked for must be allowed by
-/// the agent's rules and by each ancestor agent that has file rules.
+/// the agent's rules (when it has any) and by each ancestor agent that has file rules, so a
+/// sub-agent without file rules of its own is still held to its parent's.
 fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgement {
     let Some(r) = resolved else {
         return Judgement::refuse(Verdict::Denied, 0);
@@ -287,23 +474,31 @@ fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgeme
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return Judgement::refuse(Verdict::Denied, r.flags);
     };
+    let own_rules = subject.flags() & AGENT_FILE_RULES != 0;
     let mut rule_id = NO_RULE;
     for bit in [ACCESS_READ, ACCESS_WRITE] {
         if access & bit == 0 {
             continue;
         }
-        match lookup(s, subject.generation, subject.agent_id, bit) {
-            Some(id) => rule_id = id,
-            None => return Judgement::refuse(Verdict::Denied, r.flags),
+        if own_rules {
+            match lookup(s, subject.generation, subject.agent_id, bit) {
+                Some(id) => rule_id = id,
+                None => return Judgement::refuse(Verdict::Denied, r.flags),
+            }
         }
         let mut parent = subject.parent_agent_id();
         let mut depth = 0;
         while parent != 0 && depth < MAX_AGENT_DEPTH {
             let cfg = identity::agent_config(subject.generation, parent);
-            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0)
-                && lookup(s, subject.generation, parent, bit).is_none()
-            {
-                return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+            if cfg.is_none_or(|c| c.flags & AGENT_FILE_RULES != 0) {
+                match lookup(s, subject.generation, parent, bit) {
+                    // Without rules of its own, an ancestor's rule is the one that allowed.
+                    Some(id) if !own_rules => rule_id = id,
+                    Some(_) => {}
+                    None => {
+                        return Judgement::refuse(Verdict::Denied, r.flags | EVENT_PARENT_DENIED);
+                    }
+                }
             }
             parent = cfg.map_or(0, |c| c.parent_agent_id);
             depth += 1;
@@ -378,7 +573,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         len,
         target_pid,
     } = *info;
-    let Some(mut entry) = emit::reserve::<FileEvent>() else {
+    let Some(mut entry) = emit::reserve::<FileEvent>(subject, j) else {
         return;
     };
     let ev = entry.as_mut_ptr();
@@ -421,22 +616,22 @@ fn refuse_protected(subject: &Subject, resolved: Option<Resolved>, access: u8, o
 }
 
 /// A write-rule check for a path operation on `dir`/`dentry`.
-fn path_child_op(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
+fn path_child_op<const WALK: bool>(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
     if kernel::offsets().is_some_and(|o| kernel::path_protected(&o, dir.cast_const().cast())) {
-        let resolved = resolve_child(dir, dentry);
+        let resolved = resolve_child::<WALK>(dir, dentry);
         return if refuse_protected(&subject, resolved, ACCESS_WRITE, op) {
             0
         } else {
             -EPERM
         };
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
-    let resolved = resolve_child(dir, dentry);
+    let resolved = resolve_child::<WALK>(dir, dentry);
     if judge(&subject, resolved, ACCESS_WRITE, op) {
         0
     } else {
@@ -445,22 +640,22 @@ fn path_child_op(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
 }
 
 /// A write-rule check for a path operation on an existing `path`.
-fn path_op(p: *mut path, op: FileOp) -> i32 {
+fn path_op<const WALK: bool>(p: *mut path, op: FileOp) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
     if kernel::offsets().is_some_and(|o| kernel::path_protected(&o, p.cast_const().cast())) {
-        let resolved = resolve(p);
+        let resolved = resolve::<WALK>(p);
         return if refuse_protected(&subject, resolved, ACCESS_WRITE, op) {
             0
         } else {
             -EPERM
         };
     }
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
-    let resolved = resolve(p);
+    let resolved = resolve::<WALK>(p);
     if judge(&subject, resolved, ACCESS_WRITE, op) {
         0
     } else {
@@ -468,40 +663,84 @@ fn path_op(p: *mut path, op: FileOp) -> i32 {
     }
 }
 
+/// A hook on a directory entry about to be created or removed, judged by the write rules; in
+/// both renderings (see the module documentation).
 macro_rules! child_hook {
-    ($name:ident, $hook:literal, $op:expr, $ret_arg:literal) => {
+    ($name:ident, $walk:ident, $hook:literal, $op:expr, $ret_arg:literal) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
-            let ret: i32 = ctx.arg($ret_arg);
-            if ret != 0 {
-                return ret;
-            }
-            path_child_op(ctx.arg(0), ctx.arg(1), $op)
+            child_hook_body::<false>(&ctx, $op, $ret_arg)
+        }
+
+        #[lsm(hook = $hook)]
+        pub fn $walk(ctx: LsmContext) -> i32 {
+            child_hook_body::<true>(&ctx, $op, $ret_arg)
         }
     };
 }
 
-child_hook!(ag_path_unlink, "path_unlink", FileOp::Unlink, 2);
-child_hook!(ag_path_mkdir, "path_mkdir", FileOp::Mkdir, 3);
-child_hook!(ag_path_rmdir, "path_rmdir", FileOp::Rmdir, 2);
-child_hook!(ag_path_symlink, "path_symlink", FileOp::Symlink, 3);
+#[inline(always)]
+fn child_hook_body<const WALK: bool>(ctx: &LsmContext, op: FileOp, ret_arg: usize) -> i32 {
+    let ret: i32 = ctx.arg(ret_arg);
+    if ret != 0 {
+        return ret;
+    }
+    path_child_op::<WALK>(ctx.arg(0), ctx.arg(1), op)
+}
+
+child_hook!(
+    ag_path_unlink,
+    ag_walk_unlink,
+    "path_unlink",
+    FileOp::Unlink,
+    2
+);
+child_hook!(ag_path_mkdir, ag_walk_mkdir, "path_mkdir", FileOp::Mkdir, 3);
+child_hook!(ag_path_rmdir, ag_walk_rmdir, "path_rmdir", FileOp::Rmdir, 2);
+child_hook!(
+    ag_path_symlink,
+    ag_walk_symlink,
+    "path_symlink",
+    FileOp::Symlink,
+    3
+);
 
 #[lsm(hook = "path_rename")]
 pub fn ag_path_rename(ctx: LsmContext) -> i32 {
+    path_rename::<false>(&ctx)
+}
+
+#[lsm(hook = "path_rename")]
+pub fn ag_walk_rename(ctx: LsmContext) -> i32 {
+    path_rename::<true>(&ctx)
+}
+
+#[inline(always)]
+fn path_rename<const WALK: bool>(ctx: &LsmContext) -> i32 {
     // Arguments: (old_dir, old_dentry, new_dir, new_dentry, flags, ret). Both ends need write.
     let ret: i32 = ctx.arg(5);
     if ret != 0 {
         return ret;
     }
-    let r = path_child_op(ctx.arg(0), ctx.arg(1), FileOp::Rename);
+    let r = path_child_op::<WALK>(ctx.arg(0), ctx.arg(1), FileOp::Rename);
     if r != 0 {
         return r;
     }
-    path_child_op(ctx.arg(2), ctx.arg(3), FileOp::Rename)
+    path_child_op::<WALK>(ctx.arg(2), ctx.arg(3), FileOp::Rename)
 }
 
 #[lsm(hook = "path_link")]
 pub fn ag_path_link(ctx: LsmContext) -> i32 {
+    path_link::<false>(&ctx)
+}
+
+#[lsm(hook = "path_link")]
+pub fn ag_walk_link(ctx: LsmContext) -> i32 {
+    path_link::<true>(&ctx)
+}
+
+#[inline(always)]
+fn path_link<const WALK: bool>(ctx: &LsmContext) -> i32 {
     // Arguments: (old_dentry, new_dir, new_dentry, ret). The source's path cannot be rendered
     // here, and a second name would let a file escape the rules of its first: agents with file
     // rules may not make hard links at all.
@@ -512,10 +751,10 @@ pub fn ag_path_link(ctx: LsmContext) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
-    if subject.flags() & AGENT_FILE_RULES == 0 {
+    if !subject.files_restricted() {
         return 0;
     }
-    let resolved = resolve_child(ctx.arg(1), ctx.arg(2));
+    let resolved = resolve_child::<WALK>(ctx.arg(1), ctx.arg(2));
     let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
     let (j, log) = verdict::finish(&subject, None, Judgement::refuse(Verdict::Denied, 0));
     if log {
@@ -534,20 +773,36 @@ pub fn ag_path_link(ctx: LsmContext) -> i32 {
     if j.permits() { 0 } else { -EPERM }
 }
 
-/// A hook on an existing path, judged by the write rules.
+/// A hook on an existing path, judged by the write rules; in both renderings.
 macro_rules! path_hook {
-    ($name:ident, $hook:literal, $op:expr, $ret_arg:literal) => {
+    ($name:ident, $walk:ident, $hook:literal, $op:expr, $ret_arg:literal) => {
         #[lsm(hook = $hook)]
         pub fn $name(ctx: LsmContext) -> i32 {
-            let ret: i32 = ctx.arg($ret_arg);
-            if ret != 0 {
-                return ret;
-            }
-            path_op(ctx.arg(0), $op)
+            path_hook_body::<false>(&ctx, $op, $ret_arg)
+        }
+
+        #[lsm(hook = $hook)]
+        pub fn $walk(ctx: LsmContext) -> i32 {
+            path_hook_body::<true>(&ctx, $op, $ret_arg)
         }
     };
 }
 
-path_hook!(ag_path_truncate, "path_truncate", FileOp::Truncate, 1);
-path_hook!(ag_path_chmod, "path_chmod", FileOp::Chmod, 2);
-path_hook!(ag_path_chown, "path_chown", FileOp::Chown, 3);
+#[inline(always)]
+fn path_hook_body<const WALK: bool>(ctx: &LsmContext, op: FileOp, ret_arg: usize) -> i32 {
+    let ret: i32 = ctx.arg(ret_arg);
+    if ret != 0 {
+        return ret;
+    }
+    path_op::<WALK>(ctx.arg(0), op)
+}
+
+path_hook!(
+    ag_path_truncate,
+    ag_walk_truncate,
+    "path_truncate",
+    FileOp::Truncate,
+    1
+);
+path_hook!(ag_path_chmod, ag_walk_chmod, "path_chmod", FileOp::Chmod, 2);
+path_hook!(ag_path_chown, ag_walk_chown, "path_chown", FileOp::Chown, 3);

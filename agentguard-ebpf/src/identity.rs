@@ -1,7 +1,7 @@
 //! "Which agent is this?": the current task's cgroup, looked up in [`CGROUPS`].
 
 use agentguard_common::{
-    agent::{AGENT_EXEC_RULES, AGENT_FILE_RULES, AgentConfig, AgentKey},
+    agent::{AGENT_EXEC_RULES, AGENT_FILE_RULES, AgentConfig, AgentKey, files_restricted},
     event::EVENT_UNKNOWN_CGROUP,
     maps::MAX_CGROUP_WALK,
 };
@@ -33,6 +33,12 @@ impl Subject {
             Some(c) => c.flags,
             None => AGENT_EXEC_RULES | AGENT_FILE_RULES,
         }
+    }
+
+    /// Whether path operations are judged: the agent or one of its ancestors has file rules.
+    #[inline(always)]
+    pub fn files_restricted(&self) -> bool {
+        files_restricted(self.flags())
     }
 
     /// Parent agent id of a sub-agent, else 0.

@@ -10,6 +10,8 @@
 #[cfg(target_arch = "bpf")]
 mod budget;
 #[cfg(target_arch = "bpf")]
+mod confine;
+#[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
 mod exec;

@@ -1,11 +1,16 @@
-//! Every map, declared once. All are pinned by name so that enforcement outlives the daemon and
-//! a restarted daemon re-adopts the same state (see the userspace loader).
+//! Every map, declared once. The maps userspace shares (policy, state, events, budgets, counters)
+//! are pinned by name so that enforcement outlives the daemon and a restarted daemon re-adopts
+//! the same state (see the userspace loader); their names must equal agentguard-common's
+//! `maps::*`, which a userspace unit test checks against the built object. [`SENT`] and
+//! [`SCRATCH`] are the programs' own memory: not pinned, recreated empty on each load.
 
 use agentguard_common::{
-    agent::{AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState},
+    agent::{
+        AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, EventBudget, GlobalState,
+    },
     maps::{
-        EVENTS_BYTES, MAX_AGENT_BUCKETS, MAX_AGENT_CONFIGS, MAX_CGROUPS, MAX_COUNTERS,
-        MAX_EXEC_RULES, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROC_BUCKETS,
+        ALERTS_BYTES, EVENTS_BYTES, LOST_SLOTS, MAX_AGENT_BUCKETS, MAX_AGENT_CONFIGS, MAX_CGROUPS,
+        MAX_COUNTERS, MAX_EXEC_RULES, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROC_BUCKETS,
     },
     offsets::KernelOffsets,
     rules::{ExecKey, NetKey, PathKey, RuleRef},
@@ -37,8 +42,14 @@ pub static STATE: Array<GlobalState> = Array::pinned(1, 0);
 #[map(name = "AG_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+#[map(name = "AG_ALERTS")]
+pub static ALERTS: RingBuf = RingBuf::pinned(ALERTS_BYTES, 0);
+
 #[map(name = "AG_LOST")]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::pinned(1, 0);
+pub static LOST: PerCpuArray<u64> = PerCpuArray::pinned(LOST_SLOTS, 0);
+
+#[map(name = "AG_EVT_BUDGET")]
+pub static EVENT_BUDGETS: HashMap<u64, EventBudget> = HashMap::pinned(MAX_CGROUPS, 0);
 
 #[map(name = "AG_PROC_BKT")]
 pub static PROC_BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(MAX_PROC_BUCKETS, 0);
@@ -102,5 +113,12 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     nsproxy_mnt_ns: 0,
     path_dentry: 0,
     sb_magic: 0,
+    dentry_parent: 0,
+    dentry_name_len: 0,
+    vfsmount_mnt_root: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    task_fs: 0,
+    fs_root: 0,
     valid: 0,
 });

@@ -203,7 +203,7 @@ fn judge(ctx: &SockAddrContext, dst: &Destination, kind: EventKind) -> i32 {
         // A full LRU map evicts the oldest destination: at worst a token is spent again.
         let _ = SENT.insert(k, 0u8, 0);
     }
-    if log && let Some(mut entry) = emit::reserve::<NetEvent>() {
+    if log && let Some(mut entry) = emit::reserve::<NetEvent>(&subject, &j) {
         entry.write(NetEvent {
             header: emit::header(kind, Backend::CgroupSockAddr, &subject, &j),
             addr: dst.addr,

@@ -31,11 +31,7 @@ pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Op
             kind: kind as u32,
             _pad: 0,
         };
-        let fresh = |b: &Bucket| {
-            // A full map leaves the action unthrottled rather than refused: budgets bound
-            // runaway agents, the allowlist is what contains them.
-            let _ = PROC_BUCKETS.insert(key, b, 0);
-        };
+        let fresh = |b: &Bucket| PROC_BUCKETS.insert(key, b, 0).is_ok();
         if !take(PROC_BUCKETS.get_ptr_mut(key), process, now, fresh) {
             return Some(escalation(process));
         }
@@ -47,9 +43,7 @@ pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Op
             kind: kind as u32,
             _pad: 0,
         };
-        let fresh = |b: &Bucket| {
-            let _ = AGENT_BUCKETS.insert(key, b, 0);
-        };
+        let fresh = |b: &Bucket| AGENT_BUCKETS.insert(key, b, 0).is_ok();
         if !take(AGENT_BUCKETS.get_ptr_mut(key), agent, now, fresh) {
             return Some(escalation(agent));
         }
@@ -67,9 +61,16 @@ fn escalation(t: &Throttle) -> u32 {
 }
 
 /// Takes one action's credit from `bucket` (or a new full bucket, stored with `create`); false
-/// when there is not enough.
+/// when there is not enough, or when the new bucket cannot be stored: a full map must never turn
+/// into an unlimited budget (an agent could otherwise fill it with instances or processes and
+/// then act without limit). The daemon removes an instance's buckets when the instance ends.
 #[inline(always)]
-fn take(bucket: Option<*mut Bucket>, t: &Throttle, now: u64, create: impl FnOnce(&Bucket)) -> bool {
+pub fn take(
+    bucket: Option<*mut Bucket>,
+    t: &Throttle,
+    now: u64,
+    create: impl FnOnce(&Bucket) -> bool,
+) -> bool {
     match bucket {
         Some(b) => {
             // SAFETY: map value valid for this program run; races are documented above.
@@ -93,8 +94,7 @@ fn take(bucket: Option<*mut Bucket>, t: &Throttle, now: u64, create: impl FnOnce
                 credit_ns: t.burst_ns.saturating_sub(t.cost_ns),
                 last_ns: now,
             };
-            create(&fresh);
-            t.burst_ns >= t.cost_ns
+            create(&fresh) && t.burst_ns >= t.cost_ns
         }
     }
 }

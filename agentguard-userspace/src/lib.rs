@@ -2,7 +2,8 @@
 //!
 //! The library behind the `agentguard` binary. Three one-directional flows:
 //! - policy -> kernel: [`policy`] (parse, validate, resolve, compile; [`dns`] keeps the
-//!   addresses of DNS names current) then [`ebpf::writer`];
+//!   addresses of DNS names current) then [`ebpf::maps`] (the only
+//!   writer of the maps);
 //! - kernel -> log: [`events`] (ring buffer ingestion) then [`audit`] (the chained log);
 //! - operator -> agents: [`control`] (socket protocol) then [`daemon`] and [`cgroup`].
 pub mod audit;

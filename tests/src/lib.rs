@@ -45,14 +45,12 @@ pub fn privileged(test: &str) -> bool {
         Some(format!("{} not built", agentguard_bin().display()))
     } else if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         Some("no kernel BTF".to_owned())
-    } else if let Some(private) = private_ancestor(&probe_bin()) {
-        Some(format!(
+    } else {
+        private_ancestor(&probe_bin()).map(|private| format!(
             "{} is not reachable by unprivileged users ({} lacks o+x), and agents run as dynamic uids: run the suite from a world-searchable directory (.ci/run does this by itself)",
             probe_bin().display(),
             private.display()
         ))
-    } else {
-        None
     };
     match why {
         None => true,

@@ -255,10 +255,12 @@ fn freezing_a_parent_freezes_its_sub_agents() {
         "{sub_name}"
     );
     ok(&d.cli(&["freeze", "buyer"]));
-    assert_eq!(
-        instances(&d, "buyer/search")[0].1,
-        "frozen",
-        "the sub-agent is frozen with its parent"
+    // The kernel updates each cgroup's own `frozen` flag as its tasks stop; the sub-agent's
+    // may trail its parent's report by a moment (seen once in a loaded host run).
+    wait_for(
+        "the sub-agent to be frozen with its parent",
+        Duration::from_secs(10),
+        || instances(&d, "buyer/search")[0].1 == "frozen",
     );
     ok(&d.cli(&["kill", "buyer"]));
     let _ = parent.wait();

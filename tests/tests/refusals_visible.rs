@@ -3,15 +3,11 @@
 //! records and the exec program's kills), and `agentguard denials` inside an agent lists its
 //! own refusals and nothing of another agent.
 
-use std::{
-    fs,
-    io::Write,
-    os::unix::fs::PermissionsExt,
-    path::PathBuf,
-    process::Stdio,
-};
+use std::{fs, io::Write, os::unix::fs::PermissionsExt, path::PathBuf, process::Stdio};
 
-use agentguard_tests::{ChildGuard, Daemon, agentguard, agentguard_bin, describe, privileged, stdout};
+use agentguard_tests::{
+    ChildGuard, Daemon, agentguard, agentguard_bin, describe, privileged, stdout,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
@@ -98,23 +94,41 @@ fn refused_reads_writes_and_execs_are_denied_records_with_their_paths() {
     };
     let secret = t.p("secret/a.txt");
     let out = d.run("files", &[PROBE, "read", &secret]);
-    assert!(stdout(&out).starts_with(errno), "read refused: {}", describe(&out));
+    assert!(
+        stdout(&out).starts_with(errno),
+        "read refused: {}",
+        describe(&out)
+    );
     let ro = t.p("ro/ro.txt");
     let out = d.run("files", &[PROBE, "open-write", &ro]);
-    assert!(stdout(&out).starts_with(errno), "write refused: {}", describe(&out));
+    assert!(
+        stdout(&out).starts_with(errno),
+        "write refused: {}",
+        describe(&out)
+    );
     // /usr/bin/id is in no exec list and outside every readable prefix: refused by the exec
     // hook (LSM) or by Landlock's execute right (fallback).
     let out = d.run("files", &[PROBE, "exec", "/usr/bin/id"]);
-    assert!(stdout(&out).starts_with(errno), "exec refused: {}", describe(&out));
+    assert!(
+        stdout(&out).starts_with(errno),
+        "exec refused: {}",
+        describe(&out)
+    );
 
     let read = denied_with_path(&d, "for the refused read", "file-open", &secret);
     let write = denied_with_path(&d, "for the refused write", "file-open", &ro);
     let exec = denied_with_path(&d, "for the refused exec", "exec", "/usr/bin/id");
-    for (r, access) in [(&read, Some("read")), (&write, Some("write")), (&exec, None)] {
+    for (r, access) in [
+        (&read, Some("read")),
+        (&write, Some("write")),
+        (&exec, None),
+    ] {
         assert_eq!(r["backend"].as_str(), Some(backend), "{r}");
         assert_eq!(r["agent"].as_str(), Some("files"), "{r}");
         assert!(
-            r["instance"].as_str().is_some_and(|i| i.starts_with("files/")),
+            r["instance"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("files/")),
             "the instance is named: {r}"
         );
         assert!(r["pid"].as_u64().is_some_and(|p| p > 0), "the pid: {r}");
@@ -135,7 +149,9 @@ fn refused_reads_writes_and_execs_are_denied_records_with_their_paths() {
         let out = d.run("files", &[PROBE, "exec", &copy]);
         assert!(!out.status.success(), "{}", describe(&out));
         let killed = d.wait_record("for the killed exec", |r| {
-            r["verdict"] == "killed" && r["action"] == "exec" && r["target"]["path"] == copy.as_str()
+            r["verdict"] == "killed"
+                && r["action"] == "exec"
+                && r["target"]["path"] == copy.as_str()
         });
         assert_eq!(killed["backend"].as_str(), Some("tp-btf"), "{killed}");
     }
@@ -143,17 +159,39 @@ fn refused_reads_writes_and_execs_are_denied_records_with_their_paths() {
     // The same refusals through `log show --verdict denied --since`.
     let state = d.state_dir().to_string_lossy().into_owned();
     let out = agentguard(&[
-        "log", "show", "--json", "--verdict", "denied", "--since", "1h", "--state-dir", &state,
+        "log",
+        "show",
+        "--json",
+        "--verdict",
+        "denied",
+        "--since",
+        "1h",
+        "--state-dir",
+        &state,
     ]);
     assert!(out.status.success(), "{}", describe(&out));
     let shown = stdout(&out);
     for path in [secret.as_str(), ro.as_str(), "/usr/bin/id"] {
-        assert!(shown.contains(&format!("\"path\":\"{path}\"")), "{path} in {shown}");
+        assert!(
+            shown.contains(&format!("\"path\":\"{path}\"")),
+            "{path} in {shown}"
+        );
     }
     let out = agentguard(&[
-        "log", "show", "--json", "--until", "2000-01-01T00:00:00Z", "--state-dir", &state,
+        "log",
+        "show",
+        "--json",
+        "--until",
+        "2000-01-01T00:00:00Z",
+        "--state-dir",
+        &state,
     ]);
-    assert_eq!(stdout(&out).trim(), "", "nothing before 2000: {}", describe(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "",
+        "nothing before 2000: {}",
+        describe(&out)
+    );
 }
 
 #[test]
@@ -201,12 +239,16 @@ fn denials_inside_an_agent_lists_its_own_refusals_and_nothing_of_another_agent()
         .find(|x| x["target"] == a.as_str())
         .unwrap_or_else(|| panic!("alpha's refusal is listed: {}", describe(&out)));
     assert!(
-        mine["instance"].as_str().is_some_and(|i| i.starts_with("alpha/")),
+        mine["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("alpha/")),
         "{mine}"
     );
     assert_eq!(mine["verdict"].as_str(), Some("denied"), "{mine}");
     assert!(
-        mine["reason"].as_str().is_some_and(|r| r.contains("no rule")),
+        mine["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no rule")),
         "{mine}"
     );
     assert_eq!(
@@ -219,5 +261,9 @@ fn denials_inside_an_agent_lists_its_own_refusals_and_nothing_of_another_agent()
         "nothing of beta: {}",
         describe(&out)
     );
-    assert!(!text.contains(&b), "beta's path never shows: {}", describe(&out));
+    assert!(
+        !text.contains(&b),
+        "beta's path never shows: {}",
+        describe(&out)
+    );
 }

@@ -21,8 +21,11 @@ fn an_agent_cannot_unpin_enforcement() {
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("no pinned connect4 link"));
     let out = d.probe("buyer", &["unlink", &link.to_string_lossy()]);
+    // Where the directories let a non-root agent reach the pin (seen on the 6.1 guest), the LSM
+    // hook refuses the unlink (EPERM) before the kernel's permission check would (EACCES).
+    let lsm_first = d.lsm() && out.starts_with("errno=1 ");
     assert!(
-        out.starts_with("errno=13 "),
+        out.starts_with("errno=13 ") || lsm_first,
         "a non-root agent fails on bpffs permissions: {out}"
     );
     let out = d.probe("rooted", &["unlink", &link.to_string_lossy()]);

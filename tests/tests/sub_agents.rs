@@ -79,3 +79,109 @@ fn the_agent_socket_refuses_processes_outside_agents() {
         describe(&out)
     );
 }
+
+/// The refusal a sub-agent gets for an exec or a read its parent may not do: EPERM from the BPF
+/// LSM; on the fallback the parent's Landlock domain, which the sub-agent inherits, says EACCES.
+fn refused(d: &Daemon, line: &str) -> bool {
+    if d.lsm() {
+        line.starts_with("errno=1 ")
+    } else {
+        line.starts_with("errno=13 ")
+    }
+}
+
+#[test]
+fn a_sub_agent_without_exec_or_file_rules_is_held_to_its_parents() {
+    if !privileged("a_sub_agent_without_exec_or_file_rules_is_held_to_its_parents") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("agentguard-sub")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let allowed = dir.path().join("allowed");
+    let secret = dir.path().join("secret");
+    for d in [&allowed, &secret] {
+        std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+    }
+    std::fs::write(allowed.join("data.txt"), "data").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(secret.join("key.txt"), "secret").unwrap_or_else(|e| panic!("{e}"));
+    // Agents run as dynamic uids: every file is readable by permissions, so only the policy
+    // refuses.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (p, mode) in [
+            (dir.path().to_path_buf(), 0o755),
+            (allowed.clone(), 0o755),
+            (secret.clone(), 0o755),
+            (allowed.join("data.txt"), 0o644),
+            (secret.join("key.txt"), 0o644),
+        ] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        }
+    }
+    let ag = agentguard_bin();
+    let ag = ag.to_string_lossy();
+    // The sub-agent declares only a (empty) connect list: no exec, read or write rules at all.
+    let d = Daemon::start(&format!(
+        "[agents.buyer]\nexec = [\"{PROBE}\", \"{ag}\"]\nread = [\"@system-runtime\", \"{allowed}\"]\n\n[agents.buyer.sub.search]\nconnect = []\n",
+        allowed = allowed.display(),
+    ));
+    // A process of buyer has itself moved into buyer/search (through the agent socket), then
+    // acts there.
+    let agent_socket = d.agent_socket();
+    let agent_socket = agent_socket.to_string_lossy();
+    let as_sub = |args: &[&str]| {
+        // The agent socket named outright: under file rules `run` may not be able to read
+        // /proc to find out that it runs inside an agent.
+        let mut cmd = vec![
+            PROBE,
+            "exec",
+            &ag,
+            "run",
+            "--socket",
+            &agent_socket,
+            "--agent",
+            "buyer/search",
+            "--",
+            PROBE,
+        ];
+        cmd.extend_from_slice(args);
+        let out = d.run("buyer", &cmd);
+        (stdout(&out).trim().to_owned(), describe(&out))
+    };
+    let (line, text) = as_sub(&["exec", "/usr/bin/id"]);
+    assert!(
+        refused(&d, &line),
+        "the sub-agent runs a binary its parent may not: {text}"
+    );
+    let secret_file = secret.join("key.txt");
+    let (line, text) = as_sub(&["read", &secret_file.to_string_lossy()]);
+    assert!(
+        refused(&d, &line),
+        "the sub-agent reads a file its parent may not: {text}"
+    );
+    let allowed_file = allowed.join("data.txt");
+    let (line, text) = as_sub(&["read", &allowed_file.to_string_lossy()]);
+    assert_eq!(
+        line, "ok",
+        "the sub-agent reads what its parent may: {text}"
+    );
+    if d.lsm() {
+        // The kernel names the parent's rules as the reason.
+        for (what, action) in [("exec", "exec"), ("read", "file-open")] {
+            d.wait_record(
+                &format!("the sub-agent's {what} refused by its parent"),
+                |r| {
+                    r["action"] == action
+                        && r["verdict"] == "denied"
+                        && r["agent"] == "buyer/search"
+                        && r["flags"]
+                            .as_array()
+                            .is_some_and(|f| f.iter().any(|x| x == "parent-denied"))
+                },
+            );
+        }
+    }
+}

@@ -33,13 +33,13 @@ struct Cli {
 enum Command {
     /// Build the eBPF object (bootstraps rust-src and bpf-linker when missing).
     BuildEbpf(build_ebpf::Args),
-    /// Run the privileged integration tests in a Debian 6.12 QEMU guest with BPF LSM.
+    /// Run the privileged integration tests in Debian 6.12 and 6.1 QEMU guests with BPF LSM.
     VmTest(vm_test::Args),
     /// Build everything and run the daemon with the bundled example policy and a sample agent.
     Demo(demo::Args),
     /// cargo fmt --check and clippy -D warnings, including the eBPF crate on its target.
     Lint(lint::Args),
-    /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test.
+    /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test (6.12, 6.1).
     Test(test::Args),
     /// Measure overhead and throughput against a baseline of the same run (root; release builds).
     Bench(bench::Args),

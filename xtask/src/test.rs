@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs. Stages, in order: build-ebpf, build, unit tests, privileged
-//! host integration tests (fallback backend), VM integration tests (BPF LSM backend). A failed
+//! host integration tests (fallback backend), VM integration tests (BPF LSM backend) in a 6.12
+//! and a 6.1 guest. A failed
 //! build skips everything after it; a failed test stage does not stop the next one. Ends with a
 //! summary table and fails if any stage failed.
 
@@ -43,7 +44,7 @@ struct Stage {
     action: fn() -> Result<()>,
 }
 
-const STAGES: [Stage; 6] = [
+const STAGES: [Stage; 7] = [
     Stage {
         name: "build-ebpf",
         scope: Scope::Unit,
@@ -75,10 +76,16 @@ const STAGES: [Stage; 6] = [
         action: host_stage,
     },
     Stage {
-        name: "vm-test",
+        name: "vm-test 6.12",
         scope: Scope::Vm,
         gate: false,
-        action: vm_stage,
+        action: vm_stage_6_12,
+    },
+    Stage {
+        name: "vm-test 6.1",
+        scope: Scope::Vm,
+        gate: false,
+        action: vm_stage_6_1,
     },
 ];
 
@@ -179,8 +186,12 @@ fn host_stage() -> Result<()> {
     )
 }
 
-fn vm_stage() -> Result<()> {
-    vm_test::run(&vm_test::Args::default())
+fn vm_stage_6_12() -> Result<()> {
+    vm_test::run(&vm_test::Args::for_series(vm_test::Series::V6_12))
+}
+
+fn vm_stage_6_1() -> Result<()> {
+    vm_test::run(&vm_test::Args::for_series(vm_test::Series::V6_1))
 }
 
 /// Runs `cargo ARGS` in the workspace root with `env` added.

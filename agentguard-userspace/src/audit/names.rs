@@ -19,54 +19,6 @@ fn unknown(n: impl std::fmt::Display) -> Cow<'static, str> {
     Cow::Owned(format!("unknown({n})"))
 }
 
-/// Every verdict with its name, in number order.
-pub const VERDICTS: [(Verdict, &str); 5] = [
-    (Verdict::Allowed, "allowed"),
-    (Verdict::Denied, "denied"),
-    (Verdict::AuditDenied, "audit-denied"),
-    (Verdict::Killed, "killed"),
-    (Verdict::Throttled, "throttled"),
-];
-
-/// Every backend with its name, in number order.
-pub const BACKENDS: [(Backend, &str); 6] = [
-    (Backend::CgroupSockAddr, "cgroup-sock-addr"),
-    (Backend::TpBtfExec, "tp-btf"),
-    (Backend::BpfLsm, "bpf-lsm"),
-    (Backend::Landlock, "landlock"),
-    (Backend::Tracepoint, "tracepoint"),
-    (Backend::Daemon, "daemon"),
-];
-
-/// Every action kind with its name, in number order.
-pub const EVENT_KINDS: [(EventKind, &str); 7] = [
-    (EventKind::Connect, "connect"),
-    (EventKind::Send, "send"),
-    (EventKind::Exec, "exec"),
-    (EventKind::FileOpen, "file-open"),
-    (EventKind::PathOp, "path-op"),
-    (EventKind::Privileged, "privileged"),
-    (EventKind::Lost, "lost"),
-];
-
-/// Every file operation with its name, in number order.
-pub const FILE_OPS: [(FileOp, &str); 14] = [
-    (FileOp::Open, "open"),
-    (FileOp::Create, "create"),
-    (FileOp::Mkdir, "mkdir"),
-    (FileOp::Unlink, "unlink"),
-    (FileOp::Rmdir, "rmdir"),
-    (FileOp::Rename, "rename"),
-    (FileOp::Link, "link"),
-    (FileOp::Symlink, "symlink"),
-    (FileOp::Truncate, "truncate"),
-    (FileOp::Chmod, "chmod"),
-    (FileOp::Chown, "chown"),
-    (FileOp::Mount, "mount"),
-    (FileOp::UserNamespace, "user-namespace"),
-    (FileOp::Ptrace, "ptrace"),
-];
-
 /// `EVENT_*` flag bits with their names.
 pub const FLAGS: [(u32, &str); 8] = [
     (EVENT_TRUNCATED, "truncated"),
@@ -80,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 12] = [
+pub const RECORD_KINDS: [&str; 13] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -93,6 +45,7 @@ pub const RECORD_KINDS: [&str; 12] = [
     "lost",
     "recovered",
     "seal",
+    "lost-events",
 ];
 
 /// The name of a record kind.
@@ -105,39 +58,22 @@ pub fn record_kind(body: &Body) -> &'static str {
 
 /// The name of a verdict number.
 pub fn verdict(n: u8) -> Cow<'static, str> {
-    VERDICTS
-        .iter()
-        .find(|(v, _)| *v as u8 == n)
-        .map_or_else(|| unknown(n), |(_, name)| Cow::Borrowed(*name))
-}
-
-/// The verdict a name stands for.
-pub fn parse_verdict(name: &str) -> Option<Verdict> {
-    VERDICTS.iter().find(|(_, n)| *n == name).map(|(v, _)| *v)
+    Verdict::from_u8(n).map_or_else(|| unknown(n), |v| Cow::Borrowed(v.name()))
 }
 
 /// The name of a backend number.
 pub fn backend(n: u8) -> Cow<'static, str> {
-    BACKENDS
-        .iter()
-        .find(|(b, _)| *b as u8 == n)
-        .map_or_else(|| unknown(n), |(_, name)| Cow::Borrowed(*name))
+    Backend::from_u8(n).map_or_else(|| unknown(n), |b| Cow::Borrowed(b.name()))
 }
 
 /// The name of an action kind number.
 pub fn event_kind(n: u16) -> Cow<'static, str> {
-    EVENT_KINDS
-        .iter()
-        .find(|(k, _)| *k as u16 == n)
-        .map_or_else(|| unknown(n), |(_, name)| Cow::Borrowed(*name))
+    EventKind::from_u16(n).map_or_else(|| unknown(n), |k| Cow::Borrowed(k.name()))
 }
 
 /// The name of a file operation number.
 pub fn file_op(n: u16) -> Cow<'static, str> {
-    FILE_OPS
-        .iter()
-        .find(|(o, _)| *o as u16 == n)
-        .map_or_else(|| unknown(n), |(_, name)| Cow::Borrowed(*name))
+    FileOp::from_u16(n).map_or_else(|| unknown(n), |o| Cow::Borrowed(o.name()))
 }
 
 /// The names of the flags set in `bits` (unknown bits as `unknown(0x..)`).
@@ -176,19 +112,71 @@ pub fn protocol(n: u8) -> Cow<'static, str> {
 mod tests {
     use super::*;
 
+    /// The `(number, name)` rows of the docs/log-format.md table headed by a line that names
+    /// `type_path`; a row may hold several pairs side by side.
+    fn doc_table(type_path: &str) -> Vec<(u16, String)> {
+        let doc = include_str!("../../../docs/log-format.md");
+        let mut lines = doc
+            .lines()
+            .skip_while(|l| !(l.starts_with('#') && l.contains(type_path)));
+        assert!(lines.next().is_some(), "no table for {type_path}");
+        lines
+            .take_while(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                cells
+                    .windows(2)
+                    .filter_map(|w| {
+                        let n = w[0].parse().ok()?;
+                        let name = w[1].strip_prefix('`')?.split('`').next()?;
+                        Some((n, name.to_owned()))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn table<T: Copy>(
+        all: &[T],
+        num: impl Fn(T) -> u16,
+        name: impl Fn(T) -> &'static str,
+    ) -> Vec<(u16, String)> {
+        all.iter().map(|&v| (num(v), name(v).to_owned())).collect()
+    }
+
+    #[test]
+    fn the_documented_numbers_and_names_are_the_code_s() {
+        assert_eq!(
+            doc_table("event::EventKind"),
+            table(&EventKind::ALL, |v| v as u16, EventKind::name)
+        );
+        assert_eq!(
+            doc_table("verdict::Verdict"),
+            table(&Verdict::ALL, |v| u16::from(v as u8), Verdict::name)
+        );
+        assert_eq!(
+            doc_table("verdict::Backend"),
+            table(&Backend::ALL, |v| u16::from(v as u8), Backend::name)
+        );
+        let mut ops = doc_table("event::FileOp");
+        ops.sort();
+        assert_eq!(ops, table(&FileOp::ALL, |v| v as u16, FileOp::name));
+    }
+
     #[test]
     fn names_cover_every_number() {
-        for (v, name) in VERDICTS {
+        for v in Verdict::ALL {
             assert_eq!(Verdict::from_u8(v as u8), Some(v));
-            assert_eq!(parse_verdict(name), Some(v));
+            assert_eq!(Verdict::from_name(v.name()), Some(v));
         }
-        for (b, _) in BACKENDS {
+        for b in Backend::ALL {
             assert_eq!(Backend::from_u8(b as u8), Some(b));
         }
-        for (k, _) in EVENT_KINDS {
+        for k in EventKind::ALL {
             assert_eq!(EventKind::from_u16(k as u16), Some(k));
         }
-        for (o, _) in FILE_OPS {
+        for o in FileOp::ALL {
             assert_eq!(FileOp::from_u16(o as u16), Some(o));
         }
         assert_eq!(verdict(99), "unknown(99)");

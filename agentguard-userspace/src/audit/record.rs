@@ -1,8 +1,9 @@
 //! What the log records: one [`Record`] per action or daemon event.
 //!
-//! [`Body`] variants and [`ActionKind`] have stable numeric ids (`Body::kind_id`): records are
-//! encoded with serde (postcard: an enum is written as its variant index), so variants may only
-//! ever be appended, never reordered or removed. docs/log-format.md lists them.
+//! The variants of [`Body`], [`Actor`] and [`Target`] have stable numeric ids ([`Body::kind_id`]
+//! for records): records are encoded with serde (postcard: an enum is written as its variant
+//! index), so variants may only ever be appended, never reordered or removed.
+//! docs/log-format.md lists them.
 
 use std::net::IpAddr;
 
@@ -148,6 +149,23 @@ pub enum Body {
         /// Keyed blake3 MAC over the previous record's hash with this epoch's key, hex.
         mac: String,
     },
+    /// Kernel events that never reached the ring buffers, other than those [`Body::Lost`]
+    /// counts (kind 12): an instance's events beyond its event budget, or refusals lost with
+    /// both ring buffers full.
+    LostEvents {
+        /// `instance-budget` or `refusal-ring`.
+        source: String,
+        /// Full agent name, for an instance budget.
+        agent: String,
+        /// Instance path, for an instance budget.
+        instance: String,
+        /// Instance cgroup id (0 for the ring).
+        cgroup_id: u64,
+        /// Events about allowed actions not sent since the previous such record.
+        allowed: u64,
+        /// Events about refusals not sent since the previous such record.
+        refusals: u64,
+    },
 }
 
 impl Body {
@@ -166,6 +184,7 @@ impl Body {
             Self::Lost { .. } => 9,
             Self::Recovered { .. } => 10,
             Self::Seal { .. } => 11,
+            Self::LostEvents { .. } => 12,
         }
     }
 }

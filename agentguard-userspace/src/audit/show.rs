@@ -122,6 +122,17 @@ fn body_json(body: &Body) -> Value {
         } => json!({ "agent": agent, "instance": instance, "cgroup_id": cgroup_id }),
         Body::Freeze(op) | Body::Thaw(op) | Body::Kill(op) => operator_json(op),
         Body::Lost { dropped, total } => json!({ "dropped": dropped, "total": total }),
+        Body::LostEvents {
+            source,
+            agent,
+            instance,
+            cgroup_id,
+            allowed,
+            refusals,
+        } => json!({
+            "source": source, "agent": agent, "instance": instance, "cgroup_id": cgroup_id,
+            "allowed": allowed, "refusals": refusals,
+        }),
         Body::Recovered {
             segment,
             cut_bytes,
@@ -269,6 +280,16 @@ pub fn to_line(record: &Record) -> String {
             s
         }
         Body::Lost { dropped, total } => format!("dropped={dropped} total={total}"),
+        Body::LostEvents {
+            source,
+            agent,
+            instance,
+            cgroup_id: _,
+            allowed,
+            refusals,
+        } => format!(
+            "source={source} agent={agent:?} instance={instance:?} allowed={allowed} refusals={refusals}"
+        ),
         Body::Recovered {
             segment,
             cut_bytes,
@@ -443,6 +464,14 @@ mod tests {
                 epoch: 0,
                 mac: "00".into(),
             },
+            Body::LostEvents {
+                source: "instance-budget".into(),
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+                allowed: 3,
+                refusals: 4,
+            },
         ]
     }
 
@@ -545,7 +574,10 @@ mod tests {
             ..Filter::default()
         };
         let at = denied_buyer.wall_ns;
-        assert!(window(Some(at), Some(at)).matches(&denied_buyer), "bounds are inclusive");
+        assert!(
+            window(Some(at), Some(at)).matches(&denied_buyer),
+            "bounds are inclusive"
+        );
         assert!(!window(Some(at + 1), None).matches(&denied_buyer));
         assert!(!window(None, Some(at.saturating_sub(1))).matches(&denied_buyer));
 

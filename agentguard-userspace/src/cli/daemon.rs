@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 use agentguard::{
     audit::LogOptions,
     control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
-    daemon::{self, DEFAULT_STATE_DIR, Options},
+    daemon::{self, ClientLimits, DEFAULT_STATE_DIR, Options},
     dns,
 };
 use clap::Args;
@@ -52,6 +52,24 @@ pub struct DaemonArgs {
     /// programs are first loaded. Events beyond it while the daemon lags are counted as lost.
     #[arg(long, value_name = "BYTES", default_value_t = agentguard_common::maps::EVENTS_BYTES, value_parser = parse_ring_size)]
     ring_buffer_bytes: u32,
+    /// Seconds a client of either socket may take to send one whole request (or to take one
+    /// reply); idle and trickling clients are disconnected after it.
+    #[arg(long, value_name = "SECS", default_value_t = ClientLimits::default().request_timeout.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    client_timeout: u64,
+    /// Connections one uid may hold open at once, on each socket; more are refused.
+    #[arg(long, value_name = "N", default_value_t = ClientLimits::default().per_uid, value_parser = parse_positive)]
+    max_connections_per_uid: usize,
+    /// Connections all clients together may hold open at once, on each socket.
+    #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total, value_parser = parse_positive)]
+    max_connections: usize,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -89,6 +107,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         unload_on_exit: args.unload_on_exit,
         log,
         ring_buffer_bytes: args.ring_buffer_bytes,
+        clients: ClientLimits {
+            request_timeout: Duration::from_secs(args.client_timeout),
+            per_uid: args.max_connections_per_uid,
+            total: args.max_connections,
+        },
         dns: dns::Timing::new(
             Duration::from_secs(args.dns_ttl_ceiling),
             Duration::from_secs(args.dns_grace),

@@ -26,6 +26,10 @@ struct Check {
     name: &'static str,
     ok: bool,
     detail: String,
+    /// What a user can do about a failed check: a kernel parameter, a kernel version, a kernel
+    /// build option, a command.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -41,13 +45,129 @@ fn check(name: &'static str, r: Result<String, String>) -> Check {
             name,
             ok: true,
             detail,
+            fix: None,
         },
         Err(detail) => Check {
             name,
             ok: false,
+            fix: fix(name, &detail),
             detail,
         },
     }
+}
+
+/// The running kernel's build configuration (`/boot/config-<release>`, where distributions
+/// install it), for saying whether a missing feature is a boot parameter away or not built in.
+struct KernelConfig(Option<String>);
+
+impl KernelConfig {
+    fn read() -> Self {
+        let path = format!("/boot/config-{}", kernel::release());
+        Self(std::fs::read_to_string(path).ok())
+    }
+
+    /// `Some(true)` when `option` is built in or a module, `Some(false)` when it is not set,
+    /// `None` when the configuration is not readable.
+    fn has(&self, option: &str) -> Option<bool> {
+        let text = self.0.as_ref()?;
+        let set = text.lines().any(|l| {
+            l.strip_prefix(option)
+                .and_then(|rest| rest.strip_prefix('='))
+                .is_some_and(|v| v == "y" || v == "m")
+        });
+        Some(set)
+    }
+
+    /// `advice` when `option` is (or may be) set, otherwise that the kernel lacks it.
+    fn unless_missing(&self, option: &str, advice: String) -> String {
+        match self.has(option) {
+            Some(false) => format!(
+                "this kernel is built without {option}: use a kernel built with {option}=y \
+                 (Debian's, Ubuntu's and Fedora's are)"
+            ),
+            Some(true) => advice,
+            None => format!("{advice} (the kernel needs {option}=y)"),
+        }
+    }
+}
+
+/// The active LSMs as the `lsm=` kernel parameter would list them, with `bpf` added.
+fn lsm_parameter_with_bpf() -> String {
+    let mut lsms: Vec<String> = backends::active_lsms()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l != "capability" && l != "bpf")
+        .collect();
+    if lsms.is_empty() {
+        lsms = ["landlock", "lockdown", "yama"].map(String::from).to_vec();
+    }
+    lsms.push("bpf".into());
+    format!("lsm={}", lsms.join(","))
+}
+
+/// What to do about a failed check, given what it said.
+fn fix(name: &str, detail: &str) -> Option<String> {
+    let config = KernelConfig::read();
+    let lsm_param = || {
+        config.unless_missing(
+            "CONFIG_BPF_LSM",
+            format!(
+                "add bpf to the kernel command line: {} (e.g. in GRUB_CMDLINE_LINUX of \
+                 /etc/default/grub, then update-grub and reboot)",
+                lsm_parameter_with_bpf()
+            ),
+        )
+    };
+    let fix = match name {
+        "kernel" => format!(
+            "use Linux {}.{} or newer (Debian 12's stock kernel is 6.1)",
+            kernel::MINIMUM.0,
+            kernel::MINIMUM.1
+        ),
+        "root" => "run doctor as root (sudo agentguard doctor)".into(),
+        "cgroup2" => "mount the unified hierarchy: mount -t cgroup2 none /sys/fs/cgroup/unified \
+                      (or boot with systemd.unified_cgroup_hierarchy=1)"
+            .into(),
+        "cgroup-freeze" => format!(
+            "use Linux {}.{} or newer (cgroup.kill is 5.14)",
+            kernel::MINIMUM.0,
+            kernel::MINIMUM.1
+        ),
+        "bpffs" => config.unless_missing(
+            "CONFIG_BPF_SYSCALL",
+            format!("mount -t bpf bpf {}", pins::BPFFS),
+        ),
+        "btf" => config.unless_missing(
+            "CONFIG_DEBUG_INFO_BTF",
+            format!("{} must exist", offsets::VMLINUX_BTF),
+        ),
+        "bpf-lsm-active" => lsm_param(),
+        "landlock" => config.unless_missing(
+            "CONFIG_SECURITY_LANDLOCK",
+            "add landlock to the kernel command line's lsm= list".into(),
+        ),
+        "cgroup-sock-addr" => config.unless_missing(
+            "CONFIG_CGROUP_BPF",
+            "the kernel refused the cgroup programs: see the detail".into(),
+        ),
+        "syscall-tracepoints" => config.unless_missing(
+            "CONFIG_FTRACE_SYSCALLS",
+            "mount tracefs at /sys/kernel/tracing".into(),
+        ),
+        "tp-btf" | "bpf-lsm" if detail.contains("bpf LSM is not active") => lsm_param(),
+        "tp-btf" | "bpf-lsm" if detail.contains("Operation not permitted") => {
+            "the kernel refused a BPF trampoline (EPERM): kernel lockdown in confidentiality \
+             mode or a hypervisor that forbids patching kernel text does this; the fallback \
+             backend is in use"
+                .into()
+        }
+        "bpf-lsm" => "this kernel's verifier refused an essential LSM program (named above), so \
+                      the fallback backend is in use; please report it with `agentguard doctor \
+                      --json` and `uname -r`"
+            .into(),
+        _ => return None,
+    };
+    Some(fix)
 }
 
 /// A throwaway cgroup shows whether freeze and kill files exist in non-root cgroups.
@@ -167,12 +287,27 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 .map(|()| "sys_enter_open* programs load (open budgets on the fallback)".into()),
         ));
         let lsm = find("lsm");
+        let lsm_probe = probes.iter().find(|p| p.group == "lsm");
+        let missing = lsm_probe.map(|p| p.missing.clone()).unwrap_or_default();
+        let notes = lsm_probe.map(|p| p.notes.clone()).unwrap_or_default();
         checks.push(check(
             "bpf-lsm",
-            lsm.clone().map(|()| "LSM programs load".into()),
+            lsm.clone().map(|()| {
+                if missing.is_empty() {
+                    "LSM programs load".into()
+                } else {
+                    let names: Vec<&str> = missing.iter().map(|m| m.program).collect();
+                    format!("LSM programs load except {}", names.join(", "))
+                }
+            }),
         ));
         if find("network").is_ok() {
-            backends = Some(Backends::decide(lsm, landlock));
+            let mut b = Backends::decide(lsm, landlock);
+            if b.lsm() {
+                b.missing = missing;
+                b.notes = notes;
+            }
+            backends = Some(b);
         }
         // Only the Landlock backend needs audit records to log file refusals; the BPF LSM
         // logs its own.
@@ -207,12 +342,29 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 c.name,
                 c.detail
             );
+            if let Some(fix) = &c.fix {
+                println!("{:<25} fix: {fix}", "");
+            }
         }
         match &report.backends {
             Some(b) => {
-                println!("\nenforcement on this host: {b}");
+                println!(
+                    "\nenforcement on this host: network={} exec={} file={}",
+                    b.network,
+                    b.exec_name(),
+                    b.file_name()
+                );
                 if let Some(why) = &b.lsm_unavailable {
                     println!("  (BPF LSM not used: {why})");
+                }
+                for m in &b.missing {
+                    println!(
+                        "  NOT LOADED {} ({}): {}\n    so: {}",
+                        m.program, m.hook, m.reason, m.loses
+                    );
+                }
+                for n in &b.notes {
+                    println!("  note: {n}");
                 }
                 if b.file == backends::FileBackend::Landlock {
                     println!(

@@ -11,7 +11,10 @@ use std::{
 
 use agentguard_common::verdict::Verdict;
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{
+    Args, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
 use inotify::{Inotify, WatchMask};
 use serde_json::json;
 
@@ -126,8 +129,8 @@ pub struct ShowArgs {
     #[arg(long, value_name = "NAME")]
     pub agent: Option<String>,
     /// Only actions with this verdict.
-    #[arg(long, value_enum)]
-    pub verdict: Option<VerdictArg>,
+    #[arg(long, value_parser = verdict_name())]
+    pub verdict: Option<Verdict>,
     /// Only records from this time on: a duration ago (`10m`, `2h`) or an RFC 3339 time
     /// (`2026-11-25T10:00:00Z`).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
@@ -152,31 +155,10 @@ fn parse_time(s: &str) -> Result<u64, String> {
     Ok(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Verdicts by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum VerdictArg {
-    /// Refused.
-    Denied,
-    /// Allowed.
-    Allowed,
-    /// Would have been refused (audit mode).
-    AuditDenied,
-    /// The process was killed.
-    Killed,
-    /// Refused because a budget ran out.
-    Throttled,
-}
-
-impl From<VerdictArg> for Verdict {
-    fn from(v: VerdictArg) -> Self {
-        match v {
-            VerdictArg::Denied => Self::Denied,
-            VerdictArg::Allowed => Self::Allowed,
-            VerdictArg::AuditDenied => Self::AuditDenied,
-            VerdictArg::Killed => Self::Killed,
-            VerdictArg::Throttled => Self::Throttled,
-        }
-    }
+/// Verdicts by their stable names (the ones `show` prints).
+fn verdict_name() -> impl TypedValueParser<Value = Verdict> {
+    PossibleValuesParser::new(Verdict::ALL.map(Verdict::name))
+        .try_map(|name| Verdict::from_name(&name).ok_or("not a verdict name"))
 }
 
 /// Runs `agentguard log ...`, printing to stdout (and warnings to stderr).
@@ -293,7 +275,7 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
     }
     let filter = Filter {
         agent: args.agent.clone(),
-        verdict: args.verdict.map(Verdict::from),
+        verdict: args.verdict,
         since_ns: args.since,
         until_ns: args.until,
     };

@@ -1,10 +1,12 @@
 //! Command-line interface: one file per subcommand, each thin over the library.
 
+mod completions;
 mod daemon;
 mod denials;
 mod doctor;
 mod kill_switch;
 mod log;
+mod man;
 mod policy;
 mod run;
 mod status;
@@ -52,6 +54,10 @@ enum Command {
     Denials(denials::DenialsArgs),
     /// Remove every agentguard program, map pin and cgroup (uninstall; clean test state).
     Teardown(teardown::TeardownArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the manual page, or write every page into a directory.
+    Man(man::ManArgs),
 }
 
 /// The control socket of a daemon.
@@ -84,6 +90,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(a) => doctor::run(a),
         Command::Denials(a) => denials::run(a),
         Command::Teardown(a) => teardown::run(a),
+        Command::Completions(a) => completions::run(&a),
+        Command::Man(a) => man::run(&a),
     }
 }
 

@@ -52,6 +52,9 @@ pub struct RunArgs {
     command: Vec<OsString>,
 }
 
+/// Set for the agent: its instance name.
+const INSTANCE_ENV: &str = "AGENTGUARD_INSTANCE";
+
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Everything that can fail without the daemon fails before an instance exists.
     let argv: Vec<CString> = args
@@ -141,9 +144,11 @@ fn launch(args: RunArgs, argv: Vec<CString>) -> anyhow::Result<ExitCode> {
     };
 
     // An agent starts its sub-agents through the agent socket; the daemon knows it by its cgroup.
+    // File rules may hide /proc/self/mountinfo from an agent; the instance variable `run` gave
+    // it then tells (it only picks the socket: the daemon judges the caller by its cgroup).
     let inside_agent = Hierarchy::discover()
         .and_then(|h| h.contains_pid(std::process::id()))
-        .unwrap_or(false);
+        .unwrap_or_else(|_| std::env::var_os(INSTANCE_ENV).is_some());
     if inside_agent && args.user.is_some() {
         bail!("--user cannot be used from inside an agent (it has no privileges to switch users)");
     }
@@ -196,7 +201,7 @@ fn launch(args: RunArgs, argv: Vec<CString>) -> anyhow::Result<ExitCode> {
         bail!("the launcher exited before the agent started");
     }
     // SAFETY: single-threaded here; the variable is read by the agent only.
-    unsafe { std::env::set_var("AGENTGUARD_INSTANCE", &instance) };
+    unsafe { std::env::set_var(INSTANCE_ENV, &instance) };
     // Last, so nothing above runs under the filter.
     let filters = seccomp::filters(&sandbox.allow_syscalls)?;
     seccomp::install(&filters)?;

@@ -1,6 +1,8 @@
-//! Operator -> daemon: the control socket protocol (JSON lines), its client, and peer checks.
+//! Operator -> daemon: the control socket protocol (JSON lines, bounded in length), its client,
+//! and peer checks on both ends.
 
 pub mod client;
+pub mod frame;
 pub mod peer;
 pub mod proto;
 

@@ -177,9 +177,10 @@ fn reason_and_fix(a: &Action, kind: Option<EventKind>) -> (String, Option<String
         );
     }
     let entry = match &a.target {
-        Target::Net { addr, port, .. } => {
-            Some(format!("{table} connect = [\"{}\"]", endpoint(*addr, *port)))
-        }
+        Target::Net { addr, port, .. } => Some(format!(
+            "{table} connect = [\"{}\"]",
+            endpoint(*addr, *port)
+        )),
         Target::Exec { path, .. } if !path.is_empty() => {
             Some(format!("{table} exec = [{}]", quote(path)))
         }
@@ -282,13 +283,43 @@ mod tests {
     #[test]
     fn an_instance_sees_its_own_and_its_sub_agents_refusals_only() {
         let mut d = Denials::default();
-        d.record(1, &refused("buyer/1", 10, file("/etc/passwd", ACCESS_READ), Verdict::Denied));
-        d.record(2, &refused("buyer/1/search/1", 11, file("/a", ACCESS_READ), Verdict::Denied));
-        d.record(3, &refused("buyer/12", 12, file("/b", ACCESS_READ), Verdict::Denied));
-        d.record(4, &refused("buyer/1", 10, file("/ok", ACCESS_READ), Verdict::Allowed));
+        d.record(
+            1,
+            &refused(
+                "buyer/1",
+                10,
+                file("/etc/passwd", ACCESS_READ),
+                Verdict::Denied,
+            ),
+        );
+        d.record(
+            2,
+            &refused(
+                "buyer/1/search/1",
+                11,
+                file("/a", ACCESS_READ),
+                Verdict::Denied,
+            ),
+        );
+        d.record(
+            3,
+            &refused("buyer/12", 12, file("/b", ACCESS_READ), Verdict::Denied),
+        );
+        d.record(
+            4,
+            &refused("buyer/1", 10, file("/ok", ACCESS_READ), Verdict::Allowed),
+        );
         let own: Vec<String> = d.of("buyer/1", 0).into_iter().map(|x| x.target).collect();
-        assert_eq!(own, ["/etc/passwd", "/a"], "not buyer/12, not allowed actions");
-        assert_eq!(d.of("buyer/1/search/1", 0).len(), 1, "a sub-agent sees only its own");
+        assert_eq!(
+            own,
+            ["/etc/passwd", "/a"],
+            "not buyer/12, not allowed actions"
+        );
+        assert_eq!(
+            d.of("buyer/1/search/1", 0).len(),
+            1,
+            "a sub-agent sees only its own"
+        );
         assert_eq!(d.of("buyer/1", 2).len(), 1, "--since");
         assert!(d.of("seller/1", 0).is_empty());
     }
@@ -297,34 +328,66 @@ mod tests {
     fn rings_are_bounded() {
         let mut d = Denials::default();
         for i in 0..(PER_INSTANCE as u64 + 10) {
-            d.record(i, &refused("a/1", 1, file("/x", ACCESS_READ), Verdict::Denied));
+            d.record(
+                i,
+                &refused("a/1", 1, file("/x", ACCESS_READ), Verdict::Denied),
+            );
         }
         let got = d.of("a/1", 0);
         assert_eq!(got.len(), PER_INSTANCE);
         assert_eq!(got[0].wall_ns, 10, "the oldest went first");
         for i in 0..(INSTANCES as u64 + 5) {
-            d.record(i, &refused("b/1", 100 + i, file("/x", ACCESS_READ), Verdict::Denied));
+            d.record(
+                i,
+                &refused("b/1", 100 + i, file("/x", ACCESS_READ), Verdict::Denied),
+            );
         }
         assert_eq!(d.rings.len(), INSTANCES);
     }
 
     #[test]
     fn reasons_and_the_entry_that_would_allow_it() {
-        let d = describe(5, &refused("buyer/1", 1, file("/etc/passwd", ACCESS_READ), Verdict::Denied));
-        assert_eq!((d.action.as_str(), d.target.as_str()), ("open (read)", "/etc/passwd"));
-        assert_eq!(d.reason, "no rule allows it (Landlock)");
-        assert_eq!(d.allow_with.as_deref(), Some("[agents.buyer] read = [\"/etc/passwd\"]"));
         let d = describe(
             5,
-            &refused("buyer/1/search/2", 1, file("/srv/out", ACCESS_WRITE), Verdict::Denied),
+            &refused(
+                "buyer/1",
+                1,
+                file("/etc/passwd", ACCESS_READ),
+                Verdict::Denied,
+            ),
+        );
+        assert_eq!(
+            (d.action.as_str(), d.target.as_str()),
+            ("open (read)", "/etc/passwd")
+        );
+        assert_eq!(d.reason, "no rule allows it (Landlock)");
+        assert_eq!(
+            d.allow_with.as_deref(),
+            Some("[agents.buyer] read = [\"/etc/passwd\"]")
+        );
+        let d = describe(
+            5,
+            &refused(
+                "buyer/1/search/2",
+                1,
+                file("/srv/out", ACCESS_WRITE),
+                Verdict::Denied,
+            ),
         );
         assert_eq!(
             d.allow_with.as_deref(),
             Some("[agents.buyer.sub.search] write = [\"/srv/out\"]")
         );
-        let exec = Target::Exec { path: "/usr/bin/curl".into(), dev: 1, ino: 2 };
+        let exec = Target::Exec {
+            path: "/usr/bin/curl".into(),
+            dev: 1,
+            ino: 2,
+        };
         let d = describe(5, &refused("buyer/1", 1, exec, Verdict::Killed));
-        assert_eq!(d.allow_with.as_deref(), Some("[agents.buyer] exec = [\"/usr/bin/curl\"]"));
+        assert_eq!(
+            d.allow_with.as_deref(),
+            Some("[agents.buyer] exec = [\"/usr/bin/curl\"]")
+        );
         assert!(d.reason.contains("killed"), "{}", d.reason);
         let net = Target::Net {
             addr: "::1".parse().expect("addr"),
@@ -338,9 +401,17 @@ mod tests {
         a.flags = EVENT_PARENT_DENIED;
         let d = describe(5, &a);
         assert_eq!(d.target, "[::1]:9");
-        assert_eq!(d.allow_with.as_deref(), Some("[agents.buyer] connect = [\"[::1]:9\"]"));
+        assert_eq!(
+            d.allow_with.as_deref(),
+            Some("[agents.buyer] connect = [\"[::1]:9\"]")
+        );
         assert!(d.reason.contains("parent"), "{}", d.reason);
-        let mut a = refused("buyer/1", 1, file("/sys/fs/cgroup/x", ACCESS_WRITE), Verdict::Denied);
+        let mut a = refused(
+            "buyer/1",
+            1,
+            file("/sys/fs/cgroup/x", ACCESS_WRITE),
+            Verdict::Denied,
+        );
         a.flags = EVENT_PROTECTED_FS;
         assert_eq!(describe(5, &a).allow_with, None);
     }

@@ -20,7 +20,7 @@ use crate::{
         },
     },
     ebpf::backends::FileBackend,
-    policy::{Agent, Mode, PathRule, runtime, throttle::kind_name},
+    policy::{Agent, Mode, PathRule, runtime},
 };
 
 /// Answers one request from an administrator.
@@ -182,6 +182,16 @@ fn launch(
         return Err(format!(
             "process {pid} already belongs to an agent instance"
         ));
+    }
+    if let Some(max) = a.max_instances {
+        // Counted under the state lock that also registers the new instance, so two racing
+        // launches cannot both take the last place.
+        let running = st.instances.values().filter(|i| i.agent == a.name).count();
+        if running >= max as usize {
+            return Err(format!(
+                "agent {agent:?} already runs {running} instance(s), its policy's max_instances = {max}; refusing to start another"
+            ));
+        }
     }
     let parent_instance = match &a.parent {
         None => None,
@@ -381,11 +391,11 @@ fn status(shared: &Shared) -> StatusReport {
                         ThrottleScope::Agent => "per instance",
                     };
                     format!(
-                        "{} {} {scope} (burst {}, on exceed {:?})",
-                        kind_name(l.kind),
+                        "{} {} {scope} (burst {}, on exceed {})",
+                        l.kind.name(),
                         l.rate,
                         l.burst,
-                        l.on_exceed
+                        l.on_exceed.name()
                     )
                     .to_lowercase()
                 })
@@ -417,7 +427,7 @@ fn status(shared: &Shared) -> StatusReport {
                                     .map(|left| {
                                         format!(
                                             "{} (instance): {left} of {} left",
-                                            kind_name(l.kind),
+                                            l.kind.name(),
                                             budget_size(l)
                                         )
                                     })

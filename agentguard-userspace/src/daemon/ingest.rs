@@ -17,8 +17,7 @@ use crate::{
         record::{Actor, Body},
     },
     control::proto::Selector,
-    events::{ring::EventRing, to_action},
-    policy::throttle::kind_name,
+    events::{Names as _, ring::EventRing, to_action},
 };
 
 /// How long an escalation waits for the kernel to report the instance frozen or empty.
@@ -72,8 +71,116 @@ pub async fn tick(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool
     }
 }
 
-/// Writes a `Lost` record when the kernel's drop counter moved since the last one logged.
-fn check_lost(shared: &Shared) {
+/// Writes a `Lost` record when the kernel's drop counter moved since the last one logged, and
+/// `LostEvents` records for refusals lost on full rings and for events over instance budgets.
+fn check_lost(shared: &Arc<Shared>) {
+    check_ring_lost(shared);
+    check_gaps(shared);
+}
+
+/// Gaps the kernel counted outside the main ring's counter: each as a `LostEvents` record, and
+/// escalations asked for by refusals that were not sent carried out all the same.
+fn check_gaps(shared: &Arc<Shared>) {
+    let mut records = Vec::new();
+    let mut escalations = Vec::new();
+    {
+        let mut guard = shared.lock_state();
+        let st = &mut *guard;
+        match st.maps.lost_refusals_total() {
+            Ok(total) if total > st.gaps.refusal_ring => {
+                records.push(Body::LostEvents {
+                    source: "refusal-ring".into(),
+                    agent: String::new(),
+                    instance: String::new(),
+                    cgroup_id: 0,
+                    allowed: 0,
+                    refusals: total - st.gaps.refusal_ring,
+                });
+                st.gaps.refusal_ring = total;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the lost-refusal counter"),
+        }
+        for (cgroup_id, b) in st.maps.event_budgets() {
+            let (allowed, refusals) = st.gaps.instances.get(&cgroup_id).copied().unwrap_or((0, 0));
+            let live = st.instances.contains_key(&cgroup_id);
+            if b.lost_allowed > allowed || b.lost_refusals > refusals {
+                let (agent, instance) = st.instance(cgroup_id).unwrap_or_default();
+                records.push(Body::LostEvents {
+                    source: "instance-budget".into(),
+                    agent,
+                    instance,
+                    cgroup_id,
+                    allowed: b.lost_allowed.saturating_sub(allowed),
+                    refusals: b.lost_refusals.saturating_sub(refusals),
+                });
+                st.gaps
+                    .instances
+                    .insert(cgroup_id, (b.lost_allowed, b.lost_refusals));
+            }
+            if live
+                && b.escalate != 0
+                && let Some(e) = escalation(st, cgroup_id, b.escalate, b.escalate_ns, None)
+            {
+                escalations.push(e);
+            }
+            if !live {
+                // Ended: its last gap is logged above; the kernel will not charge it again.
+                if let Err(e) = st.maps.forget_event_budget(cgroup_id) {
+                    tracing::warn!(cgroup_id, error = %e, "cannot remove an event budget");
+                }
+                st.gaps.instances.remove(&cgroup_id);
+            }
+        }
+    }
+    for body in records {
+        shared.log(body);
+    }
+    spawn_escalations(shared, escalations);
+}
+
+/// The daemon's answer to a budget breach the kernel reported for `cgroup_id` at `ktime_ns`
+/// (`flags`: `EVENT_ESCALATE_*`), unless it already acted on this breach.
+fn escalation(
+    st: &mut super::State,
+    cgroup_id: u64,
+    flags: u32,
+    ktime_ns: u64,
+    kind: Option<u16>,
+) -> Option<(operator::Op, crate::cgroup::Instance, String)> {
+    let op = if flags & EVENT_ESCALATE_KILL != 0 {
+        operator::Op::Kill
+    } else if flags & EVENT_ESCALATE_FREEZE != 0 {
+        operator::Op::Freeze
+    } else {
+        return None;
+    };
+    if !Breach::acts_on(st.breaches.get(&cgroup_id), ktime_ns)
+        || st.breaches.insert(cgroup_id, Breach::Escalated) == Some(Breach::Escalated)
+    {
+        return None;
+    }
+    let inst = st.instances.get(&cgroup_id)?.clone();
+    let budget = st
+        .policy
+        .agent(&inst.agent)
+        .map(|a| {
+            a.limits
+                .iter()
+                .filter(|l| kind.is_none_or(|k| l.kind == throttle_kind(k)))
+                .map(|l| {
+                    format!("{} {} per {}", l.kind.name(), l.rate, l.scope.name()).to_lowercase()
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Some((op, inst, budget))
+}
+
+/// Writes a `Lost` record when the kernel's drop counter of the main ring moved since the last
+/// one logged.
+fn check_ring_lost(shared: &Shared) {
     let total = match shared.lock_state().maps.lost_total() {
         Ok(t) => t,
         Err(e) => {
@@ -125,34 +232,8 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
             };
             let action = to_action(&ev, &*st);
             let h = ev.header();
-            let op = if h.flags & EVENT_ESCALATE_KILL != 0 {
-                Some(operator::Op::Kill)
-            } else if h.flags & EVENT_ESCALATE_FREEZE != 0 {
-                Some(operator::Op::Freeze)
-            } else {
-                None
-            };
-            if let Some(op) = op
-                && Breach::acts_on(st.breaches.get(&h.cgroup_id), h.ktime_ns)
-                && st.breaches.insert(h.cgroup_id, Breach::Escalated) != Some(Breach::Escalated)
-                && let Some(inst) = st.instances.get(&h.cgroup_id)
-            {
-                let budget = st
-                    .policy
-                    .agent(&inst.agent)
-                    .map(|a| {
-                        a.limits
-                            .iter()
-                            .filter(|l| l.kind == throttle_kind(h.kind))
-                            .map(|l| {
-                                format!("{} {} per {:?}", kind_name(l.kind), l.rate, l.scope)
-                                    .to_lowercase()
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
-                    .unwrap_or_default();
-                escalations.push((op, inst.clone(), budget));
+            if let Some(e) = escalation(&mut st, h.cgroup_id, h.flags, h.ktime_ns, Some(h.kind)) {
+                escalations.push(e);
             }
             actions.push((h.ktime_ns, action));
         }
@@ -169,6 +250,14 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
             }
         }
     }
+    spawn_escalations(shared, escalations);
+}
+
+/// Freezes or kills each instance (in the background), as its budget asks.
+fn spawn_escalations(
+    shared: &Arc<Shared>,
+    escalations: Vec<(operator::Op, crate::cgroup::Instance, String)>,
+) {
     for (op, inst, budget) in escalations {
         let shared = shared.clone();
         tokio::spawn(async move {

@@ -247,8 +247,14 @@ impl Assembler {
                 };
                 match r.get("status") {
                     Some("allocated") => {
-                        let pid = r.number("pid").and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-                        let uid = r.number("uid").and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+                        let pid = r
+                            .number("pid")
+                            .and_then(|p| u32::try_from(p).ok())
+                            .unwrap_or(0);
+                        let uid = r
+                            .number("uid")
+                            .and_then(|p| u32::try_from(p).ok())
+                            .unwrap_or(0);
                         // agentguard's domains are created by `run`, which became the agent's
                         // first process; the daemon knows that pid even after it exited. Other
                         // domains (an agent sandboxing its own children) by their creator's cgroup.
@@ -256,14 +262,7 @@ impl Assembler {
                             .by_first_pid(pid)
                             .or_else(|| names.by_pid(pid))
                             .or_else(|| names.by_uid(uid));
-                        self.remember(
-                            id,
-                            Domain {
-                                pid,
-                                uid,
-                                named,
-                            },
-                        );
+                        self.remember(id, Domain { pid, uid, named });
                     }
                     Some("deallocated") => {
                         // Its refusals are all queued before this record: log them first.
@@ -285,8 +284,14 @@ impl Assembler {
             }
             AUDIT_SYSCALL => {
                 if let Some(p) = self.pending.get_mut(&r.serial) {
-                    let pid = r.number("pid").and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
-                    let uid = r.number("uid").and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+                    let pid = r
+                        .number("pid")
+                        .and_then(|p| u32::try_from(p).ok())
+                        .unwrap_or(0);
+                    let uid = r
+                        .number("uid")
+                        .and_then(|p| u32::try_from(p).ok())
+                        .unwrap_or(0);
                     p.syscall = Some(Syscall {
                         pid,
                         uid,
@@ -357,7 +362,9 @@ impl Assembler {
                 // record are the launcher's, from before it switched user and exec'd).
                 let dynamic = names.dynamic_uid(named.cgroup_id);
                 let creator = match (sc, domain, dynamic) {
-                    (None, Some(d), Some(uid)) if self.creator_without_context => Some((d.pid, uid)),
+                    (None, Some(d), Some(uid)) if self.creator_without_context => {
+                        Some((d.pid, uid))
+                    }
                     _ => None,
                 };
                 let pid = sc.map(|s| s.pid).or(creator.map(|c| c.0)).unwrap_or(0);
@@ -446,7 +453,11 @@ impl Resolve for StateNames<'_> {
 }
 
 /// Reads refusals until shutdown, then restores the audit state.
-pub async fn run(shared: Arc<Shared>, listener: Listener, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    listener: Listener,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let mut asm = Assembler {
         creator_without_context: listener.rules_installed(),
         ..Assembler::default()
@@ -570,17 +581,30 @@ mod tests {
         let t0 = Instant::now();
         assert!(a.push(rec(1423, "audit(1.0:5): domain=ab blockers=fs.read_file path=\"/etc/passwd\" dev=\"vda\" ino=9"), t0, &Fake).is_empty());
         assert!(a.push(rec(1424, "audit(1.0:6): domain=ab status=allocated mode=enforcing pid=100 uid=0 exe=\"/usr/bin/agentguard\" comm=\"agentguard\""), t0, &Fake).is_empty());
-        assert!(a.expire(t0, false, &Fake).is_empty(), "waits for a SYSCALL record");
+        assert!(
+            a.expire(t0, false, &Fake).is_empty(),
+            "waits for a SYSCALL record"
+        );
         let got = a.expire(t0 + GRACE, false, &Fake);
         assert_eq!(got.len(), 1);
         let g = &got[0];
-        assert_eq!((g.agent.as_str(), g.instance.as_str(), g.cgroup_id), ("buyer", "buyer/1", 7));
+        assert_eq!(
+            (g.agent.as_str(), g.instance.as_str(), g.cgroup_id),
+            ("buyer", "buyer/1", 7)
+        );
         assert_eq!((g.pid, g.comm.as_str(), g.uid), (100, "", 2_113_929_300));
         assert_eq!(g.verdict, Verdict::Denied as u8);
         assert_eq!(g.kind, EventKind::FileOpen as u16);
         assert!(matches!(&g.target, Target::File { path, .. } if path == "/etc/passwd"));
         // A later refusal in the same domain, the creator gone: still named from the cache.
-        a.push(rec(1423, "audit(2.0:9): domain=ab blockers=fs.execute path=\"/usr/bin/curl\" ino=3"), t0, &Fake);
+        a.push(
+            rec(
+                1423,
+                "audit(2.0:9): domain=ab blockers=fs.execute path=\"/usr/bin/curl\" ino=3",
+            ),
+            t0,
+            &Fake,
+        );
         let got = a.expire(t0, true, &Fake);
         assert_eq!(got[0].instance, "buyer/1");
         assert_eq!(got[0].kind, EventKind::Exec as u16);
@@ -590,13 +614,30 @@ mod tests {
     fn a_syscall_record_names_the_denying_process_and_eoe_ends_the_event() {
         let mut a = Assembler::default();
         let t0 = Instant::now();
-        a.push(rec(1423, "audit(1.0:5): domain=cd blockers=fs.write_file path=\"/srv/x\""), t0, &Fake);
+        a.push(
+            rec(
+                1423,
+                "audit(1.0:5): domain=cd blockers=fs.write_file path=\"/srv/x\"",
+            ),
+            t0,
+            &Fake,
+        );
         a.push(rec(1300, "audit(1.0:5): arch=c000003e syscall=257 success=no exit=-13 ppid=100 pid=101 uid=2113929300 comm=\"sh\""), t0, &Fake);
         let got = a.push(rec(1320, "audit(1.0:5): "), t0, &Fake);
         assert_eq!(got.len(), 1);
-        assert_eq!((got[0].pid, got[0].comm.as_str(), got[0].instance.as_str()), (101, "sh", "buyer/1"));
+        assert_eq!(
+            (got[0].pid, got[0].comm.as_str(), got[0].instance.as_str()),
+            (101, "sh", "buyer/1")
+        );
         // Unknown domain, unknown pid: logged anyway, with no agent.
-        a.push(rec(1423, "audit(1.0:8): domain=ef blockers=fs.read_dir path=\"/root\""), t0, &Fake);
+        a.push(
+            rec(
+                1423,
+                "audit(1.0:8): domain=ef blockers=fs.read_dir path=\"/root\"",
+            ),
+            t0,
+            &Fake,
+        );
         let got = a.expire(t0, true, &Fake);
         assert_eq!((got[0].instance.as_str(), got[0].pid), ("", 0));
     }
@@ -605,12 +646,33 @@ mod tests {
     fn a_domain_ending_flushes_its_refusals_first() {
         let mut a = Assembler::default();
         let t0 = Instant::now();
-        a.push(rec(1424, "audit(1.0:4): domain=ab status=allocated mode=enforcing pid=100 uid=5 comm=\"p\""), t0, &Fake);
-        a.push(rec(1423, "audit(1.0:5): domain=ab blockers=fs.make_reg path=\"/srv/new\""), t0, &Fake);
-        let got = a.push(rec(1424, "audit(1.0:6): domain=ab status=deallocated denials=1"), t0, &Fake);
+        a.push(
+            rec(
+                1424,
+                "audit(1.0:4): domain=ab status=allocated mode=enforcing pid=100 uid=5 comm=\"p\"",
+            ),
+            t0,
+            &Fake,
+        );
+        a.push(
+            rec(
+                1423,
+                "audit(1.0:5): domain=ab blockers=fs.make_reg path=\"/srv/new\"",
+            ),
+            t0,
+            &Fake,
+        );
+        let got = a.push(
+            rec(1424, "audit(1.0:6): domain=ab status=deallocated denials=1"),
+            t0,
+            &Fake,
+        );
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].instance, "buyer/1");
-        assert_eq!(got[0].pid, 0, "no syscall record and no rules: the denying pid is unknown");
+        assert_eq!(
+            got[0].pid, 0,
+            "no syscall record and no rules: the denying pid is unknown"
+        );
         assert_eq!(got[0].uid, 2_113_929_300, "the instance's dynamic uid");
         assert!(a.domains.is_empty());
     }

@@ -14,6 +14,8 @@ mod ingest;
 pub mod landlock_audit;
 mod operator;
 mod server;
+
+pub use server::ClientLimits;
 mod state;
 mod watch;
 
@@ -65,6 +67,8 @@ pub struct Options {
     pub log: LogOptions,
     /// Size of the event ring buffer in bytes, when the programs are first loaded.
     pub ring_buffer_bytes: u32,
+    /// What one client, and all of them, may hold of each control socket.
+    pub clients: ClientLimits,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -230,7 +234,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if let Some(reason) = &backends.lsm_unavailable {
         tracing::info!("BPF LSM not used: {reason}");
     }
-    let (mut maps, ring) = KernelMaps::take(&mut loaded.ebpf)?;
+    let (mut maps, rings) = KernelMaps::take(&mut loaded.ebpf)?;
     maps.set_root(root_id, root_level)?;
 
     let log = AuditLog::open(LogOptions {
@@ -256,6 +260,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         first_pids: Default::default(),
         first_pid_order: Default::default(),
         binaries: resolved.binaries.clone(),
+        gaps: Default::default(),
     };
     let readopted = watch::readopt(&mut state)?;
 
@@ -310,21 +315,27 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 
     let listener = server::bind(&opts.socket, server::Role::Admin)?;
     let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
-    let ring = EventRing::new(ring).map_err(io("cannot register the event ring buffer"))?;
+    let events =
+        EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
+    let alerts =
+        EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
     // Landlock refusals reach the log through audit records (fallback file backend).
     let landlock = landlock_audit::start(&opts.state_dir, backends.file);
     let mut tasks = vec![
-        tokio::spawn(ingest::run(shared.clone(), ring, shutdown_rx.clone())),
+        tokio::spawn(ingest::run(shared.clone(), events, shutdown_rx.clone())),
+        tokio::spawn(ingest::run(shared.clone(), alerts, shutdown_rx.clone())),
         tokio::spawn(server::run(
             shared.clone(),
             listener,
             server::Role::Admin,
+            opts.clients,
             shutdown_rx.clone(),
         )),
         tokio::spawn(server::run(
             shared.clone(),
             agent_listener,
             server::Role::Agent,
+            opts.clients,
             shutdown_rx.clone(),
         )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),

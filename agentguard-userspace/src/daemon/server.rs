@@ -1,23 +1,37 @@
-//! The administrator control socket and signal handling.
+//! The control sockets (administrator and agent) and signal handling.
+//!
+//! Every connection is bounded so that no local user can exhaust the daemon: the peer is checked
+//! before a byte of its request is read, requests are at most [`Role::max_request`] bytes, each
+//! request (and each reply) must cross the socket within [`ClientLimits::request_timeout`], and
+//! [`Slots`] caps the connections held open per peer uid and in total. Refusals are written
+//! without waiting on the peer and cost the daemon no task.
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    collections::HashMap,
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::fs::PermissionsExt,
+    },
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
+use futures_util::StreamExt;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    io::AsyncWriteExt,
+    net::{UnixListener, UnixStream, unix::OwnedWriteHalf},
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
+use tokio_util::codec::FramedRead;
 
 use super::{DaemonError, Shared, apply, handlers};
 use crate::cgroup::Instance;
 use crate::{
     audit::record::Actor,
     control::{
+        frame::{self, FrameError, JsonLines, MAX_ADMIN_REQUEST, MAX_AGENT_REQUEST},
         peer::Peer,
         proto::{Request, Response},
     },
@@ -38,6 +52,38 @@ impl Role {
             Self::Admin => 0o600,
             // Any agent process may connect; what it may ask is decided by its cgroup.
             Self::Agent => 0o666,
+        }
+    }
+
+    /// The longest request line accepted on this socket.
+    pub fn max_request(self) -> usize {
+        match self {
+            Self::Admin => MAX_ADMIN_REQUEST,
+            Self::Agent => MAX_AGENT_REQUEST,
+        }
+    }
+}
+
+/// How long and how many: what one client, and all of them, may hold of the daemon. Applies to
+/// each socket separately, so agents crowding the agent socket never lock out the administrator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// How long a client may take to send one whole request, counted from when the daemon starts
+    /// waiting for it (connect, or the previous reply), and to take one reply. An idle or
+    /// trickling (slowloris) client is disconnected after it.
+    pub request_timeout: Duration,
+    /// Connections one peer uid may hold open at once on one socket.
+    pub per_uid: usize,
+    /// Connections all peers together may hold open at once on one socket.
+    pub total: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            per_uid: 16,
+            total: 128,
         }
     }
 }
@@ -73,61 +119,255 @@ pub async fn run(
     shared: Arc<Shared>,
     listener: UnixListener,
     role: Role,
+    limits: ClientLimits,
     mut shutdown: watch::Receiver<Option<bool>>,
 ) {
+    let slots = Arc::new(Slots::new(limits));
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = serve(shared, stream, role).await {
-                            tracing::debug!(error = %e, "control connection ended");
-                        }
-                    });
+                Ok((stream, _)) => accept(&shared, stream, role, limits, &slots),
+                Err(e) => {
+                    // EMFILE and friends fail at once and again on the next call: pause rather
+                    // than spin a core while the condition lasts.
+                    tracing::warn!(error = %e, ?role, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
             _ = shutdown.changed() => break,
         }
     }
 }
 
-async fn serve(shared: Arc<Shared>, stream: UnixStream, role: Role) -> std::io::Result<()> {
-    let peer = Peer::of(&stream).map_err(|e| e.to_string());
-    let admitted = peer
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|p| admit(&shared, p, role));
+/// Decides about a fresh connection without awaiting anything: refused peers get one error line
+/// and are closed on the spot; an admitted one gets a slot and a task.
+fn accept(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    role: Role,
+    limits: ClientLimits,
+    slots: &Arc<Slots>,
+) {
+    let peer = match Peer::of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => return refuse(&stream, &e.to_string()),
+    };
+    // Admission before reading: a peer that may not use this socket never gets a byte read,
+    // nor a slot that an admitted client could need.
+    let caller = match admit(shared, &peer, role) {
+        Ok(caller) => caller,
+        Err(message) => return refuse(&stream, &message),
+    };
+    let slot = match slots.take(peer.uid) {
+        Ok(slot) => slot,
+        Err(full) => {
+            tracing::debug!(uid = peer.uid, pid = peer.pid, ?role, "{full}");
+            return refuse(&stream, &full.to_string());
+        }
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Err(e) = serve(&shared, stream, &peer, caller.as_ref(), role, limits).await {
+            tracing::debug!(error = %e, uid = peer.uid, pid = peer.pid, "control connection ended");
+        }
+    });
+}
+
+/// Writes an error line if the socket takes it at once (an empty socket buffer always does),
+/// then the caller drops the stream.
+fn refuse(stream: &UnixStream, message: &str) {
+    say_now(stream, &error_line(message));
+}
+
+/// One non-blocking send straight to the socket. Not tokio's `try_write`: that gives up without
+/// trying until the runtime has seen the socket's first writable event, which a connection
+/// refused right after `accept` may not have had yet.
+fn say_now(socket: &impl AsFd, line: &[u8]) {
+    use nix::sys::socket::{MsgFlags, send};
+    let _ = send(
+        socket.as_fd().as_raw_fd(),
+        line,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+}
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    /// The request could not be read (too long, not UTF-8, not a request, broken stream).
+    #[error("bad request: {0}")]
+    Frame(#[from] FrameError),
+    /// The client sent no whole request within the timeout.
+    #[error("no whole request within {0:?}")]
+    Idle(Duration),
+    /// The client did not take its reply within the timeout.
+    #[error("reply not taken within {0:?}")]
+    Stalled(Duration),
+    /// Writing the reply failed.
+    #[error("cannot write the reply: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    stream: UnixStream,
+    peer: &Peer,
+    caller: Option<&Instance>,
+    role: Role,
+    limits: ClientLimits,
+) -> Result<(), ServeError> {
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
-        let (response, last) = match (&admitted, &peer) {
-            (Ok(caller), Ok(peer)) => match serde_json::from_str::<Request>(&line) {
-                Ok(req) => {
-                    // After `run` the peer lives in an agent cgroup: it gets no second request.
-                    let last = matches!(req, Request::Run { .. });
-                    let response = match caller {
-                        None => handlers::handle(&shared, peer, req).await,
-                        Some(instance) => {
-                            handlers::handle_agent(&shared, peer, instance, req).await
-                        }
-                    };
-                    (response, last)
+    let mut requests = FramedRead::new(read, JsonLines::<Request>::new(role.max_request()));
+    loop {
+        let request = match tokio::time::timeout(limits.request_timeout, requests.next()).await {
+            Err(_) => {
+                let idle = ServeError::Idle(limits.request_timeout);
+                say_now(
+                    write.as_ref(),
+                    &error_line(&format!("{idle}; closing the connection")),
+                );
+                return Err(idle);
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some(Err(e))) => {
+                if matches!(e, FrameError::TooLong { .. }) {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        ?role,
+                        "{e}; connection closed"
+                    );
                 }
-                Err(e) => (Response::Error(format!("malformed request: {e}")), true),
-            },
-            (Err(e), _) | (_, Err(e)) => (Response::Error(e.clone()), true),
+                say_now(
+                    write.as_ref(),
+                    &error_line(&format!("{e}; closing the connection")),
+                );
+                return Err(e.into());
+            }
+            Ok(Some(Ok(request))) => request,
         };
-        let mut out = serde_json::to_string(&response)
-            .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode reply: {e}\"}}"));
-        out.push('\n');
-        write.write_all(out.as_bytes()).await?;
+        // After `run` the peer lives in an agent cgroup: it gets no second request.
+        let last = matches!(request, Request::Run { .. });
+        let response = match caller {
+            None => handlers::handle(shared, peer, request).await,
+            Some(instance) => handlers::handle_agent(shared, peer, instance, request).await,
+        };
+        send(&mut write, &response, limits.request_timeout).await?;
         if last {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
+}
+
+fn error_line(message: &str) -> Vec<u8> {
+    frame::encode_line(&Response::Error(message.to_owned()))
+        .map(|b| b.to_vec())
+        .unwrap_or_default()
+}
+
+async fn send(
+    write: &mut OwnedWriteHalf,
+    response: &Response,
+    timeout: Duration,
+) -> Result<(), ServeError> {
+    let line = match frame::encode_line(response) {
+        Ok(line) => line,
+        Err(e) => frame::encode_line(&Response::Error(e.to_string()))?,
+    };
+    tokio::time::timeout(timeout, write.write_all(&line))
+        .await
+        .map_err(|_| ServeError::Stalled(timeout))?
+        .map_err(ServeError::Write)
+}
+
+/// Connection slots of one socket, counted per peer uid and in total.
+#[derive(Debug)]
+struct Slots {
+    limits: ClientLimits,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// Why a connection got no slot.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum Full {
+    /// The peer's uid holds its share.
+    #[error(
+        "too many connections from uid {uid} ({limit} open); close some or raise --max-connections-per-uid"
+    )]
+    Uid {
+        /// The peer's uid.
+        uid: u32,
+        /// The per-uid limit.
+        limit: usize,
+    },
+    /// Every slot is taken.
+    #[error("too many connections ({limit} open); try again later")]
+    Total {
+        /// The global limit.
+        limit: usize,
+    },
+}
+
+/// One open connection; frees its slot when dropped (the connection's task ended).
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Slots {
+    fn new(limits: ClientLimits) -> Self {
+        Self {
+            limits,
+            open: Mutex::new(Open::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(self: &Arc<Self>, uid: u32) -> Result<Slot, Full> {
+        let mut open = self.lock();
+        let mine = open.by_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= self.limits.per_uid {
+            return Err(Full::Uid {
+                uid,
+                limit: self.limits.per_uid,
+            });
+        }
+        if open.total >= self.limits.total {
+            return Err(Full::Total {
+                limit: self.limits.total,
+            });
+        }
+        open.total += 1;
+        open.by_uid.insert(uid, mine + 1);
+        Ok(Slot {
+            slots: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock();
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_uid.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.by_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Checks a peer for `role`: `None` for an administrator, the calling instance for an agent.
@@ -187,5 +427,48 @@ pub async fn signals(
             }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(per_uid: usize, total: usize) -> Arc<Slots> {
+        Arc::new(Slots::new(ClientLimits {
+            per_uid,
+            total,
+            ..ClientLimits::default()
+        }))
+    }
+
+    #[test]
+    fn per_uid_cap_leaves_other_uids_served() -> Result<(), Full> {
+        let s = slots(2, 10);
+        let a1 = s.take(1000)?;
+        let _a2 = s.take(1000)?;
+        assert_eq!(
+            s.take(1000).err(),
+            Some(Full::Uid {
+                uid: 1000,
+                limit: 2
+            })
+        );
+        let _b = s.take(1001)?;
+        drop(a1);
+        let _a3 = s.take(1000)?;
+        Ok(())
+    }
+
+    #[test]
+    fn global_cap_counts_every_uid() -> Result<(), Full> {
+        let s = slots(2, 3);
+        let held = [s.take(1)?, s.take(2)?, s.take(3)?];
+        assert_eq!(s.take(4).err(), Some(Full::Total { limit: 3 }));
+        drop(held);
+        assert_eq!(s.lock().total, 0);
+        assert!(s.lock().by_uid.is_empty());
+        let _again = s.take(4)?;
+        Ok(())
     }
 }

@@ -48,6 +48,19 @@ pub struct State {
     pub first_pids: HashMap<u32, u64>,
     /// Insertion order of `first_pids`, to bound it.
     pub first_pid_order: std::collections::VecDeque<u32>,
+    /// Events the kernel did not send that are already in the log.
+    pub gaps: Gaps,
+}
+
+/// What the log already says about events the kernel did not send (beyond [`Body::Lost`]).
+///
+/// [`Body::Lost`]: crate::audit::record::Body::Lost
+#[derive(Debug, Default)]
+pub struct Gaps {
+    /// Refusals lost with both ring buffers full, as logged so far.
+    pub refusal_ring: u64,
+    /// Per instance cgroup id: (allowed, refusals) events over its budget, as logged so far.
+    pub instances: HashMap<u64, (u64, u64)>,
 }
 
 /// The daemon's answer to an instance's budget breaches.

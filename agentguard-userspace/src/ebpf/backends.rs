@@ -28,6 +28,19 @@ pub enum FileBackend {
     Unenforced,
 }
 
+/// A program of the chosen backend that did not load, and what enforcement loses without it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MissingProgram {
+    /// The program.
+    pub program: &'static str,
+    /// Where it would have attached, e.g. `lsm/userns_create`.
+    pub hook: String,
+    /// Why it did not load (the kernel's own words, shortened).
+    pub reason: String,
+    /// The guarantee that does not hold.
+    pub loses: &'static str,
+}
+
 /// The enforcement decision for this host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Backends {
@@ -41,6 +54,11 @@ pub struct Backends {
     pub landlock_abi: Option<i32>,
     /// Why BPF LSM is not used, when it is not.
     pub lsm_unavailable: Option<String>,
+    /// Programs of the chosen backend that did not load: enforcement holds without what each
+    /// one names.
+    pub missing: Vec<MissingProgram>,
+    /// How the chosen backend differs on this kernel without losing a guarantee.
+    pub notes: Vec<String>,
 }
 
 impl Backends {
@@ -53,6 +71,8 @@ impl Backends {
                 file: FileBackend::BpfLsm,
                 landlock_abi,
                 lsm_unavailable: None,
+                missing: Vec::new(),
+                notes: Vec::new(),
             },
             Err(reason) => Self {
                 network: "cgroup-sock-addr",
@@ -64,6 +84,8 @@ impl Backends {
                 },
                 landlock_abi,
                 lsm_unavailable: Some(reason),
+                missing: Vec::new(),
+                notes: Vec::new(),
             },
         }
     }
@@ -74,18 +96,39 @@ impl Backends {
     }
 }
 
-impl fmt::Display for Backends {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let exec = match self.exec {
+impl Backends {
+    /// The exec backend's name as `doctor` and `status` show it.
+    pub fn exec_name(&self) -> &'static str {
+        match self.exec {
             ExecBackend::BpfLsm => "bpf-lsm",
             ExecBackend::TpBtfKill => "tp-btf+sigkill",
-        };
-        let file = match self.file {
+        }
+    }
+
+    /// The file backend's name as `doctor` and `status` show it.
+    pub fn file_name(&self) -> String {
+        match self.file {
             FileBackend::BpfLsm => "bpf-lsm".to_owned(),
             FileBackend::Landlock => format!("landlock(abi {})", self.landlock_abi.unwrap_or(0)),
             FileBackend::Unenforced => "none".to_owned(),
-        };
-        write!(f, "network={} exec={exec} file={file}", self.network)
+        }
+    }
+}
+
+impl fmt::Display for Backends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "network={} exec={} file={}",
+            self.network,
+            self.exec_name(),
+            self.file_name()
+        )?;
+        // Loud on purpose: `status` and the log's start record show this string.
+        for m in &self.missing {
+            write!(f, "; NOT LOADED {} ({}): {}", m.program, m.hook, m.loses)?;
+        }
+        Ok(())
     }
 }
 
@@ -109,13 +152,20 @@ pub fn active_lsms() -> Result<Vec<String>, String> {
 pub fn bpf_lsm_active() -> Result<(), String> {
     let lsms = active_lsms()?;
     if lsms.iter().any(|l| l == "bpf") {
-        Ok(())
-    } else {
-        Err(format!(
-            "the bpf LSM is not active (active: {}; boot with lsm=...,bpf)",
-            lsms.join(",")
-        ))
+        return Ok(());
     }
+    // `capability` is always first and never named on the command line.
+    let keep: Vec<&str> = lsms
+        .iter()
+        .map(String::as_str)
+        .filter(|l| *l != "capability")
+        .collect();
+    Err(format!(
+        "the bpf LSM is not active (active: {}): add bpf to the kernel command line, \
+         e.g. lsm={},bpf (the kernel needs CONFIG_BPF_LSM=y)",
+        lsms.join(","),
+        keep.join(",")
+    ))
 }
 
 /// The Landlock ABI version the kernel offers, or `None` when Landlock is unavailable.
@@ -156,6 +206,23 @@ mod tests {
         assert_eq!(
             b.to_string(),
             "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm"
+        );
+    }
+
+    #[test]
+    fn missing_programs_are_shown() {
+        let mut b = Backends::decide(Ok(()), Some(2));
+        b.missing.push(MissingProgram {
+            program: "ag_userns_create",
+            hook: "lsm/userns_create".into(),
+            reason: "no such hook".into(),
+            loses: "agents may create user namespaces",
+        });
+        assert!(b.lsm());
+        assert_eq!(
+            b.to_string(),
+            "network=cgroup-sock-addr exec=bpf-lsm file=bpf-lsm; NOT LOADED ag_userns_create \
+             (lsm/userns_create): agents may create user namespaces"
         );
     }
 }

@@ -22,7 +22,7 @@ use aya::{
 };
 
 use super::{
-    backends::{self, Backends},
+    backends::{self, Backends, MissingProgram},
     object::{self, OBJECT},
     offsets::{self, OffsetError},
     pins::{self, PinDir},
@@ -65,6 +65,14 @@ pub enum LoadError {
         /// The error.
         #[source]
         source: ProgramError,
+    },
+    /// No variant of a program loaded.
+    #[error("program {name}: no variant loads: {reasons}")]
+    NoVariant {
+        /// The program.
+        name: &'static str,
+        /// Each variant's error, in brief.
+        reasons: String,
     },
     /// A link could not be pinned.
     #[error("cannot pin link of {name}: {message}")]
@@ -117,8 +125,8 @@ pub struct Loaded {
     pub backends: Backends,
     /// Groups adopted from pinned links (a restart).
     pub adopted: Vec<Group>,
-    /// Groups loaded and waiting for [`Loaded::attach`].
-    pending: Vec<Group>,
+    /// Programs loaded and waiting for [`Loaded::attach`]: the spec and the variant that loaded.
+    pending: Vec<Chosen>,
     /// Every link, held open for the daemon's lifetime: removing a pin file then does not
     /// detach a program while the daemon runs (a root agent could otherwise unlink it).
     links: Vec<PinnedLink>,
@@ -138,11 +146,9 @@ impl Loaded {
             path: agentguard_cgroup.to_owned(),
             source,
         })?;
-        for group in std::mem::take(&mut self.pending) {
-            for spec in programs::of(group) {
-                let link = attach_one(&mut self.ebpf, spec, &cgroup, &self.pins)?;
-                self.links.push(link);
-            }
+        for (spec, program) in std::mem::take(&mut self.pending) {
+            let link = attach_one(&mut self.ebpf, spec, program, &cgroup, &self.pins)?;
+            self.links.push(link);
         }
         let unused: &[Group] = if self.backends.lsm() {
             &[Group::ExecFallback, Group::OpenBudget]
@@ -203,14 +209,30 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         links: Vec::new(),
     };
     groups.take(&mut ebpf, Group::Network)?;
-    // Loading the LSM programs is the probe: where that fails, the exec fallback takes over.
-    let lsm = backends::bpf_lsm_active().and_then(|()| {
-        groups
-            .take(&mut ebpf, Group::Lsm)
-            .map_err(|e| e.to_string())
-    });
-    let backends = Backends::decide(lsm, backends::landlock_abi());
-    if !backends.lsm() {
+    // Loading the LSM programs is the probe: where an essential one fails, the exec fallback
+    // takes over; optional ones that fail are reported with what they lose.
+    let lsm = backends::bpf_lsm_active()
+        .and_then(|()| groups.take(&mut ebpf, Group::Lsm).map_err(|e| brief(&e)));
+    let mut backends = Backends::decide(
+        lsm.as_ref().map(drop).map_err(Clone::clone),
+        backends::landlock_abi(),
+    );
+    if let Ok(report) = lsm {
+        for m in &report.missing {
+            tracing::warn!(
+                program = m.program,
+                hook = %m.hook,
+                reason = %m.reason,
+                "an LSM program did not load: {}",
+                m.loses
+            );
+        }
+        for note in &report.notes {
+            tracing::info!("{note}");
+        }
+        backends.missing = report.missing;
+        backends.notes = report.notes;
+    } else {
         groups.take(&mut ebpf, Group::ExecFallback)?;
         pins::ensure_tracefs()?;
         groups.take(&mut ebpf, Group::OpenBudget)?;
@@ -242,18 +264,18 @@ pub(crate) fn open_object(
         .load(OBJECT)
 }
 
-/// Which groups were adopted from pins and which were loaded and still need attaching.
+/// Which groups were adopted from pins and which programs were loaded and still need attaching.
 struct Groups<'a> {
     pins: &'a PinDir,
     btf: &'a Btf,
     adopted: Vec<Group>,
-    pending: Vec<Group>,
+    pending: Vec<Chosen>,
     links: Vec<PinnedLink>,
 }
 
 impl Groups<'_> {
     /// Adopts `group` from its pinned links, or loads its programs.
-    fn take(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
+    fn take(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<GroupLoad, LoadError> {
         let t = std::time::Instant::now();
         let r = self.take_inner(ebpf, group);
         tracing::debug!(
@@ -264,73 +286,228 @@ impl Groups<'_> {
         r
     }
 
-    fn take_inner(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<(), LoadError> {
-        if let Some(links) = adopt(self.pins, group) {
-            self.adopted.push(group);
-            self.links.extend(links);
-        } else {
-            load_group(ebpf, group, self.btf)?;
-            self.pending.push(group);
-        }
-        Ok(())
+    fn take_inner(&mut self, ebpf: &mut Ebpf, group: Group) -> Result<GroupLoad, LoadError> {
+        let to_load: Vec<&'static Spec> = match adopt(self.pins, group) {
+            Some((links, unpinned)) => {
+                self.adopted.push(group);
+                self.links.extend(links);
+                // Optional programs that did not load (or attach) last time: try them again.
+                unpinned
+            }
+            None => programs::of(group).collect(),
+        };
+        let (loaded, report) = load_specs(ebpf, to_load, self.btf)?;
+        self.pending.extend(loaded);
+        Ok(report)
     }
 }
 
-/// The pinned links of `group` when every one of its programs has a valid one. A partial set
-/// (a crash between two pins) is removed so the group is attached afresh.
-fn adopt(pins: &PinDir, group: Group) -> Option<Vec<PinnedLink>> {
-    let links: Option<Vec<PinnedLink>> = programs::of(group)
-        .map(|s| PinnedLink::from_pin(pins.link(s.name)).ok())
-        .collect();
-    if links.is_none() {
+/// What loading a group left to report: optional programs that did not load, and variants
+/// taken instead of the first choice.
+#[derive(Debug, Default)]
+pub(crate) struct GroupLoad {
+    /// Optional programs that did not load.
+    pub missing: Vec<MissingProgram>,
+    /// One line per program loaded as its alternate variant.
+    pub notes: Vec<String>,
+}
+
+/// The pinned links of `group` when every program it cannot do without has a valid one, with
+/// the optional programs that have none. A partial set of essential links (a crash between two
+/// pins) is removed so the group is attached afresh.
+fn adopt(pins: &PinDir, group: Group) -> Option<(Vec<PinnedLink>, Vec<&'static Spec>)> {
+    let mut links = Vec::new();
+    let mut unpinned = Vec::new();
+    let mut complete = true;
+    for spec in programs::of(group) {
+        match PinnedLink::from_pin(pins.link(spec.name)) {
+            Ok(link) => links.push(link),
+            Err(_) if spec.optional.is_some() => unpinned.push(spec),
+            Err(_) => complete = false,
+        }
+    }
+    if !complete || links.is_empty() {
         for s in programs::of(group) {
             let _ = std::fs::remove_file(pins.link(s.name));
         }
+        return None;
     }
-    links
+    Some((links, unpinned))
 }
 
 fn program_error(name: &'static str) -> impl Fn(ProgramError) -> LoadError {
     move |source| LoadError::Program { name, source }
 }
 
-pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<(), LoadError> {
-    for spec in programs::of(group) {
-        let program = ebpf
-            .program_mut(spec.name)
-            .ok_or(LoadError::MissingProgram(spec.name))?;
-        let err = program_error(spec.name);
-        match spec.hook {
-            Hook::SockAddr => {
-                let p: &mut CgroupSockAddr = program.try_into().map_err(&err)?;
-                p.load().map_err(&err)?;
+/// Loads every program of `group` (without attaching): optional ones that fail are reported,
+/// an essential one that fails is the error.
+pub(crate) fn load_group(ebpf: &mut Ebpf, group: Group, btf: &Btf) -> Result<GroupLoad, LoadError> {
+    load_specs(ebpf, programs::of(group).collect(), btf).map(|(_, report)| report)
+}
+
+/// A program to attach: its spec and the variant of it that loaded.
+type Chosen = (&'static Spec, &'static str);
+
+/// Loads `specs`, each as the first of its variants the kernel accepts; returns the variant
+/// loaded for each spec that loaded, and what to report. Once the kernel refused one first
+/// choice that has an alternate, the others try their alternate first: the reason is the same
+/// (e.g. `bpf_d_path` in every `path_*` hook), and a refused load costs verifier time.
+fn load_specs(
+    ebpf: &mut Ebpf,
+    specs: Vec<&'static Spec>,
+    btf: &Btf,
+) -> Result<(Vec<Chosen>, GroupLoad), LoadError> {
+    let mut loaded = Vec::new();
+    let mut report = GroupLoad::default();
+    let mut alternates: Vec<&str> = Vec::new();
+    let mut refusal: Option<String> = None;
+    for spec in specs {
+        let mut variants: Vec<&'static str> = spec.variants().collect();
+        if refusal.is_some() {
+            variants.reverse();
+        }
+        match load_variants(ebpf, spec, &variants, btf) {
+            Ok((program, refused)) => {
+                if program != spec.name {
+                    alternates.push(program);
+                }
+                if refusal.is_none() {
+                    refusal = refused;
+                }
+                loaded.push((spec, program));
             }
-            Hook::TpBtf(tp) => {
-                let p: &mut BtfTracePoint = program.try_into().map_err(&err)?;
-                p.load(tp, btf).map_err(&err)?;
+            Err(e) => match spec.optional {
+                Some(loses) => report.missing.push(MissingProgram {
+                    program: spec.name,
+                    hook: spec.hook_name(),
+                    reason: brief(&e),
+                    loses,
+                }),
+                None => return Err(e),
+            },
+        }
+    }
+    if let Some(why) = refusal {
+        report.notes.push(format!(
+            "loaded the alternate variants {} because {why}",
+            alternates.join(", ")
+        ));
+    }
+    Ok((loaded, report))
+}
+
+/// Loads the first of `variants` (programs of `spec`) the kernel accepts; with it, why the
+/// kernel refused the variant tried before, if one was.
+fn load_variants(
+    ebpf: &mut Ebpf,
+    spec: &'static Spec,
+    variants: &[&'static str],
+    btf: &Btf,
+) -> Result<(&'static str, Option<String>), LoadError> {
+    let mut first: Option<LoadError> = None;
+    let mut reasons = Vec::new();
+    for &program in variants {
+        match load_one(ebpf, program, spec.hook, btf) {
+            Ok(()) => return Ok((program, reasons.into_iter().next())),
+            Err(e) => {
+                tracing::debug!(program, "not loaded: {e}");
+                reasons.push(brief(&e));
+                if first.is_none() {
+                    first = Some(e);
+                }
             }
-            Hook::Lsm(hook) => {
-                let p: &mut Lsm = program.try_into().map_err(&err)?;
-                p.load(hook, btf).map_err(&err)?;
-            }
-            Hook::TracePoint(..) => {
-                let p: &mut TracePoint = program.try_into().map_err(&err)?;
-                p.load().map_err(&err)?;
-            }
+        }
+    }
+    match first {
+        Some(e) if reasons.len() == 1 => Err(e),
+        Some(_) => Err(LoadError::NoVariant {
+            name: spec.name,
+            reasons: reasons.join("; "),
+        }),
+        None => Err(LoadError::MissingProgram(spec.name)),
+    }
+}
+
+fn load_one(ebpf: &mut Ebpf, name: &'static str, hook: Hook, btf: &Btf) -> Result<(), LoadError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?;
+    let err = program_error(name);
+    match hook {
+        Hook::SockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(&err)?;
+            p.load().map_err(&err)?;
+        }
+        Hook::TpBtf(tp) => {
+            let p: &mut BtfTracePoint = program.try_into().map_err(&err)?;
+            p.load(tp, btf).map_err(&err)?;
+        }
+        Hook::Lsm(hook) => {
+            let p: &mut Lsm = program.try_into().map_err(&err)?;
+            p.load(hook, btf).map_err(&err)?;
+        }
+        Hook::TracePoint(..) => {
+            let p: &mut TracePoint = program.try_into().map_err(&err)?;
+            p.load().map_err(&err)?;
         }
     }
     Ok(())
 }
 
+/// A load error in a line: for a verifier rejection, the verifier's own reason and the
+/// instruction it stopped at, not the whole log (which `RUST_LOG=debug` shows).
+pub fn brief(e: &LoadError) -> String {
+    match e {
+        LoadError::Program {
+            name,
+            source:
+                ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                },
+        } => format!(
+            "the kernel refused program {name} ({io_error}): {}",
+            verifier_reason(&verifier_log.to_string())
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// The verifier's reason for a rejection: the last line of its log that is not a statistic,
+/// with the instruction before it when there is one.
+fn verifier_reason(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+        })
+        .collect();
+    match lines.as_slice() {
+        [] => "the verifier gave no reason".to_owned(),
+        [.., insn, reason] if insn.starts_with(|c: char| c.is_ascii_digit()) => {
+            // "621: (85) call bpf_d_path#147      ; frame2: ..." -> the instruction only.
+            let insn = insn.split(" ;").next().unwrap_or(insn).trim();
+            format!("{reason} (at `{insn}`)")
+        }
+        [.., reason] => (*reason).to_owned(),
+    }
+}
+
+/// Attaches `program` (a variant of `spec`) and pins its link under the spec's name.
 fn attach_one(
     ebpf: &mut Ebpf,
     spec: &Spec,
+    program: &'static str,
     cgroup: &File,
     pins: &PinDir,
 ) -> Result<PinnedLink, LoadError> {
     let program = ebpf
-        .program_mut(spec.name)
-        .ok_or(LoadError::MissingProgram(spec.name))?;
+        .program_mut(program)
+        .ok_or(LoadError::MissingProgram(program))?;
     let err = program_error(spec.name);
     let link: FdLink = match spec.hook {
         Hook::SockAddr => {
@@ -370,4 +547,26 @@ fn attach_one(
         name: spec.name,
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifier_reason;
+
+    #[test]
+    fn verifier_reason_is_the_last_line_before_the_statistics() {
+        let log = "0: R1=ctx() R10=fp0\nreg type unsupported for arg#0 function path_child_op#88\n\
+                   621: (85) call bpf_d_path#147         ; frame2: R0=scalar()\n\
+                   helper call is not allowed in probe\nverification time 99094 usec\n\
+                   stack depth 0+160\nprocessed 1507 insns (limit 1000000)\n";
+        assert_eq!(
+            verifier_reason(log),
+            "helper call is not allowed in probe (at `621: (85) call bpf_d_path#147`)"
+        );
+        assert_eq!(
+            verifier_reason("invalid mem access\n"),
+            "invalid mem access"
+        );
+        assert_eq!(verifier_reason(""), "the verifier gave no reason");
+    }
 }

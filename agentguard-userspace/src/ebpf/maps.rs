@@ -10,8 +10,8 @@ use std::{thread, time::Duration};
 
 use agentguard_common::{
     agent::{
-        AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, GlobalState, Throttle,
-        ThrottleKind,
+        AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, EventBudget, GlobalState,
+        Throttle, ThrottleKind,
     },
     maps as names,
     rules::{ExecKey, NetKey, PathKey, RuleRef},
@@ -61,6 +61,25 @@ pub struct KernelMaps {
     lost: PerCpuArray<MapData, u64>,
     counters: PerCpuHashMap<MapData, u64, Counters>,
     agent_buckets: HashMap<MapData, BucketKey, Bucket>,
+    event_budgets: HashMap<MapData, u64, EventBudget>,
+}
+
+/// The two event ring buffers.
+pub struct Rings {
+    /// Every event about an allowed action, and refusals when [`Rings::alerts`] is full.
+    pub events: RingBuf<MapData>,
+    /// Refusals and escalations.
+    pub alerts: RingBuf<MapData>,
+}
+
+/// A delete whose key was already absent succeeded: what it was meant to achieve holds. (aya
+/// reports a missing key on delete as the syscall's ENOENT, not as `KeyNotFound`.)
+fn gone_or_absent(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, MapsError> {
@@ -68,8 +87,8 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, MapsError> {
 }
 
 impl KernelMaps {
-    /// Takes the maps out of the loaded object; also returns the event ring buffer.
-    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, RingBuf<MapData>), MapsError> {
+    /// Takes the maps out of the loaded object; also returns the event ring buffers.
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, Rings), MapsError> {
         let maps = Self {
             cgroups: take(ebpf, names::CGROUPS)?
                 .try_into()
@@ -98,11 +117,19 @@ impl KernelMaps {
             agent_buckets: take(ebpf, names::AGENT_BUCKETS)?
                 .try_into()
                 .map_err(err(names::AGENT_BUCKETS))?,
+            event_budgets: take(ebpf, names::EVENT_BUDGETS)?
+                .try_into()
+                .map_err(err(names::EVENT_BUDGETS))?,
         };
-        let ring = take(ebpf, names::EVENTS)?
-            .try_into()
-            .map_err(err(names::EVENTS))?;
-        Ok((maps, ring))
+        let rings = Rings {
+            events: take(ebpf, names::EVENTS)?
+                .try_into()
+                .map_err(err(names::EVENTS))?,
+            alerts: take(ebpf, names::ALERTS)?
+                .try_into()
+                .map_err(err(names::ALERTS))?,
+        };
+        Ok((maps, rings))
     }
 
     /// The global state.
@@ -129,7 +156,8 @@ impl KernelMaps {
 
     /// Applies a compiled policy (its generation must be the inactive one) and waits out the
     /// grace period before removing the old generation. For callers that must not block for
-    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge`] are the parts.
+    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge_if_inactive`] are the
+    /// parts.
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
         let old = self.write_and_flip(compiled)?;
         thread::sleep(GRACE);
@@ -236,10 +264,17 @@ impl KernelMaps {
     /// Forgets an instance cgroup (after it has exited and been removed).
     pub fn remove_instance(&mut self, cgroup_id: u64) -> Result<(), MapsError> {
         let _ = self.counters.remove(&cgroup_id);
-        match self.cgroups.remove(&cgroup_id) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(e) => Err(err(names::CGROUPS)(e)),
+        // The kernel refuses budgeted actions once the budget map is full, so every bucket of an
+        // ended instance must go (a new cgroup never reuses the id of a removed one).
+        for kind in ThrottleKind::ALL {
+            let key = BucketKey {
+                owner: cgroup_id,
+                kind: kind as u32,
+                _pad: 0,
+            };
+            gone_or_absent(self.agent_buckets.remove(&key)).map_err(err(names::AGENT_BUCKETS))?;
         }
+        gone_or_absent(self.cgroups.remove(&cgroup_id)).map_err(err(names::CGROUPS))
     }
 
     /// Every registered instance cgroup.
@@ -249,8 +284,30 @@ impl KernelMaps {
 
     /// The kernel's cumulative count of events dropped on a full ring buffer.
     pub fn lost_total(&self) -> Result<u64, MapsError> {
-        let values = self.lost.get(&0, 0).map_err(err(names::LOST))?;
+        let values = self
+            .lost
+            .get(&names::LOST_EVENTS, 0)
+            .map_err(err(names::LOST))?;
         Ok(values.iter().sum())
+    }
+
+    /// The kernel's cumulative count of refusals dropped with both ring buffers full.
+    pub fn lost_refusals_total(&self) -> Result<u64, MapsError> {
+        let values = self
+            .lost
+            .get(&names::LOST_ALERTS, 0)
+            .map_err(err(names::LOST))?;
+        Ok(values.iter().sum())
+    }
+
+    /// Every instance's event budget.
+    pub fn event_budgets(&self) -> Vec<(u64, EventBudget)> {
+        self.event_budgets.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Forgets an ended instance's event budget (after its last gap was logged).
+    pub fn forget_event_budget(&mut self, cgroup_id: u64) -> Result<(), MapsError> {
+        gone_or_absent(self.event_budgets.remove(&cgroup_id)).map_err(err(names::EVENT_BUDGETS))
     }
 
     /// Actions left in an instance-wide budget right now (`None` before its first action).

@@ -73,6 +73,13 @@ pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
         nsproxy_mnt_ns: f("nsproxy", &["mnt_ns"])?,
         path_dentry: f("path", &["dentry"])?,
         sb_magic: f("super_block", &["s_magic"])?,
+        dentry_parent: f("dentry", &["d_parent"])?,
+        dentry_name_len: f("dentry", &["d_name", "len"])?,
+        vfsmount_mnt_root: f("vfsmount", &["mnt_root"])?,
+        mount_parent: f("mount", &["mnt_parent"])?,
+        mount_mountpoint: f("mount", &["mnt_mountpoint"])?,
+        task_fs: f("task_struct", &["fs"])?,
+        fs_root: f("fs_struct", &["root"])?,
         valid: 1,
     })
 }

@@ -6,15 +6,19 @@ use std::path::PathBuf;
 use aya::Btf;
 use serde::Serialize;
 
-use super::{offsets, pins, programs::Group};
+use super::{backends::MissingProgram, offsets, pins, programs::Group};
 
 /// Whether one program group loads here.
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupProbe {
     /// The group.
     pub group: &'static str,
-    /// `Ok` or the first error.
+    /// `Ok` or why the group cannot load (an essential program's error).
     pub result: Result<(), String>,
+    /// Optional programs of the group that did not load.
+    pub missing: Vec<MissingProgram>,
+    /// Programs that loaded as an alternate variant, and why.
+    pub notes: Vec<String>,
 }
 
 /// Loads every group's programs (without attaching them) and reports per group.
@@ -31,6 +35,8 @@ pub fn programs() -> Vec<GroupProbe> {
             .map(|g| GroupProbe {
                 group: g.name(),
                 result: Err(e.clone()),
+                missing: Vec::new(),
+                notes: Vec::new(),
             })
             .collect()
     };
@@ -58,11 +64,18 @@ pub fn programs() -> Vec<GroupProbe> {
                         Ok(())
                     }
                     .and_then(|()| {
-                        super::loader::load_group(&mut ebpf, *g, &btf).map_err(|e| e.to_string())
+                        super::loader::load_group(&mut ebpf, *g, &btf)
+                            .map_err(|e| super::loader::brief(&e))
                     });
+                    let (result, missing, notes) = match result {
+                        Ok(report) => (Ok(()), report.missing, report.notes),
+                        Err(e) => (Err(e), Vec::new(), Vec::new()),
+                    };
                     GroupProbe {
                         group: g.name(),
                         result,
+                        missing,
+                        notes,
                     }
                 })
                 .collect::<Vec<_>>(),

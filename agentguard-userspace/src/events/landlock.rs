@@ -54,7 +54,14 @@ pub enum ParseError {
 /// Fields whose values the kernel writes with `audit_log_untrustedstring`: quoted when plain,
 /// hex-encoded (unquoted) when they contain spaces, quotes or control characters.
 const UNTRUSTED: &[&str] = &[
-    "path", "name", "exe", "comm", "dev", "ocomm", "proctitle", "cwd",
+    "path",
+    "name",
+    "exe",
+    "comm",
+    "dev",
+    "ocomm",
+    "proctitle",
+    "cwd",
 ];
 
 impl AuditRecord {
@@ -137,7 +144,7 @@ fn fields(mut s: &str) -> Result<Vec<(String, String)>, ParseError> {
 
 /// Decodes an `audit_log_n_hex` value; `None` when it is not hex (e.g. `(null)`, `?`).
 fn unhex(v: &str) -> Option<String> {
-    if v.is_empty() || v.len() % 2 != 0 {
+    if v.is_empty() || !v.len().is_multiple_of(2) {
         return None;
     }
     let bytes = hex::decode(v).ok()?;
@@ -175,8 +182,9 @@ pub fn refused(record: &AuditRecord) -> Option<Refused> {
             "fs.remove_dir" => (FileOp::Rmdir, ACCESS_WRITE),
             "fs.make_dir" => (FileOp::Mkdir, ACCESS_WRITE),
             "fs.make_sym" => (FileOp::Symlink, ACCESS_WRITE),
-            "fs.make_reg" | "fs.make_char" | "fs.make_block" | "fs.make_fifo"
-            | "fs.make_sock" => (FileOp::Create, ACCESS_WRITE),
+            "fs.make_reg" | "fs.make_char" | "fs.make_block" | "fs.make_fifo" | "fs.make_sock" => {
+                (FileOp::Create, ACCESS_WRITE)
+            }
             "fs.refer" => (FileOp::Rename, ACCESS_WRITE),
             "fs.change_topology" => (FileOp::Mount, 0),
             "ptrace" => (FileOp::Ptrace, 0),
@@ -262,7 +270,10 @@ mod tests {
         assert_eq!(r.number("pid"), Some(21282));
         assert_eq!(r.time_ms, 1005);
         // Numbers that look like hex in trusted fields stay as written.
-        let r = rec(AUDIT_SYSCALL, "audit(1.0:9): arch=c000003e syscall=257 success=no exit=-13 a0=ffffff9c ppid=1 pid=42 uid=7 comm=\"cat\" exe=\"/usr/bin/cat\"");
+        let r = rec(
+            AUDIT_SYSCALL,
+            "audit(1.0:9): arch=c000003e syscall=257 success=no exit=-13 a0=ffffff9c ppid=1 pid=42 uid=7 comm=\"cat\" exe=\"/usr/bin/cat\"",
+        );
         assert_eq!(r.get("arch"), Some("c000003e"));
         assert_eq!(r.number("pid"), Some(42));
         assert_eq!(r.get("comm"), Some("cat"));

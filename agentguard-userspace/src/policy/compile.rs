@@ -3,8 +3,10 @@
 
 use agentguard_common::{
     agent::{
-        AGENT_AUDIT, AGENT_EXEC_RULES, AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AgentConfig, AgentKey,
-        throttle_slot,
+        AGENT_ALLOW_BPF, AGENT_ALLOW_OTHER_SOCKETS, AGENT_ALLOW_PING_SOCKETS,
+        AGENT_ALLOW_RAW_SOCKETS, AGENT_AUDIT, AGENT_EXEC_INHERITED, AGENT_EXEC_RULES,
+        AGENT_FILE_INHERITED, AGENT_FILE_RULES, AGENT_LOG_ALLOWED, AgentConfig, AgentKey,
+        exec_restricted, files_restricted, throttle_slot,
     },
     rules::{
         ExecKey, NET_KEY_FIXED_BITS, NetKey, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey, RuleRef,
@@ -108,13 +110,36 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
         if agent.restricts_files() {
             flags |= AGENT_EXEC_RULES | AGENT_FILE_RULES;
         }
+        for group in &agent.allow_syscalls {
+            // The BPF LSM refuses what the seccomp filter refuses, and honours the same grants.
+            flags |= match group.value.as_str() {
+                "bpf" => AGENT_ALLOW_BPF,
+                "raw_sockets" => AGENT_ALLOW_RAW_SOCKETS,
+                "ping_sockets" => AGENT_ALLOW_PING_SOCKETS,
+                "other_sockets" => AGENT_ALLOW_OTHER_SOCKETS,
+                _ => 0,
+            };
+        }
+        let parent = agent.parent.as_deref().and_then(|p| policy.agent(p));
+        if let Some(parent) = parent {
+            // A sub-agent is held to every ancestor's exec and file rules even without rules of
+            // its own: the kernel skips those checks for an agent without either flag. Parents
+            // come before their sub-agents, so the parent's flags are already complete.
+            let parent_flags = out
+                .agents
+                .iter()
+                .find(|(k, _)| k.agent_id == parent.id)
+                .map_or(0, |(_, c)| c.flags);
+            if exec_restricted(parent_flags) {
+                flags |= AGENT_EXEC_INHERITED;
+            }
+            if files_restricted(parent_flags) {
+                flags |= AGENT_FILE_INHERITED;
+            }
+        }
         let mut config = AgentConfig {
             flags,
-            parent_agent_id: agent
-                .parent
-                .as_deref()
-                .and_then(|p| policy.agent(p))
-                .map_or(0, |p| p.id),
+            parent_agent_id: parent.map_or(0, |p| p.id),
             ..AgentConfig::default()
         };
         for limit in &agent.limits {
@@ -395,5 +420,45 @@ mod tests {
             agentguard_common::agent::ThrottleScope::Agent,
         )];
         assert_eq!((t.cost_ns, t.on_exceed), (100_000_000, 1));
+    }
+
+    #[test]
+    fn sub_agents_without_rules_of_their_own_inherit_the_restriction() {
+        let p = policy(
+            "[agents.a]\nexec = [\"/usr/bin/true\"]\n[agents.a.sub.s]\nconnect = []\n[agents.a.sub.s.sub.t]\nconnect = []\n[agents.b]\nconnect = []\n[agents.b.sub.s]\nconnect = []\n",
+        );
+        let c = compile(&p, 0, &Resolved::default());
+        let flags = |name: &str| {
+            let id = p.agent(name).map(|a| a.id);
+            c.agents
+                .iter()
+                .find(|(k, _)| Some(k.agent_id) == id)
+                .map_or(0, |(_, cfg)| cfg.flags)
+        };
+        let inherited = AGENT_EXEC_INHERITED | AGENT_FILE_INHERITED;
+        let own = AGENT_EXEC_RULES | AGENT_FILE_RULES;
+        assert_eq!(flags("a") & (own | inherited), own);
+        assert_eq!(flags("a/s") & (own | inherited), inherited);
+        // Two levels down, through a sub-agent that has no rules of its own either.
+        assert_eq!(flags("a/s/t") & (own | inherited), inherited);
+        // A parent without exec or file rules passes nothing on.
+        assert_eq!(flags("b/s") & (own | inherited), 0);
+    }
+
+    #[test]
+    fn syscall_grants_reach_the_kernel_as_flags() {
+        let p = policy(
+            "[agents.a]\nconnect = []\nallow_syscalls = [\"bpf\", \"ping_sockets\", \"ptrace\"]\n[agents.b]\nconnect = []\n",
+        );
+        let c = compile(&p, 0, &Resolved::default());
+        let grants = AGENT_ALLOW_BPF
+            | AGENT_ALLOW_RAW_SOCKETS
+            | AGENT_ALLOW_PING_SOCKETS
+            | AGENT_ALLOW_OTHER_SOCKETS;
+        assert_eq!(
+            c.agents[0].1.flags & grants,
+            AGENT_ALLOW_BPF | AGENT_ALLOW_PING_SOCKETS
+        );
+        assert_eq!(c.agents[1].1.flags & grants, 0);
     }
 }

@@ -60,22 +60,37 @@ fn render(diags: &[Diagnostic]) -> String {
 }
 
 /// The text of a policy file, for turning byte spans into lines and columns.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Source<'a> {
     /// Name shown in diagnostics (the path as given).
     pub name: &'a str,
     /// The whole file.
     pub text: &'a str,
+    /// Byte offset of each line's start: every entry of a large policy is located, so a
+    /// lookup must not rescan the file from the top.
+    line_starts: Vec<usize>,
 }
 
 impl<'a> Source<'a> {
+    /// Indexes `text`'s lines.
+    pub fn new(name: &'a str, text: &'a str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self {
+            name,
+            text,
+            line_starts,
+        }
+    }
+
     /// 1-based line and column of a byte offset.
     pub fn locate(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..floor_char_boundary(self.text, offset)];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let column = before[line_start..].chars().count() + 1;
+        let offset = floor_char_boundary(self.text, offset.min(self.text.len()));
+        // The last line start at or before `offset`.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let line_start = self.line_starts[line.saturating_sub(1)];
+        let column = self.text[line_start..offset].chars().count() + 1;
         (line, column)
     }
 
@@ -138,24 +153,21 @@ mod tests {
 
     #[test]
     fn locates_lines_and_columns() {
-        let src = Source {
-            name: "p.toml",
-            text: "a = 1\n[agents.x]\nconnect = [\"é\", 3]\n",
-        };
+        let src = Source::new("p.toml", "a = 1\n[agents.x]\nconnect = [\"é\", 3]\n");
         assert_eq!(src.locate(0), (1, 1));
         assert_eq!(src.locate(6), (2, 1));
         let idx = src.text.find('3').unwrap_or_default();
         assert_eq!(src.locate(idx), (3, 17));
         assert_eq!(src.field_at(idx), "agents.x.connect");
         assert_eq!(src.field_at(7), "agents.x");
+        // The end of the file and an offset past it land on the last line.
+        assert_eq!(src.locate(src.text.len()), (4, 1));
+        assert_eq!(src.locate(usize::MAX), (4, 1));
     }
 
     #[test]
     fn renders_every_diagnostic() {
-        let src = Source {
-            name: "p.toml",
-            text: "x\ny",
-        };
+        let src = Source::new("p.toml", "x\ny");
         let e = PolicyError::Invalid(vec![
             src.diag(0..1, "agents.a", "bad"),
             src.diag(2..3, "agents.b", "worse"),

@@ -3,7 +3,7 @@
 //! Every stage but the last is pure and unit-tested: [`parse`] and [`validate`] turn TOML text
 //! into a [`Policy`] or diagnostics naming file, line, column and field; [`resolve`] looks up
 //! what the file names outside itself (binaries, DNS names); [`compile`] turns both into map
-//! entries for one generation. Only [`crate::ebpf::writer`] touches the kernel.
+//! entries for one generation. Only [`crate::ebpf::maps`] touches the kernel.
 
 pub mod compile;
 pub mod diag;
@@ -93,6 +93,9 @@ pub struct Agent {
     pub allow_syscalls: Vec<Located<String>>,
     /// Budgets.
     pub limits: Vec<Limit>,
+    /// How many instances may run at once (each nested sub-agent instance counts for its own
+    /// agent); `None`: as many as the kernel maps hold.
+    pub max_instances: Option<u32>,
 }
 
 impl Agent {
@@ -193,7 +196,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
 
 /// Parses and validates policy text; `name` is what diagnostics call the file.
 pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
-    let source = Source { name, text };
+    let source = Source::new(name, text);
     let raw: schema::RawPolicy = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let field = source.field_at(span.start);

@@ -59,6 +59,8 @@ pub struct RawAgent {
     pub allow_syscalls: Vec<Spanned<String>>,
     /// Budgets.
     pub throttle: Option<Spanned<RawThrottle>>,
+    /// How many instances of the agent may run at once.
+    pub max_instances: Option<Spanned<i64>>,
     /// Sub-agents by name.
     #[serde(default)]
     pub sub: BTreeMap<Spanned<String>, Spanned<RawAgent>>,

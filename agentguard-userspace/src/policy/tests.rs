@@ -159,3 +159,17 @@ fn sub_agents_wider_than_their_parent_are_rejected() {
         e[2].3
     );
 }
+
+#[test]
+fn max_instances_is_a_positive_count_within_the_kernel_map() {
+    let p = parse("p.toml", "[agents.a]\nconnect = []\nmax_instances = 2\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.agents[0].max_instances, Some(2));
+    for bad in ["0", "-1", "16385"] {
+        let (line, _, field, msg) = one(&format!(
+            "[agents.a]\nconnect = []\nmax_instances = {bad}\n"
+        ));
+        assert_eq!((line, field.as_str()), (3, "agents.a.max_instances"));
+        assert!(msg.contains("between 1 and 16384"), "{bad}: {msg}");
+    }
+}

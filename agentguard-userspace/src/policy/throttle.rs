@@ -101,15 +101,6 @@ impl Limit {
     }
 }
 
-/// The name of a throttle kind as written in the policy.
-pub const fn kind_name(kind: ThrottleKind) -> &'static str {
-    match kind {
-        ThrottleKind::Connect => "connect",
-        ThrottleKind::Exec => "exec",
-        ThrottleKind::Open => "open",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Validation: raw TOML structs -> [`Policy`], or every problem found, each naming its field.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Component, Path, PathBuf},
     str::FromStr,
 };
@@ -17,7 +17,7 @@ use super::{
     net::{NetEntry, NetTarget, net_within},
     runtime,
     schema::{OnExceedRaw, RawAgent, RawPolicy, RawThrottle, Scope},
-    throttle::{DEFAULT_BURST, Limit, Rate, kind_name},
+    throttle::{DEFAULT_BURST, Limit, Rate},
 };
 
 /// Longest path a rule may name: the kernel key holds [`PATH_KEY_LEN`] bytes including the
@@ -122,6 +122,10 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|t| self.throttle(&format!("{field}.throttle"), t))
                 .unwrap_or_default(),
+            max_instances: r
+                .max_instances
+                .as_ref()
+                .and_then(|m| self.max_instances(&field, m)),
         };
         if let Some(p) = &parent_agent {
             self.within_parent(&field, r, &agent, p);
@@ -133,12 +137,28 @@ impl Validator<'_> {
         }
     }
 
+    fn max_instances(&mut self, field: &str, m: &Spanned<i64>) -> Option<u32> {
+        let limit = agentguard_common::maps::MAX_CGROUPS;
+        match u32::try_from(*m.get_ref()) {
+            Ok(n) if (1..=limit).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    m,
+                    format!("{field}.max_instances"),
+                    format!("must be between 1 and {limit}, not {}", m.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
     fn connect(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<NetEntry>> {
         let mut out: Vec<Located<NetEntry>> = Vec::new();
+        let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.connect[{i}]");
             match e.get_ref().parse::<NetEntry>() {
-                Ok(entry) if out.iter().any(|o| o.value == entry) => {
+                Ok(entry) if !seen.insert(entry.clone()) => {
                     self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
                 }
                 Ok(entry) => out.push(Located {
@@ -153,10 +173,11 @@ impl Validator<'_> {
 
     fn exec(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<PathBuf>> {
         let mut out: Vec<Located<PathBuf>> = Vec::new();
+        let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.exec[{i}]");
             match absolute(e.get_ref()) {
-                Ok(p) if out.iter().any(|o| o.value == p) => {
+                Ok(p) if !seen.insert(p.clone()) => {
                     self.error(e, f, format!("duplicate entry {:?}", e.get_ref()));
                 }
                 Ok(p) => out.push(Located {
@@ -176,6 +197,7 @@ impl Validator<'_> {
         entries: &[Spanned<String>],
     ) -> Vec<Located<PathRule>> {
         let mut out: Vec<Located<PathRule>> = Vec::new();
+        let mut seen = HashSet::new();
         for (i, e) in entries.iter().enumerate() {
             let f = format!("{field}.{kind}[{i}]");
             let text = e.get_ref().trim();
@@ -223,7 +245,7 @@ impl Validator<'_> {
             };
             let at = self.location(e, f.clone());
             for rule in rules {
-                if out.iter().any(|o| o.value == rule) {
+                if !seen.insert(rule.clone()) {
                     if text != runtime::TOKEN {
                         self.error(e, f.clone(), format!("duplicate entry {text:?}"));
                     }
@@ -362,7 +384,7 @@ impl Validator<'_> {
             (ThrottleKind::Open, &t.open),
         ];
         for (kind, rate) in own {
-            let f = format!("{field}.{}", kind_name(kind));
+            let f = format!("{field}.{}", kind.name());
             limits.extend(
                 rate.as_ref()
                     .and_then(|r| self.limit(r, f, kind, scope, burst, on_exceed)),
@@ -376,7 +398,7 @@ impl Validator<'_> {
                 (ThrottleKind::Open, &a.open),
             ] {
                 let Some(rate) = rate else { continue };
-                let f = format!("{field}.agent.{}", kind_name(kind));
+                let f = format!("{field}.agent.{}", kind.name());
                 if limits
                     .iter()
                     .any(|l| l.kind == kind && l.scope == ThrottleScope::Agent)

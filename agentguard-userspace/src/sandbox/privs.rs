@@ -5,6 +5,10 @@ use std::{collections::HashSet, ffi::CString};
 
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::unistd::{Gid, Group, Uid, User, setgroups, setresgid, setresuid};
+use rustix::{
+    io::Errno,
+    thread::{CapabilitiesSecureBits, set_capabilities_secure_bits},
+};
 
 /// Errors dropping privileges.
 #[derive(Debug, thiserror::Error)]
@@ -97,20 +101,22 @@ pub fn resolve_user(spec: &str) -> Result<UserSpec, PrivError> {
 
 /// Securebits: never grant capabilities for being root, never fix them up on uid changes
 /// (we set them explicitly), and lock both.
-const SECUREBITS: libc::c_ulong = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3);
+const SECUREBITS: CapabilitiesSecureBits = CapabilitiesSecureBits::NO_ROOT
+    .union(CapabilitiesSecureBits::NO_ROOT_LOCKED)
+    .union(CapabilitiesSecureBits::NO_SETUID_FIXUP)
+    .union(CapabilitiesSecureBits::NO_SETUID_FIXUP_LOCKED);
 
 /// Drops everything but `keep`, switches to `user` when given, and sets no_new_privs.
 /// Must run single-threaded (credentials are per thread until exec).
 pub fn drop_privileges(user: Option<&UserSpec>, keep: &[Capability]) -> Result<(), PrivError> {
     let keep: CapsHashSet = keep.iter().copied().collect();
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) } != 0 {
-        let e = std::io::Error::last_os_error();
+    match set_capabilities_secure_bits(SECUREBITS) {
         // Without CAP_SETPCAP (not root) there is nothing to lock: the launcher had no powers.
-        if e.raw_os_error() != Some(libc::EPERM) {
+        Ok(()) | Err(Errno::PERM) => {}
+        Err(e) => {
             return Err(PrivError::Sys {
                 what: "prctl(PR_SET_SECUREBITS)",
-                source: e,
+                source: e.into(),
             });
         }
     }
@@ -148,6 +154,7 @@ pub fn drop_privileges(user: Option<&UserSpec>, keep: &[Capability]) -> Result<(
 
 /// Marks every fd above stderr close-on-exec: the agent inherits stdin, stdout and stderr only.
 pub fn close_inherited_fds() -> Result<(), PrivError> {
+    // Raw because neither rustix 1 nor nix 0.30 wraps close_range.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags on our own descriptors.
     let rc = unsafe {
         libc::syscall(

@@ -357,3 +357,42 @@ pub fn install(filters: &[BpfProgram]) -> Result<(), SeccompError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_belongs_to_a_documented_group() {
+        for r in eperm_refusals().iter().chain(&enosys_refusals()) {
+            assert!(is_group(r.group), "{} is not in GROUPS", r.group);
+        }
+        for g in GROUPS {
+            let used = eperm_refusals()
+                .iter()
+                .chain(&enosys_refusals())
+                .any(|r| r.group == g.name);
+            assert!(used, "group {} refuses nothing", g.name);
+        }
+    }
+
+    #[test]
+    fn grants_remove_their_refusals_and_unknown_groups_are_errors() -> Result<(), SeccompError> {
+        assert_eq!(filters(&[])?.len(), 2, "an EPERM and an ENOSYS filter");
+        let all_eperm: Vec<String> = GROUPS
+            .iter()
+            .filter(|g| g.name != "clone3")
+            .map(|g| g.name.to_owned())
+            .collect();
+        assert_eq!(
+            filters(&all_eperm)?.len(),
+            1,
+            "only the ENOSYS filter is left"
+        );
+        assert!(matches!(
+            filters(&["no_such_group".to_owned()]),
+            Err(SeccompError::UnknownGroup(g)) if g == "no_such_group"
+        ));
+        Ok(())
+    }
+}

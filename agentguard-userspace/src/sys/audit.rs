@@ -251,7 +251,8 @@ impl Control {
                 }
                 match m.kind {
                     NLMSG_ERROR => {
-                        let errno = ack_errno(m.payload).ok_or(AuditNetlinkError::Malformed(what))?;
+                        let errno =
+                            ack_errno(m.payload).ok_or(AuditNetlinkError::Malformed(what))?;
                         if errno != 0 {
                             return Err(AuditNetlinkError::Refused {
                                 what,
@@ -348,7 +349,10 @@ mod tests {
         both.extend_from_slice(&b);
         let got = messages(&both);
         assert_eq!(got.len(), 2);
-        assert_eq!((got[0].kind, got[0].seq, got[0].payload), (AUDIT_GET, 7, &[][..]));
+        assert_eq!(
+            (got[0].kind, got[0].seq, got[0].payload),
+            (AUDIT_GET, 7, &[][..])
+        );
         assert_eq!(got[1].payload, b"audit(1.2:3): x=1\0");
         // A truncated trailer is not a message; an overlong length keeps what is there.
         assert_eq!(messages(&both[..10]), vec![]);
@@ -361,17 +365,29 @@ mod tests {
     fn status_and_rules_have_the_kernel_layout() {
         let set = set_enabled_payload(1);
         assert_eq!(set.len(), 44);
-        assert_eq!(&set[..8], &[1u32.to_ne_bytes(), 1u32.to_ne_bytes()].concat()[..]);
+        assert_eq!(
+            &set[..8],
+            &[1u32.to_ne_bytes(), 1u32.to_ne_bytes()].concat()[..]
+        );
         let mut reply = vec![0u8; 44];
         reply[4..8].copy_from_slice(&2u32.to_ne_bytes());
         reply[12..16].copy_from_slice(&900u32.to_ne_bytes());
-        assert_eq!(parse_status(&reply), Some(Status { enabled: 2, pid: 900 }));
+        assert_eq!(
+            parse_status(&reply),
+            Some(Status {
+                enabled: 2,
+                pid: 900
+            })
+        );
         assert_eq!(parse_status(&reply[..10]), None);
 
         let rule = rule_payload(NeverRule::UidFrom(0x7e01_0000));
         assert_eq!(rule.len(), 4 * (3 + 4 * 64 + 1));
         let word = |i: usize| u32::from_ne_bytes(rule[i * 4..i * 4 + 4].try_into().expect("4"));
-        assert_eq!((word(0), word(1), word(2)), (AUDIT_FILTER_TASK, AUDIT_NEVER, 1));
+        assert_eq!(
+            (word(0), word(1), word(2)),
+            (AUDIT_FILTER_TASK, AUDIT_NEVER, 1)
+        );
         assert_eq!(word(3 + 64), AUDIT_UID);
         assert_eq!(word(3 + 128), 0x7e01_0000);
         assert_eq!(word(3 + 192), AUDIT_GREATER_THAN_OR_EQUAL);

@@ -9,6 +9,9 @@ use std::{
     time::Duration,
 };
 
+#[path = "probe_parts/confine.rs"]
+mod confine;
+
 fn report(r: std::io::Result<()>) -> ExitCode {
     match r {
         Ok(()) => {
@@ -317,7 +320,7 @@ fn main() -> ExitCode {
             let mut counts = [[0usize; 2]; 2];
             let mut i = 0usize;
             while i < 2 || !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let port = if i % 2 == 0 { a } else { b };
+                let port = if i.is_multiple_of(2) { a } else { b };
                 let ok = addr(host, port).and_then(tcp).is_ok();
                 counts[i % 2][usize::from(ok)] += 1;
                 i += 1;
@@ -433,6 +436,7 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_secs(secs.parse().unwrap_or(1)));
             ExitCode::SUCCESS
         }
+        [cmd, rest @ ..] if confine::COMMANDS.contains(cmd) => confine::run(cmd, rest, report),
         _ => {
             eprintln!(
                 "usage: agentguard-probe tcp|tcp-name|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"

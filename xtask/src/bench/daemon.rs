@@ -153,7 +153,7 @@ impl<'a> Daemon<'a> {
         self.child.id()
     }
 
-    /// A `kB` field of /proc/<daemon>/status (`VmHWM`: peak resident set; `VmRSS`: current).
+    /// A `kB` field of `/proc/<daemon>/status` (`VmHWM`: peak resident set; `VmRSS`: current).
     pub fn status_kib(&self, field: &str) -> Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;

@@ -1,5 +1,7 @@
-//! The guest kernel: the newest Debian `linux-image-6.12.*-amd64-unsigned` (the generic flavour,
-//! which has 9p), unpacked with its modules into `target/vm/kernel/<release>/` and kept there.
+//! The guest kernels: the newest Debian 12 package of each tested series (the generic flavour,
+//! which has 9p): `linux-image-6.12.*+deb12-amd64-unsigned` and the stock
+//! `linux-image-6.1.0-*-amd64-unsigned`, unpacked with their modules into
+//! `target/vm/kernel/<release>/` and kept there (the newest of each series).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +12,59 @@ use super::host_deps;
 use crate::{cmd, workspace};
 
 const MARKER: &str = ".complete";
+
+/// A kernel series the tests run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Series {
+    /// Debian 12's stock kernel, the oldest agentguard supports.
+    #[value(name = "6.1")]
+    V6_1,
+    /// Debian 12's newer kernel (bookworm point releases and security updates).
+    #[value(name = "6.12")]
+    V6_12,
+}
+
+impl Series {
+    /// Every series, in the order `cargo xtask test` runs them.
+    pub const ALL: [Series; 2] = [Series::V6_12, Series::V6_1];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V6_1 => "6.1",
+            Self::V6_12 => "6.12",
+        }
+    }
+
+    /// The apt-cache search pattern for this series' generic image packages.
+    fn pattern(self) -> &'static str {
+        match self {
+            Self::V6_1 => r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+            Self::V6_12 => r"^linux-image-6\.12\..*-amd64-unsigned$",
+        }
+    }
+
+    /// `uname -r` for a package of this series, or `None` for other flavours and names:
+    /// `linux-image-6.12.107+deb12-amd64-unsigned` -> `6.12.107+deb12-amd64`,
+    /// `linux-image-6.1.0-56-amd64-unsigned` -> `6.1.0-56-amd64`.
+    fn release_of(self, package: &str) -> Option<String> {
+        let base = package
+            .strip_prefix("linux-image-")?
+            .strip_suffix("-amd64-unsigned")?;
+        let ok = match self {
+            Self::V6_12 => base.starts_with("6.12.") && !base.contains('-'),
+            Self::V6_1 => base
+                .strip_prefix("6.1.0-")
+                .is_some_and(|abi| !abi.is_empty() && abi.bytes().all(|b| b.is_ascii_digit())),
+        };
+        ok.then(|| format!("{base}-amd64"))
+    }
+
+    /// Whether a cached kernel release belongs to this series.
+    fn owns(self, release: &str) -> bool {
+        self.release_of(&format!("linux-image-{release}-unsigned"))
+            .is_some()
+    }
+}
 
 /// An unpacked kernel package.
 pub struct Kernel {
@@ -27,14 +82,19 @@ impl Kernel {
     }
 }
 
-/// Returns the cached kernel, downloading and unpacking the newest package first if needed.
-pub fn ensure() -> Result<Kernel> {
-    let Some((package, release)) = resolve()? else {
-        let kernel = newest_cached().context(
-            "apt-cache finds no linux-image-6.12.*-amd64-unsigned package and none is cached",
-        )?;
+/// Returns the cached kernel of `series`, downloading and unpacking the newest package first if
+/// needed.
+pub fn ensure(series: Series) -> Result<Kernel> {
+    let Some((package, release)) = resolve(series)? else {
+        let kernel = newest_cached(series).with_context(|| {
+            format!(
+                "apt-cache finds no {} package and none is cached",
+                series.pattern()
+            )
+        })?;
         eprintln!(
-            "    apt offers no 6.12 kernel; using the cached {}",
+            "    apt offers no {} kernel; using the cached {}",
+            series.name(),
             kernel.release
         );
         return Ok(kernel);
@@ -59,24 +119,24 @@ pub fn ensure() -> Result<Kernel> {
         host_deps::apt_get_update()?;
         download_and_unpack(&package, &kernel)
     })?;
-    prune_cache(&kernel.release);
+    prune_cache(series, &kernel.release);
     Ok(kernel)
 }
 
-/// The newest package apt knows, after an `apt-get update` if it knows none.
-fn resolve() -> Result<Option<(String, String)>> {
-    if let Some(found) = newest_package()? {
+/// The newest package of `series` apt knows, after an `apt-get update` if it knows none.
+fn resolve(series: Series) -> Result<Option<(String, String)>> {
+    if let Some(found) = newest_package(series)? {
         return Ok(Some(found));
     }
-    eprintln!("    apt knows no linux-image-6.12.*-amd64-unsigned; updating its lists");
+    eprintln!("    apt knows no {}; updating its lists", series.pattern());
     if let Err(e) = host_deps::apt_get_update() {
         eprintln!("    {e:#}");
     }
-    newest_package()
+    newest_package(series)
 }
 
-/// The newest completely unpacked kernel in the cache.
-fn newest_cached() -> Option<Kernel> {
+/// The newest completely unpacked kernel of `series` in the cache.
+fn newest_cached(series: Series) -> Option<Kernel> {
     std::fs::read_dir(cache_dir())
         .ok()?
         .filter_map(Result::ok)
@@ -86,16 +146,23 @@ fn newest_cached() -> Option<Kernel> {
             let release = dir.file_name()?.to_string_lossy().into_owned();
             Some(Kernel { release, dir })
         })
+        .filter(|kernel| series.owns(&kernel.release))
         .max_by_key(|kernel| version_key(&kernel.release))
 }
 
-/// Removes every cached kernel (and leftover of an interrupted unpack) but `keep` (best effort).
-fn prune_cache(keep: &str) {
+/// Removes every cached kernel of `series` (and leftover of an interrupted unpack of one) but
+/// `keep` (best effort); other series' kernels stay.
+fn prune_cache(series: Series, keep: &str) {
     let Ok(entries) = std::fs::read_dir(cache_dir()) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
-        if entry.file_name() != keep {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let release = name
+            .strip_suffix(".download")
+            .or_else(|| name.strip_suffix(".partial"))
+            .unwrap_or(&name);
+        if name != keep && series.owns(release) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -106,27 +173,16 @@ fn cache_dir() -> PathBuf {
     workspace::vm_dir().join("kernel")
 }
 
-/// The newest generic 6.12 unsigned image package apt knows, if any, with its kernel release.
-fn newest_package() -> Result<Option<(String, String)>> {
-    let listing = cmd::stdout(Command::new("apt-cache").args([
-        "search",
-        "--names-only",
-        r"^linux-image-6\.12\..*-amd64-unsigned$",
-    ]))?;
+/// The newest generic unsigned image package of `series` apt knows, if any, with its kernel
+/// release.
+fn newest_package(series: Series) -> Result<Option<(String, String)>> {
+    let listing =
+        cmd::stdout(Command::new("apt-cache").args(["search", "--names-only", series.pattern()]))?;
     Ok(listing
         .lines()
         .filter_map(|line| line.split_whitespace().next())
-        .filter_map(|name| Some((name.to_owned(), release_of(name)?)))
+        .filter_map(|name| Some((name.to_owned(), series.release_of(name)?)))
         .max_by_key(|(name, _)| version_key(name)))
-}
-
-/// `linux-image-6.12.107+deb12-amd64-unsigned` -> `6.12.107+deb12-amd64`; `None` for other
-/// flavours (`-cloud-amd64`, `-rt-amd64`) and other names.
-fn release_of(package: &str) -> Option<String> {
-    let base = package
-        .strip_prefix("linux-image-")?
-        .strip_suffix("-amd64-unsigned")?;
-    (base.starts_with("6.12.") && !base.contains('-')).then(|| format!("{base}-amd64"))
 }
 
 /// The numbers in a package name, in order, for comparing versions.
@@ -199,19 +255,44 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{release_of, version_key};
+    use super::{Series, version_key};
 
     #[test]
     fn generic_flavour_only() {
+        let v612 = |p| Series::V6_12.release_of(p);
+        let v61 = |p| Series::V6_1.release_of(p);
         assert_eq!(
-            release_of("linux-image-6.12.107+deb12-amd64-unsigned").as_deref(),
+            v612("linux-image-6.12.107+deb12-amd64-unsigned").as_deref(),
             Some("6.12.107+deb12-amd64")
         );
         assert_eq!(
-            release_of("linux-image-6.12.107+deb12-cloud-amd64-unsigned"),
+            v612("linux-image-6.12.107+deb12-cloud-amd64-unsigned"),
             None
         );
-        assert_eq!(release_of("linux-image-6.1.0-40-amd64-unsigned"), None);
+        assert_eq!(v612("linux-image-6.1.0-40-amd64-unsigned"), None);
+        assert_eq!(
+            v61("linux-image-6.1.0-56-amd64-unsigned").as_deref(),
+            Some("6.1.0-56-amd64")
+        );
+        assert_eq!(v61("linux-image-6.1.0-56-cloud-amd64-unsigned"), None);
+        assert_eq!(v61("linux-image-6.1.0-56-rt-amd64-unsigned"), None);
+        assert_eq!(v61("linux-image-6.12.107+deb12-amd64-unsigned"), None);
+    }
+
+    #[test]
+    fn cached_releases_belong_to_their_series() {
+        assert!(Series::V6_1.owns("6.1.0-56-amd64"));
+        assert!(!Series::V6_1.owns("6.12.117+deb12-amd64"));
+        assert!(Series::V6_12.owns("6.12.117+deb12-amd64"));
+        assert!(!Series::V6_12.owns("6.1.0-56-amd64"));
+    }
+
+    #[test]
+    fn newest_61_abi_wins() {
+        assert!(
+            version_key("linux-image-6.1.0-56-amd64-unsigned")
+                > version_key("linux-image-6.1.0-9-amd64-unsigned")
+        );
     }
 
     #[test]

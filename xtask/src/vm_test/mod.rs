@@ -1,8 +1,9 @@
-//! `cargo xtask vm-test`: run the privileged integration tests in a Debian 6.12 guest with BPF
-//! LSM active, under QEMU (TCG) via virtme-ng, sharing the host root read-only over 9p.
+//! `cargo xtask vm-test`: run the privileged integration tests in Debian guests with BPF LSM
+//! active (6.12 and the stock 6.1, or the one `--kernel` names), one after the other, under
+//! QEMU (TCG) via virtme-ng, sharing the host root read-only over 9p.
 //!
-//! Layout under `target/vm/`: `kernel/<release>/` (the unpacked kernel package, cached) and
-//! `run-<UTC timestamp>/` per run: `guest.sh`, `vng.log` (console), `kernel`, `lsm`,
+//! Layout under `target/vm/`: `kernel/<release>/` (the unpacked kernel packages, cached) and
+//! `run-<UTC timestamp>/` per guest run: `guest.sh`, `vng.log` (console), `kernel`, `lsm`,
 //! `<test>.log`, `<test>.rc` and the `done` marker.
 
 mod host_deps;
@@ -16,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 
+pub use kernel::Series;
+
 use crate::integration::{self, TestExe};
 use crate::{build_ebpf, cmd, workspace};
 
@@ -23,6 +26,9 @@ const DEFAULT_TIMEOUT_SECS: u64 = 50 * 60;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The guest kernel series; every tested series, one after the other, when not given.
+    #[arg(long, value_enum)]
+    pub kernel: Option<Series>,
     /// Kill the VM if it runs longer than this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     timeout_secs: u64,
@@ -35,10 +41,12 @@ pub struct Args {
     extra: Vec<String>,
 }
 
-impl Default for Args {
-    /// What `cargo xtask test` runs: the agentguard-tests executables, no extra arguments.
-    fn default() -> Self {
+impl Args {
+    /// What `cargo xtask test` runs in the `series` guest: the agentguard-tests executables, no
+    /// extra arguments.
+    pub fn for_series(series: Series) -> Self {
         Self {
+            kernel: Some(series),
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             test_exe: Vec::new(),
             extra: Vec::new(),
@@ -46,7 +54,31 @@ impl Default for Args {
     }
 }
 
+/// Runs the tests in each selected guest; fails if any guest failed (after running them all).
 pub fn run(args: &Args) -> Result<()> {
+    let series: Vec<Series> = args.kernel.map_or(Series::ALL.to_vec(), |s| vec![s]);
+    let mut failed = Vec::new();
+    for s in series {
+        let start = std::time::Instant::now();
+        let result = run_one(args, s);
+        eprintln!(
+            "    kernel {} guest: {} in {}",
+            s.name(),
+            if result.is_ok() { "passed" } else { "FAILED" },
+            cmd::seconds(start.elapsed())
+        );
+        if let Err(e) = result {
+            eprintln!("error: kernel {}: {e:#}", s.name());
+            failed.push(s.name());
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("the VM tests failed on kernel {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn run_one(args: &Args, series: Series) -> Result<()> {
     let tests = if args.test_exe.is_empty() {
         build_ebpf::build_release()?;
         integration::build_agentguard()?;
@@ -59,7 +91,9 @@ pub fn run(args: &Args) -> Result<()> {
     };
     cmd::step("host tools for the VM", host_deps::ensure_apt_tools)?;
     let vng = cmd::step("virtme-ng", host_deps::ensure_vng)?;
-    let kernel = cmd::step("guest kernel", kernel::ensure)?;
+    let kernel = cmd::step(&format!("guest kernel {}", series.name()), || {
+        kernel::ensure(series)
+    })?;
     let results = new_results_dir()?;
     let guest_script = results.join("guest.sh");
     let plan = script::Plan {

@@ -120,7 +120,7 @@ mod tests {
         assert!(script.contains("R='/w/target/vm/run-1'\n"));
         assert!(script.contains(
             "run_test 'test-net' '/w/tests' env AGENTGUARD_BIN='/w/target/debug/agentguard' \
-             AGENTGUARD_EXPECT_BACKEND=lsm RUST_BACKTRACE=1 CI='true' \
+             AGENTGUARD_EXPECT_BACKEND=lsm AGENTGUARD_TEST_SLOWDOWN=10 RUST_BACKTRACE=1 CI='true' \
              '/w/target/debug/deps/net-1' --test-threads=1 '--nocapture'\n"
         ));
         assert!(script.ends_with("touch \"$R/done\"\n"));
