@@ -267,3 +267,90 @@ fn denials_inside_an_agent_lists_its_own_refusals_and_nothing_of_another_agent()
         describe(&out)
     );
 }
+
+/// Lost records as the log counts them for one source (and instance, if given).
+fn gap(records: &[serde_json::Value], source: &str, instance: Option<&str>) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "lost-events" && r["source"] == source)
+        .filter(|r| instance.is_none_or(|i| r["instance"] == i))
+        .filter_map(|r| r["refusals"].as_u64())
+        .sum()
+}
+
+#[test]
+fn a_flood_of_file_refusals_is_bounded_per_instance_counted_as_a_gap_and_audit_is_restored() {
+    if !privileged(
+        "a_flood_of_file_refusals_is_bounded_per_instance_counted_as_a_gap_and_audit_is_restored",
+    ) {
+        return;
+    }
+    let before = agentguard::sys::audit::Control::open()
+        .and_then(|mut c| c.status())
+        .unwrap_or_else(|e| panic!("audit status: {e}"));
+    let t = Tree::new();
+    let mut d = Daemon::start(&t.policy(&["flood", "quiet"]));
+    if d.lsm() {
+        // The BPF LSM's refusals are events under the kernel's per-instance event budget
+        // (tests/tests/event_budget.rs); no audit records are read there.
+        return;
+    }
+    const N: u64 = 20_000;
+    let secret = t.p("secret/a.txt");
+    let out = d.run("flood", &[PROBE, "open-loop", &secret, &N.to_string()]);
+    assert!(
+        stdout(&out).contains(&format!("failed={N}")),
+        "every open refused: {}",
+        describe(&out)
+    );
+    // Another instance's refusal after the flood is logged: the audit stream is in order, so
+    // every flood record before it has been read; and the flood did not cost it its record.
+    let other = t.p("secret/b.txt");
+    let out = d.run("quiet", &[PROBE, "read", &other]);
+    assert!(stdout(&out).starts_with("errno=13 "), "{}", describe(&out));
+    denied_with_path(&d, "for the other agent's refusal", "file-open", &other);
+    let flood_instance = denied_with_path(&d, "for the flood", "file-open", &secret)["instance"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the flood's instance is named"))
+        .to_owned();
+    // Every refusal is either a record or counted in a gap (the kernel's and the socket's drops
+    // count records of any kind, so the sum may exceed N, never fall short of it).
+    let records = d.wait_records("until every refusal is accounted for", |records| {
+        let logged = records
+            .iter()
+            .filter(|r| {
+                r["verdict"] == "denied"
+                    && r["instance"] == flood_instance.as_str()
+                    && r["target"]["path"] == secret.as_str()
+            })
+            .count() as u64;
+        logged
+            + gap(records, "landlock-budget", Some(&flood_instance))
+            + gap(records, "audit-kernel", None)
+            + gap(records, "audit-socket", None)
+            >= N
+    });
+    let logged = records
+        .iter()
+        .filter(|r| r["verdict"] == "denied" && r["instance"] == flood_instance.as_str())
+        .count() as u64;
+    assert!(
+        logged < N / 2,
+        "the flood's records are bounded ({logged} of {N} logged)"
+    );
+    assert!(
+        gap(&records, "landlock-budget", None)
+            == gap(&records, "landlock-budget", Some(&flood_instance)),
+        "only the flooding instance lost records to its budget"
+    );
+
+    d.stop();
+    let after = agentguard::sys::audit::Control::open()
+        .and_then(|mut c| c.status())
+        .unwrap_or_else(|e| panic!("audit status: {e}"));
+    assert_eq!(
+        (after.enabled, after.backlog_limit),
+        (before.enabled, before.backlog_limit),
+        "the daemon put audit back as it found it"
+    );
+}

@@ -25,13 +25,32 @@ use crate::{
 
 /// Refusals kept per instance: the newest win.
 pub const PER_INSTANCE: usize = 256;
+/// Bytes of text (targets, suggested entries) kept per instance: an agent refused long paths
+/// keeps fewer of them, so the rings stay within `INSTANCES * PER_INSTANCE_BYTES` (32 MiB).
+pub const PER_INSTANCE_BYTES: usize = 64 * 1024;
 /// Instances with a ring; the oldest ring goes first (cgroup ids grow, so: the oldest instance).
-pub const INSTANCES: usize = 1024;
+pub const INSTANCES: usize = 512;
+
+/// One instance's ring.
+#[derive(Debug, Default)]
+struct Ring {
+    items: VecDeque<Denial>,
+    bytes: usize,
+}
+
+/// The text a denial holds, for the byte bound.
+fn weight(d: &Denial) -> usize {
+    d.target.len()
+        + d.allow_with.as_ref().map_or(0, String::len)
+        + d.instance.len()
+        + d.action.len()
+        + d.reason.len()
+}
 
 /// The rings.
 #[derive(Debug, Default)]
 pub struct Denials {
-    rings: BTreeMap<u64, VecDeque<Denial>>,
+    rings: BTreeMap<u64, Ring>,
 }
 
 impl Denials {
@@ -41,10 +60,17 @@ impl Denials {
             return;
         }
         let ring = self.rings.entry(action.cgroup_id).or_default();
-        if ring.len() == PER_INSTANCE {
-            ring.pop_front();
+        let d = describe(wall_ns, action);
+        let w = weight(&d);
+        while !ring.items.is_empty()
+            && (ring.items.len() >= PER_INSTANCE || ring.bytes + w > PER_INSTANCE_BYTES)
+        {
+            if let Some(old) = ring.items.pop_front() {
+                ring.bytes -= weight(&old);
+            }
         }
-        ring.push_back(describe(wall_ns, action));
+        ring.bytes += w;
+        ring.items.push_back(d);
         while self.rings.len() > INSTANCES {
             self.rings.pop_first();
         }
@@ -55,7 +81,7 @@ impl Denials {
         let mut out: Vec<Denial> = self
             .rings
             .values()
-            .flatten()
+            .flat_map(|r| &r.items)
             .filter(|d| d.wall_ns >= since_ns)
             .cloned()
             .collect();
@@ -69,7 +95,7 @@ impl Denials {
         let mut out: Vec<Denial> = self
             .rings
             .values()
-            .flatten()
+            .flat_map(|r| &r.items)
             .filter(|d| {
                 d.instance == instance
                     || d.instance
@@ -343,6 +369,18 @@ mod tests {
             );
         }
         assert_eq!(d.rings.len(), INSTANCES);
+        // Long paths: fewer kept, never more than the byte bound.
+        let long = format!("/{}", "x".repeat(4000));
+        for i in 0..100 {
+            d.record(
+                i,
+                &refused("c/1", 10_000, file(&long, ACCESS_READ), Verdict::Denied),
+            );
+        }
+        let ring = &d.rings[&10_000];
+        assert!(ring.bytes <= PER_INSTANCE_BYTES, "{}", ring.bytes);
+        assert!(ring.items.len() < 100 && !ring.items.is_empty());
+        assert_eq!(ring.bytes, ring.items.iter().map(weight).sum::<usize>());
     }
 
     #[test]

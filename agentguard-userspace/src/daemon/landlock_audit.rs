@@ -51,6 +51,16 @@ const GRACE: Duration = Duration::from_millis(100);
 const PENDING_MAX: usize = 4096;
 /// Domains remembered.
 const DOMAINS_MAX: usize = 16384;
+/// Refusal records logged per instance per one-second window; beyond it they are counted and
+/// logged as a `lost-events` gap (`source` = `landlock-budget`). The same figure as the
+/// kernel's per-instance refusal event budget, so an agent hammering a refused path loses its
+/// own records, not the daemon's time or the disk.
+pub const PER_INSTANCE_PER_SECOND: u64 = 2000;
+/// The audit backlog the daemon asks for when it switches audit on (the kernel's default is
+/// 64 records); the limit found is put back on exit.
+const BACKLOG_LIMIT: u32 = 8192;
+/// How often gaps (over-budget refusals, records the kernel or the socket dropped) are logged.
+const GAP_INTERVAL: Duration = Duration::from_secs(1);
 /// The file in the state directory that says the daemon switched audit on (so a daemon that
 /// crashed is followed by one that still switches it off).
 const MARKER: &str = "audit-enabled-by-agentguard";
@@ -113,9 +123,20 @@ fn listen(state_dir: &Path) -> Result<Listener, String> {
     let marker = state_dir.join(MARKER);
     let ours = marker.exists();
     if status.enabled == 0 || ours {
-        std::fs::write(&marker, "0\n").map_err(|e| format!("{}: {e}", marker.display()))?;
+        // The marker keeps the backlog limit found (a crashed daemon's marker already does).
+        if !ours {
+            std::fs::write(&marker, format!("{}\n", status.backlog_limit))
+                .map_err(|e| format!("{}: {e}", marker.display()))?;
+        }
         for rule in NEVER_RULES {
             control.add_rule(rule).map_err(|e| e.to_string())?;
+        }
+        // Landlock logs from atomic context: a record that finds the backlog full is dropped
+        // (counted in the kernel's `lost`). The default 64 loses most of a burst.
+        if status.backlog_limit < BACKLOG_LIMIT {
+            control
+                .set_backlog_limit(BACKLOG_LIMIT)
+                .map_err(|e| e.to_string())?;
         }
         control.set_enabled(1).map_err(|e| e.to_string())?;
         tracing::info!(
@@ -146,11 +167,19 @@ impl Listener {
 /// Puts audit back as the daemon found it (`marker` is set when the daemon switched it on).
 fn restore_audit(marker: Option<PathBuf>) {
     let Some(marker) = marker else { return };
+    let backlog = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|n| *n > 0);
     let result = Control::open().and_then(|mut c| {
         for rule in NEVER_RULES {
             c.delete_rule(rule)?;
         }
-        c.set_enabled(0)
+        c.set_enabled(0)?;
+        match backlog {
+            Some(n) => c.set_backlog_limit(n),
+            None => Ok(()),
+        }
     });
     match result {
         Ok(()) => {
@@ -393,6 +422,107 @@ impl Assembler {
     }
 }
 
+/// One instance's window.
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    used: u64,
+    over: u64,
+    agent: String,
+    instance: String,
+}
+
+/// Per-instance budget of logged refusal records (cgroup id 0: refusals naming no instance).
+#[derive(Debug, Default)]
+pub struct Budget {
+    windows: HashMap<u64, Window>,
+}
+
+impl Budget {
+    /// Whether `a` may be logged now; if not, it is counted for its instance.
+    pub fn admit(&mut self, a: &Action, now: Instant) -> bool {
+        let w = self.windows.entry(a.cgroup_id).or_insert_with(|| Window {
+            start: now,
+            used: 0,
+            over: 0,
+            agent: a.agent.clone(),
+            instance: a.instance.clone(),
+        });
+        if now.saturating_duration_since(w.start) >= Duration::from_secs(1) {
+            w.start = now;
+            w.used = 0;
+        }
+        if w.used < PER_INSTANCE_PER_SECOND {
+            w.used += 1;
+            true
+        } else {
+            w.over += 1;
+            false
+        }
+    }
+
+    /// The gaps counted since the last call, one `lost-events` record per instance; windows
+    /// idle for a second are forgotten (so the map holds only instances refused lately).
+    pub fn gaps(&mut self, now: Instant) -> Vec<Body> {
+        let mut out = Vec::new();
+        self.windows.retain(|cgroup_id, w| {
+            if w.over > 0 {
+                out.push(Body::LostEvents {
+                    source: "landlock-budget".into(),
+                    agent: w.agent.clone(),
+                    instance: w.instance.clone(),
+                    cgroup_id: *cgroup_id,
+                    allowed: 0,
+                    refusals: w.over,
+                });
+                w.over = 0;
+            }
+            now.saturating_duration_since(w.start) < Duration::from_secs(1)
+        });
+        out
+    }
+}
+
+/// Counters of records that never reached the daemon, as logged so far.
+#[derive(Debug, Default)]
+struct Dropped {
+    /// The multicast socket's drop count (its receive buffer was full).
+    socket: u64,
+    /// The kernel's audit `lost` counter (backlog full): records of any kind, Landlock's among
+    /// them. Starts at the value found at start-up.
+    kernel: Option<u32>,
+}
+
+impl Dropped {
+    fn gaps(&mut self, fd: &OwnedFd, control: Option<&mut Control>) -> Vec<Body> {
+        let mut out = Vec::new();
+        let gap = |source: &str, n: u64| Body::LostEvents {
+            source: source.into(),
+            agent: String::new(),
+            instance: String::new(),
+            cgroup_id: 0,
+            allowed: 0,
+            refusals: n,
+        };
+        if let Some(total) = netlink::drops_of(fd)
+            && total > self.socket
+        {
+            out.push(gap("audit-socket", total - self.socket));
+            self.socket = total;
+        }
+        if let Some(lost) = control.and_then(|c| c.status().ok()).map(|s| s.lost) {
+            match self.kernel {
+                Some(seen) if lost > seen => {
+                    out.push(gap("audit-kernel", u64::from(lost - seen)));
+                }
+                _ => {}
+            }
+            self.kernel = Some(lost);
+        }
+        out
+    }
+}
+
 /// The daemon's view for [`Resolve`].
 struct StateNames<'a>(&'a Shared);
 
@@ -474,6 +604,13 @@ pub async fn run(
         }
     };
     let mut tick = tokio::time::interval(GRACE / 2);
+    let mut gap_tick = tokio::time::interval(GAP_INTERVAL);
+    let mut budget = Budget::default();
+    let mut dropped = Dropped::default();
+    // For the kernel's lost counter; without it only the socket's drops are counted.
+    let mut control = Control::open().ok();
+    // The counters start where they are: earlier drops are not this daemon's.
+    let _ = dropped.gaps(fd.get_ref(), control.as_mut());
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let done = tokio::select! {
@@ -495,6 +632,7 @@ pub async fn run(
                                 break;
                             }
                             Err(nix::errno::Errno::ENOBUFS) => {
+                                // Counted by the socket; logged as a gap on the next gap tick.
                                 tracing::warn!("audit records were lost: the daemon fell behind the kernel");
                             }
                             Err(e) => {
@@ -512,22 +650,51 @@ pub async fn run(
                 }
             },
             _ = tick.tick() => asm.expire(Instant::now(), false, &StateNames(&shared)),
+            _ = gap_tick.tick() => {
+                log_gaps(&shared, &mut budget, &mut dropped, fd.get_ref(), control.as_mut());
+                Vec::new()
+            }
             _ = shutdown.changed() => break,
         };
-        append(&shared, done);
+        append(&shared, &mut budget, done);
     }
     let done = asm.expire(Instant::now(), true, &StateNames(&shared));
-    append(&shared, done);
+    append(&shared, &mut budget, done);
+    log_gaps(
+        &shared,
+        &mut budget,
+        &mut dropped,
+        fd.get_ref(),
+        control.as_mut(),
+    );
     drop(fd);
     restore_audit(restore);
 }
 
-fn append(shared: &Shared, actions: Vec<Action>) {
+fn log_gaps(
+    shared: &Shared,
+    budget: &mut Budget,
+    dropped: &mut Dropped,
+    fd: &OwnedFd,
+    control: Option<&mut Control>,
+) {
+    let mut gaps = budget.gaps(Instant::now());
+    gaps.extend(dropped.gaps(fd, control));
+    for g in gaps {
+        shared.log(g);
+    }
+}
+
+fn append(shared: &Shared, budget: &mut Budget, actions: Vec<Action>) {
     if actions.is_empty() {
         return;
     }
     let (wall, mono) = audit::now();
+    let now = Instant::now();
     for a in actions {
+        if !budget.admit(&a, now) {
+            continue;
+        }
         shared.note_refusal(wall, &a);
         if let Err(e) = shared.lock_log().append(wall, mono, Body::Action(a)) {
             tracing::error!(error = %e, "cannot append to the audit log");
@@ -640,6 +807,51 @@ mod tests {
         );
         let got = a.expire(t0, true, &Fake);
         assert_eq!((got[0].instance.as_str(), got[0].pid), ("", 0));
+    }
+
+    #[test]
+    fn an_instance_over_its_budget_loses_its_own_records_as_a_counted_gap() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        let action = |cgroup_id: u64, instance: &str| Action {
+            kind: EventKind::FileOpen as u16,
+            verdict: Verdict::Denied as u8,
+            backend: Backend::Landlock as u8,
+            agent: "flood".into(),
+            instance: instance.into(),
+            cgroup_id,
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            comm: String::new(),
+            target: Target::File {
+                op: 1,
+                access: 1,
+                path: "/etc/shadow".into(),
+                target_pid: None,
+            },
+            rule: None,
+            flags: 0,
+            generation: 0,
+        };
+        let loud = action(7, "flood/1");
+        let quiet = action(8, "flood/2");
+        let admitted = (0..PER_INSTANCE_PER_SECOND + 500)
+            .filter(|_| b.admit(&loud, t0))
+            .count();
+        assert_eq!(admitted as u64, PER_INSTANCE_PER_SECOND);
+        assert!(b.admit(&quiet, t0), "another instance keeps its own budget");
+        let gaps = b.gaps(t0);
+        assert_eq!(gaps.len(), 1);
+        assert!(matches!(
+            &gaps[0],
+            Body::LostEvents { source, instance, refusals: 500, cgroup_id: 7, .. }
+                if source == "landlock-budget" && instance == "flood/1"
+        ));
+        assert!(b.gaps(t0).is_empty(), "a gap is logged once");
+        assert!(b.admit(&loud, t0 + Duration::from_secs(1)), "a new window");
+        assert!(b.gaps(t0 + Duration::from_secs(3)).is_empty());
+        assert!(b.windows.is_empty(), "idle windows are forgotten");
     }
 
     #[test]

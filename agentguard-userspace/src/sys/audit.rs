@@ -28,6 +28,8 @@ const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 /// `AUDIT_STATUS_ENABLED` in `audit_status.mask`.
 const AUDIT_STATUS_ENABLED: u32 = 1;
+/// `AUDIT_STATUS_BACKLOG_LIMIT` in `audit_status.mask`.
+const AUDIT_STATUS_BACKLOG_LIMIT: u32 = 0x10;
 /// The multicast group of read-only audit listeners.
 pub const AUDIT_NLGRP_READLOG: u32 = 1;
 /// `AUDIT_FILTER_TASK`: rules consulted when a task is created.
@@ -79,6 +81,10 @@ pub struct Status {
     pub enabled: u32,
     /// The registered audit daemon's pid (0: none).
     pub pid: u32,
+    /// Records queued for the audit thread at most; beyond it the kernel drops them.
+    pub backlog_limit: u32,
+    /// Records the kernel dropped since boot (backlog full, rate limit), of any kind.
+    pub lost: u32,
 }
 
 /// A task-filter rule: `never` for tasks whose uid is outside `[from, to)`, expressed as the
@@ -151,7 +157,15 @@ pub fn set_enabled_payload(enabled: u32) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_ne_bytes()).collect()
 }
 
-/// Reads `enabled` and `pid` from an `AUDIT_GET` reply.
+/// `struct audit_status` asking to set `backlog_limit`.
+pub fn set_backlog_payload(limit: u32) -> Vec<u8> {
+    let mut words = [0u32; 11];
+    words[0] = AUDIT_STATUS_BACKLOG_LIMIT;
+    words[5] = limit;
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+/// Reads `enabled`, `pid`, `backlog_limit` and `lost` from an `AUDIT_GET` reply.
 pub fn parse_status(payload: &[u8]) -> Option<Status> {
     let word = |i: usize| {
         let b = payload.get(i * 4..i * 4 + 4)?;
@@ -160,7 +174,27 @@ pub fn parse_status(payload: &[u8]) -> Option<Status> {
     Some(Status {
         enabled: word(1)?,
         pid: word(3)?,
+        backlog_limit: word(5)?,
+        lost: word(6)?,
     })
+}
+
+/// The `Drops` column of `/proc/net/netlink` for the socket with inode `inode`: records the
+/// kernel could not queue to it (its receive buffer was full).
+pub fn socket_drops(proc_net_netlink: &str, inode: u64) -> Option<u64> {
+    proc_net_netlink.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (ino, drops) = (cols.get(9)?, cols.get(8)?);
+        (ino.parse::<u64>().ok()? == inode)
+            .then(|| drops.parse().ok())
+            .flatten()
+    })
+}
+
+/// How many records the kernel could not queue to `fd` (a netlink socket) so far.
+pub fn drops_of(fd: &OwnedFd) -> Option<u64> {
+    let inode = nix::sys::stat::fstat(fd).ok()?.st_ino;
+    socket_drops(&std::fs::read_to_string("/proc/net/netlink").ok()?, inode)
 }
 
 /// `struct audit_rule_data` for a task-filter `never` rule.
@@ -292,6 +326,12 @@ impl Control {
             .map(drop)
     }
 
+    /// Sets how many records the kernel queues before it drops them.
+    pub fn set_backlog_limit(&mut self, limit: u32) -> Result<(), AuditNetlinkError> {
+        self.request("AUDIT_SET", AUDIT_SET, &set_backlog_payload(limit), None)
+            .map(drop)
+    }
+
     /// Adds a rule; one that is already there (a previous daemon's) counts as added.
     pub fn add_rule(&mut self, rule: NeverRule) -> Result<(), AuditNetlinkError> {
         match self.request("AUDIT_ADD_RULE", AUDIT_ADD_RULE, &rule_payload(rule), None) {
@@ -372,14 +412,21 @@ mod tests {
         let mut reply = vec![0u8; 44];
         reply[4..8].copy_from_slice(&2u32.to_ne_bytes());
         reply[12..16].copy_from_slice(&900u32.to_ne_bytes());
+        reply[20..24].copy_from_slice(&64u32.to_ne_bytes());
+        reply[24..28].copy_from_slice(&31u32.to_ne_bytes());
         assert_eq!(
             parse_status(&reply),
             Some(Status {
                 enabled: 2,
-                pid: 900
+                pid: 900,
+                backlog_limit: 64,
+                lost: 31,
             })
         );
         assert_eq!(parse_status(&reply[..10]), None);
+        let backlog = set_backlog_payload(8192);
+        assert_eq!(&backlog[..4], &0x10u32.to_ne_bytes());
+        assert_eq!(&backlog[20..24], &8192u32.to_ne_bytes());
 
         let rule = rule_payload(NeverRule::UidFrom(0x7e01_0000));
         assert_eq!(rule.len(), 4 * (3 + 4 * 64 + 1));
@@ -393,5 +440,15 @@ mod tests {
         assert_eq!(word(3 + 192), AUDIT_GREATER_THAN_OR_EQUAL);
         assert_eq!(word(3 + 256), 0, "no string buffer");
         assert_eq!(ack_errno(&(-17i32).to_ne_bytes()), Some(-17));
+    }
+
+    #[test]
+    fn socket_drops_come_from_the_row_of_the_socket_inode() {
+        let table = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n\
+                     0000000087427714 0   0          00000000 0        0        0     2        0        4       \n\
+                     000000005a56c94e 9   4242       00000001 4096     0        0     2        17       548     \n";
+        assert_eq!(socket_drops(table, 548), Some(17));
+        assert_eq!(socket_drops(table, 4), Some(0));
+        assert_eq!(socket_drops(table, 5), None);
     }
 }
