@@ -141,7 +141,7 @@ pub struct ShowArgs {
 }
 
 /// A wall-clock time in ns since the epoch: `DURATION` ago, or an RFC 3339 time.
-fn parse_time(s: &str) -> Result<u64, String> {
+pub fn parse_time(s: &str) -> Result<u64, String> {
     let (now, _) = audit::now();
     if let Ok(d) = humantime::parse_duration(s) {
         return Ok(now.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));

@@ -11,6 +11,7 @@ pub mod net;
 pub mod resolve;
 pub mod runtime;
 pub mod schema;
+pub mod suggest;
 #[cfg(test)]
 mod tests;
 pub mod throttle;
