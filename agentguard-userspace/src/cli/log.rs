@@ -459,6 +459,59 @@ mod tests {
     }
 
     #[test]
+    fn since_until_and_a_follow_woken_by_inotify() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let sd = state.path().to_str().expect("utf-8").to_owned();
+        let sec = 1_000_000_000u64;
+        let mut log = AuditLog::open(LogOptions::new(state.path().join("log"))).expect("open");
+        for i in 1..=5 {
+            log.append(i * sec, i, action(i)).expect("append");
+        }
+        log.flush().expect("flush");
+        let window = ok(&[
+            "show",
+            "--state-dir",
+            &sd,
+            "--json",
+            "--since",
+            "1970-01-01T00:00:02Z",
+            "--until",
+            "1970-01-01T00:00:04Z",
+        ]);
+        let walls: Vec<u64> = window
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["wall_ns"]
+                    .as_u64()
+                    .expect("wall_ns")
+            })
+            .collect();
+        assert_eq!(walls, [2 * sec, 3 * sec, 4 * sec]);
+        assert!(ok(&["show", "--state-dir", &sd, "--since", "1m"]).is_empty());
+
+        // Following up to second 7: it waits (inotify, no timer) for records 6 and 7 and ends
+        // at the first record past the window.
+        let follower = std::thread::spawn(move || {
+            ok(&[
+                "show",
+                "--state-dir",
+                &sd,
+                "-f",
+                "--since",
+                "1970-01-01T00:00:05Z",
+                "--until",
+                "1970-01-01T00:00:07Z",
+            ])
+        });
+        for i in 6..=8 {
+            log.append(i * sec, i, action(i)).expect("append");
+            log.flush().expect("flush");
+        }
+        let out = follower.join().expect("follower");
+        assert_eq!(out.lines().count(), 3, "records 5, 6 and 7: {out}");
+    }
+
+    #[test]
     fn missing_log_is_an_error() {
         let state = tempfile::tempdir().expect("tempdir");
         let sd = state.path().to_str().expect("utf-8");
