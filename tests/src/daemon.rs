@@ -311,6 +311,28 @@ impl Daemon {
         }
     }
 
+    /// Waits until the whole log satisfies `pred`, returning its records.
+    pub fn wait_records(
+        &self,
+        what: &str,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        let timeout = patience(RECORD_TIMEOUT);
+        loop {
+            let records = self.records();
+            if pred(&records) {
+                return records;
+            }
+            assert!(
+                start.elapsed() <= timeout,
+                "log never held {what} within {timeout:?}; daemon:\n{}",
+                self.output()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state

@@ -153,7 +153,9 @@ pub enum Body {
     /// counts (kind 12): an instance's events beyond its event budget, or refusals lost with
     /// both ring buffers full.
     LostEvents {
-        /// `instance-budget` or `refusal-ring`.
+        /// `instance-budget`, `refusal-ring`, `landlock-budget` (Landlock refusal records over
+        /// an instance's budget), `audit-kernel` or `audit-socket` (audit records the kernel or
+        /// the daemon's socket dropped).
         source: String,
         /// Full agent name, for an instance budget.
         agent: String,

@@ -19,11 +19,20 @@ pub struct Filter {
     pub agent: Option<String>,
     /// Only actions with this verdict.
     pub verdict: Option<Verdict>,
+    /// Only records written at or after this wall-clock time (ns since the epoch).
+    pub since_ns: Option<u64>,
+    /// Only records written at or before this wall-clock time (ns since the epoch).
+    pub until_ns: Option<u64>,
 }
 
 impl Filter {
     /// Whether `record` passes.
     pub fn matches(&self, record: &Record) -> bool {
+        if self.since_ns.is_some_and(|t| record.wall_ns < t)
+            || self.until_ns.is_some_and(|t| record.wall_ns > t)
+        {
+            return false;
+        }
         if let Some(verdict) = self.verdict {
             match &record.body {
                 Body::Action(a) if a.verdict == verdict as u8 => {}
@@ -563,6 +572,7 @@ mod tests {
         let by_agent = Filter {
             agent: Some("buyer".into()),
             verdict: None,
+            ..Filter::default()
         };
         assert!(by_agent.matches(&denied_buyer));
         assert!(
@@ -573,22 +583,37 @@ mod tests {
         let sub = Filter {
             agent: Some("buyer/search".into()),
             verdict: None,
+            ..Filter::default()
         };
         assert!(!sub.matches(&denied_buyer));
         assert!(sub.matches(&allowed_search));
         let other = Filter {
             agent: Some("buy".into()),
             verdict: None,
+            ..Filter::default()
         };
         assert!(!other.matches(&denied_buyer), "not a name prefix");
         let denied = Filter {
             agent: None,
             verdict: Some(Verdict::Denied),
+            ..Filter::default()
         };
         assert!(denied.matches(&denied_buyer));
         assert!(!denied.matches(&allowed_search));
         assert!(!denied.matches(&start));
         assert!(Filter::default().matches(&start));
+        let window = |since, until| Filter {
+            since_ns: since,
+            until_ns: until,
+            ..Filter::default()
+        };
+        let at = denied_buyer.wall_ns;
+        assert!(
+            window(Some(at), Some(at)).matches(&denied_buyer),
+            "bounds are inclusive"
+        );
+        assert!(!window(Some(at + 1), None).matches(&denied_buyer));
+        assert!(!window(None, Some(at.saturating_sub(1))).matches(&denied_buyer));
 
         let Body::Action(mut v6) = action(0) else {
             unreachable!()

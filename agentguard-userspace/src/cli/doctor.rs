@@ -4,6 +4,7 @@ use std::{path::Path, process::ExitCode};
 
 use agentguard::{
     cgroup::Hierarchy,
+    daemon::landlock_audit,
     ebpf::{
         backends::{self, Backends},
         offsets, pins, probe, programs,
@@ -337,6 +338,18 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             }
             b.settle_unix(|| unix_missing);
             backends = Some(b);
+        }
+        // Only the Landlock backend needs audit records to log file refusals; the BPF LSM
+        // logs its own.
+        if backends
+            .as_ref()
+            .is_some_and(|b: &Backends| b.file == backends::FileBackend::Landlock)
+        {
+            checks.push(check(
+                "landlock-audit",
+                landlock_audit::supported()
+                    .map(|()| "file refusals are logged (Landlock audit records)".into()),
+            ));
         }
     }
     let can_enforce = backends.is_some()

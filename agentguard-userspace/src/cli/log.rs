@@ -7,8 +7,6 @@ use std::{
     io::{self, Write},
     path::PathBuf,
     process::ExitCode,
-    thread,
-    time::Duration,
 };
 
 use agentguard_common::verdict::Verdict;
@@ -17,6 +15,7 @@ use clap::{
     Args, Subcommand,
     builder::{PossibleValuesParser, TypedValueParser},
 };
+use inotify::{Inotify, WatchMask};
 use serde_json::json;
 
 use agentguard::audit::{
@@ -28,9 +27,6 @@ use agentguard::audit::{
 
 /// Where agentguard keeps its state when not told otherwise; the log is in its `log` subdir.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/agentguard";
-
-/// How often `show --follow` looks for new records.
-const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
 /// `agentguard log ...`.
 #[derive(Debug, Args)]
@@ -135,6 +131,28 @@ pub struct ShowArgs {
     /// Only actions with this verdict.
     #[arg(long, value_parser = verdict_name())]
     pub verdict: Option<Verdict>,
+    /// Only records from this time on: a duration ago (`10m`, `2h`) or an RFC 3339 time
+    /// (`2026-11-25T10:00:00Z`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<u64>,
+    /// Only records up to this time (same forms as --since); with --follow, stop after it.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<u64>,
+}
+
+/// A wall-clock time in ns since the epoch: `DURATION` ago, or an RFC 3339 time.
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    let (now, _) = audit::now();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
+    }
+    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        format!("{s:?} is neither a duration (10m, 2h) nor an RFC 3339 time (2026-11-25T10:00:00Z)")
+    })?;
+    let since_epoch = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?;
+    Ok(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Verdicts by their stable names (the ones `show` prints).
@@ -258,6 +276,14 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let filter = Filter {
         agent: args.agent.clone(),
         verdict: args.verdict,
+        since_ns: args.since,
+        until_ns: args.until,
+    };
+    // Watching starts before the first read, so no write between the two is missed.
+    let mut changes = if args.follow {
+        Some(LogChanges::watch(&dir)?)
+    } else {
+        None
     };
     let mut tail = Tail::new(&dir);
     loop {
@@ -265,7 +291,16 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
         for warning in &batch.warnings {
             eprintln!("warning: {warning}");
         }
-        for record in batch.records.iter().filter(|r| filter.matches(r)) {
+        for record in &batch.records {
+            if args.until.is_some_and(|u| record.wall_ns > u) && args.follow {
+                // Records are in time order (give or take the writer's batching): the window
+                // is over.
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !filter.matches(record) {
+                continue;
+            }
             if args.json {
                 writeln!(out, "{}", show::to_json(record))?;
             } else {
@@ -273,12 +308,50 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
             }
         }
         if !batch.more {
-            if !args.follow {
+            let Some(changes) = changes.as_mut() else {
                 return Ok(ExitCode::SUCCESS);
-            }
+            };
             out.flush()?;
-            thread::sleep(FOLLOW_POLL);
+            changes.wait()?;
         }
+    }
+}
+
+/// Wake-ups for `show --follow`: inotify on the log directory (appends, new segments,
+/// rotation, re-initialisation), instead of polling on a timer.
+struct LogChanges {
+    inotify: Inotify,
+    buf: Vec<u8>,
+}
+
+impl LogChanges {
+    fn watch(dir: &std::path::Path) -> Result<Self> {
+        let inotify = Inotify::init().context("inotify")?;
+        inotify
+            .watches()
+            .add(
+                dir,
+                WatchMask::MODIFY
+                    | WatchMask::CLOSE_WRITE
+                    | WatchMask::CREATE
+                    | WatchMask::MOVED_TO
+                    | WatchMask::MOVED_FROM
+                    | WatchMask::DELETE,
+            )
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        Ok(Self {
+            inotify,
+            buf: vec![0u8; 4096],
+        })
+    }
+
+    /// Blocks until something in the log directory changed.
+    fn wait(&mut self) -> Result<()> {
+        self.inotify
+            .read_events_blocking(&mut self.buf)
+            .context("waiting for log changes")?;
+        // One read takes every event queued so far; the next poll reads all they announced.
+        Ok(())
     }
 }
 
@@ -383,6 +456,59 @@ mod tests {
         let pipe = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("show");
         assert!(is_broken_pipe(&pipe));
         assert!(!is_broken_pipe(&anyhow::anyhow!("other")));
+    }
+
+    #[test]
+    fn since_until_and_a_follow_woken_by_inotify() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let sd = state.path().to_str().expect("utf-8").to_owned();
+        let sec = 1_000_000_000u64;
+        let mut log = AuditLog::open(LogOptions::new(state.path().join("log"))).expect("open");
+        for i in 1..=5 {
+            log.append(i * sec, i, action(i)).expect("append");
+        }
+        log.flush().expect("flush");
+        let window = ok(&[
+            "show",
+            "--state-dir",
+            &sd,
+            "--json",
+            "--since",
+            "1970-01-01T00:00:02Z",
+            "--until",
+            "1970-01-01T00:00:04Z",
+        ]);
+        let walls: Vec<u64> = window
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["wall_ns"]
+                    .as_u64()
+                    .expect("wall_ns")
+            })
+            .collect();
+        assert_eq!(walls, [2 * sec, 3 * sec, 4 * sec]);
+        assert!(ok(&["show", "--state-dir", &sd, "--since", "1m"]).is_empty());
+
+        // Following up to second 7: it waits (inotify, no timer) for records 6 and 7 and ends
+        // at the first record past the window.
+        let follower = std::thread::spawn(move || {
+            ok(&[
+                "show",
+                "--state-dir",
+                &sd,
+                "-f",
+                "--since",
+                "1970-01-01T00:00:05Z",
+                "--until",
+                "1970-01-01T00:00:07Z",
+            ])
+        });
+        for i in 6..=8 {
+            log.append(i * sec, i, action(i)).expect("append");
+            log.flush().expect("flush");
+        }
+        let out = follower.join().expect("follower");
+        assert_eq!(out.lines().count(), 3, "records 5, 6 and 7: {out}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod completions;
 mod daemon;
+mod denials;
 mod doctor;
 mod kill_switch;
 mod log;
@@ -53,6 +54,8 @@ enum Command {
     Secret(secret::SecretCommand),
     /// Report what this host can enforce and which backend enforces it.
     Doctor(doctor::DoctorArgs),
+    /// Recent refusals: inside an agent, its own and its sub-agents'; what would allow each.
+    Denials(denials::DenialsArgs),
     /// Remove every agentguard program, map pin and cgroup (uninstall; clean test state).
     Teardown(teardown::TeardownArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -90,6 +93,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log(a) => log::run(a),
         Command::Secret(c) => secret::run(c),
         Command::Doctor(a) => doctor::run(a),
+        Command::Denials(a) => denials::run(a),
         Command::Teardown(a) => teardown::run(a),
         Command::Completions(a) => completions::run(&a),
         Command::Man(a) => man::run(&a),

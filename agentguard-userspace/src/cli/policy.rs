@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc};
 use agentguard::{
     control::proto::{Reply, Request},
     dns::{self, cache::Addresses},
-    policy::{self, Policy, PolicyError, compile, resolve},
+    policy::{self, Policy, PolicyError, compile, resolve, suggest},
 };
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -43,6 +43,28 @@ pub enum PolicyCommand {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Learn mode: print POLICY with AGENT's lists extended so that what the log shows it was
+    /// refused (or, in audit mode, would have been refused) is allowed, one commented entry
+    /// per suggestion with how often it was seen. Review it before applying.
+    Suggest {
+        /// The agent (full name: `buyer`, `buyer/search`).
+        #[arg(long, value_name = "NAME")]
+        agent: String,
+        /// The policy in force, to merge with.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Only refusals from this time on: a duration ago (`10m`) or an RFC 3339 time.
+        #[arg(long, value_name = "TIME", value_parser = super::log::parse_time)]
+        since: Option<u64>,
+        /// Only refusals up to this time (same forms as --since).
+        #[arg(long, value_name = "TIME", value_parser = super::log::parse_time)]
+        until: Option<u64>,
+        /// Also switch the agent to `mode = "enforce"` (after an audit run).
+        #[arg(long)]
+        enforce: bool,
+        #[command(flatten)]
+        state: super::log::StateDirArg,
+    },
 }
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -54,7 +76,65 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             tmp_dir,
         } => show(&file, expanded, &tmp_dir),
         PolicyCommand::Apply { file, socket } => apply(&file, &socket),
+        PolicyCommand::Suggest {
+            agent,
+            policy,
+            since,
+            until,
+            enforce,
+            state,
+        } => suggest(&agent, &policy, since, until, enforce, &state),
     }
+}
+
+fn suggest(
+    agent: &str,
+    policy_file: &std::path::Path,
+    since_ns: Option<u64>,
+    until_ns: Option<u64>,
+    enforce: bool,
+    state: &super::log::StateDirArg,
+) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(policy_file)
+        .with_context(|| format!("cannot read {}", policy_file.display()))?;
+    let dir = state.log_dir();
+    if agentguard::audit::files::read_log_header(&dir)?.is_none() {
+        return Err(agentguard::audit::AuditError::NoLog(dir).into());
+    }
+    let filter = agentguard::audit::show::Filter {
+        agent: Some(agent.to_owned()),
+        verdict: None,
+        since_ns,
+        until_ns,
+    };
+    let mut seen = suggest::Seen::default();
+    let mut tail = agentguard::audit::follow::Tail::new(&dir);
+    loop {
+        let batch = tail.poll()?;
+        for w in &batch.warnings {
+            eprintln!("warning: {w}");
+        }
+        for r in batch.records.iter().filter(|r| filter.matches(r)) {
+            if let agentguard::audit::record::Body::Action(a) = &r.body {
+                seen.add(agent, a);
+            }
+        }
+        if !batch.more {
+            break;
+        }
+    }
+    let out = suggest::merge(
+        &policy_file.display().to_string(),
+        &text,
+        agent,
+        &seen,
+        enforce,
+    )?;
+    print!("{out}");
+    for (what, n) in &seen.other {
+        eprintln!("note: {n} refusal(s) of {what} that no list entry allows");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(file: &std::path::Path, verbose: bool) -> anyhow::Result<ExitCode> {

@@ -133,6 +133,13 @@ pub enum Request {
         /// Also remove the programs (agents lose enforcement).
         unload: bool,
     },
+    /// Recent refusals of the caller's own instance and its sub-agents (agent socket; on the
+    /// administrator socket, of every instance).
+    Denials {
+        /// Only refusals at or after this wall-clock time (nanoseconds since the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_ns: Option<u64>,
+    },
 }
 
 /// A secret value on the wire: serialised as a plain string, never shown by `Debug`.
@@ -264,6 +271,38 @@ pub enum Reply {
     },
     /// To [`Request::Shutdown`].
     ShuttingDown,
+    /// To [`Request::Denials`], oldest first.
+    Denials {
+        /// The refusals.
+        denials: Vec<Denial>,
+    },
+}
+
+/// One refusal, as `agentguard denials` shows it to the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// When, nanoseconds since the epoch.
+    pub wall_ns: u64,
+    /// Instance path.
+    pub instance: String,
+    /// Full agent name.
+    pub agent: String,
+    /// Process id (0 when the kernel did not say).
+    pub pid: u32,
+    /// Task comm, when known.
+    pub comm: String,
+    /// `denied`, `killed`, `throttled` or `audit-denied`.
+    pub verdict: String,
+    /// The backend that refused it.
+    pub backend: String,
+    /// What was attempted (`connect`, `exec`, `open (read)`, `unlink (write)`, ...).
+    pub action: String,
+    /// What it was aimed at (address, path).
+    pub target: String,
+    /// Why it was refused.
+    pub reason: String,
+    /// The policy entry that would allow it, when one can.
+    pub allow_with: Option<String>,
 }
 
 /// The reply envelope.

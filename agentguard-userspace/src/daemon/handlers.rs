@@ -98,6 +98,9 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             .remove(&name)
             .map(|existed| Reply::SecretRemoved { existed })
             .map_err(|e| e.to_string()),
+        Request::Denials { since_ns } => Ok(Reply::Denials {
+            denials: shared.recent_denials(None, since_ns.unwrap_or(0)),
+        }),
     };
     match result {
         Ok(reply) => Response::Ok(reply),
@@ -140,8 +143,12 @@ pub async fn handle_agent(
                 ))
             }
         }
+        // Identity is the caller's cgroup: its own instance and its sub-agents, nobody else's.
+        Request::Denials { since_ns } => Ok(Reply::Denials {
+            denials: shared.recent_denials(Some(&caller.name), since_ns.unwrap_or(0)),
+        }),
         Request::Run { .. } => Err("a sub-agent always nests in the caller's own instance; --parent is not accepted here".to_owned()),
-        _ => Err("the agent socket only starts sub-agents; everything else needs the administrator socket".to_owned()),
+        _ => Err("the agent socket only starts sub-agents; listing its own recent refusals (`agentguard denials`); everything else needs the administrator socket".to_owned()),
     };
     match result {
         Ok(reply) => Response::Ok(reply),
@@ -267,6 +274,7 @@ fn launch(
         }
         return Err(format!("cannot start an instance of {agent:?}: {e}"));
     }
+    st.note_first_pid(pid, inst.id);
     drop(st);
     let mut warnings = Vec::new();
     if tagged {

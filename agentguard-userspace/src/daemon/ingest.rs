@@ -261,6 +261,7 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
         for (ktime, action) in actions {
             // Kernel times are CLOCK_MONOTONIC; wall time is derived from the same offset.
             let wall_ns = wall.saturating_sub(mono.saturating_sub(ktime));
+            shared.note_refusal(wall_ns, &action);
             if let Err(e) = log.append(wall_ns, ktime, Body::Action(action)) {
                 tracing::error!(error = %e, "cannot append to the audit log");
             }

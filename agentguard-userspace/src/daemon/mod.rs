@@ -6,10 +6,12 @@
 
 mod apply;
 mod binwatch;
+pub mod denials;
 mod dns_task;
 mod handlers;
 pub mod identity;
 mod ingest;
+pub mod landlock_audit;
 mod operator;
 pub mod private_tmp;
 mod server;
@@ -148,6 +150,8 @@ pub struct Shared {
     secrets: std::sync::RwLock<SecretStore>,
     /// Leases and budgets of the gateway.
     pub gateway: crate::gateway::GatewayState,
+    /// Recent refusals per instance, for `agentguard denials`.
+    denials: Mutex<denials::Denials>,
 }
 
 impl Shared {
@@ -185,6 +189,30 @@ impl Shared {
         self.secrets
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a refusal for `agentguard denials` (anything else is ignored).
+    pub fn note_refusal(&self, wall_ns: u64, action: &audit::record::Action) {
+        self.denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .record(wall_ns, action);
+    }
+
+    /// Recent refusals of `instance` and its sub-agents (`None`: of every instance).
+    pub fn recent_denials(
+        &self,
+        instance: Option<&str>,
+        since_ns: u64,
+    ) -> Vec<crate::control::proto::Denial> {
+        let d = self
+            .denials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match instance {
+            Some(i) => d.of(i, since_ns),
+            None => d.all(since_ns),
+        }
     }
 
     /// Requests shutdown.
@@ -288,6 +316,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         breaches: Default::default(),
         exited: Default::default(),
         dynamic_uids: Default::default(),
+        exited_uids: Default::default(),
+        first_pids: Default::default(),
+        first_pid_order: Default::default(),
         binaries: resolved.binaries.clone(),
         gaps: Default::default(),
     };
@@ -326,6 +357,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         gateway_addr,
         secrets: std::sync::RwLock::new(secrets),
         gateway: crate::gateway::GatewayState::default(),
+        denials: Mutex::default(),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -354,6 +386,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
     let alerts =
         EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
+    // Landlock refusals reach the log through audit records (fallback file backend).
+    let landlock = landlock_audit::start(&opts.state_dir, backends.file);
     let mut tasks = vec![
         tokio::spawn(ingest::run(
             shared.clone(),
@@ -405,6 +439,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tasks.push(tokio::spawn(crate::gateway::serve(
             shared.clone(),
             l,
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some(listener) = landlock {
+        tasks.push(tokio::spawn(landlock_audit::run(
+            shared.clone(),
+            listener,
             shutdown_rx.clone(),
         )));
     }

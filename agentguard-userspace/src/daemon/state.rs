@@ -40,6 +40,14 @@ pub struct State {
     pub exited: BTreeMap<u64, (String, String)>,
     /// Dynamic uids handed to live instances, by cgroup id.
     pub dynamic_uids: HashMap<u64, u32>,
+    /// Dynamic uids of recently exited instances, to the cgroup id they had: a Landlock
+    /// refusal's audit records may arrive after its instance ended.
+    pub exited_uids: BTreeMap<u32, u64>,
+    /// The first process of each instance (the `run` launcher that became the agent), to its
+    /// cgroup id; it created the instance's Landlock domain. Kept after exit, newest wins.
+    pub first_pids: HashMap<u32, u64>,
+    /// Insertion order of `first_pids`, to bound it.
+    pub first_pid_order: std::collections::VecDeque<u32>,
     /// Events the kernel did not send that are already in the log.
     pub gaps: Gaps,
 }
@@ -103,7 +111,12 @@ impl State {
             tracing::warn!(cgroup_id, error = %e, "cannot remove instance from the kernel map");
         }
         self.breaches.remove(&cgroup_id);
-        self.dynamic_uids.remove(&cgroup_id);
+        if let Some(uid) = self.dynamic_uids.remove(&cgroup_id) {
+            self.exited_uids.insert(uid, cgroup_id);
+            while self.exited_uids.len() > EXITED_KEPT {
+                self.exited_uids.pop_first();
+            }
+        }
         let gone = self.instances.remove(&cgroup_id)?;
         self.exited
             .insert(cgroup_id, (gone.agent.clone(), gone.name.clone()));
@@ -120,6 +133,33 @@ impl State {
             .filter(|i| i.agent == agent)
             // kernfs ids grow monotonically: the largest id is the newest cgroup.
             .max_by_key(|i| i.id)
+    }
+}
+
+impl State {
+    /// Remembers the first process of an instance.
+    pub fn note_first_pid(&mut self, pid: u32, cgroup_id: u64) {
+        if self.first_pids.insert(pid, cgroup_id).is_none() {
+            self.first_pid_order.push_back(pid);
+        }
+        while self.first_pid_order.len() > EXITED_KEPT {
+            if let Some(old) = self.first_pid_order.pop_front() {
+                self.first_pids.remove(&old);
+            }
+        }
+    }
+
+    /// The instance (agent, instance path, cgroup id) a dynamic uid belongs to: a live one
+    /// first, else the one that last had it.
+    pub fn by_dynamic_uid(&self, uid: u32) -> Option<(String, String, u64)> {
+        let id = self
+            .dynamic_uids
+            .iter()
+            .find(|(_, u)| **u == uid)
+            .map(|(id, _)| *id)
+            .or_else(|| self.exited_uids.get(&uid).copied())?;
+        let (agent, instance) = self.instance(id)?;
+        Some((agent, instance, id))
     }
 }
 

@@ -12,6 +12,7 @@ pub mod presets;
 pub mod resolve;
 pub mod runtime;
 pub mod schema;
+pub mod suggest;
 #[cfg(test)]
 mod tests;
 pub mod throttle;

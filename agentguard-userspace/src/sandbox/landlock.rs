@@ -73,7 +73,11 @@ pub fn apply(spec: &LandlockSpec, pid: u32) -> Result<Applied, LandlockError> {
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(ABI_TARGET))?
         .scope(Scope::from_all(ABI_TARGET))?
-        .create()?;
+        .create()?
+        // The agent is exec'd after this: Landlock's default logs refusals only until then
+        // (same-exec), which would hide every refusal of the agent itself from the audit
+        // records the daemon turns into log entries (ABI 7; dropped on older kernels).
+        .log_new_exec(true)?;
     for (path, access) in wanted {
         match rule(&path, access) {
             Some(r) => created = created.add_rule(r)?,

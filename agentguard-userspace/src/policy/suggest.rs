@@ -1,0 +1,511 @@
+//! Learn mode: a policy that would allow what an agent was refused (or, in audit mode, would
+//! have been refused), merged with the policy in force. Pure: the caller reads the log and the
+//! policy file; this module turns refusals into entries and writes the TOML.
+//!
+//! Entries: `connect` from network refusals (the DNS name the daemon resolved, else the
+//! address), `exec` from exec refusals and kills, `read`/`write` from file refusals. File paths
+//! are collapsed: two or more refused paths in one directory at least two levels deep become
+//! that directory (`/srv/data/a`, `/srv/data/b` -> `/srv/data`), never `/` or a top-level
+//! directory such as `/etc`, so a suggestion never opens a whole system tree.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    path::Path,
+};
+
+use agentguard_common::{
+    event::{EventKind, FileOp},
+    verdict::{ACCESS_WRITE, Verdict},
+};
+
+use crate::audit::record::{Action, Target};
+
+/// Errors building a suggestion.
+#[derive(Debug, thiserror::Error)]
+pub enum SuggestError {
+    /// The policy file is not TOML.
+    #[error("{origin}: {source}")]
+    Toml {
+        /// The file.
+        origin: String,
+        /// What the parser said.
+        source: toml::de::Error,
+    },
+    /// The policy has no such agent.
+    #[error("{origin}: no agent {agent:?} (expected a table [{field}])")]
+    NoAgent {
+        /// The file.
+        origin: String,
+        /// The agent asked for.
+        agent: String,
+        /// Where it was looked for.
+        field: String,
+    },
+    /// Writing the TOML failed.
+    #[error("cannot write the suggested policy: {0}")]
+    Write(#[from] toml::ser::Error),
+}
+
+/// The list an entry goes into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum List {
+    /// `connect`.
+    Connect,
+    /// `exec`.
+    Exec,
+    /// `read`.
+    Read,
+    /// `write`.
+    Write,
+}
+
+impl List {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Exec => "exec",
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+/// Refusals seen, counted per (list, entry).
+#[derive(Debug, Default)]
+pub struct Seen {
+    entries: BTreeMap<(List, String), u64>,
+    /// Refusals no list entry can allow (privileged operations, budgets), by description.
+    pub other: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    /// Counts `a` if it is a refusal or an audit-mode would-be refusal of `agent`.
+    pub fn add(&mut self, agent: &str, a: &Action) {
+        if a.agent != agent {
+            return;
+        }
+        let verdict = a.verdict();
+        if !matches!(
+            verdict,
+            Some(Verdict::Denied | Verdict::AuditDenied | Verdict::Killed)
+        ) {
+            if verdict == Some(Verdict::Throttled) {
+                *self.other.entry("over a budget".into()).or_default() += 1;
+            }
+            return;
+        }
+        let entry = match (&a.target, a.event_kind()) {
+            (
+                Target::Net {
+                    addr, port, name, ..
+                },
+                _,
+            ) => Some((List::Connect, endpoint(*addr, *port, name.as_deref()))),
+            (Target::Exec { path, .. }, _) if !path.is_empty() => Some((List::Exec, path.clone())),
+            (
+                Target::File {
+                    op, access, path, ..
+                },
+                Some(EventKind::FileOpen | EventKind::PathOp),
+            ) if numbered_proc(path) => {
+                *self
+                    .other
+                    .entry("/proc/<pid> (a policy can allow only /proc/self)".into())
+                    .or_default() += 1;
+                return;
+            }
+            (
+                Target::File {
+                    op, access, path, ..
+                },
+                Some(EventKind::FileOpen | EventKind::PathOp),
+            ) if !path.is_empty() => {
+                let write = *access & ACCESS_WRITE != 0
+                    || FileOp::from_u16(*op).is_some_and(|o| o != FileOp::Open);
+                Some((if write { List::Write } else { List::Read }, path.clone()))
+            }
+            _ => None,
+        };
+        match entry {
+            Some(e) => *self.entries.entry(e).or_default() += 1,
+            None => {
+                let what = crate::audit::names::event_kind(a.kind).into_owned();
+                *self.other.entry(what).or_default() += 1;
+            }
+        }
+    }
+
+    /// The entries to add, with their counts, paths collapsed, sorted per list.
+    pub fn entries(&self) -> BTreeMap<List, Vec<(String, u64)>> {
+        let mut out: BTreeMap<List, Vec<(String, u64)>> = BTreeMap::new();
+        for list in [List::Connect, List::Exec] {
+            for ((l, e), n) in &self.entries {
+                if *l == list {
+                    out.entry(list).or_default().push((e.clone(), *n));
+                }
+            }
+        }
+        for list in [List::Read, List::Write] {
+            let paths: BTreeMap<&str, u64> = self
+                .entries
+                .iter()
+                .filter(|((l, _), _)| *l == list)
+                .map(|((_, p), n)| (p.as_str(), *n))
+                .collect();
+            let collapsed = collapse(&paths);
+            if !collapsed.is_empty() {
+                out.insert(list, collapsed);
+            }
+        }
+        out
+    }
+}
+
+/// `/proc/<digits>...`: another process's files, which no policy entry allows (the Rust and
+/// C runtimes read `/proc/self/maps`, which the kernel reports by number).
+fn numbered_proc(path: &str) -> bool {
+    path.strip_prefix("/proc/")
+        .and_then(|rest| rest.split('/').next())
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn endpoint(addr: IpAddr, port: u16, name: Option<&str>) -> String {
+    match (name, addr) {
+        (Some(n), _) => format!("{n}:{port}"),
+        (None, IpAddr::V6(a)) => format!("[{a}]:{port}"),
+        (None, IpAddr::V4(a)) => format!("{a}:{port}"),
+    }
+}
+
+/// Paths with their counts, collapsed to their directory where a directory at least two
+/// levels deep holds two or more of them.
+pub fn collapse(paths: &BTreeMap<&str, u64>) -> Vec<(String, u64)> {
+    let mut by_dir: BTreeMap<String, Vec<(&str, u64)>> = BTreeMap::new();
+    for (p, n) in paths {
+        let dir = Path::new(p)
+            .parent()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        by_dir.entry(dir).or_default().push((p, *n));
+    }
+    let mut out: BTreeSet<(String, u64)> = BTreeSet::new();
+    for (dir, files) in by_dir {
+        let depth = Path::new(&dir).components().count().saturating_sub(1);
+        if files.len() >= 2 && depth >= 2 {
+            out.insert((dir, files.iter().map(|(_, n)| n).sum()));
+        } else {
+            out.extend(files.into_iter().map(|(p, n)| (p.to_owned(), n)));
+        }
+    }
+    // A collapsed directory covers paths below it that stayed single.
+    let dirs: Vec<String> = out.iter().map(|(p, _)| p.clone()).collect();
+    out.into_iter()
+        .filter(|(p, _)| {
+            !dirs
+                .iter()
+                .any(|d| d != p && Path::new(p).starts_with(Path::new(d)))
+        })
+        .collect()
+}
+
+/// The policy file `text` with `agent`'s lists extended by `seen`, one commented entry per
+/// line. Everything else in the file is kept (its comments are not: the file is re-written
+/// from its parsed form).
+/// With `enforce`, the agent's `mode` becomes `"enforce"` (the step after reviewing an audit
+/// run).
+pub fn merge(
+    origin: &str,
+    text: &str,
+    agent: &str,
+    seen: &Seen,
+    enforce: bool,
+) -> Result<String, SuggestError> {
+    let mut doc: toml::Table = text.parse().map_err(|source| SuggestError::Toml {
+        origin: origin.to_owned(),
+        source,
+    })?;
+    let field = format!("agents.{}", agent.replace('/', ".sub."));
+    let no_agent = || SuggestError::NoAgent {
+        origin: origin.to_owned(),
+        agent: agent.to_owned(),
+        field: field.clone(),
+    };
+    // Take the agent's table out of the document; it is written last, by hand.
+    let mut parts = agent.split('/');
+    let top = parts.next().ok_or_else(no_agent)?;
+    let agents = doc
+        .get_mut("agents")
+        .and_then(toml::Value::as_table_mut)
+        .ok_or_else(no_agent)?;
+    let mut table = agents.get_mut(top).ok_or_else(no_agent)?;
+    for sub in parts {
+        table = table
+            .get_mut("sub")
+            .and_then(|s| s.get_mut(sub))
+            .ok_or_else(no_agent)?;
+    }
+    let own = table.as_table_mut().ok_or_else(no_agent)?;
+    // Lists and scalars of the agent stay in place; the suggested entries are added to them
+    // afterwards as text, so the agent's table is emitted with its lists emptied here.
+    let mut current: BTreeMap<&'static str, Vec<toml::Value>> = BTreeMap::new();
+    for list in [List::Connect, List::Exec, List::Read, List::Write] {
+        if let Some(toml::Value::Array(a)) = own.remove(list.key()) {
+            current.insert(list.key(), a);
+        }
+    }
+    if enforce {
+        own.insert("mode".into(), toml::Value::String("enforce".into()));
+    }
+    let scalars: Vec<(String, toml::Value)> = own
+        .iter()
+        .filter(|(_, v)| !v.is_table())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, _) in &scalars {
+        own.remove(k);
+    }
+    if own.is_empty() {
+        // An empty table would be written as a header of its own, which the hand-written
+        // one below would then repeat.
+        remove_agent(&mut doc, agent);
+    }
+    let suggested = seen.entries();
+    let mut out = String::new();
+    out.push_str(&format!("[{field}]\n"));
+    for (k, v) in &scalars {
+        out.push_str(&format!("{} = {v}\n", key(k)));
+    }
+    for list in [List::Connect, List::Exec, List::Read, List::Write] {
+        let have = current.get(list.key()).cloned().unwrap_or_default();
+        let new: Vec<&(String, u64)> = suggested
+            .get(&list)
+            .map(|v| {
+                v.iter()
+                    .filter(|(e, _)| !have.iter().any(|h| h.as_str() == Some(e.as_str())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if have.is_empty() && new.is_empty() && !current.contains_key(list.key()) {
+            continue;
+        }
+        out.push_str(&format!("{} = [\n", list.key()));
+        for v in &have {
+            out.push_str(&format!("    {v},\n"));
+        }
+        for (e, n) in new {
+            let times = if *n == 1 { "time" } else { "times" };
+            out.push_str(&format!(
+                "    {},  # suggested: refused {n} {times}\n",
+                toml::Value::String(e.clone())
+            ));
+        }
+        out.push_str("]\n");
+    }
+    // The rest: the other agents and the agent's own sub-tables (throttle, sub-agents), whose
+    // headers name them in full, so they may follow the agent's table.
+    let rest = toml::to_string(&doc)?;
+    Ok(format!("{rest}\n{out}"))
+}
+
+/// Removes the agent's (empty) table from the document.
+fn remove_agent(doc: &mut toml::Table, agent: &str) {
+    let mut names: Vec<&str> = agent.split('/').collect();
+    let Some(last) = names.pop() else { return };
+    let mut table = doc.get_mut("agents").and_then(toml::Value::as_table_mut);
+    for n in names {
+        table = table
+            .and_then(|t| t.get_mut(n))
+            .and_then(|t| t.get_mut("sub"))
+            .and_then(toml::Value::as_table_mut);
+    }
+    if let Some(t) = table {
+        t.remove(last);
+    }
+}
+
+/// A bare key when it can be one.
+fn key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        k.to_owned()
+    } else {
+        toml::Value::String(k.to_owned()).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agentguard_common::verdict::{ACCESS_READ, Backend};
+
+    use super::*;
+
+    fn action(agent: &str, kind: EventKind, verdict: Verdict, target: Target) -> Action {
+        Action {
+            kind: kind as u16,
+            verdict: verdict as u8,
+            backend: Backend::Landlock as u8,
+            agent: agent.into(),
+            instance: format!("{agent}/1"),
+            cgroup_id: 1,
+            pid: 1,
+            tid: 1,
+            uid: 0,
+            comm: String::new(),
+            target,
+            rule: None,
+            flags: 0,
+            generation: 0,
+        }
+    }
+
+    fn file(path: &str, access: u8) -> Target {
+        Target::File {
+            op: FileOp::Open as u16,
+            access,
+            path: path.into(),
+            target_pid: None,
+        }
+    }
+
+    #[test]
+    fn paths_collapse_to_deep_directories_only() {
+        let paths: BTreeMap<&str, u64> = [
+            ("/srv/data/a", 2),
+            ("/srv/data/b", 1),
+            ("/srv/data/c/d", 1),
+            ("/etc/passwd", 1),
+            ("/etc/group", 1),
+            ("/tmp/x", 1),
+        ]
+        .into();
+        assert_eq!(
+            collapse(&paths),
+            vec![
+                ("/etc/group".to_owned(), 1),
+                ("/etc/passwd".to_owned(), 1),
+                ("/srv/data".to_owned(), 3),
+                ("/tmp/x".to_owned(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_suggestion_keeps_the_policy_and_adds_commented_entries() {
+        let text = r#"
+[agents.buyer]
+mode = "audit"
+exec = ["/bin/sh"]
+read = ["@system-runtime"]
+
+[agents.buyer.throttle]
+exec = "30/min"
+
+[agents.other]
+connect = ["127.0.0.1:80"]
+"#;
+        let mut seen = Seen::default();
+        for a in [
+            action(
+                "buyer",
+                EventKind::FileOpen,
+                Verdict::AuditDenied,
+                file("/srv/d/x/a", ACCESS_READ),
+            ),
+            action(
+                "buyer",
+                EventKind::FileOpen,
+                Verdict::Denied,
+                file("/srv/d/x/b", ACCESS_READ),
+            ),
+            action(
+                "buyer",
+                EventKind::FileOpen,
+                Verdict::Denied,
+                file("/srv/out", ACCESS_WRITE),
+            ),
+            action(
+                "buyer",
+                EventKind::Exec,
+                Verdict::Killed,
+                Target::Exec {
+                    path: "/bin/sh".into(),
+                    dev: 0,
+                    ino: 0,
+                },
+            ),
+            action(
+                "buyer",
+                EventKind::Connect,
+                Verdict::AuditDenied,
+                Target::Net {
+                    addr: "::1".parse().expect("ip"),
+                    port: 8080,
+                    protocol: 6,
+                    name: None,
+                },
+            ),
+            action(
+                "other",
+                EventKind::FileOpen,
+                Verdict::Denied,
+                file("/nope", ACCESS_READ),
+            ),
+            action(
+                "buyer",
+                EventKind::FileOpen,
+                Verdict::Allowed,
+                file("/fine", ACCESS_READ),
+            ),
+        ] {
+            seen.add("buyer", &a);
+        }
+        let out = merge("p.toml", text, "buyer", &seen, false).expect("merges");
+        assert!(
+            out.contains("\"/srv/d/x\",  # suggested: refused 2 times"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\"/srv/out\",  # suggested: refused 1 time"),
+            "{out}"
+        );
+        assert!(out.contains("\"[::1]:8080\",  # suggested"), "{out}");
+        assert!(!out.contains("/nope") && !out.contains("/fine"), "{out}");
+        let mut procs = Seen::default();
+        procs.add(
+            "buyer",
+            &action(
+                "buyer",
+                EventKind::FileOpen,
+                Verdict::Denied,
+                file("/proc/4242/maps", ACCESS_READ),
+            ),
+        );
+        assert!(procs.entries().is_empty() && procs.other.len() == 1);
+        assert_eq!(
+            out.matches("\"/bin/sh\"").count(),
+            1,
+            "already allowed: {out}"
+        );
+        let back: toml::Table = out.parse().expect("valid TOML");
+        assert_eq!(back["agents"]["buyer"]["mode"].as_str(), Some("audit"));
+        assert_eq!(
+            back["agents"]["buyer"]["throttle"]["exec"].as_str(),
+            Some("30/min")
+        );
+        assert_eq!(
+            back["agents"]["other"]["connect"][0].as_str(),
+            Some("127.0.0.1:80")
+        );
+        let plain = "[agents.buyer]\nexec = [\"/bin/sh\"]\n";
+        let out = merge("p.toml", plain, "buyer", &seen, true).expect("merges");
+        let back: toml::Table = out.parse().expect("valid TOML, one [agents.buyer]");
+        assert_eq!(back["agents"]["buyer"]["mode"].as_str(), Some("enforce"));
+        assert!(matches!(
+            merge("p.toml", text, "nobody", &seen, true),
+            Err(SuggestError::NoAgent { .. })
+        ));
+    }
+}
