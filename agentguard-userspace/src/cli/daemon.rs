@@ -64,6 +64,18 @@ pub struct DaemonArgs {
     max_connections: usize,
 }
 
+/// Whether stderr is the journal's stream, as `JOURNAL_STREAM` (set by systemd to the stream's
+/// `device:inode`) says; a child that inherited the variable but not the stream is told apart.
+fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    var.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
 fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -81,13 +93,18 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        // No colour codes in files and the journal.
+        .with_ansi(std::io::stderr().is_terminal());
+    if stderr_is_journal() {
+        // journald stamps every line itself; a second timestamp only costs width.
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -120,6 +120,10 @@ async fn install(
         (old, applied)
     };
     shared.dns.set_in_force(&resolved.names);
+    super::notify::status(&format!(
+        "enforcing policy {} (generation {})",
+        applied.digest, applied.generation
+    ));
     // Programs running now may still hold the old generation; they finish within microseconds.
     tokio::time::sleep(GRACE).await;
     let mut st = shared.lock_state();

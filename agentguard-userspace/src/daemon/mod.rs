@@ -10,6 +10,7 @@ mod dns_task;
 mod handlers;
 pub mod identity;
 mod ingest;
+mod notify;
 mod operator;
 mod server;
 
@@ -287,7 +288,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
     let alerts =
         EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(ingest::run(shared.clone(), events, shutdown_rx.clone())),
         tokio::spawn(ingest::run(shared.clone(), alerts, shutdown_rx.clone())),
         tokio::spawn(server::run(
@@ -319,6 +320,22 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         )),
     ];
     tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
+    // Only now: the maps hold the policy, the programs are attached, the sockets listen.
+    notify::ready(&format!(
+        "enforcing policy {} (generation {generation}; {backends})",
+        policy.digest_hex()
+    ));
+    if let Some(interval) = notify::watchdog_interval() {
+        tracing::info!(
+            interval_ms = interval.as_millis(),
+            "systemd watchdog enabled"
+        );
+        tasks.push(tokio::spawn(notify::watchdog(
+            shared.clone(),
+            interval,
+            shutdown_rx.clone(),
+        )));
+    }
 
     let mut rx = shutdown_rx;
     let unload = loop {
@@ -329,6 +346,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             break opts.unload_on_exit;
         }
     };
+    notify::stopping(if unload {
+        "stopping; unloading the programs"
+    } else {
+        "stopping; enforcement stays in place"
+    });
     for t in tasks {
         let _ = t.await;
     }
