@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 13] = [
+pub const RECORD_KINDS: [&str; 14] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -46,6 +46,7 @@ pub const RECORD_KINDS: [&str; 13] = [
     "recovered",
     "seal",
     "lost-events",
+    "pruned",
 ];
 
 /// The name of a record kind.

@@ -133,6 +133,19 @@ fn body_json(body: &Body) -> Value {
             "segment": segment, "cut_bytes": cut_bytes, "last_seq": last_seq, "reason": reason,
         }),
         Body::Seal { epoch, mac } => json!({ "epoch": epoch, "mac": mac }),
+        Body::Pruned {
+            first_kept_seq,
+            pruned_head,
+            removed_from_seq,
+            segments,
+            bytes,
+            rule,
+            by,
+        } => json!({
+            "first_kept_seq": first_kept_seq, "pruned_head": pruned_head,
+            "removed_from_seq": removed_from_seq, "segments": segments, "bytes": bytes,
+            "rule": rule, "by": actor_json(by),
+        }),
     }
 }
 
@@ -291,6 +304,18 @@ pub fn to_line(record: &Record) -> String {
             last_seq.map_or_else(|| "none".to_owned(), |s| s.to_string())
         ),
         Body::Seal { epoch, mac } => format!("epoch={epoch} mac={mac}"),
+        Body::Pruned {
+            first_kept_seq,
+            pruned_head,
+            removed_from_seq,
+            segments,
+            bytes,
+            rule,
+            by,
+        } => format!(
+            "removed={removed_from_seq}..{first_kept_seq} segments={segments} bytes={bytes} rule={rule:?} pruned_head={pruned_head} by={}",
+            actor_line(by)
+        ),
     };
     format!("{head} {rest}")
 }
@@ -462,6 +487,17 @@ mod tests {
                 cgroup_id: 9,
                 allowed: 3,
                 refusals: 4,
+            },
+            Body::Pruned {
+                first_kept_seq: 10,
+                pruned_head: "00".into(),
+                removed_from_seq: 0,
+                segments: 1,
+                bytes: 100,
+                rule: "keep-days 30".into(),
+                by: Actor::Daemon {
+                    reason: "retention".into(),
+                },
             },
         ]
     }

@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use agentguard::{
-    audit::LogOptions,
+    audit::{LogOptions, prune::Retention},
     control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
     daemon::{self, ClientLimits, DEFAULT_STATE_DIR, Options},
     dns,
@@ -59,6 +59,14 @@ pub struct DaemonArgs {
     /// Connections one uid may hold open at once, on each socket; more are refused.
     #[arg(long, value_name = "N", default_value_t = ClientLimits::default().per_uid, value_parser = parse_positive)]
     max_connections_per_uid: usize,
+    /// Log retention: every 10 minutes, remove whole log segments last written more than this
+    /// many days ago (a `pruned` record keeps the rest verifiable; see docs/operations.md).
+    #[arg(long, value_name = "DAYS", conflicts_with = "log_keep_bytes")]
+    log_keep_days: Option<u64>,
+    /// Log retention: every 10 minutes, remove the oldest whole segments while the log is
+    /// larger than this many bytes (the segment being written is always kept).
+    #[arg(long, value_name = "BYTES")]
+    log_keep_bytes: Option<u64>,
     /// Connections all clients together may hold open at once, on each socket.
     #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total, value_parser = parse_positive)]
     max_connections: usize,
@@ -128,6 +136,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             request_timeout: Duration::from_secs(args.client_timeout),
             per_uid: args.max_connections_per_uid,
             total: args.max_connections,
+        },
+        log_retention: match (args.log_keep_days, args.log_keep_bytes) {
+            (Some(d), _) => Some(Retention::Days(d)),
+            (None, Some(b)) => Some(Retention::Bytes(b)),
+            (None, None) => None,
         },
         dns: dns::Timing::new(
             Duration::from_secs(args.dns_ttl_ceiling),

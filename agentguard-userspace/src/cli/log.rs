@@ -51,6 +51,8 @@ pub enum LogCommand {
     Verify(VerifyArgs),
     /// Print records, as lines or JSON lines (for a SIEM).
     Show(ShowArgs),
+    /// Remove whole old segments (retention); what is kept stays verifiable.
+    Prune(super::log_prune::PruneArgs),
 }
 
 /// Where the log is.
@@ -167,6 +169,7 @@ fn run_to(args: LogArgs, out: &mut dyn Write) -> Result<ExitCode> {
         LogCommand::Head(a) => head(&a, out),
         LogCommand::Verify(a) => verify(&a, out),
         LogCommand::Show(a) => show(&a, out),
+        LogCommand::Prune(a) => super::log_prune::run(&a, out),
     }
 }
 

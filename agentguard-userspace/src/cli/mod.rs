@@ -5,6 +5,7 @@ mod daemon;
 mod doctor;
 mod kill_switch;
 mod log;
+mod log_prune;
 mod man;
 mod policy;
 mod run;

@@ -14,6 +14,7 @@ use super::{Shared, operator, state::Breach};
 use crate::{
     audit::{
         self,
+        prune::Retention,
         record::{Actor, Body},
     },
     control::proto::Selector,
@@ -57,8 +58,13 @@ pub async fn run(
 }
 
 /// Periodic work: log durability and seals, drop accounting.
-pub async fn tick(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn tick(
+    shared: Arc<Shared>,
+    retention: Option<Retention>,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -68,6 +74,33 @@ pub async fn tick(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool
         if let Err(e) = shared.lock_log().tick() {
             tracing::error!(error = %e, "audit log tick failed");
         }
+        if let Some(keep) = retention
+            && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+        {
+            last_prune = Some(std::time::Instant::now());
+            prune(&shared, keep);
+        }
+    }
+}
+
+/// How often the daemon applies its log retention (segments are 64 MiB by default, so a
+/// finer grain would rarely find anything to remove).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Applies the retention rule; failures are reported and retried at the next interval.
+fn prune(shared: &Shared, keep: Retention) {
+    let by = Actor::Daemon {
+        reason: "retention".into(),
+    };
+    match shared.lock_log().prune(keep, by) {
+        Ok(Some(p)) => tracing::info!(
+            segments = p.segments,
+            bytes = p.bytes,
+            first_kept_seq = p.first_kept_seq,
+            "log pruned ({keep})"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot prune the log ({keep})"),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct Options {
     pub ring_buffer_bytes: u32,
     /// What one client, and all of them, may hold of each control socket.
     pub clients: ClientLimits,
+    /// Log retention, applied at start-up and then every [`ingest::PRUNE_EVERY`].
+    pub log_retention: Option<audit::prune::Retention>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -306,7 +308,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
-        tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(ingest::tick(
+            shared.clone(),
+            opts.log_retention,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(dns_task::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(binwatch::run(
             shared.clone(),
