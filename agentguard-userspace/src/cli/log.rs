@@ -242,6 +242,10 @@ fn report_json(r: &Report) -> serde_json::Value {
         })),
         "unsealed_tail": r.unsealed_tail,
         "anchor_found": r.anchor_found,
+        "pruned": r.pruned.as_ref().map(|p| json!({
+            "first_kept_seq": p.first_kept_seq, "record_seq": p.record_seq,
+            "time": clock::rfc3339(p.wall_ns, 9), "rule": p.rule,
+        })),
         "problem": r.problem.as_ref().map(|p| json!({
             "class": p.class.name(),
             "seq": p.seq,
