@@ -117,3 +117,73 @@ fn ready_is_notified_only_once_the_policy_is_enforced() {
     }
     manager.wait_for(&mut d, "STOPPING=1", patience(Duration::from_secs(10)));
 }
+
+/// `GET /metrics` from `addr`: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = s.set_read_timeout(Some(patience(Duration::from_secs(10))));
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agentguard\r\nConnection: close\r\n\r\n")
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+/// The value of the sample line starting with `series` (0 when absent).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_refusals_by_agent() {
+    if !privileged("metrics_count_refusals_by_agent") {
+        return;
+    }
+    let ok = net::Tcp::listen("127.0.0.1");
+    let no = net::Tcp::listen("127.0.0.1");
+    let policy = format!("[agents.buyer]\nconnect = [\"127.0.0.1:{}\"]\n", ok.port());
+    let d = Daemon::start_with(&policy, &["--metrics-listen", "127.0.0.1:0"]);
+    let output = d.output();
+    let addr = output
+        .lines()
+        .find(|l| l.contains("serving metrics"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("no metrics address in the daemon's output:\n{output}"));
+    let refusals = r#"agentguard_refusals_total{agent="buyer"}"#;
+    let denied = r#"agentguard_actions_total{agent="buyer",action="connect",verdict="denied"}"#;
+    let before = scrape(&addr);
+    assert!(before.contains("agentguard_policy_generation"), "{before}");
+    assert_eq!(sample(&before, refusals), 0.0, "{before}");
+
+    assert_eperm(
+        &d.probe("buyer", &["tcp", "127.0.0.1", &no.port().to_string()]),
+        "a connect the policy does not allow",
+    );
+    // The refusal reaches the metrics with its event: wait for it, not for a fixed time.
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
+    let after = loop {
+        let text = scrape(&addr);
+        if sample(&text, refusals) >= 1.0 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        sample(&after, refusals) >= 1.0,
+        "no refusal counted:\n{after}"
+    );
+    assert!(
+        sample(&after, denied) >= 1.0,
+        "no denied connect counted:\n{after}"
+    );
+    // Bounded labels: no instance or pid appears.
+    assert!(!after.contains("buyer/"), "instance labels:\n{after}");
+    assert!(!after.contains("pid="), "pid labels:\n{after}");
+}

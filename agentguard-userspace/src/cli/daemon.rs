@@ -67,6 +67,10 @@ pub struct DaemonArgs {
     /// larger than this many bytes (the segment being written is always kept).
     #[arg(long, value_name = "BYTES")]
     log_keep_bytes: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477). Labels are agent
+    /// names, action kinds and verdicts, never instances or pids.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Connections all clients together may hold open at once, on each socket.
     #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total, value_parser = parse_positive)]
     max_connections: usize,
@@ -137,6 +141,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             per_uid: args.max_connections_per_uid,
             total: args.max_connections,
         },
+        metrics_listen: args.metrics_listen,
         log_retention: match (args.log_keep_days, args.log_keep_bytes) {
             (Some(d), _) => Some(Retention::Days(d)),
             (None, Some(b)) => Some(Retention::Bytes(b)),

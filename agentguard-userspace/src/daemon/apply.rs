@@ -73,7 +73,10 @@ pub async fn apply_policy(
     let _serial = shared.apply_lock.lock().await;
     // Under the lock, so a DNS re-apply cannot forget this policy's names in between.
     let dns_warnings = shared.dns.refresh_policy(&policy).await;
-    install(shared, policy, by, dns_warnings).await
+    let started = std::time::Instant::now();
+    let applied = install(shared, policy, by, dns_warnings).await;
+    shared.metrics.policy_applied_in(started.elapsed());
+    applied
 }
 
 /// Re-applies the policy in force with the addresses its DNS names have now.

@@ -226,14 +226,12 @@ fn check_ring_lost(shared: &Shared) {
     let logged = log.last_lost_total().filter(|l| *l <= total).unwrap_or(0);
     if total > logged {
         let (wall, mono) = audit::now();
-        if let Err(e) = log.append(
-            wall,
-            mono,
-            Body::Lost {
-                dropped: total - logged,
-                total,
-            },
-        ) {
+        let body = Body::Lost {
+            dropped: total - logged,
+            total,
+        };
+        shared.metrics.observe(&body);
+        if let Err(e) = log.append(wall, mono, body) {
             tracing::error!(error = %e, "cannot log lost events");
         }
     }
@@ -275,9 +273,11 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
         let (wall, mono) = audit::now();
         let mut log = shared.lock_log();
         for (ktime, action) in actions {
+            let body = Body::Action(action);
+            shared.metrics.observe(&body);
             // Kernel times are CLOCK_MONOTONIC; wall time is derived from the same offset.
             let wall_ns = wall.saturating_sub(mono.saturating_sub(ktime));
-            if let Err(e) = log.append(wall_ns, ktime, Body::Action(action)) {
+            if let Err(e) = log.append(wall_ns, ktime, body) {
                 tracing::error!(error = %e, "cannot append to the audit log");
             }
         }

@@ -10,6 +10,7 @@ mod dns_task;
 mod handlers;
 pub mod identity;
 mod ingest;
+pub mod metrics;
 mod notify;
 mod operator;
 mod server;
@@ -70,6 +71,8 @@ pub struct Options {
     pub clients: ClientLimits,
     /// Log retention, applied at start-up and then every [`ingest::PRUNE_EVERY`].
     pub log_retention: Option<audit::prune::Retention>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -129,6 +132,8 @@ pub struct Shared {
     new_instances: tokio::sync::mpsc::UnboundedSender<cgroup::Instance>,
     /// DNS names of the policy in force.
     dns: dns_task::DnsNames,
+    /// Counters and histograms for `--metrics-listen`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Shared {
@@ -148,6 +153,7 @@ impl Shared {
 
     /// Appends a daemon record now. A log write failure is reported, never fatal to enforcement.
     pub fn log(&self, body: Body) {
+        self.metrics.observe(&body);
         let (wall, mono) = audit::now();
         if let Err(e) = self.lock_log().append(wall, mono, body) {
             tracing::error!(error = %e, "cannot append to the audit log");
@@ -262,6 +268,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         exec_paths,
         new_instances,
         dns,
+        metrics: Arc::new(metrics::Metrics::new(opts.state_dir.join("log"))),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -284,6 +291,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = shared.new_instances.send(inst);
     }
 
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen for metrics on {addr}")))?,
+        ),
+        None => None,
+    };
     let listener = server::bind(&opts.socket, server::Role::Admin)?;
     let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
     let events =
@@ -331,6 +346,16 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         "enforcing policy {} (generation {generation}; {backends})",
         policy.digest_hex()
     ));
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving metrics at /metrics");
+        }
+        tasks.push(tokio::spawn(metrics::serve(
+            shared.metrics.clone(),
+            l,
+            shutdown_rx.clone(),
+        )));
+    }
     if let Some(interval) = notify::watchdog_interval() {
         tracing::info!(
             interval_ms = interval.as_millis(),
