@@ -42,6 +42,10 @@ pub struct DaemonArgs {
     /// can take from the log.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     fsync_interval_ms: u64,
+    /// Size at which a log segment is closed and the next begun. Hidden: tests shrink it to
+    /// exercise rotation and retention.
+    #[arg(long, hide = true, value_name = "BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    log_segment_bytes: u64,
     /// Seal the log at least this often (when `agentguard log init` created a key).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     seal_interval: u64,
@@ -126,6 +130,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         fsync_interval: Duration::from_millis(args.fsync_interval_ms),
         seal_interval: Duration::from_secs(args.seal_interval),
         seal_every: args.seal_every.max(1),
+        segment_bytes: args.log_segment_bytes,
         ..LogOptions::new(&args.state_dir)
     };
     runtime.block_on(daemon::run(Options {
