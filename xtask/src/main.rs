@@ -11,6 +11,7 @@ mod cmd;
 mod demo;
 mod integration;
 mod lint;
+mod manifests;
 mod package;
 mod test;
 mod vm_test;

@@ -38,14 +38,17 @@ pub fn run(args: &Args) -> Result<()> {
     println!("{}", deb.display());
     if args.check {
         check(&deb)?;
+        crate::manifests::check(&bin)?;
     }
     Ok(())
 }
 
 /// The CI stage: package the release binary the build stage produced, then check the package.
 pub fn stage() -> Result<()> {
-    let deb = build(&workspace::agentguard_bin())?;
-    check(&deb)
+    let bin = workspace::agentguard_bin();
+    let deb = build(&bin)?;
+    check(&deb)?;
+    crate::manifests::check(&bin)
 }
 
 fn package_dir() -> PathBuf {
