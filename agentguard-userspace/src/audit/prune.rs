@@ -159,10 +159,10 @@ impl AuditLog {
     }
 }
 
-fn refuse(path: &std::path::Path, why: &str) -> AuditError {
-    AuditError::Io {
+fn refuse(path: &std::path::Path, reason: &'static str) -> AuditError {
+    AuditError::PruneRefused {
         path: path.to_path_buf(),
-        source: std::io::Error::other(format!("not pruning before this segment: {why}")),
+        reason,
     }
 }
 
