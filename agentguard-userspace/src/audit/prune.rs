@@ -281,6 +281,31 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_first_kept_record_refuses_the_prune() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut log, _) = log(dir.path());
+        let segments = segment::list(dir.path()).expect("list");
+        // Keeping the last two segments would start the log at the second newest.
+        let first_kept = &segments[segments.len() - 2];
+        let keep = Retention::Bytes(
+            segments[segments.len() - 2..]
+                .iter()
+                .map(|s| std::fs::metadata(&s.path).expect("stat").len())
+                .sum(),
+        );
+        let mut s = Surgery::open(dir.path(), first_kept.first_seq);
+        let mid = s.frames[0].len() / 2;
+        s.frames[0][mid] ^= 0x20;
+        s.save();
+        let err = log.prune(keep, by()).expect_err("refused");
+        assert!(matches!(err, AuditError::PruneRefused { .. }), "{err}");
+        assert_eq!(
+            segment::list(dir.path()).expect("list").len(),
+            segments.len()
+        );
+    }
+
+    #[test]
     fn kept_segments_are_still_tamper_evident() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut log, seed) = log(dir.path());
