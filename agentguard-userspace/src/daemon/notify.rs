@@ -53,8 +53,15 @@ pub async fn watchdog(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => break,
         }
-        drop(shared.lock_state());
-        drop(shared.lock_log());
-        send(&[NotifyState::Watchdog]);
+        // Off the runtime's two workers: waiting here on a lock must never stall other tasks.
+        let probe = shared.clone();
+        let alive = tokio::task::spawn_blocking(move || {
+            drop(probe.lock_state());
+            drop(probe.lock_log());
+        })
+        .await;
+        if alive.is_ok() {
+            send(&[NotifyState::Watchdog]);
+        }
     }
 }
