@@ -34,6 +34,8 @@ pub struct Daemon {
     pub backends: String,
     /// Extra `agentguard daemon` arguments, kept for restarts.
     extra_args: Vec<String>,
+    /// Extra environment of the daemon, kept for restarts.
+    extra_env: Vec<(String, String)>,
 }
 
 /// Removes everything agentguard left in the kernel.
@@ -84,6 +86,22 @@ impl Daemon {
 
     /// Starts a daemon after `prepare` ran on its (not yet existing) state directory.
     fn start_prepared(policy: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
+        let mut d = Self::prepare(policy, args, &[]);
+        prepare(&d.state);
+        d.spawn();
+        d
+    }
+
+    /// Starts a daemon with extra environment variables and returns at once, without waiting
+    /// for it to answer: for tests of how the daemon itself tells that it is ready.
+    pub fn start_unready(policy: &str, env: &[(&str, &str)]) -> Self {
+        let mut d = Self::prepare(policy, &[], env);
+        d.spawn_process();
+        d
+    }
+
+    /// Tears down leftovers and writes the policy.
+    fn prepare(policy: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         teardown();
         let dir = tempfile::Builder::new()
             .prefix("agentguard-test")
@@ -91,7 +109,7 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let policy_path = dir.path().join("policy.toml");
         fs::write(&policy_path, policy).unwrap_or_else(|e| panic!("write policy: {e}"));
-        let mut d = Self {
+        Self {
             child: None,
             socket: dir.path().join("agentguard.sock"),
             state: dir.path().join("state"),
@@ -99,10 +117,11 @@ impl Daemon {
             dir,
             backends: String::new(),
             extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        prepare(&d.state);
-        d.spawn();
-        d
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -115,6 +134,11 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    fn spawn_process(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -131,6 +155,7 @@ impl Daemon {
             .arg("--agent-socket")
             .arg(self.agent_socket())
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
@@ -138,7 +163,6 @@ impl Daemon {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the daemon: {e}"));
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -185,6 +209,13 @@ impl Daemon {
             ),
             _ => {}
         }
+    }
+
+    /// The daemon's exit status, if it exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The daemon's pid.

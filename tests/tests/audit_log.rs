@@ -248,3 +248,56 @@ fn a_crash_during_a_burst_is_recovered_and_the_drops_are_logged() {
         describe(&out)
     );
 }
+
+#[test]
+fn pruning_through_the_daemon_keeps_the_log_verifiable() {
+    if !privileged("pruning_through_the_daemon_keeps_the_log_verifiable") {
+        return;
+    }
+    let no = net::Tcp::listen("127.0.0.1");
+    let (d, key) = Daemon::start_sealed(
+        "[agents.buyer]\nconnect = []\n",
+        &["--log-segment-bytes", "4096"],
+    );
+    // Refusals fill several small segments.
+    for _ in 0..40 {
+        agentguard_tests::assert_eperm(
+            &d.probe("buyer", &["tcp", "127.0.0.1", &no.port().to_string()]),
+            "a connect the policy does not allow",
+        );
+    }
+    let segments = |d: &Daemon| {
+        fs::read_dir(d.state_dir().join("log"))
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    d.wait_record("the last refusal", |r| {
+        r["kind"] == "action" && r["verdict"] == "denied"
+    });
+    let before = segments(&d);
+    assert!(before >= 3, "{before} segments");
+    let state = d.state_dir().to_string_lossy().into_owned();
+    let out = d.cli(&[
+        "log",
+        "prune",
+        "--state-dir",
+        &state,
+        "--keep-bytes",
+        "8192",
+    ]);
+    assert!(out.status.success(), "prune: {}", describe(&out));
+    assert!(segments(&d) < before, "{}", stdout(&out));
+    d.wait_record("the pruned record", |r| r["kind"] == "pruned");
+    let out = agentguard(&["log", "verify", "--state-dir", &state, "--key", &key]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "verify after prune: {}",
+        describe(&out)
+    );
+    assert!(text.contains("pruned start"), "{text}");
+}

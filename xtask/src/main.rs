@@ -11,6 +11,8 @@ mod cmd;
 mod demo;
 mod integration;
 mod lint;
+mod manifests;
+mod package;
 mod test;
 mod vm_test;
 mod workspace;
@@ -41,6 +43,8 @@ enum Command {
     Lint(lint::Args),
     /// What CI runs: build-ebpf, build, unit tests, host integration tests, vm-test (6.12, 6.1).
     Test(test::Args),
+    /// Build the Debian package (target/package/agentguard_VERSION_ARCH.deb).
+    Package(package::Args),
     /// Measure overhead and throughput against a baseline of the same run (root; release builds).
     Bench(bench::Args),
 }
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Lint(args) => lint::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Package(args) => package::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: what CI runs. Stages, in order: build-ebpf, build, unit tests, privileged
+//! `cargo xtask test`: what CI runs. Stages, in order: build-ebpf, build, lint, unit tests,
+//! package (the .deb built and checked, a few seconds), privileged
 //! host integration tests (fallback backend), VM integration tests (BPF LSM backend) in a 6.12
 //! and a 6.1 guest. A failed
 //! build skips everything after it; a failed test stage does not stop the next one. Ends with a
@@ -44,7 +45,7 @@ struct Stage {
     action: fn() -> Result<()>,
 }
 
-const STAGES: [Stage; 7] = [
+const STAGES: [Stage; 8] = [
     Stage {
         name: "build-ebpf",
         scope: Scope::Unit,
@@ -68,6 +69,12 @@ const STAGES: [Stage; 7] = [
         scope: Scope::Unit,
         gate: false,
         action: unit_stage,
+    },
+    Stage {
+        name: "package",
+        scope: Scope::Unit,
+        gate: false,
+        action: crate::package::stage,
     },
     Stage {
         name: "host integration tests",

@@ -56,6 +56,15 @@ pub enum AuditError {
     /// record was not accepted.
     #[error("{} bytes of records are waiting for a failing disk; record dropped", .0)]
     Backlog(usize),
+    /// Retention would keep a segment that does not start with an intact record: the kept
+    /// log could not be checked from it, so nothing is removed.
+    #[error("{}: not pruning before this segment: {reason}", path.display())]
+    PruneRefused {
+        /// The segment that would be the first kept.
+        path: PathBuf,
+        /// What is wrong with its start.
+        reason: &'static str,
+    },
 }
 
 /// `map_err` helper attaching the path an I/O error happened on.

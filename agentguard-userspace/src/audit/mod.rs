@@ -16,6 +16,7 @@ pub mod files;
 pub mod follow;
 pub mod header;
 pub mod names;
+pub mod prune;
 pub mod reader;
 pub mod record;
 pub mod recovery;

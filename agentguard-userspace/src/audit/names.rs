@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 14] = [
+pub const RECORD_KINDS: [&str; 15] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -47,6 +47,7 @@ pub const RECORD_KINDS: [&str; 14] = [
     "seal",
     "lost-events",
     "tool-call",
+    "pruned",
 ];
 
 /// The name of a record kind.

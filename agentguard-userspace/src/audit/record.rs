@@ -170,6 +170,25 @@ pub enum Body {
     },
     /// One request to the tool gateway (kind 13).
     ToolCall(ToolCall),
+    /// Old segments were removed by retention (kind 14). Written, and made durable, before the
+    /// files are removed: it names the head the kept log chains from, so that `verify` can
+    /// check the log from its first kept record and explain the missing start.
+    Pruned {
+        /// Sequence number of the first record kept.
+        first_kept_seq: u64,
+        /// Hash of the last record removed (the `prev` of the first kept record), hex.
+        pruned_head: String,
+        /// Sequence number of the first record removed.
+        removed_from_seq: u64,
+        /// Segment files removed.
+        segments: u64,
+        /// Bytes removed.
+        bytes: u64,
+        /// The retention rule (`keep-days 30`, `keep-bytes 1073741824`).
+        rule: String,
+        /// Who pruned.
+        by: Actor,
+    },
 }
 
 impl Body {
@@ -190,6 +209,7 @@ impl Body {
             Self::Seal { .. } => 11,
             Self::LostEvents { .. } => 12,
             Self::ToolCall(_) => 13,
+            Self::Pruned { .. } => 14,
         }
     }
 }

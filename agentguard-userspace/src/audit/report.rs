@@ -103,6 +103,19 @@ pub struct LastSeal {
     pub wall_ns: u64,
 }
 
+/// A log whose start was removed by retention, and the record that says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunedStart {
+    /// The first record kept (where checking started).
+    pub first_kept_seq: u64,
+    /// The `Pruned` record naming this start.
+    pub record_seq: u64,
+    /// Its wall time.
+    pub wall_ns: u64,
+    /// The retention rule it applied.
+    pub rule: String,
+}
+
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
@@ -120,6 +133,9 @@ pub struct Report {
     pub unsealed_tail: u64,
     /// Whether an anchor was given and found in the log.
     pub anchor_found: Option<bool>,
+    /// When the log starts after seq 0 because retention removed its start: the record that
+    /// names the removed head the kept log chains from.
+    pub pruned: Option<PrunedStart>,
     /// Things worth knowing that are not failures.
     pub notes: Vec<String>,
     /// The first thing wrong; `None` for an intact log.
@@ -144,6 +160,17 @@ impl fmt::Display for Report {
             "records: {} in {} segment(s); head {}",
             self.records, self.segments, self.head
         )?;
+        if let Some(p) = &self.pruned {
+            writeln!(
+                f,
+                "pruned start: records before seq {} were removed by retention ({}; pruned record \
+                 at seq {}, {}); the chain was checked from the removed head it names",
+                p.first_kept_seq,
+                p.rule,
+                p.record_seq,
+                clock::rfc3339(p.wall_ns, 3)
+            )?;
+        }
         match self.seals {
             Seals::Unsealed => writeln!(
                 f,

@@ -148,6 +148,19 @@ fn body_json(body: &Body) -> Value {
             "bytes_out": c.bytes_out, "duration_us": c.duration_us, "lease": c.lease,
             "verdict": names::tool_verdict(c.verdict),
         }),
+        Body::Pruned {
+            first_kept_seq,
+            pruned_head,
+            removed_from_seq,
+            segments,
+            bytes,
+            rule,
+            by,
+        } => json!({
+            "first_kept_seq": first_kept_seq, "pruned_head": pruned_head,
+            "removed_from_seq": removed_from_seq, "segments": segments, "bytes": bytes,
+            "rule": rule, "by": actor_json(by),
+        }),
     }
 }
 
@@ -319,6 +332,18 @@ pub fn to_line(record: &Record) -> String {
             c.bytes_out,
             c.duration_us,
             if c.lease.is_empty() { "none" } else { &c.lease }
+        ),
+        Body::Pruned {
+            first_kept_seq,
+            pruned_head,
+            removed_from_seq,
+            segments,
+            bytes,
+            rule,
+            by,
+        } => format!(
+            "removed={removed_from_seq}..{first_kept_seq} segments={segments} bytes={bytes} rule={rule:?} pruned_head={pruned_head} by={}",
+            actor_line(by)
         ),
     };
     format!("{head} {rest}")
@@ -506,6 +531,17 @@ mod tests {
                 lease: "ab".into(),
                 verdict: 1,
             }),
+            Body::Pruned {
+                first_kept_seq: 10,
+                pruned_head: "00".into(),
+                removed_from_seq: 0,
+                segments: 1,
+                bytes: 100,
+                rule: "keep-days 30".into(),
+                by: Actor::Daemon {
+                    reason: "retention".into(),
+                },
+            },
         ]
     }
 

@@ -4,7 +4,7 @@
 
 use std::{collections::VecDeque, path::Path};
 
-pub use super::report::{Class, LastSeal, Problem, Report, Seals};
+pub use super::report::{Class, LastSeal, Problem, PrunedStart, Report, Seals};
 use super::{
     chain::{Anchor, Hash, Head},
     classify::{Evidence, Meta, WINDOW},
@@ -41,6 +41,11 @@ struct Verifier<'a> {
     first_in_segment: bool,
     seed: Option<&'a SealSeed>,
     long_stretch_noted: bool,
+    /// The log starts after seq 0: the first record's seq and the hash it chains from, to be
+    /// matched by a `Pruned` record.
+    pruned_start: Option<(u64, Hash)>,
+    /// Whether the next seal may have any epoch (the first seal after a pruned start).
+    any_epoch: bool,
 }
 
 /// Verifies the log in `dir`: with `seed`, seals too; with `anchor`, that the log still
@@ -62,6 +67,7 @@ pub fn verify(
         last_seal: None,
         unsealed_tail: 0,
         anchor_found: anchor.map(|_| false),
+        pruned: None,
         notes: Vec::new(),
         problem: None,
     };
@@ -106,6 +112,8 @@ pub fn verify(
         first_in_segment: false,
         seed,
         long_stretch_noted: false,
+        pruned_start: None,
+        any_epoch: false,
     };
     let problem = v.run()?;
     Ok(v.finish(problem))
@@ -250,6 +258,20 @@ impl Verifier<'_> {
             return Ok(None);
         };
         let meta = Meta::of(frame, record);
+        if self.report.records == 0
+            && self.expected == 0
+            && frame.index == 0
+            && record.seq > 0
+            && self.segments.first().map(|s| s.first_seq) == Some(record.seq)
+        {
+            // The log starts later than seq 0: check it from here, and require a `Pruned`
+            // record naming exactly this start (see `finish`).
+            self.pruned_start = Some((record.seq, frame.prev));
+            self.expected = record.seq;
+            self.prev = frame.prev;
+            self.lost = self.header.and_then(|h| h.lost_total);
+            self.any_epoch = true;
+        }
         if record.seq != self.expected || frame.prev != self.prev {
             let evidence = Evidence {
                 segments: &self.segments,
@@ -282,6 +304,23 @@ impl Verifier<'_> {
         }
         if let Body::Lost { total, .. } = record.body {
             self.lost = Some(total);
+        }
+        if let Body::Pruned {
+            first_kept_seq,
+            pruned_head,
+            rule,
+            ..
+        } = &record.body
+            && let Some((start, prev)) = self.pruned_start
+            && *first_kept_seq == start
+            && super::chain::parse_hash(pruned_head) == Some(prev)
+        {
+            self.report.pruned = Some(PrunedStart {
+                first_kept_seq: start,
+                record_seq: record.seq,
+                wall_ns: record.wall_ns,
+                rule: rule.clone(),
+            });
         }
         if let Some(anchor) = self.anchor
             && let Some(p) = self.check_anchor(&meta, anchor)
@@ -317,6 +356,11 @@ impl Verifier<'_> {
         let at = Some((meta.index, meta.offset));
         let seq = Some(meta.seq);
         self.seals_seen += 1;
+        if self.any_epoch {
+            // Earlier seals were pruned with their records; epochs run on from this one.
+            self.any_epoch = false;
+            self.next_epoch = epoch;
+        }
         if epoch != self.next_epoch {
             let detail = if epoch > self.next_epoch {
                 let missing = if epoch - self.next_epoch == 1 {
@@ -411,6 +455,25 @@ impl Verifier<'_> {
         ));
     }
 
+    /// A log starting after seq 0 with no `Pruned` record naming that start: records were
+    /// removed by something other than retention.
+    fn unexplained_start(&self, report: &Report) -> Option<Problem> {
+        let (start, _) = self.pruned_start?;
+        if report.pruned.is_some() {
+            return None;
+        }
+        Some(self.problem(
+            Class::Deleted,
+            Some(0),
+            Some((0, 0)),
+            format!(
+                "records 0..{start} are missing: the log starts at seq {start} and no pruned \
+                 record in it names that start and the hash it chains from (segments were \
+                 removed other than by `agentguard log prune`)"
+            ),
+        ))
+    }
+
     /// Whether an intact frame follows `offset` in segment `index`.
     fn intact_after(&self, index: usize, offset: u64) -> Result<bool, AuditError> {
         let one = self
@@ -434,7 +497,19 @@ impl Verifier<'_> {
             let next = self.expected;
             self.note_long_stretch(next);
         }
+        let problem = problem.or_else(|| self.unexplained_start(&self.report));
         let mut report = self.report;
+        if let (Some(p), Some(anchor)) = (&report.pruned, self.anchor)
+            && anchor.seq.is_some_and(|s| s < p.first_kept_seq)
+            && report.anchor_found == Some(false)
+        {
+            report.anchor_found = None;
+            report.notes.push(format!(
+                "the anchored head (seq {}) was pruned by retention: it cannot be checked; anchor \
+                 a newer head",
+                anchor.seq.unwrap_or_default()
+            ));
+        }
         let problem = problem.or_else(|| match self.anchor {
             Some(anchor) if report.anchor_found != Some(true) => Some(match anchor.seq {
                 Some(seq) => Problem {

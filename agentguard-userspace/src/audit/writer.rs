@@ -210,6 +210,11 @@ impl AuditLog {
         self.sync()
     }
 
+    /// The log directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.opts.dir
+    }
+
     /// The chain head, including records not yet on disk.
     pub fn head(&self) -> Head {
         self.head

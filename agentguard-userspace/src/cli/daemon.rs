@@ -3,7 +3,7 @@
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use agentguard::{
-    audit::LogOptions,
+    audit::{LogOptions, prune::Retention},
     control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
     daemon::{self, ClientLimits, DEFAULT_STATE_DIR, Options},
     dns,
@@ -42,6 +42,10 @@ pub struct DaemonArgs {
     /// can take from the log.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     fsync_interval_ms: u64,
+    /// Size at which a log segment is closed and the next begun. Hidden: tests shrink it to
+    /// exercise rotation and retention.
+    #[arg(long, hide = true, value_name = "BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    log_segment_bytes: u64,
     /// Seal the log at least this often (when `agentguard log init` created a key).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     seal_interval: u64,
@@ -63,6 +67,18 @@ pub struct DaemonArgs {
     /// Connections one uid may hold open at once, on each socket; more are refused.
     #[arg(long, value_name = "N", default_value_t = ClientLimits::default().per_uid, value_parser = parse_positive)]
     max_connections_per_uid: usize,
+    /// Log retention: every 10 minutes, remove whole log segments last written more than this
+    /// many days ago (a `pruned` record keeps the rest verifiable; see docs/operations.md).
+    #[arg(long, value_name = "DAYS", conflicts_with = "log_keep_bytes")]
+    log_keep_days: Option<u64>,
+    /// Log retention: every 10 minutes, remove the oldest whole segments while the log is
+    /// larger than this many bytes (the segment being written is always kept).
+    #[arg(long, value_name = "BYTES")]
+    log_keep_bytes: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9477). Labels are agent
+    /// names, action kinds and verdicts, never instances or pids.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Connections all clients together may hold open at once, on each socket.
     #[arg(long, value_name = "N", default_value_t = ClientLimits::default().total, value_parser = parse_positive)]
     max_connections: usize,
@@ -85,6 +101,18 @@ fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
     Ok(a)
 }
 
+/// Whether stderr is the journal's stream, as `JOURNAL_STREAM` (set by systemd to the stream's
+/// `device:inode`) says; a child that inherited the variable but not the stream is told apart.
+fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    var.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
 fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -102,13 +130,18 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        // No colour codes in files and the journal.
+        .with_ansi(std::io::stderr().is_terminal());
+    if stderr_is_journal() {
+        // journald stamps every line itself; a second timestamp only costs width.
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,6 +151,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         fsync_interval: Duration::from_millis(args.fsync_interval_ms),
         seal_interval: Duration::from_secs(args.seal_interval),
         seal_every: args.seal_every.max(1),
+        segment_bytes: args.log_segment_bytes,
         ..LogOptions::new(&args.state_dir)
     };
     runtime.block_on(daemon::run(Options {
@@ -135,6 +169,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             total: args.max_connections,
         },
         gateway_listen: (!args.no_gateway).then_some(args.gateway_listen),
+        metrics_listen: args.metrics_listen,
+        log_retention: match (args.log_keep_days, args.log_keep_bytes) {
+            (Some(d), _) => Some(Retention::Days(d)),
+            (None, Some(b)) => Some(Retention::Bytes(b)),
+            (None, None) => None,
+        },
         dns: dns::Timing::new(
             Duration::from_secs(args.dns_ttl_ceiling),
             Duration::from_secs(args.dns_grace),

@@ -47,6 +47,8 @@ pub enum LogCommand {
     Verify(VerifyArgs),
     /// Print records, as lines or JSON lines (for a SIEM).
     Show(ShowArgs),
+    /// Remove whole old segments (retention); what is kept stays verifiable.
+    Prune(super::log_prune::PruneArgs),
 }
 
 /// Where the log is.
@@ -185,6 +187,7 @@ fn run_to(args: LogArgs, out: &mut dyn Write) -> Result<ExitCode> {
         LogCommand::Head(a) => head(&a, out),
         LogCommand::Verify(a) => verify(&a, out),
         LogCommand::Show(a) => show(&a, out),
+        LogCommand::Prune(a) => super::log_prune::run(&a, out),
     }
 }
 
@@ -257,6 +260,10 @@ fn report_json(r: &Report) -> serde_json::Value {
         })),
         "unsealed_tail": r.unsealed_tail,
         "anchor_found": r.anchor_found,
+        "pruned": r.pruned.as_ref().map(|p| json!({
+            "first_kept_seq": p.first_kept_seq, "record_seq": p.record_seq,
+            "time": clock::rfc3339(p.wall_ns, 9), "rule": p.rule,
+        })),
         "problem": r.problem.as_ref().map(|p| json!({
             "class": p.class.name(),
             "seq": p.seq,

@@ -6,6 +6,7 @@ mod denials;
 mod doctor;
 mod kill_switch;
 mod log;
+mod log_prune;
 mod man;
 mod policy;
 mod run;

@@ -128,6 +128,13 @@ pub enum Request {
         /// Secret name.
         name: String,
     },
+    /// Remove old log segments (retention); exactly one of the two is given.
+    LogPrune {
+        /// Keep segments written to within this many days.
+        keep_days: Option<u64>,
+        /// Keep the newest segments up to this many bytes.
+        keep_bytes: Option<u64>,
+    },
     /// Stop the daemon.
     Shutdown {
         /// Also remove the programs (agents lose enforcement).
@@ -275,6 +282,15 @@ pub enum Reply {
     Denials {
         /// The refusals.
         denials: Vec<Denial>,
+    },
+    /// To [`Request::LogPrune`].
+    Pruned {
+        /// Segment files removed.
+        segments: u64,
+        /// Their bytes.
+        bytes: u64,
+        /// The first record kept, when something was removed.
+        first_kept_seq: Option<u64>,
     },
 }
 

@@ -87,7 +87,10 @@ pub async fn apply_policy(
     let serial = Arc::clone(&shared.apply_lock).lock_owned().await;
     // Under the lock, so a DNS re-apply cannot forget this policy's names in between.
     let dns_warnings = shared.dns.refresh_policy(&policy).await;
-    install(shared, serial, policy, by, dns_warnings).await
+    let started = std::time::Instant::now();
+    let applied = install(shared, serial, policy, by, dns_warnings).await;
+    shared.metrics.policy_applied_in(started.elapsed());
+    applied
 }
 
 /// Re-applies the policy in force with the addresses its DNS names have now.
@@ -150,6 +153,10 @@ async fn install(
         (old, applied)
     };
     shared.dns.set_in_force(&resolved.names);
+    super::notify::status(&format!(
+        "enforcing policy {} (generation {})",
+        applied.digest, applied.generation
+    ));
     // The new rules are in force: reply now, and remove the old generation once the programs
     // running at the flip (they run for microseconds) are done with it. The next apply waits
     // for that (it holds `serial`), so it never writes a generation still being read.

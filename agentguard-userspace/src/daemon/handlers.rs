@@ -10,7 +10,10 @@ use super::{
     state::Breach,
 };
 use crate::{
-    audit::record::{Actor, Body},
+    audit::{
+        prune::Retention,
+        record::{Actor, Body},
+    },
     cgroup::{self, Instance},
     control::{
         peer::Peer,
@@ -101,11 +104,45 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
         Request::Denials { since_ns } => Ok(Reply::Denials {
             denials: shared.recent_denials(None, since_ns.unwrap_or(0)),
         }),
+        Request::LogPrune {
+            keep_days,
+            keep_bytes,
+        } => prune_log(shared, keep_days, keep_bytes, by),
     };
     match result {
         Ok(reply) => Response::Ok(reply),
         Err(message) => Response::Error(message),
     }
+}
+
+/// `agentguard log prune` while the daemon holds the log.
+fn prune_log(
+    shared: &Shared,
+    keep_days: Option<u64>,
+    keep_bytes: Option<u64>,
+    by: Actor,
+) -> Result<Reply, String> {
+    let keep = match (keep_days, keep_bytes) {
+        (Some(d), None) => Retention::Days(d),
+        (None, Some(b)) => Retention::Bytes(b),
+        _ => return Err("give exactly one of keep_days and keep_bytes".to_owned()),
+    };
+    let pruned = shared
+        .lock_log()
+        .prune(keep, by)
+        .map_err(|e| format!("cannot prune the log: {e}"))?;
+    Ok(match pruned {
+        Some(p) => Reply::Pruned {
+            segments: p.segments,
+            bytes: p.bytes,
+            first_kept_seq: Some(p.first_kept_seq),
+        },
+        None => Reply::Pruned {
+            segments: 0,
+            bytes: 0,
+            first_kept_seq: None,
+        },
+    })
 }
 
 /// Answers one request on the agent socket from a process inside `caller`: it may start a

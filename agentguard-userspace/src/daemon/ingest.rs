@@ -14,6 +14,7 @@ use super::{Shared, operator, state::Breach};
 use crate::{
     audit::{
         self,
+        prune::Retention,
         record::{Actor, Body},
     },
     control::proto::Selector,
@@ -74,8 +75,13 @@ pub async fn run(
 }
 
 /// Periodic work: log durability and seals, drop accounting.
-pub async fn tick(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool>>) {
+pub async fn tick(
+    shared: Arc<Shared>,
+    retention: Option<Retention>,
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -85,6 +91,33 @@ pub async fn tick(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool
         if let Err(e) = shared.lock_log().tick() {
             tracing::error!(error = %e, "audit log tick failed");
         }
+        if let Some(keep) = retention
+            && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+        {
+            last_prune = Some(std::time::Instant::now());
+            prune(&shared, keep);
+        }
+    }
+}
+
+/// How often the daemon applies its log retention (segments are 64 MiB by default, so a
+/// finer grain would rarely find anything to remove).
+pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Applies the retention rule; failures are reported and retried at the next interval.
+fn prune(shared: &Shared, keep: Retention) {
+    let by = Actor::Daemon {
+        reason: "retention".into(),
+    };
+    match shared.lock_log().prune(keep, by) {
+        Ok(Some(p)) => tracing::info!(
+            segments = p.segments,
+            bytes = p.bytes,
+            first_kept_seq = p.first_kept_seq,
+            "log pruned ({keep})"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot prune the log ({keep})"),
     }
 }
 
@@ -210,14 +243,12 @@ fn check_ring_lost(shared: &Shared) {
     let logged = log.last_lost_total().filter(|l| *l <= total).unwrap_or(0);
     if total > logged {
         let (wall, mono) = audit::now();
-        if let Err(e) = log.append(
-            wall,
-            mono,
-            Body::Lost {
-                dropped: total - logged,
-                total,
-            },
-        ) {
+        let body = Body::Lost {
+            dropped: total - logged,
+            total,
+        };
+        shared.metrics.observe(&body);
+        if let Err(e) = log.append(wall, mono, body) {
             tracing::error!(error = %e, "cannot log lost events");
         }
     }
@@ -259,10 +290,14 @@ fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
         let (wall, mono) = audit::now();
         let mut log = shared.lock_log();
         for (ktime, action) in actions {
+            let body = Body::Action(action);
+            shared.metrics.observe(&body);
             // Kernel times are CLOCK_MONOTONIC; wall time is derived from the same offset.
             let wall_ns = wall.saturating_sub(mono.saturating_sub(ktime));
-            shared.note_refusal(wall_ns, &action);
-            if let Err(e) = log.append(wall_ns, ktime, Body::Action(action)) {
+            if let Body::Action(action) = &body {
+                shared.note_refusal(wall_ns, action);
+            }
+            if let Err(e) = log.append(wall_ns, ktime, body) {
                 tracing::error!(error = %e, "cannot append to the audit log");
             }
         }

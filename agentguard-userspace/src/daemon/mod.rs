@@ -12,6 +12,8 @@ mod handlers;
 pub mod identity;
 mod ingest;
 pub mod landlock_audit;
+pub mod metrics;
+mod notify;
 mod operator;
 pub mod private_tmp;
 mod server;
@@ -78,6 +80,10 @@ pub struct Options {
     pub clients: ClientLimits,
     /// Where the tool gateway listens (loopback); `None`: no gateway.
     pub gateway_listen: Option<std::net::SocketAddr>,
+    /// Log retention, applied at start-up and then every [`ingest::PRUNE_EVERY`].
+    pub log_retention: Option<audit::prune::Retention>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -152,6 +158,8 @@ pub struct Shared {
     pub gateway: crate::gateway::GatewayState,
     /// Recent refusals per instance, for `agentguard denials`.
     denials: Mutex<denials::Denials>,
+    /// Counters and histograms for `--metrics-listen`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Shared {
@@ -171,6 +179,7 @@ impl Shared {
 
     /// Appends a daemon record now. A log write failure is reported, never fatal to enforcement.
     pub fn log(&self, body: Body) {
+        self.metrics.observe(&body);
         let (wall, mono) = audit::now();
         if let Err(e) = self.lock_log().append(wall, mono, body) {
             tracing::error!(error = %e, "cannot append to the audit log");
@@ -358,6 +367,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         secrets: std::sync::RwLock::new(secrets),
         gateway: crate::gateway::GatewayState::default(),
         denials: Mutex::default(),
+        metrics: Arc::new(metrics::Metrics::new(opts.state_dir.join("log"))),
     });
     shared.log(Body::DaemonStart {
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -380,6 +390,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         let _ = shared.new_instances.send(inst);
     }
 
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen for metrics on {addr}")))?,
+        ),
+        None => None,
+    };
     let listener = server::bind(&opts.socket, server::Role::Admin)?;
     let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
     let events =
@@ -417,7 +435,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(watch::run(shared.clone(), new_rx, shutdown_rx.clone())),
-        tokio::spawn(ingest::tick(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(ingest::tick(
+            shared.clone(),
+            opts.log_retention,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(dns_task::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(binwatch::run(
             shared.clone(),
@@ -450,6 +472,32 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         )));
     }
     tracing::info!(socket = %opts.socket.display(), "agentguard daemon ready");
+    // Only now: the maps hold the policy, the programs are attached, the sockets listen.
+    notify::ready(&format!(
+        "enforcing policy {} (generation {generation}; {backends})",
+        policy.digest_hex()
+    ));
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "serving metrics at /metrics");
+        }
+        tasks.push(tokio::spawn(metrics::serve(
+            shared.metrics.clone(),
+            l,
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some(interval) = notify::watchdog_interval() {
+        tracing::info!(
+            interval_ms = interval.as_millis(),
+            "systemd watchdog enabled"
+        );
+        tasks.push(tokio::spawn(notify::watchdog(
+            shared.clone(),
+            interval,
+            shutdown_rx.clone(),
+        )));
+    }
 
     let mut rx = shutdown_rx;
     let unload = loop {
@@ -460,6 +508,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             break opts.unload_on_exit;
         }
     };
+    notify::stopping(if unload {
+        "stopping; unloading the programs"
+    } else {
+        "stopping; enforcement stays in place"
+    });
     for t in tasks {
         let _ = t.await;
     }
