@@ -258,6 +258,10 @@ fn read_bound(sk: *const u8) -> Address {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the key is scratch-map memory; passing it by value would copy it onto the BPF stack"
+)]
 fn lookup(key: *mut UnixKey, generation: u32, agent_id: u32) -> Option<u32> {
     // SAFETY: `key` is the scratch key; map values stay valid for the program run.
     unsafe {

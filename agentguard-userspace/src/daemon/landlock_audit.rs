@@ -241,7 +241,7 @@ pub struct Assembler {
     pending: BTreeMap<u64, Pending>,
     domains: HashMap<u64, Domain>,
     domain_order: std::collections::VecDeque<u64>,
-    /// See [`Listener::rules_installed`].
+    /// See `Listener::rules_installed`.
     pub creator_without_context: bool,
 }
 
@@ -339,7 +339,7 @@ impl Assembler {
         done
     }
 
-    /// Refusals that waited [`GRACE`] (or all of them with `all`).
+    /// Refusals that waited `GRACE` (or all of them with `all`).
     pub fn expire(&mut self, now: Instant, all: bool, names: &impl Resolve) -> Vec<Action> {
         let due: Vec<u64> = self
             .pending

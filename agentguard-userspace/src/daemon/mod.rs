@@ -80,7 +80,7 @@ pub struct Options {
     pub clients: ClientLimits,
     /// Where the tool gateway listens (loopback); `None`: no gateway.
     pub gateway_listen: Option<std::net::SocketAddr>,
-    /// Log retention, applied at start-up and then every [`ingest::PRUNE_EVERY`].
+    /// Log retention, applied at start-up and then every `ingest::PRUNE_EVERY`.
     pub log_retention: Option<audit::prune::Retention>,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
