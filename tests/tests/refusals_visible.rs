@@ -285,6 +285,14 @@ fn a_flood_of_file_refusals_is_bounded_per_instance_counted_as_a_gap_and_audit_i
     ) {
         return;
     }
+    // The BPF LSM's refusals are events under the kernel's per-instance event budget
+    // (tests/tests/event_budget.rs); no audit records are read there, so there is nothing to
+    // flood. Decided before a daemon starts: attaching every LSM program only to detach it at
+    // once is a needless round of trampoline patching (the 6.12 guest under TCG once oopsed in
+    // `bpf_lsm_file_open` doing exactly that).
+    if agentguard_tests::expected_backend().as_deref() == Some("lsm") {
+        return;
+    }
     let before = agentguard::sys::audit::Control::open()
         .and_then(|mut c| c.status())
         .unwrap_or_else(|e| panic!("audit status: {e}"));
