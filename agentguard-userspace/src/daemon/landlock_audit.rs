@@ -276,14 +276,8 @@ impl Assembler {
                 };
                 match r.get("status") {
                     Some("allocated") => {
-                        let pid = r
-                            .number("pid")
-                            .and_then(|p| u32::try_from(p).ok())
-                            .unwrap_or(0);
-                        let uid = r
-                            .number("uid")
-                            .and_then(|p| u32::try_from(p).ok())
-                            .unwrap_or(0);
+                        let pid = r.id("pid").unwrap_or(0);
+                        let uid = r.id("uid").unwrap_or(0);
                         // agentguard's domains are created by `run`, which became the agent's
                         // first process; the daemon knows that pid even after it exited. Other
                         // domains (an agent sandboxing its own children) by their creator's cgroup.
@@ -313,14 +307,8 @@ impl Assembler {
             }
             AUDIT_SYSCALL => {
                 if let Some(p) = self.pending.get_mut(&r.serial) {
-                    let pid = r
-                        .number("pid")
-                        .and_then(|p| u32::try_from(p).ok())
-                        .unwrap_or(0);
-                    let uid = r
-                        .number("uid")
-                        .and_then(|p| u32::try_from(p).ok())
-                        .unwrap_or(0);
+                    let pid = r.id("pid").unwrap_or(0);
+                    let uid = r.id("uid").unwrap_or(0);
                     p.syscall = Some(Syscall {
                         pid,
                         uid,

@@ -102,6 +102,11 @@ impl AuditRecord {
         self.get(key)?.parse().ok()
     }
 
+    /// `key` as a pid or uid: `None` when missing or out of range.
+    pub fn id(&self, key: &str) -> Option<u32> {
+        u32::try_from(self.number(key)?).ok()
+    }
+
     /// The Landlock domain id (`domain=` is hexadecimal).
     pub fn domain(&self) -> Option<u64> {
         u64::from_str_radix(self.get("domain")?, 16).ok()
@@ -211,10 +216,7 @@ pub fn refused(record: &AuditRecord) -> Option<Refused> {
         FileOp::Mount | FileOp::Ptrace | FileOp::UserNamespace => EventKind::Privileged,
         _ => EventKind::PathOp,
     };
-    let target_pid = record
-        .number("opid")
-        .and_then(|p| u32::try_from(p).ok())
-        .filter(|p| *p != 0);
+    let target_pid = record.id("opid").filter(|p| *p != 0);
     Some(Refused {
         kind,
         target: Target::File {
