@@ -63,8 +63,9 @@ pub const AGENT_ALLOW_PING_SOCKETS: u32 = 1 << 9;
 /// The policy grants `other_sockets`: every other socket the network programs do not judge.
 pub const AGENT_ALLOW_OTHER_SOCKETS: u32 = 1 << 10;
 
-/// The agent's AF_UNIX connects and sends are judged (it has a `connect` list): any address not
-/// listed as `unix:` (other than agentguard's agent socket) is refused.
+/// The agent's AF_UNIX connects and sends are judged against its own `unix:` entries: any
+/// address not listed (other than agentguard's agent socket) is refused. agentguard sets it for
+/// every agent (AF_UNIX is default deny); the kernel programs do not assume it.
 pub const AGENT_UNIX_RULES: u32 = 1 << 11;
 /// An ancestor agent judges AF_UNIX: every address must be allowed by each ancestor that does.
 pub const AGENT_UNIX_INHERITED: u32 = 1 << 12;

@@ -1,7 +1,8 @@
 //! The AF_UNIX allowlist on a real kernel: `cgroup/connect_unix` and `cgroup/sendmsg_unix` on
 //! the fallback (Linux >= 6.7), the `unix_stream_connect` and `unix_may_send` LSM hooks with
-//! BPF LSM. An agent with a `connect` list reaches only the Unix sockets it lists (and the agent
-//! socket); every other connect or datagram is refused with EPERM and logged.
+//! BPF LSM. An agent reaches only the Unix sockets its `connect` list names (and the agent
+//! socket), with or without a list; every other connect or datagram is refused with EPERM and
+//! logged.
 
 use std::{
     os::{
@@ -153,11 +154,24 @@ fn unix_connects_and_sends_are_judged_by_address() {
         "ok",
         "the agent socket stays reachable"
     );
-    // An agent without a connect list is not judged on AF_UNIX.
+    // AF_UNIX is default deny for an agent without a connect list too (a socket such as
+    // /var/run/docker.sock is a way out of any confinement): it reaches the agent socket only.
+    assert_eperm(
+        &d.probe("local", &["unix-stream", &s.path("ok.sock")]),
+        "an agent without a connect list, stream",
+    );
+    assert_eperm(
+        &d.probe("local", &["unix-dgram", &s.path("ok.dgram")]),
+        "an agent without a connect list, datagram",
+    );
+    assert!(
+        !received(&s.dgram_ok),
+        "the refused datagram must not arrive"
+    );
     assert_eq!(
-        d.probe("local", &["unix-stream", &s.path("no.sock")]),
+        d.probe("local", &["unix-stream", &agent_socket.to_string_lossy()]),
         "ok",
-        "an agent without a connect list"
+        "the agent socket stays reachable without a connect list"
     );
 
     // Every refusal is in the log, with the address and the backend that judged it.
@@ -184,6 +198,14 @@ fn unix_connects_and_sends_are_judged_by_address() {
     refused("unix-connect", s.path("no.sock"));
     refused("unix-connect", s.abstract_name("no"));
     refused("unix-send", s.path("no.dgram"));
+    let local = d.wait_record("the connect-list-less agent's refusal", |r| {
+        r["agent"] == "local" && r["action"] == "unix-connect"
+    });
+    assert_eq!(
+        (local["verdict"].as_str(), local["target"]["path"].as_str()),
+        (Some("denied"), Some(s.path("ok.sock").as_str())),
+        "{local}"
+    );
     // An allowed connect names its rule.
     let allowed = d.wait_record("allowed unix connect", |r| {
         r["action"] == "unix-connect" && r["verdict"] == "allowed"

@@ -12,7 +12,7 @@ use agentguard_common::{
         EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EVENT_PROTECTED_FS,
         EVENT_UNKNOWN_CGROUP, EventKind, FileOp,
     },
-    verdict::{ACCESS_WRITE, Backend, Verdict},
+    verdict::{Backend, Verdict},
 };
 
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
         record::{Action, Target},
     },
     control::proto::Denial,
+    policy::suggest,
 };
 
 /// Refusals kept per instance: the newest win.
@@ -202,32 +203,8 @@ fn reason_and_fix(a: &Action, kind: Option<EventKind>) -> (String, Option<String
             Some(format!("{table}.throttle: a larger {what} rate")),
         );
     }
-    let entry = match &a.target {
-        Target::Net { addr, port, .. } => Some(format!(
-            "{table} connect = [\"{}\"]",
-            endpoint(*addr, *port)
-        )),
-        Target::Exec { path, .. } if !path.is_empty() => {
-            Some(format!("{table} exec = [{}]", quote(path)))
-        }
-        Target::File {
-            op, access, path, ..
-        } if !path.is_empty() => {
-            let list = if *access & ACCESS_WRITE != 0
-                || FileOp::from_u16(*op).is_some_and(|o| o != FileOp::Open)
-            {
-                "write"
-            } else {
-                "read"
-            };
-            Some(format!("{table} {list} = [{}]", quote(path)))
-        }
-        Target::File { op, .. } => match FileOp::from_u16(*op) {
-            Some(FileOp::Ptrace | FileOp::Mount | FileOp::UserNamespace) => None,
-            _ => None,
-        },
-        Target::Exec { .. } => None,
-    };
+    let entry = suggest::allowing_entry(&a.target)
+        .map(|(list, entry)| format!("{table} {} = [{}]", list.key(), quote(&entry)));
     let mut reason = match (&a.target, a.flags & EVENT_PARENT_DENIED != 0) {
         (_, true) => "the parent agent's rules do not allow it".to_owned(),
         (Target::File { op, .. }, _)
@@ -267,7 +244,7 @@ fn quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use agentguard_common::verdict::ACCESS_READ;
+    use agentguard_common::verdict::{ACCESS_READ, ACCESS_WRITE};
 
     use super::*;
     use crate::audit::{record::Body, testutil::action};
@@ -452,5 +429,33 @@ mod tests {
         );
         a.flags = EVENT_PROTECTED_FS;
         assert_eq!(describe(5, &a).allow_with, None);
+        let unix = |op: FileOp, path: &str| Target::File {
+            op: op as u16,
+            access: 0,
+            path: path.into(),
+            target_pid: None,
+        };
+        let d = describe(
+            5,
+            &refused(
+                "buyer/1",
+                1,
+                unix(FileOp::UnixConnect, "/var/run/docker.sock"),
+                Verdict::Denied,
+            ),
+        );
+        assert_eq!(
+            (d.action.as_str(), d.allow_with.as_deref()),
+            (
+                "unix-connect",
+                Some("[agents.buyer] connect = [\"unix:/var/run/docker.sock\"]")
+            )
+        );
+        // No entry grants a privileged operation: the agent is not told to "write" it.
+        let d = describe(
+            5,
+            &refused("buyer/1", 1, unix(FileOp::Bpf, "cmd=5"), Verdict::Denied),
+        );
+        assert_eq!(d.allow_with, None);
     }
 }

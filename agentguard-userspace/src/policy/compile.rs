@@ -121,9 +121,10 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
         if agent.restricts_files() {
             flags |= AGENT_EXEC_RULES | AGENT_FILE_RULES;
         }
-        if agent.restricts_unix() {
-            flags |= AGENT_UNIX_RULES;
-        }
+        // AF_UNIX is default deny like the network: a socket such as /var/run/docker.sock is
+        // a way out of any confinement, so an agent without `unix:` entries reaches only the
+        // agent socket.
+        flags |= AGENT_UNIX_RULES;
         for group in &agent.allow_syscalls {
             // The BPF LSM refuses what the seccomp filter refuses, and honours the same grants.
             flags |= match group.value.as_str() {
@@ -208,8 +209,7 @@ pub fn compile(policy: &Policy, generation: u8, resolved: &Resolved) -> Compiled
         // The agent socket stays reachable: an agent must be able to start its sub-agents
         // (the socket serves nothing else to agents, see control/). Every ancestor gets it too,
         // so the kernel's walk up the parents allows it.
-        if flags & AGENT_UNIX_RULES != 0
-            && let Some(socket) = &resolved.agent_socket
+        if let Some(socket) = &resolved.agent_socket
             && let Ok(addr) = socket.to_string_lossy().parse::<UnixAddr>()
             && !agent.unix.iter().any(|e| e.value == addr)
         {
@@ -412,7 +412,8 @@ mod tests {
             ..Resolved::default()
         };
         let c = compile(&p, 1, &r);
-        let buyer = p.agents[0].id;
+        let id = |name: &str| p.agent(name).map(|a| a.id).unwrap_or_default();
+        let buyer = id("buyer");
         let keys: Vec<(u32, Vec<u8>)> = c
             .unix
             .iter()
@@ -427,6 +428,8 @@ mod tests {
                 (buyer, b"/run/x.sock".to_vec()),
                 (buyer, b"\0bus".to_vec()),
                 (buyer, b"/run/agentguard/agent.sock".to_vec()),
+                (id("buyer/s"), b"/run/agentguard/agent.sock".to_vec()),
+                (id("free"), b"/run/agentguard/agent.sock".to_vec()),
             ]
         );
         assert_eq!(
@@ -434,20 +437,22 @@ mod tests {
             Some(RuleKind::AgentSocket)
         );
         let flags = |name: &str| {
-            let id = p.agent(name).map(|a| a.id).unwrap_or_default();
             c.agents
                 .iter()
-                .find(|(k, _)| k.agent_id == id)
+                .find(|(k, _)| k.agent_id == id(name))
                 .map_or(0, |(_, cfg)| cfg.flags)
         };
         assert_ne!(flags("buyer") & AGENT_UNIX_RULES, 0);
-        // A sub-agent without a connect list is held to its parent's list.
+        // A sub-agent is held to its own list and its parent's.
         assert_eq!(
             flags("buyer/s") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED),
-            AGENT_UNIX_INHERITED
+            AGENT_UNIX_RULES | AGENT_UNIX_INHERITED
         );
-        // An agent without a connect list is not judged on AF_UNIX.
-        assert_eq!(flags("free") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED), 0);
+        // An agent without a connect list is judged too: it reaches only the agent socket.
+        assert_eq!(
+            flags("free") & (AGENT_UNIX_RULES | AGENT_UNIX_INHERITED),
+            AGENT_UNIX_RULES
+        );
     }
 
     #[test]

@@ -116,12 +116,6 @@ impl Agent {
         !self.exec.is_empty() || !self.read.is_empty() || !self.write.is_empty()
     }
 
-    /// AF_UNIX connects and sends are default-deny once the agent has a `connect` list (IP or
-    /// `unix:` entries).
-    pub fn restricts_unix(&self) -> bool {
-        !self.connect.is_empty() || !self.unix.is_empty()
-    }
-
     /// Whether the policy says, in so many words, that this agent runs as root.
     pub fn runs_as_root(&self) -> bool {
         self.user.as_ref().is_some_and(|u| is_root_name(&u.value))

@@ -15,7 +15,7 @@ use std::{
 };
 
 use agentguard_common::{
-    event::{EventKind, FileOp},
+    event::FileOp,
     verdict::{ACCESS_WRITE, Verdict},
 };
 
@@ -61,7 +61,8 @@ pub enum List {
 }
 
 impl List {
-    fn key(self) -> &'static str {
+    /// The policy field.
+    pub fn key(self) -> &'static str {
         match self {
             Self::Connect => "connect",
             Self::Exec => "exec",
@@ -95,38 +96,16 @@ impl Seen {
             }
             return;
         }
-        let entry = match (&a.target, a.event_kind()) {
-            (
-                Target::Net {
-                    addr, port, name, ..
-                },
-                _,
-            ) => Some((List::Connect, endpoint(*addr, *port, name.as_deref()))),
-            (Target::Exec { path, .. }, _) if !path.is_empty() => Some((List::Exec, path.clone())),
-            (
-                Target::File {
-                    op, access, path, ..
-                },
-                Some(EventKind::FileOpen | EventKind::PathOp),
-            ) if numbered_proc(path) => {
-                *self
-                    .other
-                    .entry("/proc/<pid> (a policy can allow only /proc/self)".into())
-                    .or_default() += 1;
-                return;
-            }
-            (
-                Target::File {
-                    op, access, path, ..
-                },
-                Some(EventKind::FileOpen | EventKind::PathOp),
-            ) if !path.is_empty() => {
-                let write = *access & ACCESS_WRITE != 0
-                    || FileOp::from_u16(*op).is_some_and(|o| o != FileOp::Open);
-                Some((if write { List::Write } else { List::Read }, path.clone()))
-            }
-            _ => None,
-        };
+        let entry = allowing_entry(&a.target);
+        if let Some((List::Read | List::Write, path)) = &entry
+            && numbered_proc(path)
+        {
+            *self
+                .other
+                .entry("/proc/<pid> (a policy can allow only /proc/self)".into())
+                .or_default() += 1;
+            return;
+        }
         match entry {
             Some(e) => *self.entries.entry(e).or_default() += 1,
             None => {
@@ -160,6 +139,43 @@ impl Seen {
         }
         out
     }
+}
+
+/// The policy entry that would allow `target`, and its list; `None` for what no entry can
+/// allow (privileged operations such as mount, ptrace, bpf, signals and unjudged sockets).
+pub fn allowing_entry(target: &Target) -> Option<(List, String)> {
+    match target {
+        Target::Net {
+            addr, port, name, ..
+        } => Some((List::Connect, endpoint(*addr, *port, name.as_deref()))),
+        Target::Exec { path, .. } if !path.is_empty() => Some((List::Exec, path.clone())),
+        Target::File {
+            op, access, path, ..
+        } if !path.is_empty() => match FileOp::from_u16(*op)? {
+            FileOp::UnixConnect | FileOp::UnixSend => Some((List::Connect, format!("unix:{path}"))),
+            FileOp::Open if *access & ACCESS_WRITE == 0 => Some((List::Read, path.clone())),
+            op if op == FileOp::Open || is_path_op(op) => Some((List::Write, path.clone())),
+            _ => None,
+        },
+        Target::Exec { .. } | Target::File { .. } => None,
+    }
+}
+
+/// Operations that change the filesystem at a path, which a `write` entry allows.
+fn is_path_op(op: FileOp) -> bool {
+    matches!(
+        op,
+        FileOp::Create
+            | FileOp::Mkdir
+            | FileOp::Unlink
+            | FileOp::Rmdir
+            | FileOp::Rename
+            | FileOp::Link
+            | FileOp::Symlink
+            | FileOp::Truncate
+            | FileOp::Chmod
+            | FileOp::Chown
+    )
 }
 
 /// `/proc/<digits>...`: another process's files, which no policy entry allows (the Rust and
@@ -338,7 +354,10 @@ fn key(k: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use agentguard_common::verdict::{ACCESS_READ, Backend};
+    use agentguard_common::{
+        event::EventKind,
+        verdict::{ACCESS_READ, Backend},
+    };
 
     use super::*;
 
@@ -368,6 +387,45 @@ mod tests {
             path: path.into(),
             target_pid: None,
         }
+    }
+
+    #[test]
+    fn each_refusal_maps_to_the_entry_that_allows_it() {
+        let op = |op: FileOp, access: u8, path: &str| {
+            allowing_entry(&Target::File {
+                op: op as u16,
+                access,
+                path: path.into(),
+                target_pid: None,
+            })
+        };
+        let entry = |list: List, s: &str| Some((list, s.to_owned()));
+        assert_eq!(
+            op(FileOp::UnixConnect, 0, "/var/run/docker.sock"),
+            entry(List::Connect, "unix:/var/run/docker.sock")
+        );
+        assert_eq!(
+            op(FileOp::UnixSend, 0, "@bus"),
+            entry(List::Connect, "unix:@bus")
+        );
+        assert_eq!(op(FileOp::Open, ACCESS_READ, "/a"), entry(List::Read, "/a"));
+        assert_eq!(
+            op(FileOp::Open, ACCESS_READ | ACCESS_WRITE, "/a"),
+            entry(List::Write, "/a")
+        );
+        assert_eq!(op(FileOp::Mkdir, 0, "/a/b"), entry(List::Write, "/a/b"));
+        // Privileged operations carry a description in the path field, not a path.
+        for privileged in [
+            FileOp::Bpf,
+            FileOp::Signal,
+            FileOp::Socket,
+            FileOp::Mount,
+            FileOp::Ptrace,
+            FileOp::UserNamespace,
+        ] {
+            assert_eq!(op(privileged, 0, "cmd=5"), None, "{privileged:?}");
+        }
+        assert_eq!(op(FileOp::Open, ACCESS_READ, ""), None);
     }
 
     #[test]

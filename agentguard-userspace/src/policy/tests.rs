@@ -276,13 +276,14 @@ fn unix_entries_are_located_and_a_sub_agent_stays_within_its_parent() {
         msg.contains("unix:/run/b.sock is not allowed to parent agent"),
         "{msg}"
     );
-    // A parent that does not judge AF_UNIX (no connect list) does not limit its sub-agents'.
+    // AF_UNIX is default deny for every agent: a parent without a connect list grants its
+    // sub-agents no socket either.
+    let (line, _, field, msg) =
+        one("[agents.a]\nexec = []\n[agents.a.sub.s]\nconnect = [\"unix:@x\"]\n");
+    assert_eq!((line, field.as_str()), (4, "agents.a.sub.s.connect[0]"));
     assert!(
-        parse(
-            "p.toml",
-            "[agents.a]\nexec = []\n[agents.a.sub.s]\nconnect = [\"unix:@x\"]\n"
-        )
-        .is_ok()
+        msg.contains("unix:@x is not allowed to parent agent"),
+        "{msg}"
     );
 }
 

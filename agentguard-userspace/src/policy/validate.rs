@@ -646,16 +646,14 @@ impl Validator<'_> {
                 );
             }
         }
-        // Exact matching: a sub-agent's AF_UNIX address must be one of its parent's (when the
-        // parent judges AF_UNIX at all; the kernel checks every ancestor too).
-        if parent.restricts_unix() {
-            for entry in &sub.unix {
-                if !parent.unix.iter().any(|p| p.value == entry.value) {
-                    self.error_at(
-                        &entry.at,
-                        format!("{} is not allowed to parent agent {pname:?}", entry.value),
-                    );
-                }
+        // Exact matching: a sub-agent's AF_UNIX address must be one of its parent's (the
+        // kernel checks every ancestor too).
+        for entry in &sub.unix {
+            if !parent.unix.iter().any(|p| p.value == entry.value) {
+                self.error_at(
+                    &entry.at,
+                    format!("{} is not allowed to parent agent {pname:?}", entry.value),
+                );
             }
         }
         if parent.restricts_files() {
