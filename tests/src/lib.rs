@@ -10,6 +10,7 @@
 
 pub mod daemon;
 pub mod net;
+pub mod scratch;
 pub mod system_files;
 
 use std::{
@@ -20,6 +21,7 @@ use std::{
 };
 
 pub use daemon::Daemon;
+pub use scratch::{ScratchTree, open_to_agents, open_tree_to_agents};
 
 /// The `agentguard` binary under test.
 pub fn agentguard_bin() -> PathBuf {

@@ -2,75 +2,35 @@
 //! fallback (exec killed by SIGKILL before the binary runs its own code; files refused by
 //! Landlock with EACCES).
 
-use std::{fs, os::unix::process::ExitStatusExt, path::PathBuf, process::Output};
+use std::{fs, os::unix::process::ExitStatusExt, process::Output};
 
-use agentguard_tests::{Daemon, describe, privileged, stdout};
+use agentguard_tests::{
+    Daemon, ScratchTree, describe, open_to_agents, open_tree_to_agents, privileged, stdout,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
 /// A directory tree with allowed, read-only and secret parts.
-struct Tree {
-    _dir: tempfile::TempDir,
-    base: PathBuf,
+fn tree() -> ScratchTree {
+    let t = ScratchTree::new("agentguard-files");
+    t.dirs(&["allowed", "ro", "out", "secret"])
+        .file("allowed/data.txt", "data")
+        .file("ro/ro.txt", "read only")
+        .file("out/existing.txt", "x")
+        .file("secret/key.txt", "secret")
+        .symlink(t.path("secret/key.txt"), "allowed/link-to-secret")
+        .symlink("/usr/bin/true", "allowed/link-to-true")
+        .copy("/usr/bin/true", "allowed/copy-of-true");
+    t
 }
 
-impl Tree {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("agentguard-files")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let base = dir.path().to_owned();
-        for d in ["allowed", "ro", "out", "secret"] {
-            fs::create_dir(base.join(d)).unwrap_or_else(|e| panic!("{e}"));
-        }
-        fs::write(base.join("allowed/data.txt"), "data").unwrap_or_else(|e| panic!("{e}"));
-        fs::write(base.join("ro/ro.txt"), "read only").unwrap_or_else(|e| panic!("{e}"));
-        fs::write(base.join("out/existing.txt"), "x").unwrap_or_else(|e| panic!("{e}"));
-        fs::write(base.join("secret/key.txt"), "secret").unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink(
-            base.join("secret/key.txt"),
-            base.join("allowed/link-to-secret"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        std::os::unix::fs::symlink("/usr/bin/true", base.join("allowed/link-to-true"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        fs::copy("/usr/bin/true", base.join("allowed/copy-of-true"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        // Agents run as a dynamic uid: open every permission bit, so that whatever is refused
-        // here is refused by the policy, never by file ownership.
-        share_with_everyone(&base);
-        Self { _dir: dir, base }
-    }
-
-    fn p(&self, rel: &str) -> String {
-        self.base.join(rel).to_string_lossy().into_owned()
-    }
-
-    fn policy(&self) -> String {
-        format!(
-            "[agents.files]\nexec = [\"{PROBE}\", \"/usr/bin/true\"]\nread = [\"@system-runtime\", \"{a}\", \"{ro}\", \"{out}\"]\nwrite = [\"{out}\"]\n",
-            a = self.p("allowed"),
-            ro = self.p("ro"),
-            out = self.p("out"),
-        )
-    }
-}
-
-/// chmod a+rwx on `path` and everything under it (symlinks left alone).
-fn share_with_everyone(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if meta.file_type().is_symlink() {
-        return;
-    }
-    fs::set_permissions(path, fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if meta.is_dir() {
-        for entry in fs::read_dir(path).unwrap_or_else(|e| panic!("{e}")) {
-            share_with_everyone(&entry.unwrap_or_else(|e| panic!("{e}")).path());
-        }
-    }
+fn policy(t: &ScratchTree) -> String {
+    format!(
+        "[agents.files]\nexec = [\"{PROBE}\", \"/usr/bin/true\"]\nread = [\"@system-runtime\", \"{a}\", \"{ro}\", \"{out}\"]\nwrite = [\"{out}\"]\n",
+        a = t.p("allowed"),
+        ro = t.p("ro"),
+        out = t.p("out"),
+    )
 }
 
 fn probe(d: &Daemon, args: &[&str]) -> Output {
@@ -120,8 +80,8 @@ fn exec_allowlist_follows_binary_identity() {
     if !privileged("exec_allowlist_follows_binary_identity") {
         return;
     }
-    let t = Tree::new();
-    let d = Daemon::start(&t.policy());
+    let t = tree();
+    let d = Daemon::start(&policy(&t));
     assert_ok(
         &probe(&d, &["exec", "/usr/bin/true"]).clone().then_ok(),
         "allowed binary",
@@ -184,8 +144,8 @@ fn reads_follow_the_prefixes_whatever_the_path_spelling() {
     if !privileged("reads_follow_the_prefixes_whatever_the_path_spelling") {
         return;
     }
-    let t = Tree::new();
-    let d = Daemon::start(&t.policy());
+    let t = tree();
+    let d = Daemon::start(&policy(&t));
     assert_ok(
         &probe(&d, &["read", &t.p("allowed/data.txt")]),
         "read inside an allowed prefix",
@@ -216,7 +176,7 @@ fn reads_follow_the_prefixes_whatever_the_path_spelling() {
     let prefix_twin = format!("{}X", t.p("allowed"));
     fs::create_dir(&prefix_twin).unwrap_or_else(|e| panic!("{e}"));
     fs::write(format!("{prefix_twin}/f"), "x").unwrap_or_else(|e| panic!("{e}"));
-    share_with_everyone(std::path::Path::new(&prefix_twin));
+    open_tree_to_agents(&prefix_twin);
     assert_refused(
         &d,
         &probe(&d, &["read", &format!("{prefix_twin}/f")]),
@@ -224,9 +184,7 @@ fn reads_follow_the_prefixes_whatever_the_path_spelling() {
     );
     // Untagged processes are unaffected.
     assert_eq!(
-        fs::read_to_string(t.base.join("secret/key.txt"))
-            .ok()
-            .as_deref(),
+        fs::read_to_string(t.path("secret/key.txt")).ok().as_deref(),
         Some("secret")
     );
 }
@@ -236,8 +194,8 @@ fn writes_need_a_write_rule() {
     if !privileged("writes_need_a_write_rule") {
         return;
     }
-    let t = Tree::new();
-    let d = Daemon::start(&t.policy());
+    let t = tree();
+    let d = Daemon::start(&policy(&t));
     assert_ok(
         &probe(&d, &["write", &t.p("out/new.txt")]),
         "create in a write prefix",
@@ -288,7 +246,7 @@ fn writes_need_a_write_rule() {
         "re-open /proc/self/fd for writing",
     );
     assert_eq!(
-        fs::read_to_string(t.base.join("ro/ro.txt")).ok().as_deref(),
+        fs::read_to_string(t.path("ro/ro.txt")).ok().as_deref(),
         Some("read only"),
         "the read-only file is intact"
     );
@@ -299,8 +257,8 @@ fn agents_cannot_remap_paths_or_trace_outsiders() {
     if !privileged("agents_cannot_remap_paths_or_trace_outsiders") {
         return;
     }
-    let t = Tree::new();
-    let d = Daemon::start(&t.policy());
+    let t = tree();
+    let d = Daemon::start(&policy(&t));
     let out = probe(&d, &["mount-in-userns"]);
     assert!(
         stdout(&out).starts_with("errno=1 "),
@@ -356,7 +314,7 @@ fn a_binary_replaced_on_disk_is_re_resolved() {
         .prefix("agentguard-bin")
         .tempdir()
         .unwrap_or_else(|e| panic!("{e}"));
-    share_with_everyone(dir.path());
+    open_to_agents(dir.path());
     let tool = dir.path().join("tool");
     fs::copy("/usr/bin/true", &tool).unwrap_or_else(|e| panic!("{e}"));
     let tool_s = tool.to_string_lossy().into_owned();

@@ -433,8 +433,7 @@ fn clients_refuse_a_socket_not_served_by_the_daemon() {
         .prefix("agentguard-impostor")
         .tempdir()
         .unwrap_or_else(|e| panic!("tempdir: {e}"));
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("chmod: {e}"));
+    agentguard_tests::open_to_agents(dir.path());
 
     // A non-root impostor at the configured path.
     let path = dir.path().join("agentguard.sock");

@@ -103,11 +103,36 @@ fn agent_processes_cannot_use_the_control_socket() {
     }
     let d = Daemon::start(POLICY);
     let bin = agentguard_tests::agentguard_bin();
-    // A non-root agent fails on the socket's permissions already; a root agent (the policy's
-    // opt-in) passes them, and the daemon refuses it for its cgroup.
+    let status = || d.run("rooted", &[bin.to_str().unwrap_or_default(), "status"]);
+    // A non-root agent fails on the socket's permissions already.
     let out = d.run("buyer", &[bin.to_str().unwrap_or_default(), "status"]);
     assert!(!out.status.success(), "{}", describe(&out));
-    let out = d.run("rooted", &[bin.to_str().unwrap_or_default(), "status"]);
+    // A root agent (the policy's opt-in) passes them, and the kernel refuses the connect: the
+    // control socket is no `unix:` entry of its.
+    let out = status();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        describe(&out)
+    );
+    // Even a policy that lists the control socket for it gets no further: the daemon refuses
+    // a peer inside an agent cgroup.
+    let listed = d.dir.path().join("listed.toml");
+    std::fs::write(
+        &listed,
+        POLICY.replace(
+            "user = \"root\"\nconnect = []",
+            &format!(
+                "user = \"root\"\nconnect = [\"unix:{}\"]",
+                d.socket.display()
+            ),
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let out = d.cli(&["policy", "apply", &listed.to_string_lossy()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = status();
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("inside an agent cgroup"),

@@ -1,16 +1,13 @@
 //! Learn mode: an audit run, `policy suggest`, review (`policy check`), apply, and the rerun
 //! is refused nothing it did before, while what it never did stays refused.
 
-use std::{fs, os::unix::fs::PermissionsExt, path::Path};
+use std::fs;
 
-use agentguard_tests::{Daemon, agentguard, agentguard_bin, describe, privileged, stdout};
+use agentguard_tests::{
+    Daemon, ScratchTree, agentguard, agentguard_bin, describe, privileged, stdout,
+};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
-
-fn share(p: &Path) {
-    fs::set_permissions(p, fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-}
 
 /// The refusals of one instance (by cgroup id: instance names are reused) in the log.
 fn refusals(d: &Daemon, cgroup_id: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -32,30 +29,13 @@ fn an_audit_run_suggested_and_applied_is_refused_nothing_and_the_rest_stays_refu
     ) {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("agentguard-learn")
-        .tempdir()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let base = dir.path();
-    for d in ["data", "out", "secret"] {
-        fs::create_dir(base.join(d)).unwrap_or_else(|e| panic!("{e}"));
-    }
+    let t = ScratchTree::new("agentguard-learn");
+    t.dirs(&["data", "out", "secret"]);
     for f in ["data/a.txt", "data/b.txt", "out/o.txt", "secret/s.txt"] {
-        fs::write(base.join(f), "x").unwrap_or_else(|e| panic!("{e}"));
+        t.file(f, "x");
     }
-    for p in [
-        "",
-        "data",
-        "out",
-        "secret",
-        "data/a.txt",
-        "data/b.txt",
-        "out/o.txt",
-        "secret/s.txt",
-    ] {
-        share(&base.join(p));
-    }
-    let p = |rel: &str| base.join(rel).to_string_lossy().into_owned();
+    let base = t.base();
+    let p = |rel: &str| t.p(rel);
     let ag = agentguard_bin();
     let policy = format!(
         "[agents.learner]\nmode = \"audit\"\nexec = [\"{PROBE}\", \"/bin/sh\", \"{ag}\"]\nread = [\"@system-runtime\"]\nwrite = []\n\n[agents.bystander]\nconnect = [\"127.0.0.1:9\"]\n",

@@ -14,7 +14,9 @@ use std::{
 };
 
 use agentguard::policy::presets::SYSTEM_PATH;
-use agentguard_tests::{ChildGuard, Daemon, describe, patience, privileged, stdout};
+use agentguard_tests::{
+    ChildGuard, Daemon, describe, open_to_agents, patience, privileged, stdout,
+};
 
 /// A world-reachable tree: workspace, CA and server certificates, a secret outside the
 /// workspace, and local HTTP and HTTPS servers (run by the test, outside any agent).
@@ -123,9 +125,8 @@ impl World {
             .unwrap_or_else(|e| panic!("{e}"));
         // Agents run as dynamic uids: open every permission bit on what they should reach, so
         // that whatever is refused is refused by the policy, never by file ownership.
-        for p in [base.clone(), base.join("ws"), pki.clone()] {
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o777))
-                .unwrap_or_else(|e| panic!("{e}"));
+        for p in [&base, &base.join("ws"), &pki] {
+            open_to_agents(p);
         }
         for f in ["secret.txt", "pki/ca.pem"] {
             fs::set_permissions(base.join(f), fs::Permissions::from_mode(0o644))

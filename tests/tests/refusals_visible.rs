@@ -3,72 +3,39 @@
 //! records and the exec program's kills), and `agentguard denials` inside an agent lists its
 //! own refusals and nothing of another agent.
 
-use std::{fs, io::Write, os::unix::fs::PermissionsExt, path::PathBuf, process::Stdio};
+use std::{io::Write, process::Stdio};
 
 use agentguard_tests::{
-    ChildGuard, Daemon, agentguard, agentguard_bin, describe, privileged, stdout,
+    ChildGuard, Daemon, ScratchTree, agentguard, agentguard_bin, describe, privileged, stdout,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
-/// `allowed/` (readable), `ro/` (readable, one file), `secret/` (neither), shared with every
-/// uid so that refusals come from the policy, never from file ownership.
-struct Tree {
-    _dir: tempfile::TempDir,
-    base: PathBuf,
+/// `allowed/` (readable), `ro/` (readable, one file), `secret/` (neither).
+fn tree() -> ScratchTree {
+    let t = ScratchTree::new("agentguard-visible");
+    t.dirs(&["allowed", "ro", "secret"])
+        .file("ro/ro.txt", "read only")
+        .file("secret/a.txt", "secret")
+        .file("secret/b.txt", "secret")
+        .copy("/usr/bin/true", "allowed/copy-of-true");
+    t
 }
 
-impl Tree {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("agentguard-visible")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let base = dir.path().to_owned();
-        for d in ["allowed", "ro", "secret"] {
-            fs::create_dir(base.join(d)).unwrap_or_else(|e| panic!("{e}"));
-        }
-        fs::write(base.join("ro/ro.txt"), "read only").unwrap_or_else(|e| panic!("{e}"));
-        for name in ["a.txt", "b.txt"] {
-            fs::write(base.join("secret").join(name), "secret").unwrap_or_else(|e| panic!("{e}"));
-        }
-        fs::copy("/usr/bin/true", base.join("allowed/copy-of-true"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        for p in [
-            base.clone(),
-            base.join("allowed"),
-            base.join("ro"),
-            base.join("secret"),
-            base.join("ro/ro.txt"),
-            base.join("secret/a.txt"),
-            base.join("secret/b.txt"),
-            base.join("allowed/copy-of-true"),
-        ] {
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o777))
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        }
-        Self { _dir: dir, base }
-    }
-
-    fn p(&self, rel: &str) -> String {
-        self.base.join(rel).to_string_lossy().into_owned()
-    }
-
-    /// One agent per name, each with the same file rules.
-    fn policy(&self, agents: &[&str]) -> String {
-        let ag = agentguard_bin();
-        agents
-            .iter()
-            .map(|name| {
-                format!(
-                    "[agents.{name}]\nexec = [\"{PROBE}\", \"/bin/sh\", \"{ag}\"]\nread = [\"@system-runtime\", \"{a}\", \"{ro}\"]\nwrite = []\n\n",
-                    ag = ag.display(),
-                    a = self.p("allowed"),
-                    ro = self.p("ro"),
-                )
-            })
-            .collect()
-    }
+/// One agent per name, each with the same file rules.
+fn policy(t: &ScratchTree, agents: &[&str]) -> String {
+    let ag = agentguard_bin();
+    agents
+        .iter()
+        .map(|name| {
+            format!(
+                "[agents.{name}]\nexec = [\"{PROBE}\", \"/bin/sh\", \"{ag}\"]\nread = [\"@system-runtime\", \"{a}\", \"{ro}\"]\nwrite = []\n\n",
+                ag = ag.display(),
+                a = t.p("allowed"),
+                ro = t.p("ro"),
+            )
+        })
+        .collect()
 }
 
 fn denied_with_path(d: &Daemon, what: &str, action: &str, path: &str) -> serde_json::Value {
@@ -85,8 +52,8 @@ fn refused_reads_writes_and_execs_are_denied_records_with_their_paths() {
     if !privileged("refused_reads_writes_and_execs_are_denied_records_with_their_paths") {
         return;
     }
-    let t = Tree::new();
-    let d = Daemon::start(&t.policy(&["files"]));
+    let t = tree();
+    let d = Daemon::start(&policy(&t, &["files"]));
     let (backend, errno) = if d.lsm() {
         ("bpf-lsm", "errno=1 ")
     } else {
@@ -199,8 +166,8 @@ fn denials_inside_an_agent_lists_its_own_refusals_and_nothing_of_another_agent()
     if !privileged("denials_inside_an_agent_lists_its_own_refusals_and_nothing_of_another_agent") {
         return;
     }
-    let t = Tree::new();
-    let d = Daemon::start(&t.policy(&["alpha", "beta"]));
+    let t = tree();
+    let d = Daemon::start(&policy(&t, &["alpha", "beta"]));
     let (a, b) = (t.p("secret/a.txt"), t.p("secret/b.txt"));
 
     // beta is refused b.txt, and that refusal is in the daemon (it logs after it keeps it).
@@ -296,8 +263,8 @@ fn a_flood_of_file_refusals_is_bounded_per_instance_counted_as_a_gap_and_audit_i
     let before = agentguard::sys::audit::Control::open()
         .and_then(|mut c| c.status())
         .unwrap_or_else(|e| panic!("audit status: {e}"));
-    let t = Tree::new();
-    let mut d = Daemon::start(&t.policy(&["flood", "quiet"]));
+    let t = tree();
+    let mut d = Daemon::start(&policy(&t, &["flood", "quiet"]));
     if d.lsm() {
         // The BPF LSM's refusals are events under the kernel's per-instance event budget
         // (tests/tests/event_budget.rs); no audit records are read there.

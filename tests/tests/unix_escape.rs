@@ -3,9 +3,9 @@
 //! policy that any agentguard version accepts. Before AF_UNIX was judged, the connect went
 //! through; now it is refused with EPERM and logged.
 
-use std::os::unix::{fs::PermissionsExt as _, net::UnixListener};
+use std::os::unix::net::UnixListener;
 
-use agentguard_tests::{Daemon, assert_eperm, privileged};
+use agentguard_tests::{Daemon, assert_eperm, open_to_agents, privileged};
 
 #[test]
 fn a_network_policy_keeps_an_agent_away_from_unlisted_unix_sockets() {
@@ -16,10 +16,8 @@ fn a_network_policy_keeps_an_agent_away_from_unlisted_unix_sockets() {
     let path = dir.path().join("docker.sock");
     let _listener = UnixListener::bind(&path).unwrap_or_else(|e| panic!("bind: {e}"));
     // World-writable, so that only agentguard stands between the agent and the socket.
-    for p in [dir.path(), path.as_path()] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777))
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    }
+    open_to_agents(dir.path());
+    open_to_agents(&path);
     let d = Daemon::start("[agents.buyer]\nconnect = [\"127.0.0.1:9\"]\n");
     let target = path.to_string_lossy().into_owned();
     assert_eperm(

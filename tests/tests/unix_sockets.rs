@@ -7,16 +7,13 @@
 use std::{
     os::{
         linux::net::SocketAddrExt as _,
-        unix::{
-            fs::PermissionsExt as _,
-            net::{SocketAddr, UnixDatagram, UnixListener},
-        },
+        unix::net::{SocketAddr, UnixDatagram, UnixListener},
     },
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
-use agentguard_tests::{Daemon, assert_eperm, patience, privileged};
+use agentguard_tests::{Daemon, assert_eperm, open_to_agents, patience, privileged};
 
 /// Listening sockets: allowed and refused, pathname stream, pathname datagram, abstract stream.
 struct Sockets {
@@ -30,27 +27,22 @@ struct Sockets {
     tag: String,
 }
 
-fn world_writable(path: &Path) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
 impl Sockets {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         // Agents run as dynamic uids: they need search on the directory and write on the
         // socket files to connect (the permission check agentguard adds to, not replaces).
-        world_writable(dir.path());
+        open_to_agents(dir.path());
         let bind = |name: &str| {
             let path = dir.path().join(name);
             let l = UnixListener::bind(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-            world_writable(&path);
+            open_to_agents(&path);
             l
         };
         let dgram = |name: &str| {
             let path = dir.path().join(name);
             let s = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-            world_writable(&path);
+            open_to_agents(&path);
             s.set_nonblocking(true)
                 .unwrap_or_else(|e| panic!("nonblocking: {e}"));
             s

@@ -34,7 +34,7 @@ pub enum RuleKind {
     Connect,
     /// A `unix:` entry of `connect`.
     Unix,
-    /// agentguard's agent socket, reachable by every agent whose AF_UNIX use is judged.
+    /// agentguard's agent socket, reachable by every agent.
     AgentSocket,
     /// A system resolver allowed by `dns = true`.
     Dns,

@@ -23,8 +23,8 @@ pub struct Resolved {
     /// Where the daemon makes private temp directories (`<root>/<agent>/<n>`): agents with file
     /// rules and `private_tmp` may read and write `<root>/<agent>`.
     pub private_tmp: Option<PathBuf>,
-    /// The daemon's agent socket, which every agent whose AF_UNIX use is judged may reach
-    /// (to start sub-agents) without listing it; `None` for a policy checked offline.
+    /// The daemon's agent socket, which every agent may reach (to start sub-agents) without
+    /// listing it; `None` for a policy checked offline.
     pub agent_socket: Option<PathBuf>,
     /// The gateway's listening address, for agents with `tools` (an implicit `connect` rule).
     pub gateway: Option<std::net::SocketAddr>,
