@@ -3,7 +3,7 @@
 //! policy file; this module turns refusals into entries and writes the TOML.
 //!
 //! Entries: `connect` from network refusals (the DNS name the daemon resolved, else the
-//! address), `exec` from exec refusals and kills, `read`/`write` from file refusals. File paths
+//! address) and AF_UNIX ones (`unix:` entries), `exec` from exec refusals and kills, `read`/`write` from file refusals. File paths
 //! are collapsed: two or more refused paths in one directory at least two levels deep become
 //! that directory (`/srv/data/a`, `/srv/data/b` -> `/srv/data`), never `/` or a top-level
 //! directory such as `/etc`, so a suggestion never opens a whole system tree.
@@ -30,7 +30,7 @@ pub enum SuggestError {
         /// The file.
         origin: String,
         /// What the parser said.
-        source: toml::de::Error,
+        source: toml_edit::TomlError,
     },
     /// The policy has no such agent.
     #[error("{origin}: no agent {agent:?} (expected a table [{field}])")]
@@ -42,9 +42,14 @@ pub enum SuggestError {
         /// Where it was looked for.
         field: String,
     },
-    /// Writing the TOML failed.
-    #[error("cannot write the suggested policy: {0}")]
-    Write(#[from] toml::ser::Error),
+    /// A list the suggestion extends is not an array in the file.
+    #[error("{origin}: {field} is not a list")]
+    NotAList {
+        /// The file.
+        origin: String,
+        /// The field.
+        field: String,
+    },
 }
 
 /// The list an entry goes into.
@@ -225,11 +230,10 @@ pub fn collapse(paths: &BTreeMap<&str, u64>) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The policy file `text` with `agent`'s lists extended by `seen`, one commented entry per
-/// line. Everything else in the file is kept (its comments are not: the file is re-written
-/// from its parsed form).
-/// With `enforce`, the agent's `mode` becomes `"enforce"` (the step after reviewing an audit
-/// run).
+/// The policy file `text` with `agent`'s lists extended by `seen`: each new entry on a line of
+/// its own, under a comment saying how often it was refused. The rest of the file, its
+/// comments and layout included, is kept as it was. With `enforce`, the agent's `mode` becomes
+/// `"enforce"` (the step after reviewing an audit run).
 pub fn merge(
     origin: &str,
     text: &str,
@@ -237,119 +241,78 @@ pub fn merge(
     seen: &Seen,
     enforce: bool,
 ) -> Result<String, SuggestError> {
-    let mut doc: toml::Table = text.parse().map_err(|source| SuggestError::Toml {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|source| SuggestError::Toml {
         origin: origin.to_owned(),
         source,
     })?;
     let field = format!("agents.{}", agent.replace('/', ".sub."));
-    let no_agent = || SuggestError::NoAgent {
+    let own = agent_table(&mut doc, agent).ok_or_else(|| SuggestError::NoAgent {
         origin: origin.to_owned(),
         agent: agent.to_owned(),
         field: field.clone(),
-    };
-    // Take the agent's table out of the document; it is written last, by hand.
-    let mut parts = agent.split('/');
-    let top = parts.next().ok_or_else(no_agent)?;
-    let agents = doc
-        .get_mut("agents")
-        .and_then(toml::Value::as_table_mut)
-        .ok_or_else(no_agent)?;
-    let mut table = agents.get_mut(top).ok_or_else(no_agent)?;
-    for sub in parts {
-        table = table
-            .get_mut("sub")
-            .and_then(|s| s.get_mut(sub))
-            .ok_or_else(no_agent)?;
-    }
-    let own = table.as_table_mut().ok_or_else(no_agent)?;
-    // Lists and scalars of the agent stay in place; the suggested entries are added to them
-    // afterwards as text, so the agent's table is emitted with its lists emptied here.
-    let mut current: BTreeMap<&'static str, Vec<toml::Value>> = BTreeMap::new();
-    for list in [List::Connect, List::Exec, List::Read, List::Write] {
-        if let Some(toml::Value::Array(a)) = own.remove(list.key()) {
-            current.insert(list.key(), a);
-        }
-    }
+    })?;
     if enforce {
-        own.insert("mode".into(), toml::Value::String("enforce".into()));
+        own.insert("mode", toml_edit::value("enforce"));
     }
-    let scalars: Vec<(String, toml::Value)> = own
-        .iter()
-        .filter(|(_, v)| !v.is_table())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, _) in &scalars {
-        own.remove(k);
-    }
-    if own.is_empty() {
-        // An empty table would be written as a header of its own, which the hand-written
-        // one below would then repeat.
-        remove_agent(&mut doc, agent);
-    }
-    let suggested = seen.entries();
-    let mut out = String::new();
-    out.push_str(&format!("[{field}]\n"));
-    for (k, v) in &scalars {
-        out.push_str(&format!("{} = {v}\n", key(k)));
-    }
-    for list in [List::Connect, List::Exec, List::Read, List::Write] {
-        let have = current.get(list.key()).cloned().unwrap_or_default();
-        let new: Vec<&(String, u64)> = suggested
-            .get(&list)
-            .map(|v| {
-                v.iter()
-                    .filter(|(e, _)| !have.iter().any(|h| h.as_str() == Some(e.as_str())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if have.is_empty() && new.is_empty() && !current.contains_key(list.key()) {
+    for (list, entries) in seen.entries() {
+        let item = own
+            .entry(list.key())
+            .or_insert_with(|| toml_edit::value(toml_edit::Array::new()));
+        let array = item.as_array_mut().ok_or_else(|| SuggestError::NotAList {
+            origin: origin.to_owned(),
+            field: format!("{field}.{}", list.key()),
+        })?;
+        let new: Vec<&(String, u64)> = entries
+            .iter()
+            .filter(|(e, _)| !array.iter().any(|v| v.as_str() == Some(e.as_str())))
+            .collect();
+        if new.is_empty() {
             continue;
         }
-        out.push_str(&format!("{} = [\n", list.key()));
-        for v in &have {
-            out.push_str(&format!("    {v},\n"));
+        // One entry a line, the entries already there included, so that each suggestion can
+        // carry its comment.
+        for v in array.iter_mut() {
+            if !v
+                .decor()
+                .prefix()
+                .and_then(|p| p.as_str())
+                .is_some_and(|p| p.contains('\n'))
+            {
+                v.decor_mut().set_prefix("\n    ");
+            }
         }
-        for (e, n) in new {
+        for (entry, n) in new {
             let times = if *n == 1 { "time" } else { "times" };
-            out.push_str(&format!(
-                "    {},  # suggested: refused {n} {times}\n",
-                toml::Value::String(e.clone())
-            ));
+            let mut v = toml_edit::Value::from(entry.as_str());
+            v.decor_mut()
+                .set_prefix(format!("\n    # suggested: refused {n} {times}\n    "));
+            array.push_formatted(v);
         }
-        out.push_str("]\n");
+        array.set_trailing("\n");
+        array.set_trailing_comma(true);
     }
-    // The rest: the other agents and the agent's own sub-tables (throttle, sub-agents), whose
-    // headers name them in full, so they may follow the agent's table.
-    let rest = toml::to_string(&doc)?;
-    Ok(format!("{rest}\n{out}"))
+    Ok(doc.to_string())
 }
 
-/// Removes the agent's (empty) table from the document.
-fn remove_agent(doc: &mut toml::Table, agent: &str) {
-    let mut names: Vec<&str> = agent.split('/').collect();
-    let Some(last) = names.pop() else { return };
-    let mut table = doc.get_mut("agents").and_then(toml::Value::as_table_mut);
-    for n in names {
+/// The table of `agent` (`a/b` is `agents.a.sub.b`), however the file spells it.
+fn agent_table<'d>(
+    doc: &'d mut toml_edit::DocumentMut,
+    agent: &str,
+) -> Option<&'d mut dyn toml_edit::TableLike> {
+    let mut parts = agent.split('/');
+    let mut table = doc
+        .get_mut("agents")?
+        .as_table_like_mut()?
+        .get_mut(parts.next()?)?
+        .as_table_like_mut()?;
+    for sub in parts {
         table = table
-            .and_then(|t| t.get_mut(n))
-            .and_then(|t| t.get_mut("sub"))
-            .and_then(toml::Value::as_table_mut);
+            .get_mut("sub")?
+            .as_table_like_mut()?
+            .get_mut(sub)?
+            .as_table_like_mut()?;
     }
-    if let Some(t) = table {
-        t.remove(last);
-    }
-}
-
-/// A bare key when it can be one.
-fn key(k: &str) -> String {
-    if !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        k.to_owned()
-    } else {
-        toml::Value::String(k.to_owned()).to_string()
-    }
+    Some(table)
 }
 
 #[cfg(test)]
@@ -453,8 +416,9 @@ mod tests {
     #[test]
     fn a_suggestion_keeps_the_policy_and_adds_commented_entries() {
         let text = r#"
+# The buying agent: its comments survive a suggestion.
 [agents.buyer]
-mode = "audit"
+mode = "audit" # learning
 exec = ["/bin/sh"]
 read = ["@system-runtime"]
 
@@ -522,14 +486,22 @@ connect = ["127.0.0.1:80"]
         }
         let out = merge("p.toml", text, "buyer", &seen, false).expect("merges");
         assert!(
-            out.contains("\"/srv/d/x\",  # suggested: refused 2 times"),
+            out.contains("# suggested: refused 2 times\n    \"/srv/d/x\",\n"),
             "{out}"
         );
         assert!(
-            out.contains("\"/srv/out\",  # suggested: refused 1 time"),
+            out.contains("# suggested: refused 1 time\n    \"/srv/out\",\n"),
             "{out}"
         );
-        assert!(out.contains("\"[::1]:8080\",  # suggested"), "{out}");
+        assert!(
+            out.contains("connect = [\n    # suggested: refused 1 time\n    \"[::1]:8080\",\n]"),
+            "{out}"
+        );
+        assert!(
+            out.starts_with("\n# The buying agent: its comments survive a suggestion.\n")
+                && out.contains("mode = \"audit\" # learning\n"),
+            "{out}"
+        );
         assert!(!out.contains("/nope") && !out.contains("/fine"), "{out}");
         let mut procs = Seen::default();
         procs.add(
