@@ -3,7 +3,7 @@
 //! sent through the ring buffer); the daemon's peak RSS under that load; and the capacity of
 //! the userspace log writer alone on synthetic records.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -33,6 +33,9 @@ pub struct Run {
     pub logged: u64,
     /// Kernel drops during the run (`status` `lost_events`).
     pub lost: u64,
+    /// Sends neither logged nor counted as lost: `sends - logged - lost` (negative would mean
+    /// records the sends do not explain).
+    pub unaccounted: i64,
     /// From the first send until the log stopped growing.
     pub drain_secs: f64,
     pub logged_per_s: f64,
@@ -47,13 +50,31 @@ pub struct Writer {
     pub bytes_per_record: f64,
 }
 
+/// The daemon's resident set at one moment, from `/proc/PID/status`.
+#[derive(Debug, Default, Serialize)]
+pub struct Rss {
+    /// `VmRSS`: the sum of the two below (and RssShmem).
+    pub rss_kib: u64,
+    /// `RssAnon`: heap, stacks and anonymous mappings (the daemon's own memory).
+    pub anon_kib: u64,
+    /// `RssFile`: file-backed pages (the binary, libraries, mapped BPF objects such as the ring
+    /// buffer), shared with the page cache.
+    pub file_kib: u64,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Events {
     pub procs: u64,
     pub runs: Vec<Run>,
+    /// VmRSS once start-up has settled (kept for layout version 1; `idle` has the split).
     pub daemon_rss_idle_kib: u64,
-    /// VmHWM after every run: the daemon's peak resident set under the load.
+    /// VmHWM after every run: the daemon's peak resident set under the load (start-up's BTF
+    /// parsing included).
     pub daemon_hwm_kib: u64,
+    /// Steady state after start-up, before any load.
+    pub idle: Rss,
+    /// Steady state after the last run, once the log has stopped growing.
+    pub after_load: Rss,
     pub writer: Vec<Writer>,
 }
 
@@ -79,13 +100,15 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
     };
     {
         let mut daemon = Daemon::start(env, &policy)?;
-        out.daemon_rss_idle_kib = daemon.status_kib("VmRSS")?;
+        out.idle = steady_rss(&daemon)?;
+        out.daemon_rss_idle_kib = out.idle.rss_kib;
         for rep in 1..=reps {
             eprintln!("    events: repetition {rep}/{reps}");
             out.runs.push(load(env, net, sends_per_proc)?);
             daemon.check_alive()?;
         }
         out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
+        out.after_load = steady_rss(&daemon)?;
     }
     let records: u64 = if quick { 200_000 } else { 2_000_000 };
     for rep in 1..=reps {
@@ -95,6 +118,31 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
         }
     }
     Ok(out)
+}
+
+fn rss(daemon: &Daemon<'_>) -> Result<Rss> {
+    Ok(Rss {
+        rss_kib: daemon.status_kib("VmRSS")?,
+        anon_kib: daemon.status_kib("RssAnon")?,
+        file_kib: daemon.status_kib("RssFile")?,
+    })
+}
+
+/// The resident set once it has stopped moving: two readings a second apart within 1 %
+/// (start-up's allocations freed, the allocator's caches settled), at most 20 s.
+fn steady_rss(daemon: &Daemon<'_>) -> Result<Rss> {
+    let start = Instant::now();
+    let mut last = rss(daemon)?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = rss(daemon)?;
+        if now.anon_kib.abs_diff(last.anon_kib) * 100 <= last.anon_kib
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            return Ok(now);
+        }
+        last = now;
+    }
 }
 
 fn lost_events(env: &Env) -> Result<u64> {
@@ -122,8 +170,10 @@ fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
     let drain_secs = last_change.duration_since(start).as_secs_f64();
     // The instance's start and exit are records too, and so is the exec of the generator.
     let logged = after.saturating_sub(before).saturating_sub(3);
+    let sends = v["sends"].as_u64().unwrap_or(0);
     Ok(Run {
-        sends: v["sends"].as_u64().unwrap_or(0),
+        sends,
+        unaccounted: i64::try_from(sends)? - i64::try_from(logged)? - i64::try_from(lost)?,
         send_secs: v["secs"].as_f64().unwrap_or(0.0),
         offered_per_s: v["sends_per_s"].as_f64().unwrap_or(0.0),
         logged,

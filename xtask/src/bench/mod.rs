@@ -94,6 +94,7 @@ pub fn run(args: &Args) -> Result<()> {
     let env = Env::new(art, workspace::target_dir().join("bench").join("work"))?;
     let net = Loopback::start()?;
     let mut results = Results {
+        version: report::VERSION,
         machine: Machine::probe(&env)?,
         reps: args.reps(),
         quick: args.quick,

@@ -9,7 +9,7 @@ use super::{
     events::Events,
     freeze::Freeze,
     machine::Machine,
-    overhead::{CONFIGS, OPS, Overhead, RULE_COUNTS},
+    overhead::{CONFIGS, OPS, Overhead, PARTS, RULE_COUNTS},
     stats::{Summary, ratios},
 };
 
@@ -20,8 +20,16 @@ pub struct Guest {
     pub overhead: Overhead,
 }
 
+/// The layout of `results.json`; raised whenever a field changes meaning or goes away (added
+/// fields and configurations keep it). 2: the overhead part's parts-alone configurations and
+/// shuffled order, unaccounted events, RssAnon/RssFile and steady-state RSS, freeze timed to
+/// the CLI's reply.
+pub const VERSION: u32 = 2;
+
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
+    /// [`VERSION`].
+    pub version: u32,
     pub machine: Machine,
     pub reps: usize,
     pub quick: bool,
@@ -105,7 +113,7 @@ fn overhead_summary(o: &Overhead) -> Value {
     for op in OPS {
         let base = samples(o, CONFIGS[0], op);
         let mut configs = serde_json::Map::new();
-        for config in CONFIGS {
+        for config in o.ns_per_op.keys() {
             let ns = samples(o, config, op);
             configs.insert(
                 config.to_owned(),
@@ -140,8 +148,31 @@ fn overhead_summary(o: &Overhead) -> Value {
             (config.clone(), json!(Summary::of(&n)))
         })
         .collect();
+    let parts: Vec<Value> = PARTS
+        .iter()
+        .map(|p| {
+            let by_op: serde_json::Map<String, Value> = OPS
+                .iter()
+                .map(|op| {
+                    let ns = samples(o, p.config, op);
+                    let base = samples(o, p.baseline, op);
+                    (
+                        (*op).to_owned(),
+                        json!({
+                            "ns_per_op": Summary::of(ns),
+                            "baseline_ns_per_op": Summary::of(base),
+                            "ratio": Summary::of(&ratios(ns, base)),
+                        }),
+                    )
+                })
+                .collect();
+            json!({ "config": p.config, "baseline": p.baseline, "what": p.label, "ops": by_op })
+        })
+        .collect();
     json!({
         "ops": ops,
+        "parts": parts,
+        "audit_found_enabled": o.audit_found_enabled,
         "connect_by_rules": by_rules(&o.connect_by_rules),
         "connect_by_rules_nolog": by_rules(&o.connect_by_rules_nolog),
         "log_records_per_run": log_records,
@@ -238,6 +269,7 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
         records("agent_log"),
         records("agent_nolog")
     );
+    parts_table(s, o, absolute);
     if let Some(iters) = &o.iterations {
         let _ = writeln!(
             s,
@@ -293,6 +325,41 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
     s.push('\n');
 }
 
+/// Each part alone: ratio of a configuration to its baseline in the same repetition.
+fn parts_table(s: &mut String, o: &Overhead, absolute: bool) {
+    let _ = writeln!(
+        s,
+        "#### Each part alone (ratio to its own baseline, same repetition)\n\n\
+         | what | open + close | TCP connect + close | fork + exec + wait |\n|---|---|---|---|"
+    );
+    for p in PARTS {
+        let cells: Vec<String> = OPS
+            .iter()
+            .map(|op| {
+                let ns = samples(o, p.config, op);
+                let ratio = ratio_cell(Summary::of(&ratios(ns, samples(o, p.baseline, op))));
+                if absolute {
+                    format!("{}<br>{ratio}", ns_cell(Summary::of(ns)))
+                } else {
+                    ratio
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} |", p.label, cells.join(" | "));
+    }
+    let found: Vec<String> = o
+        .audit_found_enabled
+        .iter()
+        .map(|e| e.map_or_else(|| "no audit".to_owned(), |e| e.to_string()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nAudit `enabled` as found before each repetition's daemon: {} (when it was already \
+         on, the daemon changes nothing and the audit rows compare equal runs).\n",
+        found.join(", ")
+    );
+}
+
 fn events_summary(e: &Events) -> Value {
     let f = |get: fn(&super::events::Run) -> f64| {
         Summary::of(&e.runs.iter().map(get).collect::<Vec<_>>())
@@ -311,7 +378,10 @@ fn events_summary(e: &Events) -> Value {
         "logged_per_s": f(|r| r.logged_per_s),
         "lost_fraction": f(|r| r.lost as f64 / r.sends.max(1) as f64),
         "lost": f(|r| r.lost as f64),
+        "unaccounted": f(|r| r.unaccounted as f64),
         "daemon_hwm_kib": e.daemon_hwm_kib,
+        "daemon_idle": e.idle,
+        "daemon_after_load": e.after_load,
         "daemon_rss_idle_kib": e.daemon_rss_idle_kib,
         "writer_records_per_s": w(false),
         "writer_sealed_records_per_s": w(true),
@@ -324,6 +394,21 @@ fn rate_cell(s: Option<Summary>) -> String {
         |s| {
             format!(
                 "{} ({}–{})",
+                thousands(s.median),
+                thousands(s.min),
+                thousands(s.max)
+            )
+        },
+    )
+}
+
+/// Like [`rate_cell`], for figures that may be negative.
+fn signed_cell(s: Option<Summary>) -> String {
+    s.map_or_else(
+        || "n/a".into(),
+        |s| {
+            format!(
+                "{} ({} to {})",
                 thousands(s.median),
                 thousands(s.min),
                 thousands(s.max)
@@ -369,9 +454,25 @@ fn events_table(s: &mut String, e: &Events) {
     );
     let _ = writeln!(
         s,
-        "| daemon RSS idle → peak (VmHWM) | {:.1} MiB → {:.1} MiB |",
-        e.daemon_rss_idle_kib as f64 / 1024.0,
-        e.daemon_hwm_kib as f64 / 1024.0
+        "| events unaccounted per run (sends − logged − lost) | {} |",
+        signed_cell(f(|r| r.unaccounted as f64))
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for (what, r) in [
+        ("idle, start-up settled", &e.idle),
+        ("after the load, settled", &e.after_load),
+    ] {
+        let _ = writeln!(
+            s,
+            "| daemon RSS {what}: anonymous / file-backed | {:.1} MiB / {:.1} MiB |",
+            mib(r.anon_kib),
+            mib(r.file_kib)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| daemon peak RSS (VmHWM, start-up included) | {:.1} MiB |",
+        mib(e.daemon_hwm_kib)
     );
     let w = |sealed: bool| {
         rate_cell(Summary::of(
@@ -404,6 +505,7 @@ fn freeze_summary(f: &Freeze) -> Value {
             (
                 n.to_string(),
                 json!({
+                    "request_to_reply_ms": Summary::of(&fz.request_to_reply_ms),
                     "request_to_frozen_ms": Summary::of(&fz.request_to_frozen_ms),
                     "daemon_ms": Summary::of(&fz.daemon_ms),
                 }),
@@ -438,11 +540,19 @@ fn freeze_table(s: &mut String, f: &Freeze) {
     for (n, fz) in &f.by_procs {
         let daemon = Summary::of(&fz.daemon_ms)
             .map_or_else(|| "n/a".into(), |d| format!("{:.0} ms", d.median));
+        let procs = format!(
+            "instance of {} process{}",
+            thousands(*n as f64),
+            if *n == 1 { "" } else { "es" }
+        );
         let _ = writeln!(
             s,
-            "| `freeze` request → `frozen 1`, instance of {} process{} | {} | {daemon} |",
-            thousands(*n as f64),
-            if *n == 1 { "" } else { "es" },
+            "| `freeze` request → the CLI's reply, {procs} | {} | {daemon} |",
+            ms_cells(&fz.request_to_reply_ms)
+        );
+        let _ = writeln!(
+            s,
+            "| `freeze` request → `frozen 1` seen in `cgroup.events`, {procs} | {} | |",
             ms_cells(&fz.request_to_frozen_ms)
         );
     }
