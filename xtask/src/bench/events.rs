@@ -33,8 +33,13 @@ pub struct Run {
     pub logged: u64,
     /// Kernel drops during the run (`status` `lost_events`).
     pub lost: u64,
-    /// Sends neither logged nor counted as lost: `sends - logged - lost` (negative would mean
-    /// records the sends do not explain).
+    /// Events the instance's event budget kept out of the ring buffer (by design: no instance
+    /// may flood the log), as the daemon logged them in `lost-events` gap records.
+    #[serde(default)]
+    pub over_budget: u64,
+    /// Sends neither logged, nor lost, nor logged as over budget:
+    /// `sends - logged - lost - over_budget` (negative would mean records the sends do not
+    /// explain).
     pub unaccounted: i64,
     /// From the first send until the log stopped growing.
     pub drain_secs: f64,
@@ -151,6 +156,29 @@ fn lost_events(env: &Env) -> Result<u64> {
         .context("status has no lost_events")
 }
 
+/// The `lost-events` gap records of the log from sequence number `from` on.
+#[derive(Debug, Default)]
+struct Gaps {
+    records: u64,
+    /// Events about allowed actions they count.
+    allowed: u64,
+}
+
+fn gaps_from(env: &Env, from: u64) -> Result<Gaps> {
+    let state = env.state.to_string_lossy().into_owned();
+    let out = cmd::stdout(&mut env.ag(&["log", "show", "--json", "--state-dir", &state]))?;
+    let mut gaps = Gaps::default();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("bad JSON from log show: {line}"))?;
+        if v["seq"].as_u64().is_some_and(|seq| seq >= from) && v["source"].is_string() {
+            gaps.records += 1;
+            gaps.allowed += v["allowed"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok(gaps)
+}
+
 fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
     let before = settle::log_records(env)?;
     let lost_before = lost_events(env)?;
@@ -168,12 +196,21 @@ fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
     let (after, last_change) = settle::log_settled(env)?;
     let lost = lost_events(env)?.saturating_sub(lost_before);
     let drain_secs = last_change.duration_since(start).as_secs_f64();
-    // The instance's start and exit are records too, and so is the exec of the generator.
-    let logged = after.saturating_sub(before).saturating_sub(3);
+    let gaps = gaps_from(env, before)?;
+    // The instance's start and exit are records too, and so are the exec of the generator and
+    // the gap records.
+    let logged = after
+        .saturating_sub(before)
+        .saturating_sub(3)
+        .saturating_sub(gaps.records);
     let sends = v["sends"].as_u64().unwrap_or(0);
     Ok(Run {
         sends,
-        unaccounted: i64::try_from(sends)? - i64::try_from(logged)? - i64::try_from(lost)?,
+        over_budget: gaps.allowed,
+        unaccounted: i64::try_from(sends)?
+            - i64::try_from(logged)?
+            - i64::try_from(lost)?
+            - i64::try_from(gaps.allowed)?,
         send_secs: v["secs"].as_f64().unwrap_or(0.0),
         offered_per_s: v["sends_per_s"].as_f64().unwrap_or(0.0),
         logged,

@@ -433,3 +433,42 @@ impl Overhead {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CONFIGS, PARTS, WITH_DAEMON, WITHOUT_DAEMON, audit_variant, shuffled_order};
+
+    #[test]
+    fn every_configuration_runs_once_per_repetition() {
+        for _ in 0..20 {
+            let mut order = shuffled_order().concat();
+            assert_eq!(order.len(), WITHOUT_DAEMON.len() + WITH_DAEMON.len());
+            order.sort_unstable();
+            order.dedup();
+            assert_eq!(order.len(), WITHOUT_DAEMON.len() + WITH_DAEMON.len());
+            for c in CONFIGS
+                .iter()
+                .chain(PARTS.iter().flat_map(|p| [&p.config, &p.baseline]))
+            {
+                assert!(order.contains(c), "{c} is never measured");
+            }
+        }
+    }
+
+    #[test]
+    fn audit_is_varied_only_when_the_daemon_switched_it_on() {
+        assert_eq!(
+            audit_variant("untagged_audit_found", Some(0), Some(1)),
+            Some(("0", "no-never-rules"))
+        );
+        assert_eq!(
+            audit_variant("untagged_audit_no_never", Some(0), Some(1)),
+            Some(("1", "no-never-rules"))
+        );
+        assert_eq!(
+            audit_variant("untagged_audit_found", Some(1), Some(1)),
+            None
+        );
+        assert_eq!(audit_variant("untagged_audit_found", None, None), None);
+    }
+}

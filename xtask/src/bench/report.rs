@@ -378,6 +378,7 @@ fn events_summary(e: &Events) -> Value {
         "logged_per_s": f(|r| r.logged_per_s),
         "lost_fraction": f(|r| r.lost as f64 / r.sends.max(1) as f64),
         "lost": f(|r| r.lost as f64),
+        "over_budget": f(|r| r.over_budget as f64),
         "unaccounted": f(|r| r.unaccounted as f64),
         "daemon_hwm_kib": e.daemon_hwm_kib,
         "daemon_idle": e.idle,
@@ -454,7 +455,12 @@ fn events_table(s: &mut String, e: &Events) {
     );
     let _ = writeln!(
         s,
-        "| events unaccounted per run (sends − logged − lost) | {} |",
+        "| events over the instance's event budget per run (logged as `lost-events` gaps) | {} |",
+        rate_cell(f(|r| r.over_budget as f64))
+    );
+    let _ = writeln!(
+        s,
+        "| events unaccounted per run (sends − logged − lost − over budget) | {} |",
         signed_cell(f(|r| r.unaccounted as f64))
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
