@@ -10,23 +10,30 @@ use serde::Serialize;
 
 use super::{
     daemon::{Daemon, Env},
-    generator::{self, As},
+    generator::{As, Running},
     loopback::Loopback,
     policy::{BENCH, Bench},
     settle,
 };
 use crate::cmd;
 
-/// Sending processes: more than the cores, so the daemon competes for CPU as it would with a
-/// busy agent.
+/// Sending processes of the one-instance load: more than the cores, so the daemon competes for
+/// CPU as it would with a busy agent.
 pub const PROCS: u64 = 4;
+/// Instances (one sending process each) of the pipeline load: every instance has an event
+/// budget of 20,000 allowed-action events a second, so the pipeline's capacity shows only when
+/// the load comes from many instances, each under its budget.
+pub const INSTANCES: u64 = 64;
 
 /// One load run.
 #[derive(Debug, Serialize)]
 pub struct Run {
+    /// Agent instances sending at once.
+    pub instances: u64,
     pub sends: u64,
+    /// From the first `agentguard run` until every sender had finished (start-ups included).
     pub send_secs: f64,
-    /// Sends per second the generator achieved (events offered to the pipeline).
+    /// Sends per second over `send_secs` (events offered to the pipeline).
     pub offered_per_s: f64,
     /// Log records the run added, less the instance's start and exit and the generator's own
     /// (allowed, logged) exec.
@@ -69,8 +76,13 @@ pub struct Rss {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Events {
+    /// Sending processes of the one-instance load.
     pub procs: u64,
+    /// The pipeline load: [`INSTANCES`] instances of one sending process each.
     pub runs: Vec<Run>,
+    /// One instance of `procs` processes: its event budget keeps what is over it out of the
+    /// ring buffer (logged as gaps), the rest must be logged.
+    pub one_instance: Vec<Run>,
     /// VmRSS once start-up has settled (kept for layout version 1; `idle` has the split).
     pub daemon_rss_idle_kib: u64,
     /// VmHWM after every run: the daemon's peak resident set under the load (start-up's BTF
@@ -98,18 +110,26 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
         }
         .table(),
     )?;
-    let sends_per_proc: u64 = if quick { 50_000 } else { 500_000 };
+    let total_sends: u64 = if quick { 200_000 } else { 2_000_000 };
     let mut out = Events {
         procs: PROCS,
         ..Events::default()
     };
     {
-        let mut daemon = Daemon::start(env, &policy)?;
+        // Every instance's `agentguard run` connects as root at about the same time: more than
+        // the daemon's default cap on one uid's open connections.
+        let cap = (INSTANCES + 16).to_string();
+        let mut daemon =
+            Daemon::start_with(env, &policy, &["--max-connections-per-uid", cap.as_str()])?;
         out.idle = steady_rss(&daemon)?;
         out.daemon_rss_idle_kib = out.idle.rss_kib;
         for rep in 1..=reps {
             eprintln!("    events: repetition {rep}/{reps}");
-            out.runs.push(load(env, net, sends_per_proc)?);
+            out.runs
+                .push(load(env, net, INSTANCES, 1, total_sends / INSTANCES)?);
+            daemon.check_alive()?;
+            out.one_instance
+                .push(load(env, net, 1, PROCS, total_sends / PROCS)?);
             daemon.check_alive()?;
         }
         out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
@@ -156,11 +176,13 @@ fn lost_events(env: &Env) -> Result<u64> {
         .context("status has no lost_events")
 }
 
-/// The `lost-events` gap records of the log from sequence number `from` on.
+/// The records of the log from sequence number `from` on that are not actions (instance
+/// start and exit, gaps, ring-drop counts), and the allowed-action events the `lost-events`
+/// gaps among them count.
 #[derive(Debug, Default)]
 struct Gaps {
     records: u64,
-    /// Events about allowed actions they count.
+    /// Events about allowed actions the gap records count.
     allowed: u64,
 }
 
@@ -171,48 +193,58 @@ fn gaps_from(env: &Env, from: u64) -> Result<Gaps> {
     for line in out.lines() {
         let v: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("bad JSON from log show: {line}"))?;
-        if v["seq"].as_u64().is_some_and(|seq| seq >= from) && v["source"].is_string() {
+        if v["seq"].as_u64().is_some_and(|seq| seq >= from) && v["kind"] != "action" {
             gaps.records += 1;
-            gaps.allowed += v["allowed"].as_u64().unwrap_or(0);
+            if v["kind"] == "lost-events" {
+                gaps.allowed += v["allowed"].as_u64().unwrap_or(0);
+            }
         }
     }
     Ok(gaps)
 }
 
-fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
+/// `instances` agent instances of `procs` sending processes each, every process sending
+/// `sends_per_proc` datagrams.
+fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u64) -> Result<Run> {
     let before = settle::log_records(env)?;
     let lost_before = lost_events(env)?;
     let start = Instant::now();
-    let v = generator::run(
-        env,
-        As::Agent(BENCH),
-        &[
-            "udp",
-            &net.udp.to_string(),
-            &sends_per_proc.to_string(),
-            &PROCS.to_string(),
-        ],
-    )?;
+    let args = [
+        "udp".to_owned(),
+        net.udp.to_string(),
+        sends_per_proc.to_string(),
+        procs.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let running = (0..instances)
+        .map(|_| Running::spawn(env, As::Agent(BENCH), &args))
+        .collect::<Result<Vec<_>>>()?;
+    let mut sends = 0;
+    for mut r in running {
+        let v = r.next_json()?;
+        sends += v["sends"].as_u64().unwrap_or(0);
+        r.wait()?;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
     let (after, last_change) = settle::log_settled(env)?;
     let lost = lost_events(env)?.saturating_sub(lost_before);
     let drain_secs = last_change.duration_since(start).as_secs_f64();
     let gaps = gaps_from(env, before)?;
-    // The instance's start and exit are records too, and so are the exec of the generator and
-    // the gap records.
+    // The actions, less each instance's exec of its generator.
     let logged = after
         .saturating_sub(before)
-        .saturating_sub(3)
-        .saturating_sub(gaps.records);
-    let sends = v["sends"].as_u64().unwrap_or(0);
+        .saturating_sub(gaps.records)
+        .saturating_sub(instances);
     Ok(Run {
+        instances,
         sends,
         over_budget: gaps.allowed,
         unaccounted: i64::try_from(sends)?
             - i64::try_from(logged)?
             - i64::try_from(lost)?
             - i64::try_from(gaps.allowed)?,
-        send_secs: v["secs"].as_f64().unwrap_or(0.0),
-        offered_per_s: v["sends_per_s"].as_f64().unwrap_or(0.0),
+        send_secs,
+        offered_per_s: sends as f64 / send_secs,
         logged,
         lost,
         drain_secs,
