@@ -39,6 +39,8 @@ pub struct Results {
     pub freeze: Option<Freeze>,
     /// The same overhead measurement in the BPF LSM guest (QEMU TCG: only ratios mean anything).
     pub vm: Option<Guest>,
+    /// Extra parts (their own modules, see `extra.rs`): name -> what the part returned.
+    pub parts: std::collections::BTreeMap<String, Value>,
 }
 
 const LABELS: [&str; 4] = [
@@ -56,6 +58,7 @@ impl Results {
             "events": self.events.as_ref().map(events_summary),
             "freeze": self.freeze.as_ref().map(freeze_summary),
             "vm_overhead": self.vm.as_ref().map(|g| overhead_summary(&g.overhead)),
+            "parts": self.parts,
         })
     }
 
@@ -85,6 +88,11 @@ impl Results {
         }
         if let Some(f) = &self.freeze {
             freeze_table(&mut s, f);
+        }
+        for part in super::extra::EXTRAS {
+            if let Some(v) = self.parts.get(part.name) {
+                s.push_str(&(part.markdown)(v));
+            }
         }
         if let Some(g) = &self.vm {
             let _ = writeln!(
