@@ -8,7 +8,6 @@ use std::path::Path;
 use agentguard::{
     control::proto::LandlockSpec,
     daemon::landlock_audit::NEVER_RULES,
-    policy::PathRule,
     sandbox::{landlock, seccomp},
     sys::audit::Control,
 };
@@ -23,26 +22,8 @@ pub fn landlock(policy: &Path, agent: &str) -> Result<()> {
     let a = policy
         .agent(agent)
         .with_context(|| format!("no agent {agent} in the policy"))?;
-    let prefixes = |rules: &[agentguard::policy::Located<PathRule>]| {
-        rules
-            .iter()
-            .filter_map(|r| match &r.value {
-                // Builtin entries a distribution lacks are not granted by the daemon either.
-                PathRule::Prefix(p) if p.exists() => Some(p.clone()),
-                PathRule::Prefix(_) | PathRule::ProcSelf => None,
-            })
-            .collect()
-    };
-    let spec = LandlockSpec {
-        read: prefixes(&a.read),
-        write: prefixes(&a.write),
-        exec: a.exec.iter().map(|e| e.value.clone()).collect(),
-        proc_self: a
-            .read
-            .iter()
-            .chain(&a.write)
-            .any(|r| r.value == PathRule::ProcSelf),
-    };
+    // As the daemon computes it (no private temp directory: the bench agent has none).
+    let spec = LandlockSpec::of_agent(a, None);
     landlock::apply(&spec, std::process::id()).context("cannot apply the Landlock domain")?;
     Ok(())
 }
