@@ -23,7 +23,7 @@ use crate::{
         },
     },
     ebpf::backends::FileBackend,
-    policy::{Agent, Mode, PathRule, runtime},
+    policy::{Agent, Mode},
 };
 
 /// Answers one request from an administrator.
@@ -352,32 +352,8 @@ fn file_enforcement(shared: &Shared, a: &Agent, tagged: bool) -> String {
 
 /// What `run` applies to itself before exec.
 fn sandbox(shared: &Shared, a: &Agent, identity: Identity, tmp_dir: Option<PathBuf>) -> Sandbox {
-    // Baseline entries a distribution does not have are simply not granted. The private temp
-    // directory is granted exactly: Landlock rules are per process, so per instance.
-    let prefixes = |rules: &[crate::policy::Located<PathRule>]| {
-        rules
-            .iter()
-            .filter_map(|r| match &r.value {
-                PathRule::Prefix(p) if runtime::is_builtin(p) && !p.exists() => None,
-                PathRule::Prefix(p) => Some(p.clone()),
-                PathRule::ProcSelf => None,
-            })
-            .chain(tmp_dir.clone())
-            .collect()
-    };
-    let landlock =
-        (a.restricts_files() && shared.backends.file == FileBackend::Landlock).then(|| {
-            LandlockSpec {
-                read: prefixes(&a.read),
-                write: prefixes(&a.write),
-                exec: a.exec.iter().map(|e| e.value.clone()).collect(),
-                proc_self: a
-                    .read
-                    .iter()
-                    .chain(&a.write)
-                    .any(|r| r.value == PathRule::ProcSelf),
-            }
-        });
+    let landlock = (a.restricts_files() && shared.backends.file == FileBackend::Landlock)
+        .then(|| LandlockSpec::of_agent(a, tmp_dir.as_deref()));
     Sandbox {
         landlock,
         capabilities: a.capabilities.iter().map(|c| c.value.to_string()).collect(),

@@ -14,7 +14,10 @@ use landlock::{
 };
 
 use super::elf;
-use crate::control::proto::LandlockSpec;
+use crate::{
+    control::proto::LandlockSpec,
+    policy::{Agent, Located, PathRule, runtime},
+};
 
 /// The newest ABI this build knows; older kernels get the subset they support.
 const ABI_TARGET: ABI = ABI::V9;
@@ -47,6 +50,36 @@ fn rule(path: &Path, access: landlock::BitFlags<AccessFs>) -> Option<PathBeneath
         access & AccessFs::from_file(ABI_TARGET)
     };
     Some(PathBeneath::new(fd, access))
+}
+
+impl LandlockSpec {
+    /// The domain `agentguard run` applies for agent `a` (whose files are restricted), with its
+    /// private temp directory `tmp_dir` granted for read and write.
+    pub fn of_agent(a: &Agent, tmp_dir: Option<&Path>) -> Self {
+        // Baseline entries a distribution does not have are simply not granted. The private
+        // temp directory is granted exactly: Landlock rules are per process, so per instance.
+        let prefixes = |rules: &[Located<PathRule>]| {
+            rules
+                .iter()
+                .filter_map(|r| match &r.value {
+                    PathRule::Prefix(p) if runtime::is_builtin(p) && !p.exists() => None,
+                    PathRule::Prefix(p) => Some(p.clone()),
+                    PathRule::ProcSelf => None,
+                })
+                .chain(tmp_dir.map(Path::to_path_buf))
+                .collect()
+        };
+        Self {
+            read: prefixes(&a.read),
+            write: prefixes(&a.write),
+            exec: a.exec.iter().map(|e| e.value.clone()).collect(),
+            proc_self: a
+                .read
+                .iter()
+                .chain(&a.write)
+                .any(|r| r.value == PathRule::ProcSelf),
+        }
+    }
 }
 
 /// Applies the rules to the calling thread (call while single-threaded, right before exec, so

@@ -14,6 +14,11 @@ use nix::{
     time::{ClockId, clock_gettime},
 };
 
+/// How long [`Events::wait_frozen`] re-reads `cgroup.events` before it sleeps on the
+/// rate-limited notification, and how long it pauses between reads meanwhile.
+const SPIN: Duration = Duration::from_millis(20);
+const SPIN_STEP: Duration = Duration::from_micros(50);
+
 /// CLOCK_MONOTONIC in nanoseconds.
 pub fn monotonic_ns() -> i64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
@@ -81,8 +86,12 @@ impl Instance {
     }
 }
 
-/// An open `cgroup.events`: the kernel wakes pollers (POLLPRI) when it changes, so waiting costs
-/// no CPU that the freeze itself needs.
+/// An open `cgroup.events`. The kernel wakes pollers (POLLPRI, the same kernfs notification
+/// inotify sees) when it changes, but at most once per 10 ms per file
+/// (`CGROUP_FILE_NOTIFY_MIN_INTV`): the write that starts a freeze has already notified, so the
+/// `frozen 1` notification of a fast freeze is held back to the 10 ms mark. The first
+/// [`SPIN`] are therefore watched by re-reading the file; only then does the wait sleep on the
+/// notification (costing no CPU a slow freeze needs).
 pub struct Events {
     file: File,
     path: PathBuf,
@@ -109,6 +118,11 @@ impl Events {
             }
             if start.elapsed() > timeout {
                 bail!("{} not frozen after {timeout:?}", self.path.display());
+            }
+            if start.elapsed() < SPIN {
+                // Leave the CPU to the freezing tasks between reads (two shared cores).
+                std::thread::sleep(SPIN_STEP);
+                continue;
             }
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLPRI)];
             // The timeout only guards against a missed notification.

@@ -103,6 +103,11 @@ impl<'a> Daemon<'a> {
     /// Tears down whatever is loaded, starts the daemon with `policy` and a fresh state
     /// directory, and waits until it answers.
     pub fn start(env: &'a Env, policy: &Path) -> Result<Self> {
+        Self::start_with(env, policy, &[])
+    }
+
+    /// [`Daemon::start`] with more daemon options.
+    pub fn start_with(env: &'a Env, policy: &Path, options: &[&str]) -> Result<Self> {
         env.teardown()?;
         if env.state.exists() {
             fs::remove_dir_all(&env.state)
@@ -122,6 +127,7 @@ impl<'a> Daemon<'a> {
             .arg(&env.state)
             .arg("--socket")
             .arg(&env.socket)
+            .args(options)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -3,36 +3,51 @@
 //! sent through the ring buffer); the daemon's peak RSS under that load; and the capacity of
 //! the userspace log writer alone on synthetic records.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{
     daemon::{Daemon, Env},
-    generator::{self, As},
+    generator::{As, Running},
     loopback::Loopback,
     policy::{BENCH, Bench},
     settle,
 };
 use crate::cmd;
 
-/// Sending processes: more than the cores, so the daemon competes for CPU as it would with a
-/// busy agent.
+/// Sending processes of the one-instance load: more than the cores, so the daemon competes for
+/// CPU as it would with a busy agent.
 pub const PROCS: u64 = 4;
+/// Instances (one sending process each) of the pipeline load: every instance has an event
+/// budget of 20,000 allowed-action events a second, so the pipeline's capacity shows only when
+/// the load comes from many instances, each under its budget.
+pub const INSTANCES: u64 = 64;
 
 /// One load run.
 #[derive(Debug, Serialize)]
 pub struct Run {
+    /// Agent instances sending at once.
+    pub instances: u64,
     pub sends: u64,
+    /// From the first `agentguard run` until every sender had finished (start-ups included).
     pub send_secs: f64,
-    /// Sends per second the generator achieved (events offered to the pipeline).
+    /// Sends per second over `send_secs` (events offered to the pipeline).
     pub offered_per_s: f64,
     /// Log records the run added, less the instance's start and exit and the generator's own
     /// (allowed, logged) exec.
     pub logged: u64,
     /// Kernel drops during the run (`status` `lost_events`).
     pub lost: u64,
+    /// Events the instance's event budget kept out of the ring buffer (by design: no instance
+    /// may flood the log), as the daemon logged them in `lost-events` gap records.
+    #[serde(default)]
+    pub over_budget: u64,
+    /// Sends neither logged, nor lost, nor logged as over budget:
+    /// `sends - logged - lost - over_budget` (negative would mean records the sends do not
+    /// explain).
+    pub unaccounted: i64,
     /// From the first send until the log stopped growing.
     pub drain_secs: f64,
     pub logged_per_s: f64,
@@ -47,13 +62,36 @@ pub struct Writer {
     pub bytes_per_record: f64,
 }
 
+/// The daemon's resident set at one moment, from `/proc/PID/status`.
+#[derive(Debug, Default, Serialize)]
+pub struct Rss {
+    /// `VmRSS`: the sum of the two below (and RssShmem).
+    pub rss_kib: u64,
+    /// `RssAnon`: heap, stacks and anonymous mappings (the daemon's own memory).
+    pub anon_kib: u64,
+    /// `RssFile`: file-backed pages (the binary, libraries, mapped BPF objects such as the ring
+    /// buffer), shared with the page cache.
+    pub file_kib: u64,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct Events {
+    /// Sending processes of the one-instance load.
     pub procs: u64,
+    /// The pipeline load: [`INSTANCES`] instances of one sending process each.
     pub runs: Vec<Run>,
+    /// One instance of `procs` processes: its event budget keeps what is over it out of the
+    /// ring buffer (logged as gaps), the rest must be logged.
+    pub one_instance: Vec<Run>,
+    /// VmRSS once start-up has settled (kept for layout version 1; `idle` has the split).
     pub daemon_rss_idle_kib: u64,
-    /// VmHWM after every run: the daemon's peak resident set under the load.
+    /// VmHWM after every run: the daemon's peak resident set under the load (start-up's BTF
+    /// parsing included).
     pub daemon_hwm_kib: u64,
+    /// Steady state after start-up, before any load.
+    pub idle: Rss,
+    /// Steady state after the last run, once the log has stopped growing.
+    pub after_load: Rss,
     pub writer: Vec<Writer>,
 }
 
@@ -72,20 +110,30 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
         }
         .table(),
     )?;
-    let sends_per_proc: u64 = if quick { 50_000 } else { 500_000 };
+    let total_sends: u64 = if quick { 200_000 } else { 2_000_000 };
     let mut out = Events {
         procs: PROCS,
         ..Events::default()
     };
     {
-        let mut daemon = Daemon::start(env, &policy)?;
-        out.daemon_rss_idle_kib = daemon.status_kib("VmRSS")?;
+        // Every instance's `agentguard run` connects as root at about the same time: more than
+        // the daemon's default cap on one uid's open connections.
+        let cap = (INSTANCES + 16).to_string();
+        let mut daemon =
+            Daemon::start_with(env, &policy, &["--max-connections-per-uid", cap.as_str()])?;
+        out.idle = steady_rss(&daemon)?;
+        out.daemon_rss_idle_kib = out.idle.rss_kib;
         for rep in 1..=reps {
             eprintln!("    events: repetition {rep}/{reps}");
-            out.runs.push(load(env, net, sends_per_proc)?);
+            out.runs
+                .push(load(env, net, INSTANCES, 1, total_sends / INSTANCES)?);
+            daemon.check_alive()?;
+            out.one_instance
+                .push(load(env, net, 1, PROCS, total_sends / PROCS)?);
             daemon.check_alive()?;
         }
         out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
+        out.after_load = steady_rss(&daemon)?;
     }
     let records: u64 = if quick { 200_000 } else { 2_000_000 };
     for rep in 1..=reps {
@@ -97,35 +145,106 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
     Ok(out)
 }
 
+fn rss(daemon: &Daemon<'_>) -> Result<Rss> {
+    Ok(Rss {
+        rss_kib: daemon.status_kib("VmRSS")?,
+        anon_kib: daemon.status_kib("RssAnon")?,
+        file_kib: daemon.status_kib("RssFile")?,
+    })
+}
+
+/// The resident set once it has stopped moving: two readings a second apart within 1 %
+/// (start-up's allocations freed, the allocator's caches settled), at most 20 s.
+fn steady_rss(daemon: &Daemon<'_>) -> Result<Rss> {
+    let start = Instant::now();
+    let mut last = rss(daemon)?;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = rss(daemon)?;
+        if now.anon_kib.abs_diff(last.anon_kib) * 100 <= last.anon_kib
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
 fn lost_events(env: &Env) -> Result<u64> {
     env.status()?["lost_events"]
         .as_u64()
         .context("status has no lost_events")
 }
 
-fn load(env: &Env, net: &Loopback, sends_per_proc: u64) -> Result<Run> {
+/// The records of the log from sequence number `from` on that are not actions (instance
+/// start and exit, gaps, ring-drop counts), and the allowed-action events the `lost-events`
+/// gaps among them count.
+#[derive(Debug, Default)]
+struct Gaps {
+    records: u64,
+    /// Events about allowed actions the gap records count.
+    allowed: u64,
+}
+
+fn gaps_from(env: &Env, from: u64) -> Result<Gaps> {
+    let state = env.state.to_string_lossy().into_owned();
+    let out = cmd::stdout(&mut env.ag(&["log", "show", "--json", "--state-dir", &state]))?;
+    let mut gaps = Gaps::default();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("bad JSON from log show: {line}"))?;
+        if v["seq"].as_u64().is_some_and(|seq| seq >= from) && v["kind"] != "action" {
+            gaps.records += 1;
+            if v["kind"] == "lost-events" {
+                gaps.allowed += v["allowed"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    Ok(gaps)
+}
+
+/// `instances` agent instances of `procs` sending processes each, every process sending
+/// `sends_per_proc` datagrams.
+fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u64) -> Result<Run> {
     let before = settle::log_records(env)?;
     let lost_before = lost_events(env)?;
     let start = Instant::now();
-    let v = generator::run(
-        env,
-        As::Agent(BENCH),
-        &[
-            "udp",
-            &net.udp.to_string(),
-            &sends_per_proc.to_string(),
-            &PROCS.to_string(),
-        ],
-    )?;
+    let args = [
+        "udp".to_owned(),
+        net.udp.to_string(),
+        sends_per_proc.to_string(),
+        procs.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let running = (0..instances)
+        .map(|_| Running::spawn(env, As::Agent(BENCH), &args))
+        .collect::<Result<Vec<_>>>()?;
+    let mut sends = 0;
+    for mut r in running {
+        let v = r.next_json()?;
+        sends += v["sends"].as_u64().unwrap_or(0);
+        r.wait()?;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
     let (after, last_change) = settle::log_settled(env)?;
     let lost = lost_events(env)?.saturating_sub(lost_before);
     let drain_secs = last_change.duration_since(start).as_secs_f64();
-    // The instance's start and exit are records too, and so is the exec of the generator.
-    let logged = after.saturating_sub(before).saturating_sub(3);
+    let gaps = gaps_from(env, before)?;
+    // The actions, less each instance's exec of its generator.
+    let logged = after
+        .saturating_sub(before)
+        .saturating_sub(gaps.records)
+        .saturating_sub(instances);
     Ok(Run {
-        sends: v["sends"].as_u64().unwrap_or(0),
-        send_secs: v["secs"].as_f64().unwrap_or(0.0),
-        offered_per_s: v["sends_per_s"].as_f64().unwrap_or(0.0),
+        instances,
+        sends,
+        over_budget: gaps.allowed,
+        unaccounted: i64::try_from(sends)?
+            - i64::try_from(logged)?
+            - i64::try_from(lost)?
+            - i64::try_from(gaps.allowed)?,
+        send_secs,
+        offered_per_s: sends as f64 / send_secs,
         logged,
         lost,
         drain_secs,

@@ -19,9 +19,18 @@ use crate::cmd;
 pub const SIZES: [u64; 3] = [1, 100, 1_000];
 const FROZEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The pause after each thaw: longer than the kernel's 10 ms rate limit on `cgroup.events`
+/// notifications, so the next freeze's notification is not held back by the thaw's, and the
+/// thawed processes have run again (spacing between samples, not synchronisation).
+const AFTER_THAW: Duration = Duration::from_millis(50);
+
 /// Freezes of instances of one size.
 #[derive(Debug, Default, Serialize)]
 pub struct Freezes {
+    /// From just before `agentguard freeze` starts until the CLI has replied (exited): what an
+    /// operator waits for; the daemon replies once the kernel reports `frozen 1`.
+    #[serde(default)]
+    pub request_to_reply_ms: Vec<f64>,
     /// From just before `agentguard freeze` starts until this process sees `frozen 1`.
     pub request_to_frozen_ms: Vec<f64>,
     /// What the daemon reports (`frozen in N ms`): its write of cgroup.freeze until `frozen 1`.
@@ -114,8 +123,16 @@ fn freezes(env: &Env, procs: u64, reps: usize) -> Result<Freezes> {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .context("cannot start agentguard freeze")?;
+            // The reply is stamped by a thread of its own while this one watches the cgroup.
+            let waiter = std::thread::spawn(move || {
+                child
+                    .wait_with_output()
+                    .map(|reply| (reply, monotonic_ns()))
+            });
             let frozen = events.wait_frozen(FROZEN_TIMEOUT)?;
-            let reply = child.wait_with_output()?;
+            let (reply, replied) = waiter
+                .join()
+                .map_err(|_| anyhow::anyhow!("the freeze waiter panicked"))??;
             if !reply.status.success() {
                 bail!(
                     "agentguard freeze {} failed: {}",
@@ -124,10 +141,12 @@ fn freezes(env: &Env, procs: u64, reps: usize) -> Result<Freezes> {
                 );
             }
             out.request_to_frozen_ms.push((frozen - start) as f64 / 1e6);
+            out.request_to_reply_ms.push((replied - start) as f64 / 1e6);
             if let Some(ms) = daemon_took_ms(&String::from_utf8_lossy(&reply.stdout)) {
                 out.daemon_ms.push(ms);
             }
             cmd::output(&mut env.ag(&["thaw", &inst.name]))?;
+            std::thread::sleep(AFTER_THAW);
         }
         Ok(())
     })();

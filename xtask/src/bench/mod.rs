@@ -15,6 +15,7 @@ mod artifacts;
 mod cgroup;
 mod daemon;
 mod events;
+mod extra;
 mod freeze;
 mod generator;
 mod loopback;
@@ -36,11 +37,22 @@ use self::{
 };
 use crate::{cmd, workspace};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Part {
-    Overhead,
-    Events,
-    Freeze,
+/// The core parts' `--only` names; the extra parts' are their [`extra::Extra::name`].
+const CORE_PARTS: [&str; 3] = ["overhead", "events", "freeze"];
+
+fn part_name(name: &str) -> Result<String, String> {
+    if CORE_PARTS.contains(&name) || extra::EXTRAS.iter().any(|e| e.name == name) {
+        Ok(name.to_owned())
+    } else {
+        let known: Vec<&str> = CORE_PARTS
+            .into_iter()
+            .chain(extra::EXTRAS.iter().map(|e| e.name))
+            .collect();
+        Err(format!(
+            "unknown part {name:?} (known: {})",
+            known.join(", ")
+        ))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,9 +63,9 @@ pub struct Args {
     /// Repetitions of every measurement (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     reps: u64,
-    /// Run only these parts (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    only: Vec<Part>,
+    /// Run only these parts (comma-separated): overhead, events, freeze, and any extra part.
+    #[arg(long, value_delimiter = ',', value_parser = part_name)]
+    only: Vec<String>,
     /// Also run the syscall-overhead part in the Debian 6.12 QEMU guest (BPF LSM backend;
     /// software emulation, so only its ratios are reported).
     #[arg(long)]
@@ -78,8 +90,8 @@ impl Args {
         if self.quick { 5 } else { 4 * self.reps() }
     }
 
-    fn runs(&self, part: Part) -> bool {
-        !self.vm_only && (self.only.is_empty() || self.only.contains(&part))
+    fn runs(&self, part: &str) -> bool {
+        !self.vm_only && (self.only.is_empty() || self.only.iter().any(|p| p == part))
     }
 }
 
@@ -94,6 +106,7 @@ pub fn run(args: &Args) -> Result<()> {
     let env = Env::new(art, workspace::target_dir().join("bench").join("work"))?;
     let net = Loopback::start()?;
     let mut results = Results {
+        version: report::VERSION,
         machine: Machine::probe(&env)?,
         reps: args.reps(),
         quick: args.quick,
@@ -103,21 +116,33 @@ pub fn run(args: &Args) -> Result<()> {
         ..Results::default()
     };
     eprintln!("    backends: {}", results.machine.backend_line());
-    if args.runs(Part::Overhead) {
+    if args.runs("overhead") {
         let iters = Iterations::new(args.quick);
         results.overhead = Some(retried(&env, "syscall overhead", || {
             overhead::measure(&env, &net, iters, args.reps())
         })?);
     }
-    if args.runs(Part::Events) {
+    if args.runs("events") {
         results.events = Some(retried(&env, "event pipeline", || {
             events::measure(&env, &net, args.quick, args.reps())
         })?);
     }
-    if args.runs(Part::Freeze) {
+    if args.runs("freeze") {
         results.freeze = Some(retried(&env, "freeze and policy latency", || {
             freeze::measure(&env, &net, args.latency_reps())
         })?);
+    }
+    for part in extra::EXTRAS {
+        if args.runs(part.name) {
+            let ctx = extra::Ctx {
+                env: &env,
+                net: &net,
+                quick: args.quick,
+                reps: args.reps(),
+            };
+            let v = retried(&env, part.name, || (part.measure)(&ctx))?;
+            results.parts.insert(part.name.to_owned(), v);
+        }
     }
     if args.vm {
         results.vm = Some(cmd::step("syscall overhead in the VM", || {

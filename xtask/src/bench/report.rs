@@ -9,7 +9,7 @@ use super::{
     events::Events,
     freeze::Freeze,
     machine::Machine,
-    overhead::{CONFIGS, OPS, Overhead, RULE_COUNTS},
+    overhead::{CONFIGS, OPS, Overhead, PARTS, RULE_COUNTS},
     stats::{Summary, ratios},
 };
 
@@ -20,8 +20,16 @@ pub struct Guest {
     pub overhead: Overhead,
 }
 
+/// The layout of `results.json`; raised whenever a field changes meaning or goes away (added
+/// fields and configurations keep it). 2: the overhead part's parts-alone configurations and
+/// shuffled order, unaccounted events, RssAnon/RssFile and steady-state RSS, freeze timed to
+/// the CLI's reply.
+pub const VERSION: u32 = 2;
+
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
+    /// [`VERSION`].
+    pub version: u32,
     pub machine: Machine,
     pub reps: usize,
     pub quick: bool,
@@ -31,6 +39,8 @@ pub struct Results {
     pub freeze: Option<Freeze>,
     /// The same overhead measurement in the BPF LSM guest (QEMU TCG: only ratios mean anything).
     pub vm: Option<Guest>,
+    /// Extra parts (their own modules, see `extra.rs`): name -> what the part returned.
+    pub parts: std::collections::BTreeMap<String, Value>,
 }
 
 const LABELS: [&str; 4] = [
@@ -48,6 +58,7 @@ impl Results {
             "events": self.events.as_ref().map(events_summary),
             "freeze": self.freeze.as_ref().map(freeze_summary),
             "vm_overhead": self.vm.as_ref().map(|g| overhead_summary(&g.overhead)),
+            "parts": self.parts,
         })
     }
 
@@ -78,6 +89,11 @@ impl Results {
         if let Some(f) = &self.freeze {
             freeze_table(&mut s, f);
         }
+        for part in super::extra::EXTRAS {
+            if let Some(v) = self.parts.get(part.name) {
+                s.push_str(&(part.markdown)(v));
+            }
+        }
         if let Some(g) = &self.vm {
             let _ = writeln!(
                 s,
@@ -105,7 +121,7 @@ fn overhead_summary(o: &Overhead) -> Value {
     for op in OPS {
         let base = samples(o, CONFIGS[0], op);
         let mut configs = serde_json::Map::new();
-        for config in CONFIGS {
+        for config in o.ns_per_op.keys() {
             let ns = samples(o, config, op);
             configs.insert(
                 config.to_owned(),
@@ -140,8 +156,31 @@ fn overhead_summary(o: &Overhead) -> Value {
             (config.clone(), json!(Summary::of(&n)))
         })
         .collect();
+    let parts: Vec<Value> = PARTS
+        .iter()
+        .map(|p| {
+            let by_op: serde_json::Map<String, Value> = OPS
+                .iter()
+                .map(|op| {
+                    let ns = samples(o, p.config, op);
+                    let base = samples(o, p.baseline, op);
+                    (
+                        (*op).to_owned(),
+                        json!({
+                            "ns_per_op": Summary::of(ns),
+                            "baseline_ns_per_op": Summary::of(base),
+                            "ratio": Summary::of(&ratios(ns, base)),
+                        }),
+                    )
+                })
+                .collect();
+            json!({ "config": p.config, "baseline": p.baseline, "what": p.label, "ops": by_op })
+        })
+        .collect();
     json!({
         "ops": ops,
+        "parts": parts,
+        "audit_found_enabled": o.audit_found_enabled,
         "connect_by_rules": by_rules(&o.connect_by_rules),
         "connect_by_rules_nolog": by_rules(&o.connect_by_rules_nolog),
         "log_records_per_run": log_records,
@@ -238,6 +277,7 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
         records("agent_log"),
         records("agent_nolog")
     );
+    parts_table(s, o, absolute);
     if let Some(iters) = &o.iterations {
         let _ = writeln!(
             s,
@@ -293,10 +333,57 @@ fn overhead_tables(s: &mut String, o: &Overhead, absolute: bool) {
     s.push('\n');
 }
 
-fn events_summary(e: &Events) -> Value {
+/// Each part alone: ratio of a configuration to its baseline in the same repetition.
+fn parts_table(s: &mut String, o: &Overhead, absolute: bool) {
+    let _ = writeln!(
+        s,
+        "#### Each part alone (ratio to its own baseline, same repetition)\n\n\
+         | what | open + close | TCP connect + close | fork + exec + wait |\n|---|---|---|---|"
+    );
+    for p in PARTS {
+        let cells: Vec<String> = OPS
+            .iter()
+            .map(|op| {
+                let ns = samples(o, p.config, op);
+                let ratio = ratio_cell(Summary::of(&ratios(ns, samples(o, p.baseline, op))));
+                if absolute {
+                    format!("{}<br>{ratio}", ns_cell(Summary::of(ns)))
+                } else {
+                    ratio
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "| {} | {} |", p.label, cells.join(" | "));
+    }
+    let found: Vec<String> = o
+        .audit_found_enabled
+        .iter()
+        .map(|e| e.map_or_else(|| "no audit".to_owned(), |e| e.to_string()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\nAudit `enabled` as found before each repetition's daemon: {} (when it was already \
+         on, the daemon changes nothing and the audit rows compare equal runs).\n",
+        found.join(", ")
+    );
+}
+
+fn runs_summary(runs: &[super::events::Run]) -> Value {
     let f = |get: fn(&super::events::Run) -> f64| {
-        Summary::of(&e.runs.iter().map(get).collect::<Vec<_>>())
+        Summary::of(&runs.iter().map(get).collect::<Vec<_>>())
     };
+    json!({
+        "instances": runs.first().map(|r| r.instances),
+        "offered_per_s": f(|r| r.offered_per_s),
+        "logged_per_s": f(|r| r.logged_per_s),
+        "lost_fraction": f(|r| r.lost as f64 / r.sends.max(1) as f64),
+        "lost": f(|r| r.lost as f64),
+        "over_budget": f(|r| r.over_budget as f64),
+        "unaccounted": f(|r| r.unaccounted as f64),
+    })
+}
+
+fn events_summary(e: &Events) -> Value {
     let w = |sealed: bool| {
         Summary::of(
             &e.writer
@@ -306,16 +393,24 @@ fn events_summary(e: &Events) -> Value {
                 .collect::<Vec<_>>(),
         )
     };
-    json!({
-        "offered_per_s": f(|r| r.offered_per_s),
-        "logged_per_s": f(|r| r.logged_per_s),
-        "lost_fraction": f(|r| r.lost as f64 / r.sends.max(1) as f64),
-        "lost": f(|r| r.lost as f64),
-        "daemon_hwm_kib": e.daemon_hwm_kib,
-        "daemon_rss_idle_kib": e.daemon_rss_idle_kib,
-        "writer_records_per_s": w(false),
-        "writer_sealed_records_per_s": w(true),
-    })
+    let mut v = runs_summary(&e.runs);
+    if let Some(obj) = v.as_object_mut() {
+        obj.extend(
+            json!({
+                "one_instance": runs_summary(&e.one_instance),
+                "daemon_hwm_kib": e.daemon_hwm_kib,
+                "daemon_rss_idle_kib": e.daemon_rss_idle_kib,
+                "daemon_idle": e.idle,
+                "daemon_after_load": e.after_load,
+                "writer_records_per_s": w(false),
+                "writer_sealed_records_per_s": w(true),
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
+    }
+    v
 }
 
 fn rate_cell(s: Option<Summary>) -> String {
@@ -332,46 +427,118 @@ fn rate_cell(s: Option<Summary>) -> String {
     )
 }
 
+/// Like [`rate_cell`], for figures that may be negative.
+fn percent_cell(s: Option<Summary>) -> String {
+    s.map_or_else(
+        || "n/a".into(),
+        |s| {
+            format!(
+                "{:.1} % ({:.1}–{:.1})",
+                s.median * 100.0,
+                s.min * 100.0,
+                s.max * 100.0
+            )
+        },
+    )
+}
+
+fn signed_cell(s: Option<Summary>) -> String {
+    s.map_or_else(
+        || "n/a".into(),
+        |s| {
+            format!(
+                "{} ({} to {})",
+                thousands(s.median),
+                thousands(s.min),
+                thousands(s.max)
+            )
+        },
+    )
+}
+
+/// A row of the events table: its label, the figure of a run, how a summary of it is shown.
+type Row = (
+    &'static str,
+    fn(&super::events::Run) -> f64,
+    fn(Option<Summary>) -> String,
+);
+
 fn events_table(s: &mut String, e: &Events) {
-    let f = |get: fn(&super::events::Run) -> f64| {
-        Summary::of(&e.runs.iter().map(get).collect::<Vec<_>>())
+    let both = |get: fn(&super::events::Run) -> f64, cell: fn(Option<Summary>) -> String| {
+        let of = |runs: &[super::events::Run]| {
+            cell(Summary::of(&runs.iter().map(get).collect::<Vec<_>>()))
+        };
+        format!("{} | {}", of(&e.runs), of(&e.one_instance))
     };
     let sends = e.runs.first().map_or(0, |r| r.sends);
+    let instances = e.runs.first().map_or(0, |r| r.instances);
     let _ = writeln!(
         s,
-        "### Event pipeline\n\n{} UDP sends per run from {} agent processes, every send \
-         allowed and logged.\n",
+        "### Event pipeline\n\n{} UDP sends per run, every send allowed and logged: from {} \
+         agent instances of one process each (each under its instance event budget of 20,000 \
+         events/s: the pipeline's capacity), and from one instance of {} processes (over its \
+         budget: the budget at work).\n",
         thousands(sends as f64),
+        instances,
         e.procs
     );
-    let _ = writeln!(s, "| measure | value |\n|---|---|");
     let _ = writeln!(
         s,
-        "| sends/s offered | {} |",
-        rate_cell(f(|r| r.offered_per_s))
+        "| measure | {instances} instances | 1 instance |\n|---|---|---|"
     );
+    let rows: [Row; 7] = [
+        (
+            "sends/s offered (wall clock, `run` start-ups included)",
+            |r| r.offered_per_s,
+            rate_cell,
+        ),
+        (
+            "events/s into the log (until the log stopped growing)",
+            |r| r.logged_per_s,
+            rate_cell,
+        ),
+        ("events logged per run", |r| r.logged as f64, rate_cell),
+        (
+            "events lost per run (`lost_events`)",
+            |r| r.lost as f64,
+            rate_cell,
+        ),
+        (
+            "share of the sends lost",
+            |r| r.lost as f64 / r.sends.max(1) as f64,
+            percent_cell,
+        ),
+        (
+            "events over the instance's event budget per run (logged as `lost-events` gaps)",
+            |r| r.over_budget as f64,
+            rate_cell,
+        ),
+        (
+            "events unaccounted per run (sends − logged − lost − over budget)",
+            |r| r.unaccounted as f64,
+            signed_cell,
+        ),
+    ];
+    for (what, get, cell) in rows {
+        let _ = writeln!(s, "| {what} | {} |", both(get, cell));
+    }
+    let _ = writeln!(s, "\n| daemon memory | value |\n|---|---|");
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for (what, r) in [
+        ("idle, start-up settled", &e.idle),
+        ("after the load, settled", &e.after_load),
+    ] {
+        let _ = writeln!(
+            s,
+            "| daemon RSS {what}: anonymous / file-backed | {:.1} MiB / {:.1} MiB |",
+            mib(r.anon_kib),
+            mib(r.file_kib)
+        );
+    }
     let _ = writeln!(
         s,
-        "| events/s into the log (until the log stopped growing) | {} |",
-        rate_cell(f(|r| r.logged_per_s))
-    );
-    let _ = writeln!(
-        s,
-        "| events logged per run | {} |",
-        rate_cell(f(|r| r.logged as f64))
-    );
-    let lost_share = f(|r| r.lost as f64 / r.sends.max(1) as f64).map_or(0.0, |l| l.median);
-    let _ = writeln!(
-        s,
-        "| events lost per run (`lost_events`) | {}, {:.0} % of the sends |",
-        rate_cell(f(|r| r.lost as f64)),
-        lost_share * 100.0
-    );
-    let _ = writeln!(
-        s,
-        "| daemon RSS idle → peak (VmHWM) | {:.1} MiB → {:.1} MiB |",
-        e.daemon_rss_idle_kib as f64 / 1024.0,
-        e.daemon_hwm_kib as f64 / 1024.0
+        "| daemon peak RSS (VmHWM, start-up included) | {:.1} MiB |",
+        mib(e.daemon_hwm_kib)
     );
     let w = |sealed: bool| {
         rate_cell(Summary::of(
@@ -404,6 +571,7 @@ fn freeze_summary(f: &Freeze) -> Value {
             (
                 n.to_string(),
                 json!({
+                    "request_to_reply_ms": Summary::of(&fz.request_to_reply_ms),
                     "request_to_frozen_ms": Summary::of(&fz.request_to_frozen_ms),
                     "daemon_ms": Summary::of(&fz.daemon_ms),
                 }),
@@ -438,11 +606,19 @@ fn freeze_table(s: &mut String, f: &Freeze) {
     for (n, fz) in &f.by_procs {
         let daemon = Summary::of(&fz.daemon_ms)
             .map_or_else(|| "n/a".into(), |d| format!("{:.0} ms", d.median));
+        let procs = format!(
+            "instance of {} process{}",
+            thousands(*n as f64),
+            if *n == 1 { "" } else { "es" }
+        );
         let _ = writeln!(
             s,
-            "| `freeze` request → `frozen 1`, instance of {} process{} | {} | {daemon} |",
-            thousands(*n as f64),
-            if *n == 1 { "" } else { "es" },
+            "| `freeze` request → the CLI's reply, {procs} | {} | {daemon} |",
+            ms_cells(&fz.request_to_reply_ms)
+        );
+        let _ = writeln!(
+            s,
+            "| `freeze` request → `frozen 1` seen in `cgroup.events`, {procs} | {} | |",
             ms_cells(&fz.request_to_frozen_ms)
         );
     }

@@ -5,6 +5,7 @@
 //! It is deliberately free of timing policy: what to compare and how often is xtask's business;
 //! this binary only measures one loop in the process and cgroup it was started in.
 
+mod confine;
 mod hold;
 mod ops;
 
@@ -16,7 +17,9 @@ use serde_json::{Value, json};
 const USAGE: &str = "usage: agentguard-bench \
     open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | \
     suite OPEN_PATH CONNECT_ADDR EXEC_PATH N_OPEN N_CONNECT N_EXEC | \
-    sleepers N | breach ADDR:PORT MAX";
+    sleepers N | breach ADDR:PORT MAX | \
+    landlock POLICY AGENT COMMAND... | seccomp COMMAND... | seccomp-groups | \
+    audit status | audit set ENABLED never-rules|no-never-rules";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,6 +64,23 @@ fn run(args: &[&str]) -> Result<Value> {
         }
         ["sleepers", n] => hold::sleepers(count(n)?),
         ["breach", addr, max] => hold::breach(&ops::addr(addr)?, count(max)?),
+        // Confinement applied in this process, then any of the loops above under it.
+        ["landlock", policy, agent, rest @ ..] => {
+            confine::landlock(std::path::Path::new(policy), agent)?;
+            run(rest)
+        }
+        ["seccomp", rest @ ..] => {
+            confine::seccomp()?;
+            run(rest)
+        }
+        ["seccomp-groups"] => Ok(json!({ "groups": agentguard::sandbox::seccomp::group_names() })),
+        ["audit", "status"] => confine::audit_status(),
+        [
+            "audit",
+            "set",
+            enabled,
+            rules @ ("never-rules" | "no-never-rules"),
+        ] => confine::audit_set(enabled.parse()?, *rules == "never-rules"),
         _ => bail!("unknown arguments {args:?}"),
     }
 }
