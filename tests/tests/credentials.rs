@@ -2,10 +2,7 @@
 //! only to an instance whose agent the policy grants it, knows the caller by its cgroup, logs
 //! the lease (never the value), and ends the lease on return and on kill.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-};
+use std::process::Stdio;
 
 use agentguard_tests::{ChildGuard, Daemon, agentguard_bin, describe, privileged, stdout};
 
@@ -16,18 +13,7 @@ const POLICY: &str = "[agents.buyer]\ncredentials = [\"db-password\", \"never-se
 
 fn start() -> Daemon {
     let d = Daemon::start(POLICY);
-    let mut c = Command::new(agentguard_bin());
-    c.args(["secret", "set", "db-password"])
-        .env("AGENTGUARD_SOCKET", &d.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap_or_else(|e| panic!("{e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = writeln!(stdin, "{VALUE}");
-    }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "secret set: {}", describe(&out));
+    d.set_secret("db-password", VALUE);
     d
 }
 

@@ -72,18 +72,7 @@ fn policy(port: u16) -> String {
 fn start(port: u16) -> Daemon {
     let d = Daemon::start_with(&policy(port), &["--gateway-listen", "127.0.0.1:0"]);
     for (name, value) in [("echo-key", KEY), ("other-key", OTHER)] {
-        let mut c = Command::new(agentguard_tests::agentguard_bin());
-        c.args(["secret", "set", name])
-            .env("AGENTGUARD_SOCKET", &d.socket)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap_or_else(|e| panic!("{e}"));
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = writeln!(stdin, "{value}");
-        }
-        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-        assert!(out.status.success(), "secret set: {}", describe(&out));
+        d.set_secret(name, value);
     }
     let list = d.cli(&["secret", "list"]);
     assert_eq!(
