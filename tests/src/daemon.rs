@@ -243,6 +243,26 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"))
     }
 
+    /// `agentguard secret set NAME` with `value` on standard input; panics if it fails.
+    pub fn set_secret(&self, name: &str, value: &str) {
+        use std::io::Write as _;
+        let mut child = Command::new(agentguard_bin())
+            .args(["secret", "set", name])
+            .env("AGENTGUARD_SOCKET", &self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{value}");
+        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("cannot run agentguard: {e}"));
+        assert!(out.status.success(), "secret set: {}", describe(&out));
+    }
+
     /// `agentguard run --agent AGENT -- CMD...`.
     pub fn run(&self, agent: &str, cmd: &[&str]) -> Output {
         self.run_command(agent, cmd)

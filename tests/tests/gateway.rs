@@ -72,18 +72,7 @@ fn policy(port: u16) -> String {
 fn start(port: u16) -> Daemon {
     let d = Daemon::start_with(&policy(port), &["--gateway-listen", "127.0.0.1:0"]);
     for (name, value) in [("echo-key", KEY), ("other-key", OTHER)] {
-        let mut c = Command::new(agentguard_tests::agentguard_bin());
-        c.args(["secret", "set", name])
-            .env("AGENTGUARD_SOCKET", &d.socket)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap_or_else(|e| panic!("{e}"));
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = writeln!(stdin, "{value}");
-        }
-        let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-        assert!(out.status.success(), "secret set: {}", describe(&out));
+        d.set_secret(name, value);
     }
     let list = d.cli(&["secret", "list"]);
     assert_eq!(
@@ -302,5 +291,340 @@ fn a_freeze_revokes_the_lease() {
     assert_ne!(
         first["lease"], second["lease"],
         "a freeze must end the lease: {first} {second}"
+    );
+}
+
+/// Calls the upstream MCP server received: `tools/call:NAME` or the method, in order.
+type Calls = Arc<Mutex<Vec<String>>>;
+
+/// A minimal MCP server (JSON-RPC 2.0 over Streamable HTTP) on loopback: `initialize`,
+/// `tools/list` and `tools/call` answered as JSON, except `tools/call`, answered as an SSE
+/// stream read to the end of the connection.
+fn mcp_upstream() -> (u16, Calls) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
+    let calls: Calls = Arc::default();
+    let seen = calls.clone();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap_or_else(|e| panic!("{e}")));
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let msg: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let msgs = match msg {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            };
+            let mut results = Vec::new();
+            let mut sse = false;
+            for m in &msgs {
+                let method = m["method"].as_str().unwrap_or_default();
+                let label = if method == "tools/call" {
+                    sse = true;
+                    format!("tools/call:{}", m["params"]["name"].as_str().unwrap_or("?"))
+                } else {
+                    method.to_owned()
+                };
+                seen.lock()
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .push(label.clone());
+                let result = match method {
+                    "initialize" => serde_json::json!({"protocolVersion": "2025-06-18",
+                        "capabilities": {"tools": {}}, "serverInfo": {"name": "market", "version": "1"}}),
+                    "tools/list" => {
+                        serde_json::json!({"tools": [{"name": "search"}, {"name": "delete_all"}]})
+                    }
+                    _ => {
+                        serde_json::json!({"content": [{"type": "text", "text": format!("did {label}")}]})
+                    }
+                };
+                if !m["id"].is_null() {
+                    results.push(
+                        serde_json::json!({"jsonrpc": "2.0", "id": m["id"], "result": result}),
+                    );
+                }
+            }
+            if sse {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                );
+                for r in results {
+                    let _ = write!(conn, "event: message\ndata: {r}\n\n");
+                    let _ = conn.flush();
+                }
+            } else if results.is_empty() {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            } else {
+                let reply = if results.len() == 1 && msgs.len() == 1 {
+                    results.remove(0).to_string()
+                } else {
+                    serde_json::Value::Array(results).to_string()
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+            }
+        }
+    });
+    (port, calls)
+}
+
+#[test]
+fn mcp_calls_are_judged_per_json_rpc_call() {
+    if !privileged("mcp_calls_are_judged_per_json_rpc_call") {
+        return;
+    }
+    let (port, calls) = mcp_upstream();
+    let d = Daemon::start_with(
+        &format!(
+            "[tools.market]\nurl = \"http://127.0.0.1:{port}\"\nprotocol = \"mcp\"\npaths = [\"/mcp\"]\nmcp_tools = [\"search\", \"get_quote\"]\n\n[agents.buyer]\ntools = [\"market\"]\n"
+        ),
+        &["--gateway-listen", "127.0.0.1:0"],
+    );
+    let post = |body: &str| {
+        format!(
+            "curl --noproxy '*' -s -w '\\n%{{http_code}}\\n' -H 'Content-Type: application/json' \
+             -H 'Accept: application/json, text/event-stream' --data-binary '{body}' \
+             \"$AGENTGUARD_GATEWAY/tools/market/mcp\"; echo ---"
+        )
+    };
+    let call = |id: u32, name: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+        )
+    };
+    let script = [
+        post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#),
+        post(&call(2, "search")),
+        post(&call(3, "delete_all")),
+        post(&format!("[{},{}]", call(4, "get_quote"), call(5, "delete_all"))),
+        post(r#"{"jsonrpc":"2.0","id":6,"method":"resources/read","params":{"uri":"file:///etc/shadow"}}"#),
+        // Two names: what is judged (the last) is what the upstream gets.
+        post(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_all","name":"search"}}"#),
+        post("not json"),
+    ]
+    .join("; ");
+    let out = agent_sh(&d, "buyer", &script);
+    let answers: Vec<(String, String)> = out
+        .split("---\n")
+        .filter(|a| !a.trim().is_empty())
+        .map(|a| {
+            let a = a.trim_end();
+            let (body, code) = a.rsplit_once('\n').unwrap_or(("", a));
+            (body.to_owned(), code.trim().to_owned())
+        })
+        .collect();
+    assert_eq!(answers.len(), 7, "{out}");
+    let codes: Vec<&str> = answers.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        codes,
+        ["200", "200", "403", "403", "403", "200", "400"],
+        "{out}"
+    );
+    assert!(answers[0].0.contains("protocolVersion"), "{out}");
+    // The allowed call streams back as SSE.
+    assert!(
+        answers[1].0.contains("event: message") && answers[1].0.contains("did tools/call:search"),
+        "{out}"
+    );
+    // Refusals are JSON-RPC errors, per element of a batch.
+    let refused: serde_json::Value =
+        serde_json::from_str(&answers[2].0).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(refused["id"], 3, "{out}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("delete_all")),
+        "{out}"
+    );
+    let batch: serde_json::Value =
+        serde_json::from_str(&answers[3].0).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(batch[0]["id"], 4, "{out}");
+    assert_eq!(batch[1]["id"], 5, "{out}");
+    assert!(
+        batch[1]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("delete_all")),
+        "{out}"
+    );
+    // The upstream saw the allowed calls only.
+    let seen = calls.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+    assert_eq!(
+        seen,
+        ["initialize", "tools/call:search", "tools/call:search"],
+        "the upstream received a refused call"
+    );
+    // The log names the refused MCP tool.
+    let rec = d.wait_record("the refused MCP call", |r| {
+        r["kind"] == "tool-call" && r["mcp"] == "tools/call:delete_all" && r["status"] == 403
+    });
+    assert_eq!(rec["verdict"], "denied", "{rec}");
+    assert_eq!(rec["tool"], "market", "{rec}");
+    d.wait_record("the forwarded MCP call", |r| {
+        r["kind"] == "tool-call" && r["mcp"] == "tools/call:search" && r["status"] == 200
+    });
+    d.wait_record("the refused method", |r| {
+        r["kind"] == "tool-call" && r["mcp"] == "resources/read"
+    });
+}
+
+/// The value the fake Vault holds.
+const VAULT_VALUE: &str = "vault-kv-9d41c2e7a6b0";
+const VAULT_TOKEN: &str = "hvs.test-token-0c8e";
+
+/// A fake Vault KV v2 read endpoint (protocol logic only: no Vault binary exists offline):
+/// `GET /v1/secret/data/agentguard/NAME` answers the KV v2 shape for the names it holds, 404 for
+/// others, 403 without the right `X-Vault-Token`. Records each request's path.
+fn fake_vault() -> (u16, Seen) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap_or_else(|e| panic!("{e}")));
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut token = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("x-vault-token")
+                {
+                    token = v.trim().to_owned();
+                }
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_owned();
+            s.lock()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .push(path.clone());
+            let (status, body) = if token != VAULT_TOKEN {
+                (
+                    "403 Forbidden",
+                    r#"{"errors":["permission denied"]}"#.to_owned(),
+                )
+            } else if path == "/v1/secret/data/agentguard/db-password" {
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"request_id":"r","data":{{"data":{{"value":"{VAULT_VALUE}"}},"metadata":{{"version":3}}}}}}"#
+                    ),
+                )
+            } else {
+                ("404 Not Found", r#"{"errors":[]}"#.to_owned())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn secrets_come_from_vault_when_the_store_has_none() {
+    if !privileged("secrets_come_from_vault_when_the_store_has_none") {
+        return;
+    }
+    let (vault_port, vault_seen) = fake_vault();
+    let (port, seen) = upstream();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let addr = format!("http://127.0.0.1:{vault_port}");
+    let d = Daemon::start_with(
+        &format!(
+            "[tools.db]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"db-password\"\ninject = \"header:X-Key: {{secret}}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"db\"]\ncredentials = [\"db-password\", \"nowhere\"]\n"
+        ),
+        &[
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--vault-addr",
+            &addr,
+            "--vault-token-file",
+            &token_arg,
+            "--vault-prefix",
+            "agentguard/",
+            "--vault-cache-secs",
+            "0",
+        ],
+    );
+    let ag = agentguard_tests::agentguard_bin();
+    let out = agent_sh(
+        &d,
+        "buyer",
+        &format!(
+            "{ag} credential checkout db-password; {ag} credential checkout nowhere; echo nowhere=$?; \
+             {CURL} \"$AGENTGUARD_GATEWAY/tools/db/x\"",
+            ag = ag.display()
+        ),
+    );
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, [VAULT_VALUE, "nowhere=1", "200"], "{out}");
+    let heads = seen.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+    assert!(
+        heads.iter().any(|h| h
+            .to_ascii_lowercase()
+            .contains(&format!("x-key: {VAULT_VALUE}"))),
+        "the upstream got no credential from Vault: {heads:?}"
+    );
+    let paths = vault_seen.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+    assert!(
+        paths.contains(&"/v1/secret/data/agentguard/db-password".to_owned())
+            && paths.contains(&"/v1/secret/data/agentguard/nowhere".to_owned()),
+        "{paths:?}"
+    );
+    // A token Vault refuses: the checkout and the tool call fail closed.
+    std::fs::write(&token_file, "hvs.revoked\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = agent_sh(
+        &d,
+        "buyer",
+        &format!(
+            "{ag} credential checkout db-password; echo checkout=$?; {CURL} \"$AGENTGUARD_GATEWAY/tools/db/x\"",
+            ag = ag.display()
+        ),
+    );
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(lines, ["checkout=1", "503"], "{out}");
+    let rec = d.wait_record("the refused checkout", |r| {
+        r["kind"] == "credential" && r["action"] == "refused" && r["name"] == "db-password"
+    });
+    assert!(
+        rec["reason"].as_str().is_some_and(|m| m.contains("403")),
+        "{rec}"
+    );
+    let state = d.state.to_string_lossy().into_owned();
+    let all = agentguard_tests::agentguard(&["log", "show", "--json", "--state-dir", &state]);
+    assert!(
+        !stdout(&all).contains(VAULT_VALUE),
+        "a Vault value in the log"
     );
 }

@@ -189,6 +189,9 @@ pub enum Body {
         /// Who pruned.
         by: Actor,
     },
+    /// A credential checked out, returned, revoked or refused over the agent socket
+    /// (`agentguard credential`, kind 15). Never holds the value.
+    Credential(CredentialUse),
 }
 
 impl Body {
@@ -210,6 +213,7 @@ impl Body {
             Self::LostEvents { .. } => 12,
             Self::ToolCall(_) => 13,
             Self::Pruned { .. } => 14,
+            Self::Credential(_) => 15,
         }
     }
 }
@@ -241,6 +245,9 @@ pub struct ToolCall {
     pub lease: String,
     /// Verdict number ([`ToolVerdict`] as u8).
     pub verdict: u8,
+    /// For an MCP tool: the JSON-RPC calls of the request (`tools/call:NAME`, other methods by
+    /// name, comma-separated); when refused, the calls that were refused. Empty otherwise.
+    pub mcp: String,
 }
 
 impl ToolCall {
@@ -248,6 +255,29 @@ impl ToolCall {
     pub fn verdict(&self) -> Option<ToolVerdict> {
         ToolVerdict::from_u8(self.verdict)
     }
+}
+
+/// What happened to a checked-out credential. Never holds the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialUse {
+    /// Full agent name.
+    pub agent: String,
+    /// Instance path.
+    pub instance: String,
+    /// The instance's cgroup id.
+    pub cgroup_id: u64,
+    /// The asking process (0 for a revocation by the daemon).
+    pub pid: u32,
+    /// The secret's name.
+    pub name: String,
+    /// `checkout`, `return`, `revoke` or `refused`.
+    pub action: String,
+    /// The lease id, empty for a refusal.
+    pub lease: String,
+    /// Seconds the lease has left (checkout), 0 otherwise.
+    pub ttl_s: u64,
+    /// Why (a refusal's reason, a revocation's cause), empty otherwise.
+    pub reason: String,
 }
 
 /// A freeze, thaw or kill.

@@ -146,7 +146,12 @@ fn body_json(body: &Body) -> Value {
             "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "tool": c.tool,
             "method": c.method, "path": c.path, "status": c.status, "bytes_in": c.bytes_in,
             "bytes_out": c.bytes_out, "duration_us": c.duration_us, "lease": c.lease,
-            "verdict": names::tool_verdict(c.verdict),
+            "verdict": names::tool_verdict(c.verdict), "mcp": c.mcp,
+        }),
+        Body::Credential(c) => json!({
+            "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "pid": c.pid,
+            "name": c.name, "action": c.action, "lease": c.lease, "ttl_s": c.ttl_s,
+            "reason": c.reason,
         }),
         Body::Pruned {
             first_kept_seq,
@@ -320,7 +325,7 @@ pub fn to_line(record: &Record) -> String {
         ),
         Body::Seal { epoch, mac } => format!("epoch={epoch} mac={mac}"),
         Body::ToolCall(c) => format!(
-            "{} agent={:?} instance={:?} tool={:?} {} {:?} status={} in={} out={} took_us={} lease={}",
+            "{} agent={:?} instance={:?} tool={:?} {} {:?} status={} in={} out={} took_us={} lease={}{}",
             names::tool_verdict(c.verdict),
             c.agent,
             c.instance,
@@ -331,7 +336,27 @@ pub fn to_line(record: &Record) -> String {
             c.bytes_in,
             c.bytes_out,
             c.duration_us,
-            if c.lease.is_empty() { "none" } else { &c.lease }
+            if c.lease.is_empty() { "none" } else { &c.lease },
+            if c.mcp.is_empty() {
+                String::new()
+            } else {
+                format!(" mcp={:?}", c.mcp)
+            }
+        ),
+        Body::Credential(c) => format!(
+            "{} agent={:?} instance={:?} pid={} name={:?} lease={} ttl_s={}{}",
+            c.action,
+            c.agent,
+            c.instance,
+            c.pid,
+            c.name,
+            if c.lease.is_empty() { "none" } else { &c.lease },
+            c.ttl_s,
+            if c.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" reason={:?}", c.reason)
+            }
         ),
         Body::Pruned {
             first_kept_seq,
@@ -530,6 +555,7 @@ mod tests {
                 duration_us: 800,
                 lease: "ab".into(),
                 verdict: 1,
+                mcp: String::new(),
             }),
             Body::Pruned {
                 first_kept_seq: 10,
@@ -542,6 +568,17 @@ mod tests {
                     reason: "retention".into(),
                 },
             },
+            Body::Credential(crate::audit::record::CredentialUse {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+                pid: 10,
+                name: "orders-db".into(),
+                action: "checkout".into(),
+                lease: "ab".into(),
+                ttl_s: 600,
+                reason: String::new(),
+            }),
         ]
     }
 

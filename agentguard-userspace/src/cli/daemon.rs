@@ -7,6 +7,7 @@ use agentguard::{
     control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
     daemon::{self, ClientLimits, DEFAULT_STATE_DIR, Options},
     dns,
+    secrets::vault::VaultConfig,
 };
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -89,6 +90,25 @@ pub struct DaemonArgs {
     /// Serve no tool gateway (policies with `tools` are still accepted; their calls fail).
     #[arg(long)]
     no_gateway: bool,
+    /// Read secrets the embedded store does not hold from this Vault / OpenBao (KV v2):
+    /// `https://HOST:PORT` (plain http only on loopback).
+    #[arg(long, value_name = "URL", value_parser = agentguard::secrets::vault::parse_addr, requires = "vault_token_file")]
+    vault_addr: Option<String>,
+    /// File holding the Vault token (read on every fetch; root-only).
+    #[arg(long, value_name = "PATH")]
+    vault_token_file: Option<PathBuf>,
+    /// KV v2 mount.
+    #[arg(long, value_name = "MOUNT", default_value = "secret")]
+    vault_mount: String,
+    /// Path prefix below the mount: secret NAME is read at MOUNT/data/PREFIX + NAME.
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    vault_prefix: String,
+    /// Field of the secret's data that holds the value.
+    #[arg(long, value_name = "FIELD", default_value = "value")]
+    vault_field: String,
+    /// Seconds a value read from Vault is used before it is read again.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    vault_cache_secs: u64,
 }
 
 fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -170,6 +190,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         },
         gateway_listen: (!args.no_gateway).then_some(args.gateway_listen),
         metrics_listen: args.metrics_listen,
+        vault: args.vault_addr.map(|addr| VaultConfig {
+            addr,
+            token_file: args.vault_token_file.unwrap_or_default(),
+            mount: args.vault_mount.trim_matches('/').to_owned(),
+            prefix: args.vault_prefix.trim_start_matches('/').to_owned(),
+            field: args.vault_field,
+            cache_ttl: Duration::from_secs(args.vault_cache_secs),
+        }),
         log_retention: match (args.log_keep_days, args.log_keep_bytes) {
             (Some(d), _) => Some(Retention::Days(d)),
             (None, Some(b)) => Some(Retention::Bytes(b)),

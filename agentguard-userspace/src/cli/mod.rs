@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand, each thin over the library.
 
 mod completions;
+mod credential;
 mod daemon;
 mod denials;
 mod doctor;
@@ -32,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the enforcement daemon in the foreground.
-    Daemon(daemon::DaemonArgs),
+    Daemon(Box<daemon::DaemonArgs>),
     /// Run a command as a new instance of an agent.
     Run(run::RunArgs),
     /// Adopt a running process into a new instance of an agent.
@@ -53,6 +54,9 @@ enum Command {
     /// Store, list and remove the credentials the tool gateway injects.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Inside an agent: check out (and return) a credential its policy grants.
+    #[command(subcommand)]
+    Credential(credential::CredentialCommand),
     /// Report what this host can enforce and which backend enforces it.
     Doctor(doctor::DoctorArgs),
     /// Recent refusals: inside an agent, its own and its sub-agents'; what would allow each.
@@ -83,7 +87,7 @@ impl SocketArg {
 /// Runs the parsed command.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Daemon(a) => daemon::run(a),
+        Command::Daemon(a) => daemon::run(*a),
         Command::Run(a) => run::run(a),
         Command::Tag(a) => tag::run(a),
         Command::Freeze(a) => kill_switch::run(kill_switch::Op::Freeze, a),
@@ -93,6 +97,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(c) => policy::run(c),
         Command::Log(a) => log::run(a),
         Command::Secret(c) => secret::run(c),
+        Command::Credential(c) => credential::run(c),
         Command::Doctor(a) => doctor::run(a),
         Command::Denials(a) => denials::run(a),
         Command::Teardown(a) => teardown::run(a),

@@ -140,6 +140,17 @@ pub enum Request {
         /// Also remove the programs (agents lose enforcement).
         unload: bool,
     },
+    /// Check out a credential the caller's agent is granted (`credentials`), for a tool the
+    /// gateway cannot front (agent socket only; the caller is its cgroup, never a field here).
+    CredentialCheckout {
+        /// Secret name.
+        name: String,
+    },
+    /// End the caller's instance's lease on a credential.
+    CredentialReturn {
+        /// Secret name.
+        name: String,
+    },
     /// Recent refusals of the caller's own instance and its sub-agents (agent socket; on the
     /// administrator socket, of every instance).
     Denials {
@@ -275,6 +286,22 @@ pub enum Reply {
     SecretRemoved {
         /// Whether it existed.
         existed: bool,
+    },
+    /// To [`Request::CredentialCheckout`].
+    Credential {
+        /// Secret name.
+        name: String,
+        /// The value (never printed by `Debug`).
+        value: SecretValue,
+        /// The lease id (what the log names).
+        lease: String,
+        /// Seconds until the lease ends.
+        ttl_s: u64,
+    },
+    /// To [`Request::CredentialReturn`].
+    CredentialReturned {
+        /// The lease ended.
+        lease: String,
     },
     /// To [`Request::Shutdown`].
     ShuttingDown,

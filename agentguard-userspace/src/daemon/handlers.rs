@@ -23,6 +23,7 @@ use crate::{
         },
     },
     ebpf::backends::FileBackend,
+    gateway::checkout,
     policy::{Agent, Mode},
 };
 
@@ -108,6 +109,9 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, req: Request) -> Response
             keep_days,
             keep_bytes,
         } => prune_log(shared, keep_days, keep_bytes, by),
+        Request::CredentialCheckout { .. } | Request::CredentialReturn { .. } => Err(
+            "credentials are checked out by processes inside agent instances, over the agent socket".to_owned(),
+        ),
     };
     match result {
         Ok(reply) => Response::Ok(reply),
@@ -184,8 +188,11 @@ pub async fn handle_agent(
         Request::Denials { since_ns } => Ok(Reply::Denials {
             denials: shared.recent_denials(Some(&caller.name), since_ns.unwrap_or(0)),
         }),
+        // The caller is its cgroup: only its own agent's grants, only its own instance's lease.
+        Request::CredentialCheckout { name } => checkout::checkout(shared, peer, caller, &name).await,
+        Request::CredentialReturn { name } => checkout::give_back(shared, peer, caller, &name),
         Request::Run { .. } => Err("a sub-agent always nests in the caller's own instance; --parent is not accepted here".to_owned()),
-        _ => Err("the agent socket only starts sub-agents; listing its own recent refusals (`agentguard denials`); everything else needs the administrator socket".to_owned()),
+        _ => Err("the agent socket only starts sub-agents, lists its own recent refusals (`agentguard denials`) and checks out granted credentials; everything else needs the administrator socket".to_owned()),
     };
     match result {
         Ok(reply) => Response::Ok(reply),

@@ -84,6 +84,8 @@ pub struct Options {
     pub log_retention: Option<audit::prune::Retention>,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A Vault / OpenBao KV v2 engine to read secrets from (after the embedded store).
+    pub vault: Option<crate::secrets::vault::VaultConfig>,
 }
 
 /// Why the daemon could not start or stopped with an error.
@@ -154,6 +156,8 @@ pub struct Shared {
     pub gateway_addr: Option<std::net::SocketAddr>,
     /// Credentials the gateway injects.
     secrets: std::sync::RwLock<SecretStore>,
+    /// Where secrets not in the embedded store are read, if anywhere.
+    vault: Option<crate::secrets::vault::Vault>,
     /// Leases and budgets of the gateway.
     pub gateway: crate::gateway::GatewayState,
     /// Recent refusals per instance, for `agentguard denials`.
@@ -191,6 +195,31 @@ impl Shared {
         self.secrets
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A secret's value: the embedded store's, else Vault's (when configured). `Err` when
+    /// Vault could not answer: the caller refuses rather than go on without it.
+    pub async fn secret_value(&self, name: &str) -> Result<Option<String>, String> {
+        if let Some(v) = self.read_secrets().get(name) {
+            return Ok(Some(v.to_owned()));
+        }
+        match &self.vault {
+            None => Ok(None),
+            Some(vault) => vault.get(name).await.map_err(|e| {
+                tracing::warn!(secret = %name, error = %e, "cannot read a secret from Vault");
+                e.to_string()
+            }),
+        }
+    }
+
+    /// Every secret value the daemon knows now (the embedded store's and those fetched from
+    /// Vault), for the gateway's search for secrets in requests and responses.
+    pub fn known_secret_values(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.read_secrets().values().map(str::to_owned).collect();
+        if let Some(v) = &self.vault {
+            all.extend(v.cached_values());
+        }
+        all
     }
 
     /// Changes the secret store.
@@ -365,6 +394,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         agent_socket: opts.agent_socket.clone(),
         gateway_addr,
         secrets: std::sync::RwLock::new(secrets),
+        vault: opts.vault.clone().map(crate::secrets::vault::Vault::new),
         gateway: crate::gateway::GatewayState::default(),
         denials: Mutex::default(),
         metrics: Arc::new(metrics::Metrics::new(opts.state_dir.join("log"))),

@@ -119,9 +119,9 @@ pub async fn run(
                 .map(|i| i.id)
                 .collect()
         };
-        shared
-            .gateway
-            .revoke(&ids, if op == Op::Kill { "kill" } else { "freeze" });
+        let why = if op == Op::Kill { "kill" } else { "freeze" };
+        let revoked = shared.gateway.revoke(&ids, why);
+        crate::gateway::checkout::log_revoked(shared, revoked, why);
     }
     let names: Vec<String> = instances.iter().map(|i| i.name.clone()).collect();
     let action = OperatorAction {

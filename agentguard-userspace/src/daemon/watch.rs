@@ -103,11 +103,12 @@ fn check(
         shared.private_tmp.remove(i);
     }
     let ids: Vec<u64> = ended.iter().map(|i| i.id).collect();
-    shared.gateway.forget(&ids);
+    let revoked = shared.gateway.forget(&ids);
     if let Err(e) = st.hierarchy.remove(&inst) {
         tracing::warn!(instance = %inst.name, error = %e, "cannot remove instance cgroup");
     }
     drop(st);
+    crate::gateway::checkout::log_revoked(shared, revoked, "instance ended");
     watched.retain(|w, i| {
         let gone = i.path.starts_with(&inst.path);
         if gone {

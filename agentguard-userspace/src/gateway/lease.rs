@@ -27,7 +27,7 @@ pub struct Leases {
 }
 
 /// A fresh lease id: 16 random bytes, hex.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
         // Uniqueness matters, secrecy does not: fall back to the clock and a counter.

@@ -8,8 +8,10 @@
 //! a chained `tool-call` record. HTTP is hyper's (server and client), TLS rustls'.
 
 mod body;
+pub mod checkout;
 pub mod identity;
 pub mod lease;
+pub mod mcp;
 pub mod rate;
 mod request;
 pub mod scan;
@@ -39,6 +41,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct GatewayState {
     leases: Mutex<lease::Leases>,
     buckets: Mutex<rate::Buckets>,
+    checkouts: Mutex<checkout::Checkouts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,20 +49,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl GatewayState {
-    /// Ends the leases of these instances (frozen, killed or ended): their next request, if
-    /// any, takes a new lease. Returns the lease ids ended.
-    pub fn revoke(&self, cgroup_ids: &[u64], why: &str) -> Vec<String> {
+    /// Ends the leases and credential checkouts of these instances (frozen, killed or ended):
+    /// their next request, if any, takes a new lease. Returns the checkouts ended, for the
+    /// caller to log (with no lock of its own held).
+    pub fn revoke(&self, cgroup_ids: &[u64], why: &str) -> Vec<checkout::Ended> {
         let ended = lock(&self.leases).revoke(cgroup_ids);
         if !ended.is_empty() {
             tracing::info!(leases = ?ended, why, "gateway leases revoked");
         }
-        ended
+        lock(&self.checkouts).revoke(cgroup_ids)
     }
 
-    /// Forgets everything about instances that ended.
-    pub fn forget(&self, cgroup_ids: &[u64]) {
-        self.revoke(cgroup_ids, "instance ended");
+    /// Forgets everything about instances that ended; returns the checkouts ended.
+    pub fn forget(&self, cgroup_ids: &[u64]) -> Vec<checkout::Ended> {
         lock(&self.buckets).forget(cgroup_ids);
+        self.revoke(cgroup_ids, "instance ended")
+    }
+
+    /// The credential checkouts.
+    fn checkouts(&self) -> MutexGuard<'_, checkout::Checkouts> {
+        lock(&self.checkouts)
     }
 }
 

@@ -17,7 +17,7 @@ use hyper_util::{
 };
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{Ctx, Finish, body::BoxError, body::Logged, lock, scan};
+use super::{Ctx, Finish, body::BoxError, body::Logged, lock, mcp, scan};
 use crate::{
     audit::record::ToolCall,
     policy::tools::{Inject, Tool, path_is_plain},
@@ -71,6 +71,18 @@ fn text(status: StatusCode, msg: &str) -> Response<GwBody> {
 fn refuse(finish: Finish, status: StatusCode, verdict: ToolVerdict, msg: &str) -> Response<GwBody> {
     let r = text(status, msg);
     finish.done(status.as_u16(), 0, verdict);
+    r
+}
+
+/// An MCP refusal: a JSON-RPC error body, logged as denied.
+fn refuse_json(finish: Finish, status: StatusCode, body: Bytes) -> Response<GwBody> {
+    let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    finish.done(status.as_u16(), 0, ToolVerdict::Denied);
     r
 }
 
@@ -128,6 +140,7 @@ pub async fn handle(
             duration_us: 0,
             lease: String::new(),
             verdict: 0,
+            mcp: String::new(),
         },
         start,
     };
@@ -271,13 +284,31 @@ async fn forward(
         }
     };
     finish.record.bytes_in = body.len() as u64;
-    let secrets: Arc<Vec<String>> = Arc::new(
-        ctx.shared
-            .read_secrets()
-            .values()
-            .map(str::to_owned)
-            .collect(),
-    );
+    // The tool's own credential first: from Vault it becomes known (and searched for) only
+    // once fetched.
+    let value = match &tool.credential {
+        None => None,
+        Some((secret, _)) => match ctx.shared.secret_value(secret).await {
+            Ok(Some(v)) => Some(v),
+            Ok(None) => {
+                return Ok(refuse(
+                    finish,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ToolVerdict::NoCredential,
+                    &format!("the credential of tool {:?} is not set", tool.name),
+                ));
+            }
+            Err(_) => {
+                return Ok(refuse(
+                    finish,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ToolVerdict::NoCredential,
+                    &format!("the credential of tool {:?} cannot be read", tool.name),
+                ));
+            }
+        },
+    };
+    let secrets: Arc<Vec<String>> = Arc::new(ctx.shared.known_secret_values());
     let head_carries = parts.uri.to_string().as_bytes().to_vec();
     let smuggled = scan::contains_any_decoded(&head_carries, &secrets)
         || parts
@@ -293,17 +324,30 @@ async fn forward(
             "the request carries a credential the gateway holds; refused",
         ));
     }
-    let credential = match &tool.credential {
-        None => None,
-        Some((secret, inject)) => {
-            let Some(value) = ctx.shared.read_secrets().get(secret).map(str::to_owned) else {
-                return Ok(refuse(
-                    finish,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ToolVerdict::NoCredential,
-                    &format!("the credential of tool {:?} is not set", tool.name),
-                ));
-            };
+    let body = match (&tool.mcp, &parts.method) {
+        (Some(rules), &http::Method::POST) => match mcp::judge(&body, rules) {
+            mcp::Judged::Forward { body, calls } => {
+                finish.record.mcp = calls;
+                body
+            }
+            mcp::Judged::Refuse {
+                body,
+                calls,
+                malformed,
+            } => {
+                finish.record.mcp = calls;
+                let status = if malformed {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                return Ok(refuse_json(finish, status, body));
+            }
+        },
+        _ => body,
+    };
+    let credential = match (&tool.credential, value) {
+        (Some((_, inject)), Some(value)) => {
             let (lease, new) = lock(&ctx.shared.gateway.leases).get_or_take(
                 cgroup,
                 &tool.name,
@@ -316,6 +360,7 @@ async fn forward(
             finish.record.lease = lease.id;
             Some((inject.clone(), inject.render(&value)))
         }
+        _ => None,
     };
     let mut uri = format!("{}{sub}", tool.url);
     if let Some(q) = &query {

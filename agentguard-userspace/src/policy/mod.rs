@@ -108,6 +108,10 @@ pub struct Agent {
     pub max_instances: Option<u32>,
     /// Tools (names of `[tools.NAME]`) the agent may call through the gateway.
     pub tools: Vec<Located<String>>,
+    /// Secrets the agent may check out over the agent socket (`credential checkout`).
+    pub credentials: Vec<Located<String>>,
+    /// Lifetime of a checked-out credential's lease.
+    pub credential_ttl: std::time::Duration,
 }
 
 impl Agent {

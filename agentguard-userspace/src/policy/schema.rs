@@ -40,6 +40,14 @@ pub struct RawTool {
     pub max_body: Option<Spanned<String>>,
     /// How long a credential lease lasts before the next request takes a new one (default 15min).
     pub lease_ttl: Option<Spanned<String>>,
+    /// `"http"` (default) or `"mcp"`: JSON-RPC 2.0 over Streamable HTTP, judged per call.
+    pub protocol: Option<Spanned<String>>,
+    /// MCP: JSON-RPC methods allowed (default: the lifecycle, `ping`, `tools/list`, `tools/call`).
+    #[serde(default)]
+    pub mcp_methods: Vec<Spanned<String>>,
+    /// MCP: tool names `tools/call` may name (none: no `tools/call` at all).
+    #[serde(default)]
+    pub mcp_tools: Vec<Spanned<String>>,
 }
 
 /// `mode = "enforce" | "audit"`.
@@ -98,6 +106,13 @@ pub struct RawAgent {
     /// Tools (`[tools.NAME]`) the agent may call through the gateway.
     #[serde(default)]
     pub tools: Vec<Spanned<String>>,
+    /// Secrets the agent may check out itself (`agentguard credential checkout NAME`), for
+    /// tools the gateway cannot front.
+    #[serde(default)]
+    pub credentials: Vec<Spanned<String>>,
+    /// How long a checked-out credential's lease lasts (default 15min; a sub-agent's at most
+    /// its parent's).
+    pub credential_ttl: Option<Spanned<String>>,
     /// Sub-agents by name.
     #[serde(default)]
     pub sub: BTreeMap<Spanned<String>, Spanned<RawAgent>>,

@@ -333,3 +333,55 @@ fn a_sub_agent_gets_no_tool_its_parent_lacks() {
     assert_eq!((line, field.as_str()), (15, "agents.b.sub.s.tools[0]"));
     assert!(msg.contains("not granted to parent agent \"b\""), "{msg}");
 }
+
+#[test]
+fn credentials_are_granted_per_agent_and_a_sub_agent_gets_a_subset() {
+    let p = parse(
+        "p.toml",
+        "[agents.b]\ncredentials = [\"db-password\", \"ssh-key\"]\ncredential_ttl = \"5min\"\n[agents.b.sub.s]\ncredentials = [\"ssh-key\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let b = p.agent("b").unwrap_or_else(|| panic!("no b"));
+    assert_eq!(b.credentials.len(), 2);
+    assert_eq!(b.credential_ttl, std::time::Duration::from_secs(300));
+    let s = p.agent("b/s").unwrap_or_else(|| panic!("no b/s"));
+    assert_eq!(s.credentials[0].value, "ssh-key");
+    assert_eq!(
+        s.credential_ttl,
+        std::time::Duration::from_secs(300),
+        "inherited"
+    );
+    // A sub-agent asking for more than its parent has: a credential, or a longer TTL.
+    let (line, _, field, msg) = one(
+        "[agents.b]\ncredentials = [\"ssh-key\"]\n[agents.b.sub.s]\ncredentials = [\"db-password\"]\n",
+    );
+    assert_eq!((line, field.as_str()), (4, "agents.b.sub.s.credentials[0]"));
+    assert!(msg.contains("not granted to parent agent \"b\""), "{msg}");
+    let (line, _, field, _) =
+        one("[agents.b]\ncredential_ttl = \"5min\"\n[agents.b.sub.s]\ncredential_ttl = \"1h\"\n");
+    assert_eq!((line, field.as_str()), (4, "agents.b.sub.s.credential_ttl"));
+    let (line, _, field, _) = one("[agents.b]\ncredentials = [\"../etc\"]\n");
+    assert_eq!((line, field.as_str()), (2, "agents.b.credentials[0]"));
+    let (_, _, field, _) = one("[agents.b]\ncredentials = [\"k\", \"k\"]\n");
+    assert_eq!(field, "agents.b.credentials[1]");
+    let (_, _, field, _) = one("[agents.b]\ncredential_ttl = \"forever\"\n");
+    assert_eq!(field, "agents.b.credential_ttl");
+}
+
+#[test]
+fn mcp_tools_validate() {
+    let mcp = "[tools.m]\nurl = \"http://127.0.0.1:1\"\nprotocol = \"mcp\"\npaths = [\"/mcp\"]\nmcp_tools = [\"search\"]\n";
+    let p = parse("p.toml", mcp).unwrap_or_else(|e| panic!("{e}"));
+    let t = p.tool("m").unwrap_or_else(|| panic!("no tool"));
+    let rules = t.mcp.clone().unwrap_or_else(|| panic!("no MCP rules"));
+    assert_eq!(rules.tools, ["search"]);
+    assert!(rules.methods.iter().any(|m| m == "tools/call"));
+    assert_eq!(t.methods, ["POST", "GET", "DELETE"]);
+    let (line, _, field, _) = one(&mcp.replace("\"mcp\"", "\"grpc\""));
+    assert_eq!((line, field.as_str()), (3, "tools.m.protocol"));
+    let (line, _, field, msg) = one(&mcp.replace("protocol = \"mcp\"\n", ""));
+    assert_eq!((line, field.as_str()), (4, "tools.m.mcp_tools[0]"));
+    assert!(msg.contains("needs protocol"), "{msg}");
+    let (_, _, field, _) = one(&mcp.replace("[\"search\"]", "[\"search\", \"search\"]"));
+    assert_eq!(field, "tools.m.mcp_tools[1]");
+}

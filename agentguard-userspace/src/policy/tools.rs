@@ -59,6 +59,26 @@ impl fmt::Display for Inject {
     }
 }
 
+/// JSON-RPC methods an MCP tool allows when `mcp_methods` is not given: the session's
+/// lifecycle, `ping`, listing tools and calling the ones `mcp_tools` names.
+pub const DEFAULT_MCP_METHODS: [&str; 6] = [
+    "initialize",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "ping",
+    "tools/list",
+    "tools/call",
+];
+
+/// What an MCP tool's calls may be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McpRules {
+    /// JSON-RPC methods allowed (exact, case-sensitive).
+    pub methods: Vec<String>,
+    /// Tool names `tools/call` may name.
+    pub tools: Vec<String>,
+}
+
 /// A validated tool.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tool {
@@ -78,6 +98,8 @@ pub struct Tool {
     pub max_body: u64,
     /// Lease lifetime.
     pub lease_ttl: Duration,
+    /// For `protocol = "mcp"`: the JSON-RPC rules.
+    pub mcp: Option<McpRules>,
     /// Where it was declared.
     pub at: Location,
 }
@@ -240,6 +262,54 @@ fn parse_url(s: &str) -> Result<String, String> {
         uri.scheme_str().unwrap_or("https"),
         auth
     ))
+}
+
+/// `protocol`, `mcp_methods` and `mcp_tools`: the MCP rules, or `None` for a plain HTTP tool.
+fn mcp_rules(
+    field: &str,
+    t: &RawTool,
+    err: &mut impl FnMut(std::ops::Range<usize>, String, String),
+) -> Option<McpRules> {
+    // `None` for an unknown protocol: reported once, not again for every mcp_ entry.
+    let is_mcp = match &t.protocol {
+        None => Some(false),
+        Some(p) => match p.get_ref().as_str() {
+            "http" => Some(false),
+            "mcp" => Some(true),
+            other => {
+                err(
+                    p.span(),
+                    format!("{field}.protocol"),
+                    format!("unknown protocol {other:?}: \"http\" or \"mcp\""),
+                );
+                None
+            }
+        },
+    };
+    let mut lists = [Vec::new(), Vec::new()];
+    for (k, (key, raw)) in [("mcp_methods", &t.mcp_methods), ("mcp_tools", &t.mcp_tools)]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, e) in raw.iter().enumerate() {
+            let f = format!("{field}.{key}[{i}]");
+            let v = e.get_ref();
+            if is_mcp == Some(false) {
+                err(e.span(), f, format!("{key} needs protocol = \"mcp\""));
+            } else if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+                err(e.span(), f, format!("invalid name {v:?}"));
+            } else if lists[k].contains(v) {
+                err(e.span(), f, format!("duplicate {v:?}"));
+            } else {
+                lists[k].push(v.clone());
+            }
+        }
+    }
+    let [mut methods, tools] = lists;
+    if t.mcp_methods.is_empty() {
+        methods = DEFAULT_MCP_METHODS.map(str::to_owned).to_vec();
+    }
+    (is_mcp == Some(true)).then_some(McpRules { methods, tools })
 }
 
 /// Validates every `[tools.NAME]`.
@@ -411,6 +481,12 @@ pub fn validate(
                 DEFAULT_LEASE_TTL
             }),
         };
+        let mcp = mcp_rules(&field, t, &mut err);
+        if mcp.is_some() && t.methods.is_empty() {
+            // Streamable HTTP: POST carries calls, GET opens the server's stream, DELETE ends
+            // the session.
+            methods = vec!["POST".to_owned(), "GET".to_owned(), "DELETE".to_owned()];
+        }
         let (line, column) = src.locate(name.span().start);
         if let (Some(url), Some(credential)) = (url, credential) {
             out.push(Tool {
@@ -422,6 +498,7 @@ pub fn validate(
                 rate,
                 max_body,
                 lease_ttl,
+                mcp,
                 at: Location {
                     line,
                     column,
@@ -448,6 +525,7 @@ mod tests {
             rate: None,
             max_body: 1,
             lease_ttl: DEFAULT_LEASE_TTL,
+            mcp: None,
             at: Location {
                 line: 1,
                 column: 1,

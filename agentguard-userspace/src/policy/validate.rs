@@ -157,6 +157,12 @@ impl Validator<'_> {
                 .as_ref()
                 .and_then(|m| self.max_instances(&field, m)),
             tools: self.tools(&field, &r.tools),
+            credentials: self.credentials(&field, &r.credentials),
+            credential_ttl: self.credential_ttl(
+                &field,
+                r.credential_ttl.as_ref(),
+                parent_agent.as_ref(),
+            ),
         };
         if agent.restricts_files() {
             // Every process opens these; they reach nothing but themselves (see runtime.rs).
@@ -219,6 +225,67 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    fn credentials(&mut self, field: &str, entries: &[Spanned<String>]) -> Vec<Located<String>> {
+        let mut out: Vec<Located<String>> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let f = format!("{field}.credentials[{i}]");
+            let name = e.get_ref().trim();
+            if !super::tools::valid_secret_name(name) {
+                self.error(
+                    e,
+                    f,
+                    format!("invalid secret name {name:?}: use 1 to 64 letters, digits, '-', '_' and '.'"),
+                );
+            } else if out.iter().any(|o| o.value == name) {
+                self.error(e, f, format!("duplicate credential {name:?}"));
+            } else {
+                out.push(Located {
+                    value: name.to_owned(),
+                    at: self.location(e, f),
+                });
+            }
+        }
+        out
+    }
+
+    /// `credential_ttl`: given, or the parent's, or the default.
+    fn credential_ttl(
+        &mut self,
+        field: &str,
+        raw: Option<&Spanned<String>>,
+        parent: Option<&Agent>,
+    ) -> std::time::Duration {
+        let inherited = parent.map_or(super::tools::DEFAULT_LEASE_TTL, |p| p.credential_ttl);
+        let Some(d) = raw else {
+            return inherited;
+        };
+        match super::tools::parse_duration(d.get_ref()) {
+            None => {
+                self.error(
+                    d,
+                    format!("{field}.credential_ttl"),
+                    format!(
+                        "invalid duration {:?}: e.g. \"30s\", \"15min\", \"1h\"",
+                        d.get_ref()
+                    ),
+                );
+                inherited
+            }
+            Some(ttl) if parent.is_some() && ttl > inherited => {
+                self.error(
+                    d,
+                    format!("{field}.credential_ttl"),
+                    format!(
+                        "a sub-agent's credential_ttl cannot be longer than its parent's ({}s)",
+                        inherited.as_secs()
+                    ),
+                );
+                inherited
+            }
+            Some(ttl) => ttl,
+        }
     }
 
     fn max_instances(&mut self, field: &str, m: &Spanned<i64>) -> Option<u32> {
@@ -705,6 +772,17 @@ impl Validator<'_> {
                     format!(
                         "tool {:?} is not granted to parent agent {pname:?}",
                         t.value
+                    ),
+                );
+            }
+        }
+        for c in &sub.credentials {
+            if !parent.credentials.iter().any(|p| p.value == c.value) {
+                self.error_at(
+                    &c.at,
+                    format!(
+                        "credential {:?} is not granted to parent agent {pname:?}",
+                        c.value
                     ),
                 );
             }

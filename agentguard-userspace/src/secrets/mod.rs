@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::tools::valid_secret_name;
 
+pub mod vault;
+
 /// Largest secret value accepted.
 pub const MAX_SECRET_LEN: usize = 16 * 1024;
 /// Shortest secret value accepted: the gateway refuses requests containing any secret's value,

@@ -1,0 +1,287 @@
+//! `agentguard credential checkout NAME` / `return NAME`: credentials for tools the gateway
+//! cannot front (a database, an SSH host, a non-HTTP protocol), handed to the agent itself.
+//!
+//! Who asks is the caller's cgroup, read by the agent socket from the kernel (`SO_PEERCRED`,
+//! `/proc/PID/cgroup`, checked against pid reuse with a pidfd) before any request is read;
+//! nothing in the request names an agent, an instance or a lease. An instance may check out
+//! only the secrets its agent's `credentials` grants (a sub-agent's list is a subset of its
+//! parent's, enforced by `policy check`). A lease id is no capability: returning or checking
+//! out again goes by the caller's cgroup, so knowing another instance's lease id gives nothing.
+//!
+//! Unlike a gateway credential, a checked-out value is in the agent's hands: ending the lease
+//! (return, TTL, freeze, kill, instance end) ends what the log attributes to the instance and
+//! what the daemon will hand out under it, not the value's validity upstream. Short-lived
+//! values need a backend that issues them (see docs/gateway.md).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::lease::new_id;
+use crate::{
+    audit::record::{Body, CredentialUse},
+    cgroup::Instance,
+    control::{
+        peer::Peer,
+        proto::{Reply, SecretValue},
+    },
+    daemon::Shared,
+};
+
+/// A live checkout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkout {
+    /// Random id, hex.
+    pub lease: String,
+    /// When it ends.
+    pub expires: Instant,
+    /// Full agent name (for the revocation record, after the instance is gone).
+    pub agent: String,
+    /// Instance path.
+    pub instance: String,
+}
+
+/// Checkouts by (instance cgroup id, secret name).
+#[derive(Debug, Default)]
+pub struct Checkouts {
+    live: HashMap<(u64, String), Checkout>,
+}
+
+/// A checkout ended by the daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// Instance cgroup id.
+    pub cgroup_id: u64,
+    /// Secret name.
+    pub name: String,
+    /// The checkout.
+    pub checkout: Checkout,
+}
+
+impl Checkouts {
+    /// The live checkout of `name` by the instance, or a new one; the flag says whether new.
+    pub fn take(
+        &mut self,
+        inst: &Instance,
+        name: &str,
+        ttl: Duration,
+        now: Instant,
+    ) -> (Checkout, bool) {
+        let key = (inst.id, name.to_owned());
+        if let Some(c) = self.live.get(&key).filter(|c| c.expires > now) {
+            return (c.clone(), false);
+        }
+        let c = Checkout {
+            lease: new_id(),
+            expires: now + ttl,
+            agent: inst.agent.clone(),
+            instance: inst.name.clone(),
+        };
+        self.live.insert(key, c.clone());
+        (c, true)
+    }
+
+    /// Ends the instance's checkout of `name`; `None` when it holds no live one (an expired
+    /// one is dropped as well).
+    pub fn give_back(&mut self, cgroup_id: u64, name: &str, now: Instant) -> Option<Checkout> {
+        self.live
+            .remove(&(cgroup_id, name.to_owned()))
+            .filter(|c| c.expires > now)
+    }
+
+    /// Ends every checkout of these instances.
+    pub fn revoke(&mut self, cgroup_ids: &[u64]) -> Vec<Ended> {
+        let keys: Vec<(u64, String)> = self
+            .live
+            .keys()
+            .filter(|(id, _)| cgroup_ids.contains(id))
+            .cloned()
+            .collect();
+        let mut ended: Vec<Ended> = keys
+            .into_iter()
+            .filter_map(|k| {
+                self.live.remove(&k).map(|checkout| Ended {
+                    cgroup_id: k.0,
+                    name: k.1,
+                    checkout,
+                })
+            })
+            .collect();
+        ended.sort_by(|a, b| a.checkout.lease.cmp(&b.checkout.lease));
+        ended
+    }
+}
+
+fn record(inst: &Instance, pid: u32, name: &str, action: &str) -> CredentialUse {
+    CredentialUse {
+        agent: inst.agent.clone(),
+        instance: inst.name.clone(),
+        cgroup_id: inst.id,
+        pid,
+        name: name.to_owned(),
+        action: action.to_owned(),
+        lease: String::new(),
+        ttl_s: 0,
+        reason: String::new(),
+    }
+}
+
+/// Logs a refusal and returns its message.
+fn refused(shared: &Shared, inst: &Instance, pid: u32, name: &str, reason: String) -> String {
+    shared.log(Body::Credential(CredentialUse {
+        reason: reason.clone(),
+        ..record(inst, pid, name, "refused")
+    }));
+    reason
+}
+
+/// `credential checkout NAME` from a process of `caller`.
+pub async fn checkout(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    caller: &Instance,
+    name: &str,
+) -> Result<Reply, String> {
+    let ttl = {
+        let st = shared.lock_state();
+        st.policy
+            .agent(&caller.agent)
+            .filter(|a| a.credentials.iter().any(|c| c.value == name))
+            .map(|a| a.credential_ttl)
+    };
+    let Some(ttl) = ttl else {
+        return Err(refused(
+            shared,
+            caller,
+            peer.pid,
+            name,
+            format!(
+                "agent {:?} is not granted credential {name:?} (policy `credentials`)",
+                caller.agent
+            ),
+        ));
+    };
+    let value = match shared.secret_value(name).await {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            return Err(refused(
+                shared,
+                caller,
+                peer.pid,
+                name,
+                format!("credential {name:?} is not set (agentguard secret set, or Vault)"),
+            ));
+        }
+        Err(e) => {
+            return Err(refused(
+                shared,
+                caller,
+                peer.pid,
+                name,
+                format!("credential {name:?} cannot be read: {e}"),
+            ));
+        }
+    };
+    let now = Instant::now();
+    let (c, _new) = shared.gateway.checkouts().take(caller, name, ttl, now);
+    let ttl_s = c.expires.saturating_duration_since(now).as_secs();
+    shared.log(Body::Credential(CredentialUse {
+        lease: c.lease.clone(),
+        ttl_s,
+        ..record(caller, peer.pid, name, "checkout")
+    }));
+    Ok(Reply::Credential {
+        name: name.to_owned(),
+        value: SecretValue(value),
+        lease: c.lease,
+        ttl_s,
+    })
+}
+
+/// `credential return NAME` from a process of `caller`.
+pub fn give_back(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    caller: &Instance,
+    name: &str,
+) -> Result<Reply, String> {
+    let Some(c) = shared
+        .gateway
+        .checkouts()
+        .give_back(caller.id, name, Instant::now())
+    else {
+        return Err(format!(
+            "instance {} holds no live lease on credential {name:?}",
+            caller.name
+        ));
+    };
+    shared.log(Body::Credential(CredentialUse {
+        lease: c.lease.clone(),
+        ..record(caller, peer.pid, name, "return")
+    }));
+    Ok(Reply::CredentialReturned { lease: c.lease })
+}
+
+/// Logs the checkouts a freeze, kill or instance end revoked.
+pub fn log_revoked(shared: &Shared, ended: Vec<Ended>, why: &str) {
+    for e in ended {
+        shared.log(Body::Credential(CredentialUse {
+            agent: e.checkout.agent,
+            instance: e.checkout.instance,
+            cgroup_id: e.cgroup_id,
+            pid: 0,
+            name: e.name,
+            action: "revoke".to_owned(),
+            lease: e.checkout.lease,
+            ttl_s: 0,
+            reason: why.to_owned(),
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: u64) -> Instance {
+        Instance {
+            id,
+            agent: "buyer".into(),
+            name: format!("buyer/{id}"),
+            path: std::path::PathBuf::from(format!("/sys/fs/cgroup/agentguard/buyer/{id}")),
+            parent: None,
+            root_instance: id,
+        }
+    }
+
+    #[test]
+    fn checkouts_are_per_instance_and_end_on_return_or_revoke() {
+        let mut c = Checkouts::default();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let (a, new) = c.take(&inst(1), "db", ttl, t0);
+        assert!(new);
+        let (again, new) = c.take(&inst(1), "db", ttl, t0 + Duration::from_secs(1));
+        assert!(!new);
+        assert_eq!(a, again);
+        // Another instance's lease is its own; returning goes by the caller's instance.
+        let (b, _) = c.take(&inst(2), "db", ttl, t0);
+        assert_ne!(a.lease, b.lease);
+        assert_eq!(c.give_back(1, "db", t0), Some(a.clone()));
+        assert_eq!(c.give_back(1, "db", t0), None, "a second return");
+        let (fresh, new) = c.take(&inst(1), "db", ttl, t0);
+        assert!(new);
+        assert_ne!(
+            fresh.lease, a.lease,
+            "a checkout after return is a new lease"
+        );
+        // Expired: nothing to return.
+        assert_eq!(c.give_back(2, "db", t0 + ttl), None);
+        let ended = c.revoke(&[1]);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].checkout.lease, fresh.lease);
+        assert!(c.revoke(&[1]).is_empty());
+    }
+}
