@@ -192,3 +192,19 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Runs `cmd` in `cgroup` (moved there by a shell before it execs), as a process the daemon did
+/// not start: what any process in an agent's cgroup can do, with or without a daemon.
+pub fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> Output {
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+        cgroup.display()
+    );
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}

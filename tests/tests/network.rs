@@ -1,6 +1,6 @@
 //! The network allowlist, enforced by cgroup sock_addr programs on a real kernel.
 
-use agentguard_tests::{Daemon, assert_eperm, describe, net, privileged, stdout};
+use agentguard_tests::{Daemon, assert_eperm, describe, net, privileged, run_in_cgroup, stdout};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
@@ -307,19 +307,4 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
-}
-
-/// Runs a command inside a cgroup without the daemon: a shell moves itself in, then execs.
-fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> std::process::Output {
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
-        cgroup.display()
-    );
-    std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .args(cmd)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"))
 }

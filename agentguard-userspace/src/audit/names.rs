@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 15] = [
+pub const RECORD_KINDS: [&str; 16] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -48,6 +48,7 @@ pub const RECORD_KINDS: [&str; 15] = [
     "lost-events",
     "tool-call",
     "pruned",
+    "handover",
 ];
 
 /// The name of a record kind.

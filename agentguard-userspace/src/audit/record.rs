@@ -189,6 +189,20 @@ pub enum Body {
         /// Who pruned.
         by: Actor,
     },
+    /// A daemon of another eBPF build took over the pinned enforcement (kind 15), attaching
+    /// its programs before the previous build's were removed. `kept_state` says whether the
+    /// maps (instances, budgets, counters) carried over; where they could not, `reason` says
+    /// why and the new build started from fresh maps.
+    Handover {
+        /// The previous build's pin directory name (its object digest, or its state version).
+        previous: String,
+        /// This daemon's object digest.
+        build: String,
+        /// Whether the pinned maps were taken over.
+        kept_state: bool,
+        /// Why they were not (empty when they were).
+        reason: String,
+    },
 }
 
 impl Body {
@@ -210,6 +224,7 @@ impl Body {
             Self::LostEvents { .. } => 12,
             Self::ToolCall(_) => 13,
             Self::Pruned { .. } => 14,
+            Self::Handover { .. } => 15,
         }
     }
 }

@@ -161,6 +161,14 @@ fn body_json(body: &Body) -> Value {
             "removed_from_seq": removed_from_seq, "segments": segments, "bytes": bytes,
             "rule": rule, "by": actor_json(by),
         }),
+        Body::Handover {
+            previous,
+            build,
+            kept_state,
+            reason,
+        } => json!({
+            "previous": previous, "build": build, "kept_state": kept_state, "reason": reason,
+        }),
     }
 }
 
@@ -345,6 +353,12 @@ pub fn to_line(record: &Record) -> String {
             "removed={removed_from_seq}..{first_kept_seq} segments={segments} bytes={bytes} rule={rule:?} pruned_head={pruned_head} by={}",
             actor_line(by)
         ),
+        Body::Handover {
+            previous,
+            build,
+            kept_state,
+            reason,
+        } => format!("previous={previous} build={build} kept_state={kept_state} reason={reason:?}"),
     };
     format!("{head} {rest}")
 }
@@ -541,6 +555,12 @@ mod tests {
                 by: Actor::Daemon {
                     reason: "retention".into(),
                 },
+            },
+            Body::Handover {
+                previous: "0123456789ab".into(),
+                build: "ba9876543210".into(),
+                kept_state: true,
+                reason: String::new(),
             },
         ]
     }
