@@ -319,6 +319,13 @@ impl Daemon {
         }
     }
 
+    /// How many running instances `status` reports for the policy's first agent.
+    pub fn first_agent_instances(&self) -> usize {
+        let status = self.cli(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        v["agents"][0]["instances"].as_array().map_or(0, Vec::len)
+    }
+
     /// The log records as `agentguard log show --json` prints them, in order.
     pub fn records(&self) -> Vec<serde_json::Value> {
         let state = self.state.to_string_lossy().into_owned();

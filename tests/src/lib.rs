@@ -208,3 +208,13 @@ pub fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> Output {
         .output()
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The cgroup of `agent`'s first instance (`<cgroup root>/<agent>/<n>`).
+pub fn instance_cgroup(agent: &str) -> PathBuf {
+    std::fs::read_dir(cgroup_root().join(agent))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("no instance cgroup of {agent}"))
+}

@@ -13,8 +13,8 @@ use std::{
 };
 
 use agentguard_tests::{
-    ChildGuard, Daemon, assert_eperm, cgroup_root, describe, net, patience, privileged,
-    run_in_cgroup, stdout,
+    ChildGuard, Daemon, assert_eperm, cgroup_root, describe, instance_cgroup, net, patience,
+    privileged, run_in_cgroup, stdout,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
@@ -103,12 +103,7 @@ fn maintainer_scripts_keep_enforcement_on_upgrade_and_remove_and_purge_tears_dow
     let mut d = Daemon::start("[agents.buyer]\n");
     let agent = ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "60"]));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
-    let instance = std::fs::read_dir(cgroup_root().join("buyer"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .unwrap_or_else(|| panic!("no instance cgroup"));
+    let instance = instance_cgroup("buyer");
     let confined = |when: &str| {
         let out = run_in_cgroup(
             &instance,

@@ -243,12 +243,7 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.kill9();
     // With no daemon at all, a process in the agent's cgroup is still refused.
-    let instance = std::fs::read_dir(agentguard_tests::cgroup_root().join("buyer"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .unwrap_or_else(|| panic!("no instance cgroup"));
+    let instance = agentguard_tests::instance_cgroup("buyer");
     let out = run_in_cgroup(
         &instance,
         &[PROBE, "tcp", "127.0.0.1", &p.tcp4_no.port().to_string()],

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use agentguard_tests::{
-    ChildGuard, Daemon, assert_eperm, cgroup_root, describe, net, privileged, run_in_cgroup, stdout,
+    ChildGuard, Daemon, assert_eperm, instance_cgroup, net, privileged, run_in_cgroup, stdout,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
@@ -62,12 +62,7 @@ fn an_upgrade_to_another_build_keeps_the_agent_confined_and_its_budget() {
 
     let _agent = ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "60"]));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
-    let instance = std::fs::read_dir(cgroup_root().join("buyer"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .unwrap_or_else(|| panic!("no instance cgroup"));
+    let instance = instance_cgroup("buyer");
     let connect = |port: u16| {
         let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &port.to_string()]);
         stdout(&out).trim().to_owned()
@@ -112,18 +107,7 @@ fn an_upgrade_to_another_build_keeps_the_agent_confined_and_its_budget() {
     assert_eq!(handover["build"].as_str(), Some(new_builds[0].as_str()));
 
     // The instance carried over ...
-    let status = d.cli(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    let instances = v["agents"][0]["instances"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(
-        instances.len(),
-        1,
-        "the agent is re-adopted: {}",
-        describe(&status)
-    );
+    assert_eq!(d.first_agent_instances(), 1, "the agent is re-adopted");
     // ... and so did its budget: one connect left, not a fresh three.
     assert_eq!(connect(ok.port()), "ok", "the third connect");
     assert_eperm(
@@ -143,12 +127,7 @@ fn pinned_maps_of_another_layout_are_not_taken_over_and_the_agent_stays_confined
     let mut d = Daemon::start("[agents.buyer]\n");
     let _agent = ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "60"]));
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
-    let instance = std::fs::read_dir(cgroup_root().join("buyer"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .unwrap_or_else(|| panic!("no instance cgroup"));
+    let instance = instance_cgroup("buyer");
     let refused = |when: &str| {
         let out = run_in_cgroup(
             &instance,
@@ -202,12 +181,5 @@ fn pinned_maps_of_another_layout_are_not_taken_over_and_the_agent_stays_confined
     );
     // The running agent was re-adopted from the cgroup tree and is judged by the new programs.
     refused("after the fallback");
-    let status = d.cli(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    assert_eq!(
-        v["agents"][0]["instances"].as_array().map(Vec::len),
-        Some(1),
-        "{}",
-        describe(&status)
-    );
+    assert_eq!(d.first_agent_instances(), 1, "the agent is re-adopted");
 }

@@ -207,15 +207,8 @@ impl Loaded {
         }
         // Only now, with this build's programs attached, do the old ones go: unpinning a link
         // nobody holds detaches it.
-        let builds = self
-            .pins
-            .other_builds()
-            .map_err(|source| LoadError::PinDir {
-                path: self.pins.links(),
-                source,
-            })?;
         let states = self.replaced.iter().map(|r| r.path.clone());
-        for old in builds.into_iter().chain(states) {
+        for old in previous.into_iter().chain(states) {
             tracing::info!(path = %old.display(), "removing the pins of the previous build");
             pins::remove_tree(&old).map_err(|source| LoadError::PinDir {
                 path: old.clone(),
