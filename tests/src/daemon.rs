@@ -166,9 +166,15 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
+        self.wait_ready_while(|| {});
+    }
+
+    /// Waits for the daemon to answer, calling `each` before every check (so at least once).
+    fn wait_ready_while(&mut self, mut each: impl FnMut()) {
         let start = Instant::now();
         let timeout = patience(READY_TIMEOUT);
         loop {
+            each();
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -309,6 +315,17 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Stops the daemon (SIGTERM) and starts it with `args` in place of its extra arguments
+    /// (e.g. another eBPF build): `between` runs once the old daemon is gone and then again
+    /// before every readiness check, until the new daemon answers.
+    pub fn replace_with(&mut self, args: &[&str], mut between: impl FnMut()) {
+        self.stop();
+        between();
+        self.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.spawn_process();
+        self.wait_ready_while(between);
+    }
+
     /// Stops the daemon with SIGTERM (enforcement stays unless it was told to unload).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -320,6 +337,13 @@ impl Daemon {
             }
             let _ = child.wait();
         }
+    }
+
+    /// How many running instances `status` reports for the policy's first agent.
+    pub fn first_agent_instances(&self) -> usize {
+        let status = self.cli(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        v["agents"][0]["instances"].as_array().map_or(0, Vec::len)
     }
 
     /// The log records as `agentguard log show --json` prints them, in order.

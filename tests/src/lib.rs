@@ -194,3 +194,29 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Runs `cmd` in `cgroup` (moved there by a shell before it execs), as a process the daemon did
+/// not start: what any process in an agent's cgroup can do, with or without a daemon.
+pub fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> Output {
+    let script = format!(
+        "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
+        cgroup.display()
+    );
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The cgroup of `agent`'s first instance (`<cgroup root>/<agent>/<n>`).
+pub fn instance_cgroup(agent: &str) -> PathBuf {
+    std::fs::read_dir(cgroup_root().join(agent))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .filter_map(Result::ok)
+        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .unwrap_or_else(|| panic!("no instance cgroup of {agent}"))
+}

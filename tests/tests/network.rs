@@ -1,6 +1,6 @@
 //! The network allowlist, enforced by cgroup sock_addr programs on a real kernel.
 
-use agentguard_tests::{Daemon, assert_eperm, describe, net, privileged, stdout};
+use agentguard_tests::{Daemon, assert_eperm, describe, net, privileged, run_in_cgroup, stdout};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
@@ -243,12 +243,7 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.kill9();
     // With no daemon at all, a process in the agent's cgroup is still refused.
-    let instance = std::fs::read_dir(agentguard_tests::cgroup_root().join("buyer"))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .find(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .unwrap_or_else(|| panic!("no instance cgroup"));
+    let instance = agentguard_tests::instance_cgroup("buyer");
     let out = run_in_cgroup(
         &instance,
         &[PROBE, "tcp", "127.0.0.1", &p.tcp4_no.port().to_string()],
@@ -307,19 +302,4 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     );
     let _ = agent.kill();
     let _ = agent.wait();
-}
-
-/// Runs a command inside a cgroup without the daemon: a shell moves itself in, then execs.
-fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> std::process::Output {
-    let script = format!(
-        "echo $$ > '{}/cgroup.procs' && exec \"$@\"",
-        cgroup.display()
-    );
-    std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .arg("sh")
-        .args(cmd)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -14,10 +14,16 @@ fn an_agent_cannot_unpin_enforcement() {
     let l = net::Tcp::listen("127.0.0.1");
     // `rooted` is the strongest attacker a policy allows: uid 0 without capabilities.
     let d = Daemon::start(POLICY);
-    let link = std::fs::read_dir("/sys/fs/bpf/agentguard")
-        .unwrap_or_else(|e| panic!("{e}"))
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("links/ag_connect4"))
+    // /sys/fs/bpf/agentguard/<state>/links/<build>/ag_connect4
+    let dirs = |p: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let link = dirs(std::path::Path::new("/sys/fs/bpf/agentguard"))
+        .iter()
+        .flat_map(|state| dirs(&state.join("links")))
+        .map(|build| build.join("ag_connect4"))
         .find(|p| p.exists())
         .unwrap_or_else(|| panic!("no pinned connect4 link"));
     let out = d.probe("buyer", &["unlink", &link.to_string_lossy()]);

@@ -219,7 +219,8 @@ const REQUIRED: [&str; 8] = [
 
 /// What CI checks without installing into this host: metadata and contents, an extraction into
 /// a scratch root whose binary must run and accept the default policy, the maintainer scripts'
-/// syntax, and the unit file with `systemd-analyze verify` where systemd is installed.
+/// syntax (extracted into target/package/control for the privileged test that runs them), and
+/// the unit file with `systemd-analyze verify` where systemd is installed.
 fn check(deb: &Path) -> Result<()> {
     let info = String::from_utf8_lossy(
         &cmd::output(Command::new("dpkg-deb").arg("--info").arg(deb))?.stdout,
@@ -269,12 +270,15 @@ fn check(deb: &Path) -> Result<()> {
             .args(["policy", "check"])
             .arg(&policy),
     )?;
+    // The scripts as packaged, where the privileged test `maintainer_scripts` runs them per
+    // dpkg action against a real daemon's pins.
+    let control = package_dir().join("control");
+    if control.exists() {
+        fs::remove_dir_all(&control)?;
+    }
+    cmd::run_quiet(Command::new("dpkg-deb").arg("-e").arg(deb).arg(&control))?;
     for script in ["postinst", "prerm", "postrm"] {
-        cmd::run_quiet(
-            Command::new("sh")
-                .arg("-n")
-                .arg(packaging_dir().join("debian").join(script)),
-        )?;
+        cmd::run_quiet(Command::new("sh").arg("-n").arg(control.join(script)))?;
     }
     verify_unit(&scratch)?;
     println!("package ok: {}", deb.display());

@@ -146,7 +146,9 @@ fn print_summary(rows: &[(&str, Outcome, Duration)]) {
 }
 
 fn build_ebpf_stage() -> Result<()> {
-    build_ebpf::build_release().map(drop)
+    build_ebpf::build_release()?;
+    // The upgrade test loads it as the next build.
+    build_ebpf::build_variant().map(drop)
 }
 
 fn build_stage() -> Result<()> {

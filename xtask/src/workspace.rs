@@ -23,8 +23,17 @@ pub fn ebpf_target_dir() -> PathBuf {
 /// `<root>/target/ebpf/bpfel-unknown-none/release/agentguard-ebpf`.
 /// agentguard-userspace's build.rs reads this path unless `AGENTGUARD_EBPF_OBJ` overrides it.
 pub fn ebpf_object() -> PathBuf {
-    ebpf_target_dir()
-        .join("bpfel-unknown-none")
+    object_in(&ebpf_target_dir())
+}
+
+/// A second build of the same eBPF source (`build-ebpf --variant`): another object digest,
+/// the same maps, for the upgrade test (`tests/tests/upgrade.rs` reads it from this path).
+pub fn ebpf_variant_object() -> PathBuf {
+    object_in(&target_dir().join("ebpf-variant"))
+}
+
+fn object_in(dir: &Path) -> PathBuf {
+    dir.join("bpfel-unknown-none")
         .join("release")
         .join("agentguard-ebpf")
 }

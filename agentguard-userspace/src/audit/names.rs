@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 16] = [
+pub const RECORD_KINDS: [&str; 17] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -49,6 +49,7 @@ pub const RECORD_KINDS: [&str; 16] = [
     "tool-call",
     "pruned",
     "credential",
+    "handover",
 ];
 
 /// The name of a record kind.

@@ -192,6 +192,20 @@ pub enum Body {
     /// A credential checked out, returned, revoked or refused over the agent socket
     /// (`agentguard credential`, kind 15). Never holds the value.
     Credential(CredentialUse),
+    /// A daemon of another eBPF build took over the pinned enforcement (kind 16), attaching
+    /// its programs before the previous build's were removed. `kept_state` says whether the
+    /// maps (instances, budgets, counters) carried over; where they could not, `reason` says
+    /// why and the new build started from fresh maps.
+    Handover {
+        /// The previous build's pin directory name (its object digest, or its state version).
+        previous: String,
+        /// This daemon's object digest.
+        build: String,
+        /// Whether the pinned maps were taken over.
+        kept_state: bool,
+        /// Why they were not (empty when they were).
+        reason: String,
+    },
 }
 
 impl Body {
@@ -214,6 +228,7 @@ impl Body {
             Self::ToolCall(_) => 13,
             Self::Pruned { .. } => 14,
             Self::Credential(_) => 15,
+            Self::Handover { .. } => 16,
         }
     }
 }

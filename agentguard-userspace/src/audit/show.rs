@@ -166,6 +166,14 @@ fn body_json(body: &Body) -> Value {
             "removed_from_seq": removed_from_seq, "segments": segments, "bytes": bytes,
             "rule": rule, "by": actor_json(by),
         }),
+        Body::Handover {
+            previous,
+            build,
+            kept_state,
+            reason,
+        } => json!({
+            "previous": previous, "build": build, "kept_state": kept_state, "reason": reason,
+        }),
     }
 }
 
@@ -370,6 +378,12 @@ pub fn to_line(record: &Record) -> String {
             "removed={removed_from_seq}..{first_kept_seq} segments={segments} bytes={bytes} rule={rule:?} pruned_head={pruned_head} by={}",
             actor_line(by)
         ),
+        Body::Handover {
+            previous,
+            build,
+            kept_state,
+            reason,
+        } => format!("previous={previous} build={build} kept_state={kept_state} reason={reason:?}"),
     };
     format!("{head} {rest}")
 }
@@ -579,6 +593,12 @@ mod tests {
                 ttl_s: 600,
                 reason: String::new(),
             }),
+            Body::Handover {
+                previous: "0123456789ab".into(),
+                build: "ba9876543210".into(),
+                kept_state: true,
+                reason: String::new(),
+            },
         ]
     }
 

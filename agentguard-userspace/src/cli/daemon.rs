@@ -57,6 +57,11 @@ pub struct DaemonArgs {
     /// programs are first loaded. Events beyond it while the daemon lags are counted as lost.
     #[arg(long, value_name = "BYTES", default_value_t = agentguard_common::maps::EVENTS_BYTES, value_parser = parse_ring_size)]
     ring_buffer_bytes: u32,
+    /// Load this eBPF object instead of the one built into the binary (root only: the file and
+    /// every directory above it must be owned by root and writable by no one else). For
+    /// testing an upgrade between two builds of the programs; see docs/operations.md.
+    #[arg(long, value_name = "FILE", hide_short_help = true)]
+    ebpf_object: Option<PathBuf>,
     /// Where the daemon makes each instance's private temp directory
     /// (`<tmp-dir>/<agent>/<n>`, see `private_tmp` in docs/policy.md).
     #[arg(long, value_name = "DIR", default_value = daemon::private_tmp::DEFAULT_ROOT)]
@@ -162,6 +167,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     } else {
         logs.init();
     }
+    let object = match &args.ebpf_object {
+        Some(path) => agentguard::ebpf::object::EbpfObject::from_trusted_file(path)?,
+        None => agentguard::ebpf::object::EbpfObject::embedded(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -182,6 +191,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         unload_on_exit: args.unload_on_exit,
         log,
         ring_buffer_bytes: args.ring_buffer_bytes,
+        object,
         tmp_dir: args.tmp_dir,
         clients: ClientLimits {
             request_timeout: Duration::from_secs(args.client_timeout),

@@ -74,6 +74,8 @@ pub struct Options {
     pub log: LogOptions,
     /// Size of the event ring buffer in bytes, when the programs are first loaded.
     pub ring_buffer_bytes: u32,
+    /// The eBPF object to load (the embedded one unless an operator named another).
+    pub object: crate::ebpf::object::EbpfObject,
     /// Where private temp directories are made (`<tmp-dir>/<agent>/<n>`).
     pub tmp_dir: PathBuf,
     /// What one client, and all of them, may hold of each control socket.
@@ -325,6 +327,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let started = std::time::Instant::now();
     let mut loaded = loader::load(&LoadOptions {
         ring_buffer_bytes: opts.ring_buffer_bytes,
+        object: opts.object.clone(),
         ..LoadOptions::default()
     })?;
     let backends = loaded.backends.clone();
@@ -406,6 +409,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         backends: backends.to_string(),
         adopted: loaded.is_restart(),
     });
+    log_handover(&shared, &loaded, &opts.object.build());
     shared.log(Body::PolicyApplied {
         digest: policy.digest_hex(),
         origin: policy.origin.clone(),
@@ -563,4 +567,32 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     drop(loaded);
     Ok(())
+}
+
+/// Records which previous build's pins this daemon took over, and loudly, pinned state it
+/// could not take over (the agents' budgets and counters start afresh then).
+fn log_handover(shared: &Shared, loaded: &loader::Loaded, build: &str) {
+    for previous in &loaded.previous_builds {
+        tracing::info!(%previous, %build, "took over the pinned maps and replaced the programs of a previous build");
+        shared.log(Body::Handover {
+            previous: previous.clone(),
+            build: build.to_owned(),
+            kept_state: true,
+            reason: String::new(),
+        });
+    }
+    for r in &loaded.replaced {
+        let previous = r
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        tracing::error!(%previous, %build, reason = %r.reason, "pinned state of a previous build NOT taken over: instances, budgets and counters start afresh");
+        shared.log(Body::Handover {
+            previous,
+            build: build.to_owned(),
+            kept_state: false,
+            reason: r.reason.clone(),
+        });
+    }
 }

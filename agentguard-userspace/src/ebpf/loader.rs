@@ -1,20 +1,30 @@
 //! Loading, attaching, pinning and re-adopting the programs.
 //!
-//! Maps and links are pinned under a versioned bpffs directory ([`PinDir`]), so enforcement
-//! outlives the daemon: after `kill -9` the links stay attached and the maps keep their rules.
-//! A restarted daemon loads the same object with the same pin directory: aya re-opens the pinned
-//! maps instead of creating new ones, and groups whose links are pinned are adopted rather than
-//! attached again, so there is no moment without enforcement.
+//! Maps and links are pinned in bpffs ([`PinDir`]), so enforcement outlives the daemon: after
+//! `kill -9` the links stay attached and the maps keep their rules. A restarted daemon of the
+//! same build re-opens the pinned maps (aya does, for maps pinned by name) and adopts the groups
+//! whose links are pinned rather than attaching them again, so there is no moment without
+//! enforcement.
+//!
+//! A daemon of another build (an upgrade) whose maps have the same ABI and layout re-opens the
+//! same maps, after checking each pinned map's type, sizes and flags against its object: the
+//! instances, budgets and counters carry over. Its programs are attached next to the old ones
+//! and only then are the old links unpinned, so the old programs judge until the new ones do.
+//! A build with other maps starts from fresh maps in a directory of its own (reported as
+//! [`Replaced`]), and the old build's pins are removed only once its programs are attached.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     io,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use agentguard_common::offsets::{FILE_F_PATH_GLOBAL, GLOBAL_NAME, KernelOffsets};
 use aya::{
     Btf, Ebpf, EbpfLoader,
+    maps::MapInfo,
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, TracePoint,
         links::{FdLink, LinkError, PinnedLink},
@@ -23,7 +33,8 @@ use aya::{
 
 use super::{
     backends::{self, Backends, MissingProgram, UnixBackend},
-    object::{self, OBJECT},
+    link_update,
+    object::{EbpfObject, MapLayout, ObjectError},
     offsets::{self, OffsetError},
     pins::{self, PinDir},
     programs::{self, Group, Hook, Spec},
@@ -82,6 +93,23 @@ pub enum LoadError {
         /// What failed.
         message: String,
     },
+    /// A pinned map in this build's state directory does not have the layout the object
+    /// declares: loading against it could misread every entry, so nothing is loaded and the
+    /// pins in force stay as they are.
+    #[error(
+        "pinned map {path} has {pinned}, the eBPF object declares {declared}: run `agentguard teardown` to start afresh"
+    )]
+    MapLayout {
+        /// The pinned map.
+        path: PathBuf,
+        /// Its layout in the kernel.
+        pinned: MapLayout,
+        /// The object's.
+        declared: MapLayout,
+    },
+    /// The object could not be parsed for its maps' layouts.
+    #[error(transparent)]
+    ObjectFile(#[from] ObjectError),
     /// The cgroup to attach to could not be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -93,13 +121,13 @@ pub enum LoadError {
     },
 }
 
-/// Where to pin, or a throwaway directory for probes.
+/// Where to pin and what to load.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// agentguard's bpffs directory (normally [`pins::ROOT`]).
     pub pin_root: PathBuf,
-    /// The version directory name (normally [`object::version`]).
-    pub version: String,
+    /// The object (normally the embedded one).
+    pub object: EbpfObject,
     /// Size of the event ring buffer in bytes (a power-of-two multiple of the page size). Only
     /// used when the ring buffer is created, not when a pinned one is re-opened.
     pub ring_buffer_bytes: u32,
@@ -109,7 +137,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             pin_root: PathBuf::from(pins::ROOT),
-            version: object::version(),
+            object: EbpfObject::embedded(),
             ring_buffer_bytes: agentguard_common::maps::EVENTS_BYTES,
         }
     }
@@ -125,6 +153,12 @@ pub struct Loaded {
     pub backends: Backends,
     /// Groups adopted from pinned links (a restart).
     pub adopted: Vec<Group>,
+    /// Whether the maps were re-opened from pins (a restart or an upgrade that kept state).
+    pub maps_adopted: bool,
+    /// Other builds whose maps this one shares and whose links it replaces (an upgrade).
+    pub previous_builds: Vec<String>,
+    /// Pinned state this build could not take over; removed once this build is attached.
+    pub replaced: Vec<Replaced>,
     /// Programs loaded and waiting for [`Loaded::attach`]: the spec and the variant that loaded.
     pending: Vec<Chosen>,
     /// Every link, held open for the daemon's lifetime: removing a pin file then does not
@@ -135,7 +169,7 @@ pub struct Loaded {
 impl Loaded {
     /// Whether anything was adopted from a previous daemon.
     pub fn is_restart(&self) -> bool {
-        !self.adopted.is_empty()
+        !self.adopted.is_empty() || self.maps_adopted
     }
 
     /// Attaches and pins every loaded group; unpins groups this decision no longer uses and
@@ -146,8 +180,18 @@ impl Loaded {
             path: agentguard_cgroup.to_owned(),
             source,
         })?;
+        let previous = self
+            .pins
+            .other_builds()
+            .map_err(|source| LoadError::PinDir {
+                path: self.pins.links(),
+                source,
+            })?;
         for (spec, program) in std::mem::take(&mut self.pending) {
-            let link = attach_one(&mut self.ebpf, spec, program, &cgroup, &self.pins)?;
+            let link = match take_over(&self.ebpf, spec, program, &previous, &self.pins) {
+                Some(link) => link,
+                None => attach_one(&mut self.ebpf, spec, program, &cgroup, &self.pins)?,
+            };
             self.links.push(link);
         }
         let mut unused: Vec<Group> = if self.backends.lsm() {
@@ -161,23 +205,11 @@ impl Loaded {
         for spec in unused.iter().flat_map(|g| programs::of(*g)) {
             let _ = std::fs::remove_file(self.pins.link(spec.name));
         }
-        let root = self
-            .pins
-            .base()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let keep = self
-            .pins
-            .base()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        for old in pins::other_versions(&root, &keep).map_err(|source| LoadError::PinDir {
-            path: root.clone(),
-            source,
-        })? {
-            tracing::info!(path = %old.display(), "removing pins of another agentguard version");
+        // Only now, with this build's programs attached, do the old ones go: unpinning a link
+        // nobody holds detaches it.
+        let states = self.replaced.iter().map(|r| r.path.clone());
+        for old in previous.into_iter().chain(states) {
+            tracing::info!(path = %old.display(), "removing the pins of the previous build");
             pins::remove_tree(&old).map_err(|source| LoadError::PinDir {
                 path: old.clone(),
                 source,
@@ -192,17 +224,36 @@ impl Loaded {
 /// fallback is loaded instead.
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     pins::ensure_bpffs()?;
-    let pins = PinDir::new(&opts.pin_root, &opts.version);
+    let layouts = opts.object.layouts()?;
+    let state = opts.object.state_version()?;
+    let pins = PinDir::new(&opts.pin_root, &state, &opts.object.build());
+    let maps_adopted = check_pinned_maps(&pins.maps(), &layouts)?;
+    let replaced = other_states(&opts.pin_root, &state, &layouts)?;
     pins.create().map_err(|source| LoadError::PinDir {
         path: pins.base().to_owned(),
         source,
     })?;
+    let previous_builds = pins
+        .other_builds()
+        .map_err(|source| LoadError::PinDir {
+            path: pins.links(),
+            source,
+        })?
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
     let t = std::time::Instant::now();
     let btf = Btf::from_sys_fs()?;
     tracing::debug!(took_ms = t.elapsed().as_millis(), "kernel BTF parsed (aya)");
     let offsets = offsets::from_btf(Path::new(offsets::VMLINUX_BTF))?;
     tracing::debug!(took_ms = t.elapsed().as_millis(), "kernel offsets read");
-    let mut ebpf = open_object(&btf, &offsets, &pins.maps(), opts.ring_buffer_bytes)?;
+    let mut ebpf = open_object(
+        opts.object.bytes(),
+        &btf,
+        &offsets,
+        &pins.maps(),
+        opts.ring_buffer_bytes,
+    )?;
 
     let mut groups = Groups {
         pins: &pins,
@@ -261,13 +312,102 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         pins,
         backends,
         adopted,
+        maps_adopted,
+        previous_builds,
+        replaced,
         pending,
         links,
     })
 }
 
+/// Pinned state of another ABI or map layout, which this build cannot take over.
+#[derive(Clone, Debug)]
+pub struct Replaced {
+    /// Its directory.
+    pub path: PathBuf,
+    /// Why it cannot be taken over, in a line.
+    pub reason: String,
+}
+
+/// Checks every map pinned in `dir` against the object's layouts; true when any was pinned
+/// (the maps will be re-opened). A mismatch is an error: nothing is loaded, nothing changes.
+fn check_pinned_maps(dir: &Path, layouts: &BTreeMap<String, MapLayout>) -> Result<bool, LoadError> {
+    let mut any = false;
+    for (name, declared) in layouts {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        any = true;
+        let pinned = pinned_layout(&path)?;
+        if pinned != *declared {
+            return Err(LoadError::MapLayout {
+                path,
+                pinned,
+                declared: *declared,
+            });
+        }
+    }
+    Ok(any)
+}
+
+fn pinned_layout(path: &Path) -> Result<MapLayout, LoadError> {
+    let info = MapInfo::from_pin(path).map_err(|e| LoadError::PinDir {
+        path: path.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok(MapLayout::of_info(&info))
+}
+
+/// The other state directories under `root`, each with why its maps cannot be taken over:
+/// the maps whose layout differs, or another ABI (the same sizes may mean other things).
+fn other_states(
+    root: &Path,
+    state: &str,
+    layouts: &BTreeMap<String, MapLayout>,
+) -> Result<Vec<Replaced>, LoadError> {
+    let dirs = pins::other_versions(root, state).map_err(|source| LoadError::PinDir {
+        path: root.to_owned(),
+        source,
+    })?;
+    let abi = format!("v{}-", agentguard_common::ABI_VERSION);
+    Ok(dirs
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let reason = if !name.starts_with(&abi) {
+                format!(
+                    "pinned by ABI {}, this build has ABI v{}",
+                    name.split('-').next().unwrap_or("?"),
+                    agentguard_common::ABI_VERSION
+                )
+            } else {
+                let maps = path.join("maps");
+                let differ: Vec<String> = layouts
+                    .iter()
+                    .filter_map(|(map, declared)| match pinned_layout(&maps.join(map)) {
+                        Ok(p) if p == *declared => None,
+                        Ok(p) => Some(format!("{map} (pinned {p}, now {declared})")),
+                        Err(_) => Some(format!("{map} (not pinned there)")),
+                    })
+                    .collect();
+                if differ.is_empty() {
+                    "pinned in an older layout of the pin directory".to_owned()
+                } else {
+                    format!("map layouts differ: {}", differ.join("; "))
+                }
+            };
+            Replaced { path, reason }
+        })
+        .collect())
+}
+
 /// Opens the object with the kernel's offsets filled in, maps pinned (or re-opened) in `maps_dir`.
 pub(crate) fn open_object(
+    object: &[u8],
     btf: &Btf,
     offsets: &KernelOffsets,
     maps_dir: &Path,
@@ -279,7 +419,7 @@ pub(crate) fn open_object(
         .override_global(GLOBAL_NAME, offsets, true)
         .override_global(FILE_F_PATH_GLOBAL, &offsets.file_path, true)
         .default_map_pin_directory(maps_dir)
-        .load(OBJECT)
+        .load(object)
 }
 
 /// Which groups were adopted from pins and which programs were loaded and still need attaching.
@@ -512,6 +652,52 @@ fn verifier_reason(log: &str) -> String {
             format!("{reason} (at `{insn}`)")
         }
         [.., reason] => (*reason).to_owned(),
+    }
+}
+
+/// Replaces the program of a previous build's cgroup link for `spec` with `program` in place
+/// (`BPF_LINK_UPDATE`) and moves the pin to this build: no connect goes unjudged or is judged
+/// twice. `None` where there is no such link or the kernel refuses the update: then the program
+/// is attached beside the old one, which stays until this build is attached.
+fn take_over(
+    ebpf: &Ebpf,
+    spec: &Spec,
+    program: &'static str,
+    previous: &[PathBuf],
+    pins: &PinDir,
+) -> Option<PinnedLink> {
+    if spec.hook != Hook::SockAddr {
+        return None;
+    }
+    let old = previous
+        .iter()
+        .map(|dir| dir.join(spec.name))
+        .find(|p| p.exists())?;
+    let new = pins.link(spec.name);
+    let result = (|| {
+        let fd = ebpf
+            .program(program)
+            .ok_or_else(|| io::Error::other("not in the object"))?
+            .fd()
+            .map_err(io::Error::other)?;
+        let link = link_update::open_pinned(&old)?;
+        link_update::update(link.as_fd(), fd.as_fd())?;
+        // A rename within bpffs moves the pin without a moment where the link has none.
+        std::fs::rename(&old, &new)?;
+        PinnedLink::from_pin(&new).map_err(io::Error::other)
+    })();
+    match result {
+        Ok(link) => {
+            tracing::info!(
+                program = spec.name,
+                "replaced the previous build's program in its link"
+            );
+            Some(link)
+        }
+        Err(e) => {
+            tracing::warn!(program = spec.name, error = %e, "cannot replace the previous build's program in place: attaching beside it");
+            None
+        }
     }
 }
 

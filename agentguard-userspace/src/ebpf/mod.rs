@@ -2,6 +2,7 @@
 //! and pinning programs, and the typed maps the policy writer fills.
 
 pub mod backends;
+pub mod link_update;
 pub mod loader;
 pub mod maps;
 pub mod object;

@@ -1,17 +1,210 @@
 //! The eBPF object, embedded at build time (see build.rs and `cargo xtask build-ebpf`).
 
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya_obj::{generated::bpf_map_type, maps::PinningType};
+
 /// The object's bytes, 8-byte aligned as the ELF parser wants.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("AGENTGUARD_EBPF_OBJ"));
 
-/// The version pinned state lives under: the ABI version and a digest of the object, so a
-/// daemon never adopts programs or maps built from different code.
-pub fn version() -> String {
-    let digest = blake3::hash(OBJECT);
-    format!(
-        "v{}-{}",
-        agentguard_common::ABI_VERSION,
-        &digest.to_hex()[..12]
-    )
+/// Why an eBPF object could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// The object named with `--ebpf-object` could not be read.
+    #[error("eBPF object {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The object file, or a directory above it, could be changed by someone other than root.
+    #[error("eBPF object {path}: refused: {why}")]
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The object is not an eBPF ELF object aya can parse.
+    #[error("eBPF object: {0}")]
+    Parse(String),
+}
+
+/// The layout of one pinned map: what must match for a map pinned by one build to be used by
+/// another. A ring buffer's size is left out: it is a daemon option, and a pinned ring buffer
+/// is re-opened with the size it was created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    /// `bpf_map_type`.
+    pub map_type: u32,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes.
+    pub value_size: u32,
+    /// Maximum number of entries (`None` for a ring buffer).
+    pub max_entries: Option<u32>,
+    /// `BPF_F_*` creation flags.
+    pub flags: u32,
+}
+
+impl MapLayout {
+    /// The layout of a map from what the kernel reports about it.
+    pub fn of_info(info: &aya::maps::MapInfo) -> Self {
+        Self::new(
+            map_type_number(info.map_type().ok()),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        )
+    }
+
+    fn new(map_type: u32, key_size: u32, value_size: u32, max_entries: u32, flags: u32) -> Self {
+        let ring = map_type == bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32;
+        Self {
+            map_type,
+            key_size,
+            value_size,
+            max_entries: (!ring).then_some(max_entries),
+            flags,
+        }
+    }
+}
+
+impl std::fmt::Display for MapLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {} key {} value {} entries {} flags {:#x}",
+            self.map_type,
+            self.key_size,
+            self.value_size,
+            self.max_entries
+                .map_or_else(|| "any".to_owned(), |n| n.to_string()),
+            self.flags
+        )
+    }
+}
+
+/// aya reports a map's type as its own enum; the object and the layout digest use the kernel's
+/// number. Types aya does not know cannot match anything the object declares.
+fn map_type_number(t: Option<aya::maps::MapType>) -> u32 {
+    t.map_or(u32::MAX, |t| t as u32)
+}
+
+/// An eBPF object the daemon loads: the one embedded at build time, or one an operator named
+/// with the root-only `--ebpf-object` daemon option (how a test gets two different builds).
+#[derive(Clone, Debug)]
+pub struct EbpfObject {
+    bytes: Cow<'static, [u8]>,
+}
+
+impl Default for EbpfObject {
+    fn default() -> Self {
+        Self::embedded()
+    }
+}
+
+impl EbpfObject {
+    /// The object embedded in this binary.
+    pub fn embedded() -> Self {
+        Self {
+            bytes: Cow::Borrowed(OBJECT),
+        }
+    }
+
+    /// An object file given by the operator. Only a file that only root can change is loaded:
+    /// the file and every directory above it must be owned by root and writable by no one else,
+    /// so the option cannot become a way for another user to put code into the kernel.
+    pub fn from_trusted_file(path: &Path) -> Result<Self, ObjectError> {
+        let read = |source| ObjectError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let path = path.canonicalize().map_err(read)?;
+        for p in path.ancestors() {
+            let meta = std::fs::metadata(p).map_err(read)?;
+            let untrusted = |why: &str| ObjectError::Untrusted {
+                path: p.to_owned(),
+                why: why.to_owned(),
+            };
+            if meta.uid() != 0 {
+                return Err(untrusted("not owned by root"));
+            }
+            // A sticky directory (/tmp) lets others create files but not replace root's.
+            let sticky = meta.is_dir() && meta.mode() & 0o1000 != 0;
+            if meta.mode() & 0o022 != 0 && !sticky {
+                return Err(untrusted("writable by group or others"));
+            }
+        }
+        let bytes = std::fs::read(&path).map_err(read)?;
+        // The ELF parser reads headers in place: it needs the buffer 8-byte aligned, which the
+        // allocator gives a buffer this size (checked rather than assumed).
+        if bytes.as_ptr().align_offset(8) != 0 {
+            return Err(ObjectError::Parse("buffer not 8-byte aligned".into()));
+        }
+        let object = Self {
+            bytes: Cow::Owned(bytes),
+        };
+        object.layouts()?;
+        Ok(object)
+    }
+
+    /// The object's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// This build of the object: a digest of its bytes. Links are pinned per build, so a
+    /// daemon adopts the links of exactly its own programs.
+    pub fn build(&self) -> String {
+        blake3::hash(&self.bytes).to_hex()[..12].to_owned()
+    }
+
+    /// The layout of each map the object pins by name.
+    pub fn layouts(&self) -> Result<BTreeMap<String, MapLayout>, ObjectError> {
+        let obj =
+            aya_obj::Object::parse(&self.bytes).map_err(|e| ObjectError::Parse(e.to_string()))?;
+        Ok(obj
+            .maps
+            .iter()
+            .filter(|(_, m)| m.pinning() == PinningType::ByName)
+            .map(|(name, m)| {
+                let layout = MapLayout::new(
+                    m.map_type(),
+                    m.key_size(),
+                    m.value_size(),
+                    m.max_entries(),
+                    m.map_flags(),
+                );
+                (name.clone(), layout)
+            })
+            .collect())
+    }
+
+    /// The directory name the pinned maps live under: the ABI version (what the maps' entries
+    /// mean) and a digest of the maps' layouts (how big they are). Two builds that agree on
+    /// both share the maps, so an upgrade keeps every instance, budget and counter; any other
+    /// build gets a directory of its own and starts from fresh maps.
+    pub fn state_version(&self) -> Result<String, ObjectError> {
+        let mut hasher = blake3::Hasher::new();
+        for (name, l) in self.layouts()? {
+            hasher.update(format!("{name} {l}\n").as_bytes());
+        }
+        Ok(format!(
+            "v{}-{}",
+            agentguard_common::ABI_VERSION,
+            &hasher.finalize().to_hex()[..12]
+        ))
+    }
 }
 
 /// Map and program names are string literals in agentguard-ebpf (`#[map(name = ...)]`, the
@@ -152,6 +345,54 @@ mod tests {
                     spec.hook
                 );
             }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_pinned_map_has_a_layout_and_ring_buffers_have_no_size_in_it() -> TestResult {
+        let layouts = super::EbpfObject::embedded().layouts()?;
+        let names: BTreeSet<&str> = layouts.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            COMMON_MAPS.iter().copied().collect::<BTreeSet<&str>>()
+        );
+        for name in [maps::EVENTS, maps::ALERTS] {
+            assert_eq!(layouts[name].max_entries, None, "{name}");
+        }
+        assert!(layouts[maps::CGROUPS].max_entries.is_some());
+        let state = super::EbpfObject::embedded().state_version()?;
+        assert!(
+            state.starts_with(&format!("v{}-", agentguard_common::ABI_VERSION)),
+            "{state}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_object_file_others_can_write_is_refused() -> TestResult {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("object");
+        std::fs::write(&path, OBJECT)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        assert!(matches!(
+            super::EbpfObject::from_trusted_file(&path),
+            Err(super::ObjectError::Untrusted { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
+        assert!(matches!(
+            super::EbpfObject::from_trusted_file(&path),
+            Err(super::ObjectError::Untrusted { .. })
+        ));
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let r = super::EbpfObject::from_trusted_file(&path);
+        if nix::unistd::geteuid().is_root() {
+            let object = r?;
+            assert_eq!(object.build(), super::EbpfObject::embedded().build());
+        } else {
+            assert!(matches!(r, Err(super::ObjectError::Untrusted { .. })));
         }
         Ok(())
     }

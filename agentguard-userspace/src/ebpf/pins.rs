@@ -1,4 +1,10 @@
-//! The bpffs layout: `/sys/fs/bpf/agentguard/<version>/{maps,links}/NAME`.
+//! The bpffs layout: `/sys/fs/bpf/agentguard/<state>/maps/NAME` and
+//! `/sys/fs/bpf/agentguard/<state>/links/<build>/NAME`.
+//!
+//! `<state>` names what the maps mean and how they are laid out ([`super::object::EbpfObject::state_version`]):
+//! every build that agrees on it shares the maps, so an upgrade keeps instances, budgets and
+//! counters. `<build>` is a digest of one object: a daemon adopts the links of its own build
+//! and replaces those of another.
 
 use std::{
     io,
@@ -12,21 +18,23 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// agentguard's directory in bpffs.
 pub const ROOT: &str = "/sys/fs/bpf/agentguard";
 
-/// The pin directories of one object version.
+/// The pin directories of one state version and one build.
 #[derive(Clone, Debug)]
 pub struct PinDir {
     base: PathBuf,
+    build: String,
 }
 
 impl PinDir {
-    /// The directories for `version` under `root`.
-    pub fn new(root: &Path, version: &str) -> Self {
+    /// The directories for `state` and `build` under `root`.
+    pub fn new(root: &Path, state: &str, build: &str) -> Self {
         Self {
-            base: root.join(version),
+            base: root.join(state),
+            build: build.to_owned(),
         }
     }
 
-    /// The version's base directory.
+    /// The state version's base directory.
     pub fn base(&self) -> &Path {
         &self.base
     }
@@ -36,15 +44,25 @@ impl PinDir {
         self.base.join("maps")
     }
 
-    /// A pinned link.
+    /// This build's links.
+    pub fn links(&self) -> PathBuf {
+        self.base.join("links").join(&self.build)
+    }
+
+    /// A pinned link of this build.
     pub fn link(&self, program: &str) -> PathBuf {
-        self.base.join("links").join(program)
+        self.links().join(program)
+    }
+
+    /// Link directories of other builds of the same state version, oldest name first.
+    pub fn other_builds(&self) -> io::Result<Vec<PathBuf>> {
+        other_versions(&self.base.join("links"), &self.build)
     }
 
     /// Creates the directories (bpffs must be mounted).
     pub fn create(&self) -> io::Result<()> {
         std::fs::create_dir_all(self.maps())?;
-        std::fs::create_dir_all(self.base.join("links"))
+        std::fs::create_dir_all(self.links())
     }
 }
 
@@ -69,7 +87,7 @@ pub fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Version directories under `root` other than `keep`.
+/// Directories under `root` other than `keep`.
 pub fn other_versions(root: &Path, keep: &str) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(root) {

@@ -52,9 +52,14 @@ pub fn programs() -> Vec<GroupProbe> {
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
         let offsets = offsets::from_btf(std::path::Path::new(offsets::VMLINUX_BTF))
             .map_err(|e| e.to_string())?;
-        let mut ebpf =
-            super::loader::open_object(&btf, &offsets, &dir, agentguard_common::maps::EVENTS_BYTES)
-                .map_err(|e| format!("eBPF object: {e}"))?;
+        let mut ebpf = super::loader::open_object(
+            super::object::OBJECT,
+            &btf,
+            &offsets,
+            &dir,
+            agentguard_common::maps::EVENTS_BYTES,
+        )
+        .map_err(|e| format!("eBPF object: {e}"))?;
         Ok::<_, String>(
             groups
                 .iter()

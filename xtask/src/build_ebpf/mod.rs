@@ -19,11 +19,18 @@ pub struct Args {
     /// using the one in PATH or installing into cargo's default root.
     #[arg(long, value_name = "DIR")]
     bpf_linker_root: Option<PathBuf>,
+    /// Also build the variant object the upgrade test loads as "the next build" (same source,
+    /// other codegen metadata: another digest, the same maps).
+    #[arg(long)]
+    variant: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let object = build(!args.debug, args.bpf_linker_root.as_deref())?;
     println!("eBPF object: {}", object.display());
+    if args.variant {
+        println!("variant: {}", build_variant()?.display());
+    }
     if args.debug {
         println!(
             "(the userspace build reads it with AGENTGUARD_EBPF_OBJ={})",
@@ -38,6 +45,34 @@ pub fn run(args: &Args) -> Result<()> {
 pub fn build_release() -> Result<PathBuf> {
     build(true, None)
 }
+
+/// The variant object: the release build with a different `-C metadata`, which changes the
+/// hashes in symbol names and so the object's digest, not its programs' logic or its maps.
+pub fn build_variant() -> Result<PathBuf> {
+    toolchain::ensure_rust_src()?;
+    let linker = linker::ensure(None)?;
+    let object = workspace::ebpf_variant_object();
+    cmd::step(
+        "cargo +nightly build agentguard-ebpf (upgrade variant)",
+        || {
+            let mut build = nightly_cargo(
+                "build",
+                &linker,
+                &workspace::target_dir().join("ebpf-variant"),
+            )?;
+            build.arg("--release").env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                format!("{RUSTFLAGS}\x1f-Cmetadata=agentguard-upgrade-variant"),
+            );
+            cmd::run(&mut build)
+        },
+    )?;
+    elf::verify_btf(&object)?;
+    Ok(object)
+}
+
+/// Flags every eBPF build uses: BTF for the loader (debuginfo is what bpf-linker makes it from).
+const RUSTFLAGS: &str = "-Cdebuginfo=2\x1f-Clink-arg=--btf";
 
 fn build(release: bool, linker_root: Option<&Path>) -> Result<PathBuf> {
     toolchain::ensure_rust_src()?;
@@ -57,7 +92,7 @@ fn build(release: bool, linker_root: Option<&Path>) -> Result<PathBuf> {
 }
 
 fn compile(release: bool, linker: &Path) -> Result<()> {
-    let mut build = nightly_cargo("build", linker)?;
+    let mut build = nightly_cargo("build", linker, &workspace::ebpf_target_dir())?;
     if release {
         build.arg("--release");
     }
@@ -68,13 +103,17 @@ fn compile(release: bool, linker: &Path) -> Result<()> {
 pub fn clippy() -> Result<()> {
     toolchain::ensure_rust_src()?;
     let linker = linker::ensure(None)?;
-    let mut c = nightly_cargo("clippy", &linker)?;
+    let mut c = nightly_cargo("clippy", &linker, &workspace::ebpf_target_dir())?;
     c.args(["--release", "--", "-D", "warnings"]);
     cmd::run(&mut c)
 }
 
 /// `cargo +nightly SUBCOMMAND` for the eBPF crate and target, with bpf-linker in PATH.
-fn nightly_cargo(subcommand: &str, linker: &Path) -> Result<std::process::Command> {
+fn nightly_cargo(
+    subcommand: &str,
+    linker: &Path,
+    target_dir: &Path,
+) -> Result<std::process::Command> {
     let mut build = cmd::cargo();
     build
         .current_dir(workspace::root())
@@ -88,11 +127,8 @@ fn nightly_cargo(subcommand: &str, linker: &Path) -> Result<std::process::Comman
         ])
         .args(["-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(workspace::ebpf_target_dir())
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        );
+        .arg(target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", RUSTFLAGS);
     // rustc finds bpf-linker through PATH.
     if let Some(dir) = linker.parent() {
         build.env("PATH", cmd::path_with(dir)?);
