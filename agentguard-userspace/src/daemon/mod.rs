@@ -136,6 +136,9 @@ pub struct Shared {
     log: Mutex<AuditLog>,
     /// Backends in force.
     pub backends: Backends,
+    /// The loaded programs and their links; the open-budget tracepoints come and go with
+    /// applies (see [`crate::ebpf::open_hooks`]).
+    programs: Mutex<loader::Loaded>,
     /// Serialises policy applies.
     apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Asks every task to stop; `Some(unload)` once shutdown was requested.
@@ -166,6 +169,13 @@ impl Shared {
     /// Locks the state; a panic elsewhere must not take enforcement bookkeeping down with it.
     pub fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Locks the loaded programs (for the open-budget tracepoints).
+    pub fn lock_programs(&self) -> MutexGuard<'_, loader::Loaded> {
+        self.programs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -340,8 +350,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let compiled = policy::compile::compile(&policy, generation, &resolved);
     state.maps.apply(&compiled)?;
     let rules = compiled.rules.len();
-    state.compiled[usize::from(generation)] = Some(compiled);
+    let open_budget = compiled.has_open_budget();
+    state.compiled[usize::from(generation)] = Some(Arc::new(compiled));
     loaded.attach(hierarchy.root())?;
+    // Adopted tracepoints of a policy that had an open budget go when this one has none.
+    loaded.set_open_hooks(open_budget)?;
     dns.set_in_force(&resolved.names);
     tracing::info!(
         took_ms = started.elapsed().as_millis(),
@@ -352,10 +365,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
     let (exec_paths, exec_paths_rx) =
         tokio::sync::watch::channel(binwatch::paths_of(policy.exec_paths()));
+    let restart = loaded.is_restart();
+    let pin_base = loaded.pins.base().to_owned();
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         log: Mutex::new(log),
         backends: backends.clone(),
+        programs: Mutex::new(loaded),
         apply_lock: Arc::new(tokio::sync::Mutex::new(())),
         shutdown,
         exec_paths,
@@ -374,7 +390,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pid: std::process::id(),
         kernel: release,
         backends: backends.to_string(),
-        adopted: loaded.is_restart(),
+        adopted: restart,
     });
     shared.log(Body::PolicyApplied {
         digest: policy.digest_hex(),
@@ -527,10 +543,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     if unload {
         tracing::warn!("unloading: agents are no longer enforced");
-        pins::remove_tree(loaded.pins.base()).map_err(io("cannot remove pins"))?;
+        pins::remove_tree(&pin_base).map_err(io("cannot remove pins"))?;
     } else {
         tracing::info!("exiting; enforcement stays in place (pinned programs)");
     }
-    drop(loaded);
+    drop(shared);
     Ok(())
 }
