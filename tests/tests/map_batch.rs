@@ -39,16 +39,21 @@ fn create(map_type: u32, key_size: u32, value_size: u32, max: u32, flags: u32) -
     MapData::from_fd(fd).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The typed handle and a second one for the batch (what the policy writer keeps too).
-fn hash(max: u32) -> (HashMap<MapData, u64, u64>, MapData) {
-    let map = create(BPF_MAP_TYPE_HASH, 8, 8, max, 0);
-    let second = MapData::from_fd(
+/// A second handle on `map` (a dup of its fd).
+fn second(map: &MapData) -> MapData {
+    MapData::from_fd(
         map.fd()
             .as_fd()
             .try_clone_to_owned()
             .unwrap_or_else(|e| panic!("{e}")),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The typed handle and a second one for the batch (what the policy writer keeps too).
+fn hash(max: u32) -> (HashMap<MapData, u64, u64>, MapData) {
+    let map = create(BPF_MAP_TYPE_HASH, 8, 8, max, 0);
+    let second = second(&map);
     let typed = HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap_or_else(|e| panic!("{e}"));
     (typed, second)
 }
@@ -121,13 +126,7 @@ fn lpm_trie_batches_are_written_and_removed() {
         return;
     }
     let data = create(BPF_MAP_TYPE_LPM_TRIE, 8, 4, 4_096, BPF_F_NO_PREALLOC);
-    let raw = MapData::from_fd(
-        data.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let raw = second(&data);
     let mut trie: LpmTrie<MapData, u32, u32> =
         LpmTrie::try_from(aya::maps::Map::LpmTrie(data)).unwrap_or_else(|e| panic!("{e}"));
     let keys: Vec<Key<u32>> = (0..1_000u32).map(|i| Key::new(32, i.to_be())).collect();
