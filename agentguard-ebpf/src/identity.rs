@@ -69,6 +69,17 @@ pub fn agent_config(generation: u32, agent_id: u32) -> Option<&'static AgentConf
 pub fn current() -> Option<Subject> {
     let state = STATE.get(0)?;
     let generation = state.active_generation;
+    // Untagged tasks are nearly every task on the host: one ancestor read (a pointer walk in
+    // the task's css_set) sends them away before any hash lookup. Instances always sit inside
+    // the subtree, so nothing is lost by checking it first. Before the daemon recorded the
+    // subtree (`root_cgroup_id == 0`, only between load and attach), the cgroup map decides.
+    let root_level = state.root_level as i32;
+    if state.root_cgroup_id != 0
+        // SAFETY: helper without memory arguments.
+        && unsafe { bpf_get_current_ancestor_cgroup_id(root_level) } != state.root_cgroup_id
+    {
+        return None;
+    }
     // SAFETY: helper without memory arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: map values stay valid for the duration of the program run.
@@ -82,11 +93,6 @@ pub fn current() -> Option<Subject> {
         });
     }
     if state.root_cgroup_id == 0 {
-        return None;
-    }
-    let root_level = state.root_level as i32;
-    // SAFETY: helper without memory arguments.
-    if unsafe { bpf_get_current_ancestor_cgroup_id(root_level) } != state.root_cgroup_id {
         return None;
     }
     let mut depth = MAX_CGROUP_WALK as i32;

@@ -22,9 +22,14 @@ use crate::{
 /// had credit, or the `EVENT_*` escalation flags (possibly 0 for plain deny) of an exhausted one.
 #[inline(always)]
 pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Option<u32> {
+    let process = &config.throttles[throttle_slot(kind, ThrottleScope::Process)];
+    let agent = &config.throttles[throttle_slot(kind, ThrottleScope::Agent)];
+    // Most actions have no budget: they pay no clock read and no bucket lookup.
+    if process.cost_ns == 0 && agent.cost_ns == 0 {
+        return None;
+    }
     // SAFETY: helper without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let process = &config.throttles[throttle_slot(kind, ThrottleScope::Process)];
     if process.cost_ns != 0 {
         let key = BucketKey {
             owner: bpf_get_current_pid_tgid() >> 32,
@@ -36,7 +41,6 @@ pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Op
             return Some(escalation(process));
         }
     }
-    let agent = &config.throttles[throttle_slot(kind, ThrottleScope::Agent)];
     if agent.cost_ns != 0 {
         let key = BucketKey {
             owner: subject.cgroup_id,

@@ -271,16 +271,57 @@ fn freezing_a_parent_freezes_its_sub_agents() {
     });
 }
 
+/// Links of agentguard's open-budget programs attached in the kernel right now, read from the
+/// kernel's own lists (every bpf link and the program it runs), not from agentguard's pins.
+/// The kernel keeps 15 characters of a program name: all three read `ag_open_budget_`.
+fn open_budget_links() -> usize {
+    let programs: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| n.starts_with("ag_open_budget"))
+        })
+        .map(|p| p.id())
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|l| programs.contains(&l.program_id()))
+        .count()
+}
+
 #[test]
 fn an_open_budget_can_freeze_an_instance() {
     if !privileged("an_open_budget_can_freeze_an_instance") {
         return;
     }
-    let d = Daemon::start(&policy(9, "open = \"20/min\"\non_exceed = \"freeze\""));
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let open_budget = "open = \"20/min\"\non_exceed = \"freeze\"";
+    // Without an open budget no syscall tracepoint is attached: every task on the host would
+    // pay for it on every syscall.
+    let d = Daemon::start(&policy(9, ""));
+    let fallback = !d.lsm();
+    assert_eq!(open_budget_links(), 0, "open-budget links without a budget");
+    let status = stdout(&d.cli(&["status"]));
+    if fallback {
+        assert!(
+            status.contains("syscall tracepoints not attached"),
+            "{status}"
+        );
+    }
+    // Applying a policy with one attaches them (on the fallback; the LSM counts in file_open),
+    // and the budget is enforced.
+    let file = d.state_dir().join("open-budget.toml");
+    let write = |text: &str| std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+    write(&policy(9, open_budget));
+    ok(&d.cli(&["policy", "apply", &file.to_string_lossy()]));
+    assert_eq!(open_budget_links(), if fallback { 3 } else { 0 });
+    let status = stdout(&d.cli(&["status"]));
+    if fallback {
+        assert!(status.contains("(attached)"), "{status}");
+    }
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let script = format!(
         "{PROBE} open-loop {} 200; exec {PROBE} sleep {FOREVER}",
-        file.display()
+        target.display()
     );
     let mut agent = spawn(&d, "buyer", &["/bin/sh", "-c", &script]);
     wait_for("the instance to be frozen", Duration::from_secs(30), || {
@@ -295,4 +336,31 @@ fn an_open_budget_can_freeze_an_instance() {
     );
     ok(&d.cli(&["kill", "buyer"]));
     let _ = agent.wait();
+    // Pinned: they outlive the daemon, like every other link.
+    let mut d = d;
+    let attached = if fallback { 3 } else { 0 };
+    d.kill9();
+    assert_eq!(open_budget_links(), attached, "after kill -9");
+    // A daemon that starts with a policy without open budgets (the start-up file has none)
+    // removes the adopted ones.
+    d.restart();
+    assert_eq!(
+        open_budget_links(),
+        0,
+        "after a restart without open budgets"
+    );
+    // And applying, then removing, the budget attaches and detaches them again.
+    ok(&d.cli(&["policy", "apply", &file.to_string_lossy()]));
+    assert_eq!(
+        open_budget_links(),
+        attached,
+        "after re-applying the budget"
+    );
+    write(&policy(9, ""));
+    ok(&d.cli(&["policy", "apply", &file.to_string_lossy()]));
+    assert_eq!(
+        open_budget_links(),
+        0,
+        "open-budget links after the budget went"
+    );
 }

@@ -417,7 +417,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 }
                 if !b.lsm() {
                     println!(
-                        "  open budgets are counted by syscall tracepoints: they can freeze or kill an instance, not refuse an open"
+                        "  open budgets are counted by syscall tracepoints, attached only while the policy has one (they slow every syscall host-wide): they can freeze or kill an instance, not refuse an open"
                     );
                 }
             }

@@ -33,6 +33,13 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         &s.policy_digest[..16.min(s.policy_digest.len())],
         s.lost_events
     );
+    match s.open_budget_tracepoints {
+        Some(true) => println!("open budgets: counted by syscall tracepoints (attached)"),
+        Some(false) => println!(
+            "open budgets: none in the policy (syscall tracepoints not attached: no host-wide syscall cost)"
+        ),
+        None => {}
+    }
     for a in &s.agents {
         println!("\n{} [{}] runs as {}", a.name, a.mode, a.runs_as);
         for b in &a.budgets {

@@ -373,6 +373,10 @@ pub struct StatusReport {
     pub agents: Vec<AgentStatus>,
     /// Kernel events dropped since the programs were loaded.
     pub lost_events: u64,
+    /// Whether the syscall tracepoints that count opens for open budgets are attached (they
+    /// are only while the policy has an open budget); `None` where the LSM backend counts opens.
+    #[serde(default)]
+    pub open_budget_tracepoints: Option<bool>,
 }
 
 /// One agent in `status`.

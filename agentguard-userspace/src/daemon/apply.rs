@@ -8,7 +8,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::{
     audit::record::{Actor, Body},
     dns::cache::Addresses,
-    ebpf::maps::GRACE,
+    ebpf::maps::{self, GRACE},
     policy::{
         self, Policy, compile,
         resolve::{self, Resolved},
@@ -38,7 +38,23 @@ pub enum ApplyError {
     Policy(#[from] policy::PolicyError),
     /// Writing the maps failed; the previous policy stays in force.
     #[error("writing the kernel maps failed, the previous policy stays in force: {0}")]
-    Maps(#[from] crate::ebpf::maps::MapsError),
+    Maps(#[from] maps::MapsError),
+    /// The open-budget tracepoints the policy needs could not be attached.
+    #[error(
+        "cannot attach the syscall tracepoints that count opens for open budgets, the previous policy stays in force: {0}"
+    )]
+    OpenHooks(#[from] crate::ebpf::loader::LoadError),
+    /// A blocking task of the apply failed.
+    #[error("the policy apply task failed, the previous policy stays in force: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Attaches or detaches the open-budget tracepoints off the runtime's workers (loading them the
+/// first time runs the verifier).
+async fn set_open_hooks(shared: &Arc<Shared>, wanted: bool) -> Result<(), ApplyError> {
+    let shared = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || shared.lock_programs().set_open_hooks(wanted)).await??;
+    Ok(())
 }
 
 /// Everything outside the policy file that compile needs; `names` are the addresses of its DNS
@@ -118,40 +134,85 @@ async fn install(
         shared.gateway_addr,
     )?;
     warnings.extend(dns_warnings);
+    let resolved_at = started.elapsed();
     let exec_paths = super::binwatch::paths_of(policy.exec_paths());
-    let (old, applied) = {
-        let mut st = shared.lock_state();
-        let generation = st.maps.inactive_generation()?;
+    // Compile and write off the runtime's workers and outside the state lock (ingest needs it
+    // all the time): only this apply touches the inactive generation (`serial`), and programs
+    // do not read it until the flip.
+    let writer = shared.lock_state().maps.policy();
+    let blocking_writer = Arc::clone(&writer);
+    let (compiled, write_us, policy, resolved) = tokio::task::spawn_blocking(move || {
+        let mut w = maps::lock(&blocking_writer);
+        let generation = w.inactive_generation()?;
         let compiled = compile::compile(&policy, generation, &resolved);
-        let compiled_at = started.elapsed();
-        let old = st.maps.write_and_flip(&compiled)?;
-        tracing::info!(
-            generation,
-            rules = compiled.rules.len(),
-            resolve_and_compile_us = compiled_at.as_micros(),
-            write_us = (started.elapsed() - compiled_at).as_micros(),
-            "policy generation written and in force"
-        );
-        let applied = Applied {
-            digest: policy.digest_hex(),
-            generation,
-            rules: compiled.rules.len(),
-            warnings,
-        };
-        shared.log(Body::PolicyApplied {
-            digest: applied.digest.clone(),
-            origin: policy.origin.clone(),
-            by,
-            generation,
-            agents: u32::try_from(policy.agents.len()).unwrap_or(u32::MAX),
-            rules: u32::try_from(compiled.rules.len()).unwrap_or(u32::MAX),
-        });
-        st.compiled[usize::from(generation)] = Some(compiled);
-        let _ = shared.exec_paths.send(exec_paths);
-        st.binaries = resolved.binaries;
-        st.policy = policy;
-        (old, applied)
+        let t = std::time::Instant::now();
+        w.write(&compiled)?;
+        Ok::<_, ApplyError>((compiled, t.elapsed().as_micros(), policy, resolved))
+    })
+    .await??;
+    let generation = compiled.generation;
+    let written_at = started.elapsed();
+    // Open budgets need their tracepoints before the generation that has them is in force.
+    let hooks_before = shared.lock_programs().open_hooks_attached();
+    if compiled.has_open_budget()
+        && let Err(e) = set_open_hooks(shared, true).await
+    {
+        discard(&writer, generation).await;
+        return Err(e);
+    }
+    let flipped = {
+        let mut st = shared.lock_state();
+        // One word: each program run sees the old rules or the new ones, never a mix.
+        let flipped = maps::lock(&writer).flip(generation);
+        flipped.map(|old| {
+            let open_budget = compiled.has_open_budget();
+            let applied = Applied {
+                digest: policy.digest_hex(),
+                generation,
+                rules: compiled.rules.len(),
+                warnings,
+            };
+            shared.log(Body::PolicyApplied {
+                digest: applied.digest.clone(),
+                origin: policy.origin.clone(),
+                by,
+                generation,
+                agents: u32::try_from(policy.agents.len()).unwrap_or(u32::MAX),
+                rules: u32::try_from(compiled.rules.len()).unwrap_or(u32::MAX),
+            });
+            st.compiled[usize::from(generation)] = Some(Arc::new(compiled));
+            let _ = shared.exec_paths.send(exec_paths);
+            st.binaries = resolved.binaries.clone();
+            st.policy = policy;
+            (old, open_budget, applied)
+        })
     };
+    let (old, open_budget, applied) = match flipped {
+        Ok(done) => done,
+        Err(e) => {
+            if hooks_before == Some(false) {
+                let _ = set_open_hooks(shared, false).await;
+            }
+            discard(&writer, generation).await;
+            return Err(e.into());
+        }
+    };
+    let flipped_at = started.elapsed();
+    if !open_budget && let Err(e) = set_open_hooks(shared, false).await {
+        tracing::warn!("detaching the open-budget tracepoints: {e}");
+    }
+    tracing::info!(
+        generation,
+        rules = applied.rules,
+        resolve_us = resolved_at.as_micros(),
+        compile_us = (written_at - resolved_at)
+            .as_micros()
+            .saturating_sub(write_us),
+        write_us,
+        flip_us = (flipped_at - written_at).as_micros(),
+        reply_us = started.elapsed().as_micros(),
+        "policy generation written and in force"
+    );
     shared.dns.set_in_force(&resolved.names);
     super::notify::status(&format!(
         "enforcing policy {} (generation {})",
@@ -163,15 +224,20 @@ async fn install(
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         tokio::time::sleep(GRACE).await;
+        // The state lock only for a reference to what was written; the deletes hold the
+        // policy maps' lock alone, so ingest and the control socket carry on meanwhile.
+        let written = shared.lock_state().compiled[usize::from(old & 1)].clone();
+        let t = std::time::Instant::now();
         let purged = tokio::task::spawn_blocking(move || {
-            let mut st = shared.lock_state();
-            let st = &mut *st;
-            let written = st.compiled[usize::from(old & 1)].as_ref();
-            st.maps.purge_if_inactive(old, written)
+            maps::lock(&writer).purge_if_inactive(old, written.as_deref())
         })
         .await;
         match purged {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => tracing::debug!(
+                generation = old,
+                took_us = t.elapsed().as_micros(),
+                "previous policy generation removed"
+            ),
             // The entries stay unused (they carry the inactive generation) and the next write
             // of that generation removes them first.
             Ok(Err(e)) => tracing::warn!("removing the previous policy generation: {e}"),
@@ -180,4 +246,20 @@ async fn install(
         drop(serial);
     });
     Ok(applied)
+}
+
+/// Removes a written generation that was never flipped to (fail closed: the previous policy
+/// stays in force, and nothing of the refused one lingers).
+async fn discard(writer: &Arc<std::sync::Mutex<maps::PolicyMaps>>, generation: u8) {
+    let writer = Arc::clone(writer);
+    let r = tokio::task::spawn_blocking(move || {
+        maps::lock(&writer).purge_if_inactive(generation, None)
+    })
+    .await;
+    if !matches!(r, Ok(Ok(()))) {
+        tracing::warn!(
+            generation,
+            "cannot remove a generation that was not put in force"
+        );
+    }
 }

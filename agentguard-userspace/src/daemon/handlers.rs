@@ -437,6 +437,7 @@ async fn operate(
 }
 
 fn status(shared: &Shared) -> StatusReport {
+    let open_budget_tracepoints = shared.lock_programs().open_hooks_attached();
     let st = shared.lock_state();
     let lost_events = st.maps.lost_total().unwrap_or(0);
     let agents = st
@@ -514,6 +515,7 @@ fn status(shared: &Shared) -> StatusReport {
         policy_origin: st.policy.origin.clone(),
         agents,
         lost_events,
+        open_budget_tracepoints,
     }
 }
 

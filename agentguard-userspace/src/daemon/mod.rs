@@ -140,6 +140,9 @@ pub struct Shared {
     log: Mutex<AuditLog>,
     /// Backends in force.
     pub backends: Backends,
+    /// The loaded programs and their links; the open-budget tracepoints come and go with
+    /// applies (see [`crate::ebpf::open_hooks`]).
+    programs: Mutex<loader::Loaded>,
     /// Serialises policy applies.
     apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Asks every task to stop; `Some(unload)` once shutdown was requested.
@@ -172,6 +175,13 @@ impl Shared {
     /// Locks the state; a panic elsewhere must not take enforcement bookkeeping down with it.
     pub fn lock_state(&self) -> MutexGuard<'_, State> {
         self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Locks the loaded programs (for the open-budget tracepoints).
+    pub fn lock_programs(&self) -> MutexGuard<'_, loader::Loaded> {
+        self.programs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -372,8 +382,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let compiled = policy::compile::compile(&policy, generation, &resolved);
     state.maps.apply(&compiled)?;
     let rules = compiled.rules.len();
-    state.compiled[usize::from(generation)] = Some(compiled);
+    let open_budget = compiled.has_open_budget();
+    state.compiled[usize::from(generation)] = Some(Arc::new(compiled));
     loaded.attach(hierarchy.root())?;
+    // Adopted tracepoints of a policy that had an open budget go when this one has none.
+    loaded.set_open_hooks(open_budget)?;
     dns.set_in_force(&resolved.names);
     tracing::info!(
         took_ms = started.elapsed().as_millis(),
@@ -384,10 +397,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (new_instances, new_rx) = tokio::sync::mpsc::unbounded_channel();
     let (exec_paths, exec_paths_rx) =
         tokio::sync::watch::channel(binwatch::paths_of(policy.exec_paths()));
+    let restart = loaded.is_restart();
+    let pin_base = loaded.pins.base().to_owned();
+    let handovers = handover_records(&loaded, &opts.object.build());
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         log: Mutex::new(log),
         backends: backends.clone(),
+        programs: Mutex::new(loaded),
         apply_lock: Arc::new(tokio::sync::Mutex::new(())),
         shutdown,
         exec_paths,
@@ -407,9 +424,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pid: std::process::id(),
         kernel: release,
         backends: backends.to_string(),
-        adopted: loaded.is_restart(),
+        adopted: restart,
     });
-    log_handover(&shared, &loaded, &opts.object.build());
+    for record in handovers {
+        shared.log(record);
+    }
     shared.log(Body::PolicyApplied {
         digest: policy.digest_hex(),
         origin: policy.origin.clone(),
@@ -561,20 +580,21 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     if unload {
         tracing::warn!("unloading: agents are no longer enforced");
-        pins::remove_tree(loaded.pins.base()).map_err(io("cannot remove pins"))?;
+        pins::remove_tree(&pin_base).map_err(io("cannot remove pins"))?;
     } else {
         tracing::info!("exiting; enforcement stays in place (pinned programs)");
     }
-    drop(loaded);
+    drop(shared);
     Ok(())
 }
 
-/// Records which previous build's pins this daemon took over, and loudly, pinned state it
-/// could not take over (the agents' budgets and counters start afresh then).
-fn log_handover(shared: &Shared, loaded: &loader::Loaded, build: &str) {
+/// The records saying which previous build's pins this daemon took over, and (loudly) pinned
+/// state it could not take over (the agents' budgets and counters start afresh then).
+fn handover_records(loaded: &loader::Loaded, build: &str) -> Vec<Body> {
+    let mut records = Vec::new();
     for previous in &loaded.previous_builds {
         tracing::info!(%previous, %build, "took over the pinned maps and replaced the programs of a previous build");
-        shared.log(Body::Handover {
+        records.push(Body::Handover {
             previous: previous.clone(),
             build: build.to_owned(),
             kept_state: true,
@@ -588,11 +608,12 @@ fn log_handover(shared: &Shared, loaded: &loader::Loaded, build: &str) {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         tracing::error!(%previous, %build, reason = %r.reason, "pinned state of a previous build NOT taken over: instances, budgets and counters start afresh");
-        shared.log(Body::Handover {
+        records.push(Body::Handover {
             previous,
             build: build.to_owned(),
             kept_state: false,
             reason: r.reason.clone(),
         });
     }
+    records
 }

@@ -26,7 +26,7 @@ pub struct State {
     /// Identities the exec rules of the policy in force were compiled with.
     pub binaries: HashMap<PathBuf, crate::sys::identity::FileIdentity>,
     /// Compiled rule tables per generation (events name rules of either).
-    pub compiled: [Option<Compiled>; 2],
+    pub compiled: [Option<std::sync::Arc<Compiled>>; 2],
     /// Typed kernel maps.
     pub maps: KernelMaps,
     /// The cgroup subtree.

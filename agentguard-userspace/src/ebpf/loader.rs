@@ -36,6 +36,7 @@ use super::{
     link_update,
     object::{EbpfObject, MapLayout, ObjectError},
     offsets::{self, OffsetError},
+    open_hooks::{self, OpenHooks},
     pins::{self, PinDir},
     programs::{self, Group, Hook, Spec},
 };
@@ -164,12 +165,29 @@ pub struct Loaded {
     /// Every link, held open for the daemon's lifetime: removing a pin file then does not
     /// detach a program while the daemon runs (a root agent could otherwise unlink it).
     links: Vec<PinnedLink>,
+    /// The open-budget tracepoints (fallback backend only), attached while a policy needs them.
+    open_hooks: Option<OpenHooks>,
 }
 
 impl Loaded {
     /// Whether anything was adopted from a previous daemon.
     pub fn is_restart(&self) -> bool {
         !self.adopted.is_empty() || self.maps_adopted
+    }
+
+    /// Attaches the open-budget tracepoints when `wanted` (a policy with an open budget is, or
+    /// is about to be, in force) and detaches them otherwise; nothing to do on the LSM backend,
+    /// where `file_open` charges open budgets.
+    pub fn set_open_hooks(&mut self, wanted: bool) -> Result<(), LoadError> {
+        match &mut self.open_hooks {
+            Some(hooks) => hooks.set(&mut self.ebpf, &self.pins, wanted),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the open-budget tracepoints are attached; `None` where open budgets need none.
+    pub fn open_hooks_attached(&self) -> Option<bool> {
+        self.open_hooks.as_ref().map(OpenHooks::attached)
     }
 
     /// Attaches and pins every loaded group; unpins groups this decision no longer uses and
@@ -195,7 +213,8 @@ impl Loaded {
             self.links.push(link);
         }
         let mut unused: Vec<Group> = if self.backends.lsm() {
-            vec![Group::ExecFallback, Group::OpenBudget]
+            open_hooks::remove_pins(&self.pins);
+            vec![Group::ExecFallback]
         } else {
             vec![Group::Lsm]
         };
@@ -289,8 +308,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         groups.take(&mut ebpf, Group::ExecFallback)?;
         pins::ensure_tracefs()?;
-        groups.take(&mut ebpf, Group::OpenBudget)?;
     }
+    // Attached later, and only while a policy has an open budget (see `open_hooks`).
+    let open_hooks = (!backends.lsm()).then(|| OpenHooks::adopt(&pins));
     // Every program of the group is optional: loading it only fails for a missing program.
     let mut unix_error = None;
     backends.settle_unix(|| match groups.take(&mut ebpf, Group::UnixSockAddr) {
@@ -317,6 +337,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         replaced,
         pending,
         links,
+        open_hooks,
     })
 }
 

@@ -6,7 +6,12 @@
 //! microseconds), the old generation's entries are removed. If writing fails half-way, the
 //! partial new generation is removed and the old one stays in force.
 
-use std::{thread, time::Duration};
+use std::{
+    os::fd::AsFd as _,
+    sync::{Arc, Mutex, MutexGuard},
+    thread,
+    time::Duration,
+};
 
 use agentguard_common::{
     agent::{
@@ -19,11 +24,12 @@ use agentguard_common::{
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
-        lpm_trie::Key,
+        Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, MapError, PerCpuArray,
+        PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
 };
 
+use super::batch;
 use crate::policy::compile::Compiled;
 
 /// How long the old generation is kept after the flip.
@@ -35,6 +41,9 @@ pub enum MapsError {
     /// A map is missing from the object.
     #[error("map {0} is missing from the eBPF object")]
     Missing(&'static str),
+    /// A generation was to be written while programs read it.
+    #[error("generation {0} is the active one: it cannot be rewritten")]
+    ActiveGeneration(u8),
     /// A map operation failed.
     #[error("map {map}: {source}")]
     Map {
@@ -52,19 +61,58 @@ fn err(map: &'static str) -> impl Fn(MapError) -> MapsError {
 
 /// Typed handles on every map userspace touches.
 pub struct KernelMaps {
+    /// The policy maps and the global state, behind their own lock: a policy apply writes and
+    /// purges thousands of entries without holding the daemon's state lock.
+    policy: Arc<Mutex<PolicyMaps>>,
     cgroups: HashMap<MapData, u64, CgroupEntry>,
+    lost: PerCpuArray<MapData, u64>,
+    counters: PerCpuHashMap<MapData, u64, Counters>,
+    agent_buckets: HashMap<MapData, BucketKey, Bucket>,
+    event_budgets: HashMap<MapData, u64, EventBudget>,
+}
+
+/// The maps a policy generation lives in, and the global state that says which one is active.
+pub struct PolicyMaps {
     agents: HashMap<MapData, AgentKey, AgentConfig>,
     net: LpmTrie<MapData, NetKey, RuleRef>,
     exec: HashMap<MapData, ExecKey, RuleRef>,
     unix: HashMap<MapData, UnixKey, RuleRef>,
     paths: LpmTrie<MapData, PathKey, RuleRef>,
     state: Array<MapData, GlobalState>,
-    lost: PerCpuArray<MapData, u64>,
-    counters: PerCpuHashMap<MapData, u64, Counters>,
-    agent_buckets: HashMap<MapData, BucketKey, Bucket>,
-    event_budgets: HashMap<MapData, u64, EventBudget>,
+    /// Second handles on the rule maps (agents, net, exec, unix, paths) for batched writes,
+    /// which need the map while its typed handle does the per-key fallback.
+    raw: [MapData; 5],
     /// Per generation: known to hold no entries (purged by this daemon since it started).
     clean: [bool; 2],
+}
+
+/// Indexes of [`PolicyMaps::raw`].
+const AGENTS: usize = 0;
+const NET: usize = 1;
+const EXEC: usize = 2;
+const UNIX: usize = 3;
+const PATHS: usize = 4;
+
+/// A second handle on `map` (a dup of its fd).
+fn raw_handle(map: &MapData, name: &'static str) -> Result<MapData, MapsError> {
+    let fd = map
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|io_error| MapsError::Map {
+            map: name,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            }),
+        })?;
+    MapData::from_fd(fd).map_err(err(name))
+}
+
+/// Locks the policy maps; a panic elsewhere must not take enforcement down with it.
+pub fn lock(maps: &Mutex<PolicyMaps>) -> MutexGuard<'_, PolicyMaps> {
+    maps.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The two event ring buffers.
@@ -92,28 +140,46 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, MapsError> {
 impl KernelMaps {
     /// Takes the maps out of the loaded object; also returns the event ring buffers.
     pub fn take(ebpf: &mut Ebpf) -> Result<(Self, Rings), MapsError> {
+        let agents: HashMap<MapData, AgentKey, AgentConfig> = take(ebpf, names::AGENT_CONFIG)?
+            .try_into()
+            .map_err(err(names::AGENT_CONFIG))?;
+        let net: LpmTrie<MapData, NetKey, RuleRef> = take(ebpf, names::NET_RULES)?
+            .try_into()
+            .map_err(err(names::NET_RULES))?;
+        let exec: HashMap<MapData, ExecKey, RuleRef> = take(ebpf, names::EXEC_RULES)?
+            .try_into()
+            .map_err(err(names::EXEC_RULES))?;
+        let unix: HashMap<MapData, UnixKey, RuleRef> = take(ebpf, names::UNIX_RULES)?
+            .try_into()
+            .map_err(err(names::UNIX_RULES))?;
+        let paths: LpmTrie<MapData, PathKey, RuleRef> = take(ebpf, names::PATH_RULES)?
+            .try_into()
+            .map_err(err(names::PATH_RULES))?;
+        let state: Array<MapData, GlobalState> = take(ebpf, names::STATE)?
+            .try_into()
+            .map_err(err(names::STATE))?;
+        let raw = [
+            raw_handle(agents.map(), names::AGENT_CONFIG)?,
+            raw_handle(net.map(), names::NET_RULES)?,
+            raw_handle(exec.map(), names::EXEC_RULES)?,
+            raw_handle(unix.map(), names::UNIX_RULES)?,
+            raw_handle(paths.map(), names::PATH_RULES)?,
+        ];
+        let policy = PolicyMaps {
+            agents,
+            net,
+            exec,
+            unix,
+            paths,
+            state,
+            raw,
+            clean: [false; 2],
+        };
         let maps = Self {
+            policy: Arc::new(Mutex::new(policy)),
             cgroups: take(ebpf, names::CGROUPS)?
                 .try_into()
                 .map_err(err(names::CGROUPS))?,
-            agents: take(ebpf, names::AGENT_CONFIG)?
-                .try_into()
-                .map_err(err(names::AGENT_CONFIG))?,
-            net: take(ebpf, names::NET_RULES)?
-                .try_into()
-                .map_err(err(names::NET_RULES))?,
-            exec: take(ebpf, names::EXEC_RULES)?
-                .try_into()
-                .map_err(err(names::EXEC_RULES))?,
-            unix: take(ebpf, names::UNIX_RULES)?
-                .try_into()
-                .map_err(err(names::UNIX_RULES))?,
-            paths: take(ebpf, names::PATH_RULES)?
-                .try_into()
-                .map_err(err(names::PATH_RULES))?,
-            state: take(ebpf, names::STATE)?
-                .try_into()
-                .map_err(err(names::STATE))?,
             lost: take(ebpf, names::LOST)?
                 .try_into()
                 .map_err(err(names::LOST))?,
@@ -126,7 +192,6 @@ impl KernelMaps {
             event_budgets: take(ebpf, names::EVENT_BUDGETS)?
                 .try_into()
                 .map_err(err(names::EVENT_BUDGETS))?,
-            clean: [false; 2],
         };
         let rings = Rings {
             events: take(ebpf, names::EVENTS)?
@@ -139,177 +204,24 @@ impl KernelMaps {
         Ok((maps, rings))
     }
 
-    /// The global state.
-    pub fn state(&self) -> Result<GlobalState, MapsError> {
-        self.state.get(&0, 0).map_err(err(names::STATE))
+    /// The policy maps, for writing a generation without the caller's other locks.
+    pub fn policy(&self) -> Arc<Mutex<PolicyMaps>> {
+        Arc::clone(&self.policy)
     }
 
-    /// Records where the agentguard cgroup subtree is (keeps the active generation).
+    /// See [`PolicyMaps::set_root`].
     pub fn set_root(&mut self, root_cgroup_id: u64, root_level: u32) -> Result<(), MapsError> {
-        let mut s = self.state()?;
-        s.root_cgroup_id = root_cgroup_id;
-        s.root_level = root_level;
-        self.state.set(0, s, 0).map_err(err(names::STATE))
+        lock(&self.policy).set_root(root_cgroup_id, root_level)
     }
 
-    /// The generation a new policy is written to.
+    /// See [`PolicyMaps::inactive_generation`].
     pub fn inactive_generation(&self) -> Result<u8, MapsError> {
-        Ok(if self.state()?.active_generation == 0 {
-            1
-        } else {
-            0
-        })
+        lock(&self.policy).inactive_generation()
     }
 
-    /// Applies a compiled policy (its generation must be the inactive one) and waits out the
-    /// grace period before removing the old generation. For callers that must not block for
-    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge_if_inactive`] are the
-    /// parts.
+    /// See [`PolicyMaps::apply`].
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
-        let old = self.write_and_flip(compiled)?;
-        thread::sleep(GRACE);
-        self.purge_if_inactive(old, None)
-    }
-
-    /// Writes every entry of the compiled generation, then makes it the active one. Returns the
-    /// previously active generation, whose entries stay until [`Self::purge_if_inactive`].
-    pub fn write_and_flip(&mut self, compiled: &Compiled) -> Result<u8, MapsError> {
-        let generation = compiled.generation;
-        if let Err(e) = self.write_generation(compiled) {
-            // Leave nothing half-written behind; the active generation was never touched.
-            let _ = self.purge(generation);
-            return Err(e);
-        }
-        let mut s = self.state()?;
-        let old = u8::try_from(s.active_generation).unwrap_or(0);
-        s.active_generation = u32::from(generation);
-        self.state.set(0, s, 0).map_err(err(names::STATE))?;
-        Ok(old)
-    }
-
-    /// Removes the entries of `generation` unless it is (again) the active one. `written` is
-    /// what this daemon wrote into that generation, when it knows: deleting those keys costs a
-    /// syscall each, where finding them costs a walk of the LPM trie from its root per key.
-    pub fn purge_if_inactive(
-        &mut self,
-        generation: u8,
-        written: Option<&Compiled>,
-    ) -> Result<(), MapsError> {
-        if u32::from(generation) == self.state()?.active_generation {
-            return Ok(());
-        }
-        match written {
-            Some(c) if c.generation == generation => self.purge_written(c),
-            _ => self.purge(generation),
-        }
-    }
-
-    fn write_generation(&mut self, c: &Compiled) -> Result<(), MapsError> {
-        let g = usize::from(c.generation & 1);
-        // Entries left over from an apply that failed earlier (or from an earlier daemon) must
-        // not leak into this one.
-        if !self.clean[g] {
-            self.purge(c.generation)?;
-        }
-        self.clean[g] = false;
-        for (k, v) in &c.agents {
-            self.agents
-                .insert(k, v, 0)
-                .map_err(err(names::AGENT_CONFIG))?;
-        }
-        for (k, bits, v) in &c.net {
-            self.net
-                .insert(&Key::new(*bits, *k), v, 0)
-                .map_err(err(names::NET_RULES))?;
-        }
-        for (k, v) in &c.exec {
-            self.exec.insert(k, v, 0).map_err(err(names::EXEC_RULES))?;
-        }
-        for (k, v) in &c.unix {
-            self.unix.insert(k, v, 0).map_err(err(names::UNIX_RULES))?;
-        }
-        for (k, bits, v) in &c.paths {
-            self.paths
-                .insert(&Key::new(*bits, *k), v, 0)
-                .map_err(err(names::PATH_RULES))?;
-        }
-        Ok(())
-    }
-
-    /// Removes the entries `c` wrote (those already absent are fine).
-    fn purge_written(&mut self, c: &Compiled) -> Result<(), MapsError> {
-        for (k, _) in &c.agents {
-            gone_or_absent(self.agents.remove(k)).map_err(err(names::AGENT_CONFIG))?;
-        }
-        for (k, bits, _) in &c.net {
-            gone_or_absent(self.net.remove(&Key::new(*bits, *k))).map_err(err(names::NET_RULES))?;
-        }
-        for (k, _) in &c.exec {
-            gone_or_absent(self.exec.remove(k)).map_err(err(names::EXEC_RULES))?;
-        }
-        for (k, bits, _) in &c.paths {
-            gone_or_absent(self.paths.remove(&Key::new(*bits, *k)))
-                .map_err(err(names::PATH_RULES))?;
-        }
-        self.clean[usize::from(c.generation & 1)] = true;
-        Ok(())
-    }
-
-    /// Removes every entry of `generation`, whoever wrote them.
-    fn purge(&mut self, generation: u8) -> Result<(), MapsError> {
-        self.purge_scan(generation)?;
-        self.clean[usize::from(generation & 1)] = true;
-        Ok(())
-    }
-
-    fn purge_scan(&mut self, generation: u8) -> Result<(), MapsError> {
-        let g = u32::from(generation);
-        let agents: Vec<AgentKey> = self
-            .agents
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.generation == g)
-            .collect();
-        for k in agents {
-            self.agents.remove(&k).map_err(err(names::AGENT_CONFIG))?;
-        }
-        let net: Vec<Key<NetKey>> = self
-            .net
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().generation == generation)
-            .collect();
-        for k in net {
-            self.net.remove(&k).map_err(err(names::NET_RULES))?;
-        }
-        let exec: Vec<ExecKey> = self
-            .exec
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.generation == g)
-            .collect();
-        for k in exec {
-            self.exec.remove(&k).map_err(err(names::EXEC_RULES))?;
-        }
-        let unix: Vec<UnixKey> = self
-            .unix
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.generation == g)
-            .collect();
-        for k in unix {
-            self.unix.remove(&k).map_err(err(names::UNIX_RULES))?;
-        }
-        let paths: Vec<Key<PathKey>> = self
-            .paths
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data().generation == generation)
-            .collect();
-        for k in paths {
-            self.paths.remove(&k).map_err(err(names::PATH_RULES))?;
-        }
-        Ok(())
+        lock(&self.policy).apply(compiled)
     }
 
     /// Registers an agent instance cgroup: from now on the kernel judges its processes.
@@ -396,5 +308,229 @@ impl KernelMaps {
             }
         }
         total
+    }
+}
+
+impl PolicyMaps {
+    /// The global state.
+    pub fn state(&self) -> Result<GlobalState, MapsError> {
+        self.state.get(&0, 0).map_err(err(names::STATE))
+    }
+
+    /// Records where the agentguard cgroup subtree is (keeps the active generation).
+    pub fn set_root(&mut self, root_cgroup_id: u64, root_level: u32) -> Result<(), MapsError> {
+        let mut s = self.state()?;
+        s.root_cgroup_id = root_cgroup_id;
+        s.root_level = root_level;
+        self.state.set(0, s, 0).map_err(err(names::STATE))
+    }
+
+    /// The generation a new policy is written to.
+    pub fn inactive_generation(&self) -> Result<u8, MapsError> {
+        Ok(if self.state()?.active_generation == 0 {
+            1
+        } else {
+            0
+        })
+    }
+
+    /// Applies a compiled policy (its generation must be the inactive one) and waits out the
+    /// grace period before removing the old generation. For callers that must not block for
+    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge_if_inactive`] are the
+    /// parts.
+    pub fn apply(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
+        let old = self.write_and_flip(compiled)?;
+        thread::sleep(GRACE);
+        self.purge_if_inactive(old, None)
+    }
+
+    /// Writes every entry of the compiled generation, then makes it the active one. Returns the
+    /// previously active generation, whose entries stay until [`Self::purge_if_inactive`].
+    pub fn write_and_flip(&mut self, compiled: &Compiled) -> Result<u8, MapsError> {
+        self.write(compiled)?;
+        self.flip(compiled.generation)
+    }
+
+    /// Writes every entry of the compiled (inactive) generation; programs do not read it until
+    /// [`Self::flip`]. When a write fails the partial generation is removed again.
+    pub fn write(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
+        if u32::from(compiled.generation) == self.state()?.active_generation {
+            return Err(MapsError::ActiveGeneration(compiled.generation));
+        }
+        if let Err(e) = self.write_generation(compiled) {
+            // Leave nothing half-written behind; the active generation was never touched.
+            let _ = self.purge(compiled.generation);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Makes `generation` (fully written by [`Self::write`]) the active one in one map update;
+    /// returns the generation that was active.
+    pub fn flip(&mut self, generation: u8) -> Result<u8, MapsError> {
+        let mut s = self.state()?;
+        let old = u8::try_from(s.active_generation).unwrap_or(0);
+        s.active_generation = u32::from(generation);
+        self.state.set(0, s, 0).map_err(err(names::STATE))?;
+        Ok(old)
+    }
+
+    /// Removes the entries of `generation` unless it is (again) the active one. `written` is
+    /// what this daemon wrote into that generation, when it knows: deleting those keys costs a
+    /// syscall each, where finding them costs a walk of the LPM trie from its root per key.
+    pub fn purge_if_inactive(
+        &mut self,
+        generation: u8,
+        written: Option<&Compiled>,
+    ) -> Result<(), MapsError> {
+        if u32::from(generation) == self.state()?.active_generation {
+            return Ok(());
+        }
+        match written {
+            Some(c) if c.generation == generation => self.purge_written(c),
+            _ => self.purge(generation),
+        }
+    }
+
+    fn write_generation(&mut self, c: &Compiled) -> Result<(), MapsError> {
+        let g = usize::from(c.generation & 1);
+        // Entries left over from an apply that failed earlier (or from an earlier daemon) must
+        // not leak into this one.
+        if !self.clean[g] {
+            self.purge(c.generation)?;
+        }
+        self.clean[g] = false;
+        // One syscall per map (see `batch`); the per-key closures are the fallback.
+        let (keys, values): (Vec<AgentKey>, Vec<AgentConfig>) = c.agents.iter().copied().unzip();
+        batch::update(&self.raw[AGENTS], &keys, &values, |i| {
+            self.agents.insert(keys[i], values[i], 0)
+        })
+        .map_err(err(names::AGENT_CONFIG))?;
+        let (keys, values): (Vec<Key<NetKey>>, Vec<RuleRef>) = c
+            .net
+            .iter()
+            .map(|(k, bits, v)| (Key::new(*bits, *k), *v))
+            .unzip();
+        batch::update(&self.raw[NET], &keys, &values, |i| {
+            self.net.insert(&keys[i], values[i], 0)
+        })
+        .map_err(err(names::NET_RULES))?;
+        let (keys, values): (Vec<ExecKey>, Vec<RuleRef>) = c.exec.iter().copied().unzip();
+        batch::update(&self.raw[EXEC], &keys, &values, |i| {
+            self.exec.insert(keys[i], values[i], 0)
+        })
+        .map_err(err(names::EXEC_RULES))?;
+        let (keys, values): (Vec<UnixKey>, Vec<RuleRef>) = c.unix.iter().copied().unzip();
+        batch::update(&self.raw[UNIX], &keys, &values, |i| {
+            self.unix.insert(keys[i], values[i], 0)
+        })
+        .map_err(err(names::UNIX_RULES))?;
+        let (keys, values): (Vec<Key<PathKey>>, Vec<RuleRef>) = c
+            .paths
+            .iter()
+            .map(|(k, bits, v)| (Key::new(*bits, *k), *v))
+            .unzip();
+        batch::update(&self.raw[PATHS], &keys, &values, |i| {
+            self.paths.insert(&keys[i], values[i], 0)
+        })
+        .map_err(err(names::PATH_RULES))?;
+        Ok(())
+    }
+
+    /// Removes the entries `c` wrote (those already absent are fine).
+    fn purge_written(&mut self, c: &Compiled) -> Result<(), MapsError> {
+        let keys: Vec<AgentKey> = c.agents.iter().map(|(k, _)| *k).collect();
+        self.delete_agents(&keys)?;
+        let keys: Vec<Key<NetKey>> = c.net.iter().map(|(k, b, _)| Key::new(*b, *k)).collect();
+        self.delete_net(&keys)?;
+        let keys: Vec<ExecKey> = c.exec.iter().map(|(k, _)| *k).collect();
+        self.delete_exec(&keys)?;
+        let keys: Vec<UnixKey> = c.unix.iter().map(|(k, _)| *k).collect();
+        self.delete_unix(&keys)?;
+        let keys: Vec<Key<PathKey>> = c.paths.iter().map(|(k, b, _)| Key::new(*b, *k)).collect();
+        self.delete_paths(&keys)?;
+        self.clean[usize::from(c.generation & 1)] = true;
+        Ok(())
+    }
+
+    fn delete_agents(&mut self, keys: &[AgentKey]) -> Result<(), MapsError> {
+        batch::delete(&self.raw[AGENTS], keys, |i| {
+            gone_or_absent(self.agents.remove(&keys[i]))
+        })
+        .map_err(err(names::AGENT_CONFIG))
+    }
+
+    fn delete_net(&mut self, keys: &[Key<NetKey>]) -> Result<(), MapsError> {
+        batch::delete(&self.raw[NET], keys, |i| {
+            gone_or_absent(self.net.remove(&keys[i]))
+        })
+        .map_err(err(names::NET_RULES))
+    }
+
+    fn delete_exec(&mut self, keys: &[ExecKey]) -> Result<(), MapsError> {
+        batch::delete(&self.raw[EXEC], keys, |i| {
+            gone_or_absent(self.exec.remove(&keys[i]))
+        })
+        .map_err(err(names::EXEC_RULES))
+    }
+
+    fn delete_unix(&mut self, keys: &[UnixKey]) -> Result<(), MapsError> {
+        batch::delete(&self.raw[UNIX], keys, |i| {
+            gone_or_absent(self.unix.remove(&keys[i]))
+        })
+        .map_err(err(names::UNIX_RULES))
+    }
+
+    fn delete_paths(&mut self, keys: &[Key<PathKey>]) -> Result<(), MapsError> {
+        batch::delete(&self.raw[PATHS], keys, |i| {
+            gone_or_absent(self.paths.remove(&keys[i]))
+        })
+        .map_err(err(names::PATH_RULES))
+    }
+
+    /// Removes every entry of `generation`, whoever wrote them.
+    fn purge(&mut self, generation: u8) -> Result<(), MapsError> {
+        self.purge_scan(generation)?;
+        self.clean[usize::from(generation & 1)] = true;
+        Ok(())
+    }
+
+    fn purge_scan(&mut self, generation: u8) -> Result<(), MapsError> {
+        let g = u32::from(generation);
+        let agents: Vec<AgentKey> = self
+            .agents
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == g)
+            .collect();
+        self.delete_agents(&agents)?;
+        let net: Vec<Key<NetKey>> = self
+            .net
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().generation == generation)
+            .collect();
+        self.delete_net(&net)?;
+        let exec: Vec<ExecKey> = self
+            .exec
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == g)
+            .collect();
+        self.delete_exec(&exec)?;
+        let unix: Vec<UnixKey> = self
+            .unix
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.generation == g)
+            .collect();
+        self.delete_unix(&unix)?;
+        let paths: Vec<Key<PathKey>> = self
+            .paths
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().generation == generation)
+            .collect();
+        self.delete_paths(&paths)
     }
 }

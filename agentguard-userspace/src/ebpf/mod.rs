@@ -2,11 +2,13 @@
 //! and pinning programs, and the typed maps the policy writer fills.
 
 pub mod backends;
+pub mod batch;
 pub mod link_update;
 pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod offsets;
+pub mod open_hooks;
 pub mod pins;
 pub mod probe;
 pub mod programs;

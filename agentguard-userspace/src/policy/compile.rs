@@ -81,6 +81,17 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Whether some agent has an open budget (in any scope): only then must opens be counted
+    /// where no LSM hook sees them (the fallback's syscall tracepoints).
+    pub fn has_open_budget(&self) -> bool {
+        use agentguard_common::agent::{ThrottleKind, ThrottleScope};
+        self.agents.iter().any(|(_, c)| {
+            [ThrottleScope::Process, ThrottleScope::Agent]
+                .iter()
+                .any(|&scope| c.throttles[throttle_slot(ThrottleKind::Open, scope)].cost_ns != 0)
+        })
+    }
+
     /// The rule an event names, if any.
     pub fn rule(&self, rule_id: u32) -> Option<&RuleInfo> {
         self.rules.get(usize::try_from(rule_id).ok()?)
@@ -591,6 +602,14 @@ mod tests {
             agentguard_common::agent::ThrottleScope::Agent,
         )];
         assert_eq!((t.cost_ns, t.on_exceed), (100_000_000, 1));
+        assert!(
+            !c.has_open_budget(),
+            "a connect budget is not an open budget"
+        );
+        let open = policy(
+            "[agents.a]\nconnect = []\n[agents.a.sub.s]\n[agents.a.sub.s.throttle]\nopen = \"5/s\"\n",
+        );
+        assert!(compile(&open, 0, &Resolved::default()).has_open_budget());
     }
 
     #[test]
