@@ -36,7 +36,13 @@ pub enum EncodeError {
 /// Appends the frame for `record`, chained from `prev`, to `out`; returns the record's hash.
 ///
 /// On error `out` is left as it was.
-pub fn append_frame(out: &mut Vec<u8>, prev: &Hash, record: &Record) -> Result<Hash, EncodeError> {
+/// `record` is a [`Record`] or a borrowed view that encodes to the same bytes (see
+/// [`super::borrowed`]). The hash is computed over the payload where it lies in `out`.
+pub fn append_frame<R: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    prev: &Hash,
+    record: &R,
+) -> Result<Hash, EncodeError> {
     let start = out.len();
     out.extend_from_slice(&FRAME_MAGIC);
     out.extend_from_slice(&[0; 4]);

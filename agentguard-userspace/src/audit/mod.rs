@@ -7,6 +7,7 @@
 //! a log and names the first thing wrong; [`show`] renders records for people and SIEMs.
 //! The byte layout and the trust model are in docs/log-format.md.
 
+pub mod borrowed;
 pub mod chain;
 pub mod classify;
 pub mod clock;

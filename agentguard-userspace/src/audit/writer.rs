@@ -4,10 +4,14 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use serde::Serialize;
+
 use super::{
+    borrowed::{ActionRecordRef, ActionRef},
     chain::Head,
     clock, encode,
     error::{AuditError, io_at},
@@ -61,6 +65,28 @@ struct Sealer {
     stored: bool,
     since: u64,
     last: Instant,
+    /// Sequence number of the seal `key` follows: the key file may be updated once that seal
+    /// is durable, not before (a crash must not leave the file ahead of the log).
+    after_seal: Option<u64>,
+}
+
+/// An fsync of the log prepared under the append lock by [`AuditLog::begin_sync`] and run
+/// outside it ([`SyncTicket::run`]), so appends continue while the disk works (group commit):
+/// every record appended before `begin_sync` is covered by one fdatasync.
+#[derive(Debug)]
+pub struct SyncTicket {
+    file: Arc<File>,
+    path: PathBuf,
+    written: u64,
+    covers: Option<u64>,
+}
+
+impl SyncTicket {
+    /// The fdatasync. Call without holding the log, then hand the ticket to
+    /// [`AuditLog::end_sync`].
+    pub fn run(&self) -> Result<(), AuditError> {
+        self.file.sync_data().map_err(io_at(&self.path))
+    }
 }
 
 /// The open, appendable log. One per directory (an exclusive lock is held).
@@ -68,12 +94,18 @@ pub struct AuditLog {
     opts: LogOptions,
     _lock: File,
     segment: SegmentFile,
-    file: File,
+    /// Shared with a [`SyncTicket`] in flight.
+    file: Arc<File>,
     /// Bytes of the current segment handed to the kernel.
     on_disk: u64,
     /// Frames not yet handed to the kernel.
     pending: Vec<u8>,
     unsynced: bool,
+    /// Writes handed to the kernel so far (a ticket whose count is still current leaves
+    /// nothing unsynced).
+    writes: u64,
+    /// Newest record known to be fsynced.
+    durable: Option<u64>,
     last_sync: Instant,
     next_seq: u64,
     head: Head,
@@ -130,7 +162,8 @@ impl AuditLog {
                 (first, SEGMENT_HEADER_LEN as u64)
             }
         };
-        let file = open_append(&segment)?;
+        let file = Arc::new(open_append(&segment)?);
+        let durable = rec.head.seq;
         let mut log = Self {
             opts,
             _lock: lock,
@@ -139,6 +172,8 @@ impl AuditLog {
             on_disk,
             pending: Vec::with_capacity(WRITE_BATCH + 4096),
             unsynced: false,
+            writes: 0,
+            durable,
             last_sync: Instant::now(),
             next_seq: rec.head.seq.map_or(0, |s| s + 1),
             head: rec.head,
@@ -161,12 +196,7 @@ impl AuditLog {
     /// Appends a record; returns its sequence number. Buffered: it reaches the kernel on the
     /// next `tick` (or once a batch fills) and the disk on the next fsync.
     pub fn append(&mut self, wall_ns: u64, mono_ns: u64, body: Body) -> Result<u64, AuditError> {
-        if self.pending.len() >= MAX_PENDING {
-            // The last chance before refusing: maybe the disk is back.
-            if self.write_pending().is_err() {
-                return Err(AuditError::Backlog(self.pending.len()));
-            }
-        }
+        self.make_room()?;
         let lost = match &body {
             Body::Lost { total, .. } => Some(*total),
             _ => None,
@@ -175,6 +205,41 @@ impl AuditLog {
         if lost.is_some() {
             self.lost_total = lost;
         }
+        self.count_for_seal();
+        Ok(seq)
+    }
+
+    /// Appends an action record from its borrowed form, without building the owned record:
+    /// the same bytes as `append(wall_ns, mono_ns, Body::Action(action.to_owned_action()))`.
+    pub fn append_action(
+        &mut self,
+        wall_ns: u64,
+        mono_ns: u64,
+        action: &ActionRef<'_>,
+    ) -> Result<u64, AuditError> {
+        self.make_room()?;
+        let seq = self.push_with(|seq| ActionRecordRef {
+            seq,
+            wall_ns,
+            mono_ns,
+            action,
+        })?;
+        self.count_for_seal();
+        Ok(seq)
+    }
+
+    /// Refuses a record when too much waits for a failing disk.
+    fn make_room(&mut self) -> Result<(), AuditError> {
+        if self.pending.len() >= MAX_PENDING {
+            // The last chance before refusing: maybe the disk is back.
+            if self.write_pending().is_err() {
+                return Err(AuditError::Backlog(self.pending.len()));
+            }
+        }
+        Ok(())
+    }
+
+    fn count_for_seal(&mut self) {
         if let Some(sealer) = &mut self.sealer {
             sealer.since += 1;
             if self.opts.seal_every > 0 && sealer.since >= self.opts.seal_every {
@@ -184,24 +249,64 @@ impl AuditLog {
                 }
             }
         }
-        Ok(seq)
     }
 
     /// Housekeeping, to call about every 100 ms: hands batched records to the kernel, fsyncs
     /// when `fsync_interval` has passed, seals when `seal_interval` has.
+    ///
+    /// Runs the fsync under `&mut self`; the daemon uses [`Self::begin_sync`] and
+    /// [`Self::end_sync`] instead, so appends go on while the disk works.
     pub fn tick(&mut self) -> Result<(), AuditError> {
-        self.write_pending()?;
+        if let Some(ticket) = self.begin_sync()? {
+            ticket.run()?;
+            self.end_sync(&ticket)?;
+        }
+        Ok(())
+    }
+
+    /// The first half of `tick` (under the append lock): hands batched records to the kernel,
+    /// seals when `seal_interval` has passed, and returns the fsync to run when one is due
+    /// (`fsync_interval` passed, or a seal's evolved key waits to be stored).
+    pub fn begin_sync(&mut self) -> Result<Option<SyncTicket>, AuditError> {
         if let Some(sealer) = &self.sealer
             && sealer.since > 0
             && sealer.last.elapsed() >= self.opts.seal_interval
         {
-            return self.seal();
+            self.seal()?;
         }
+        self.write_pending()?;
         let key_unstored = self.sealer.as_ref().is_some_and(|s| !s.stored);
-        if (self.unsynced && self.last_sync.elapsed() >= self.opts.fsync_interval) || key_unstored {
-            self.sync()?;
+        if !(self.unsynced && self.last_sync.elapsed() >= self.opts.fsync_interval || key_unstored)
+        {
+            return Ok(None);
         }
-        Ok(())
+        if !self.unsynced {
+            // Only the key is behind (its seal is durable): store it now.
+            self.sync()?;
+            return Ok(None);
+        }
+        Ok(Some(SyncTicket {
+            file: self.file.clone(),
+            path: self.segment.path.clone(),
+            written: self.writes,
+            covers: self.head.seq,
+        }))
+    }
+
+    /// The second half (under the append lock again), after [`SyncTicket::run`] succeeded:
+    /// notes what is durable and stores an evolved seal key whose seal now is.
+    pub fn end_sync(&mut self, ticket: &SyncTicket) -> Result<(), AuditError> {
+        if Arc::ptr_eq(&ticket.file, &self.file) && ticket.written == self.writes {
+            self.unsynced = false;
+        }
+        self.durable = self.durable.max(ticket.covers);
+        self.last_sync = Instant::now();
+        self.store_key_if_durable()
+    }
+
+    /// Sequence number of the newest record known to be fsynced (`None`: none is).
+    pub fn durable(&self) -> Option<u64> {
+        self.durable
     }
 
     /// Writes and fsyncs everything appended so far.
@@ -235,10 +340,9 @@ impl AuditLog {
     /// when nothing was appended since): a clean shutdown leaves no unsealed tail.
     pub fn seal_now(&mut self) -> Result<(), AuditError> {
         if self.sealer.as_ref().is_some_and(|s| s.since > 0) {
-            self.seal()
-        } else {
-            self.flush()
+            self.seal()?;
         }
+        self.flush()
     }
 
     /// Appends a seal over the current head, makes it durable, then destroys its key.
@@ -251,17 +355,31 @@ impl AuditLog {
             mac: hex::encode(sealer.key.mac(&self.head.hash)),
         };
         let (wall, mono) = clock::now();
-        self.push(wall, mono, body)?;
+        let seq = self.push(wall, mono, body)?;
         if let Some(sealer) = &mut self.sealer {
             // Evolve in memory at once (the old key must not outlive its seal); the file
-            // follows once the seal is on disk, so a crash never leaves the file ahead of the
-            // log by more than one epoch (which `open` catches up).
+            // follows once the seal is on disk (the next sync, which `tick` does at once while
+            // a key waits), so a crash never leaves the file ahead of the log by more than one
+            // epoch (which `open` catches up).
             sealer.key.evolve();
             sealer.stored = false;
             sealer.since = 0;
             sealer.last = Instant::now();
+            sealer.after_seal = Some(seq);
         }
-        self.flush()
+        Ok(())
+    }
+
+    /// Stores the evolved seal key once the seal it follows is durable.
+    fn store_key_if_durable(&mut self) -> Result<(), AuditError> {
+        if let Some(sealer) = &mut self.sealer
+            && !sealer.stored
+            && sealer.after_seal <= self.durable
+        {
+            sealer.key.store(&self.opts.dir)?;
+            sealer.stored = true;
+        }
+        Ok(())
     }
 
     /// Writes pending frames, fsyncs them, then stores an evolved key.
@@ -271,21 +389,17 @@ impl AuditLog {
             self.file.sync_data().map_err(io_at(&self.segment.path))?;
             self.unsynced = false;
         }
+        self.durable = self.head.seq;
         self.last_sync = Instant::now();
-        if let Some(sealer) = &mut self.sealer
-            && !sealer.stored
-        {
-            sealer.key.store(&self.opts.dir)?;
-            sealer.stored = true;
-        }
-        Ok(())
+        self.store_key_if_durable()
     }
 
     fn write_pending(&mut self) -> Result<(), AuditError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.write_all(&self.pending) {
+        self.writes += 1;
+        if let Err(e) = (&*self.file).write_all(&self.pending) {
             // Part of the batch may be in the file; later frames written after it would sit
             // behind a torn frame, so cut back to the last whole batch and retry later.
             if let Err(cut) = self.file.set_len(self.on_disk) {
@@ -303,13 +417,22 @@ impl AuditLog {
     }
 
     fn push(&mut self, wall_ns: u64, mono_ns: u64, body: Body) -> Result<u64, AuditError> {
-        let seq = self.next_seq;
-        let record = Record {
+        self.push_with(|seq| Record {
             seq,
             wall_ns,
             mono_ns,
             body,
-        };
+        })
+    }
+
+    /// The sequencer: numbers, frames and chains one record (`record(seq)`, a [`Record`] or a
+    /// borrowed view encoding to the same bytes).
+    fn push_with<R: Serialize>(
+        &mut self,
+        record: impl FnOnce(u64) -> R,
+    ) -> Result<u64, AuditError> {
+        let seq = self.next_seq;
+        let record = record(seq);
         let start = self.pending.len();
         let hash = encode::append_frame(&mut self.pending, &self.head.hash, &record)?;
         let in_segment = self.on_disk + start as u64;
@@ -346,6 +469,7 @@ impl AuditLog {
         self.write_pending()?;
         self.file.sync_data().map_err(io_at(&self.segment.path))?;
         self.unsynced = false;
+        self.durable = self.head.seq;
         let segment = segment::create(
             &self.opts.dir,
             SegmentHeader {
@@ -353,7 +477,7 @@ impl AuditLog {
                 lost_total: self.lost_total,
             },
         )?;
-        self.file = open_append(&segment)?;
+        self.file = Arc::new(open_append(&segment)?);
         self.segment = segment;
         self.on_disk = SEGMENT_HEADER_LEN as u64;
         Ok(())
@@ -407,6 +531,7 @@ fn catch_up(
         stored: true,
         since: unsealed,
         last: Instant::now(),
+        after_seal: None,
     })
 }
 
@@ -417,7 +542,9 @@ mod tests {
     use super::*;
     use crate::audit::{
         self, Class, SealSeed,
+        borrowed::{ActionRef, TargetRef},
         follow::Tail,
+        record::{Action, Target},
         testutil::{Surgery, action, options},
         verify::Seals,
     };
@@ -751,6 +878,159 @@ mod tests {
             audit::init(dir.path(), true),
             Err(AuditError::Locked(_))
         ));
+    }
+
+    fn lock(log: &std::sync::Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {
+        log.lock().expect("not poisoned")
+    }
+
+    /// What the daemon does: producers append (owned and borrowed records) under the lock
+    /// while a committer fsyncs outside it, with seals; a crash image taken mid-way (the key
+    /// file, then the segments, as the disk could hold them) recovers to an intact, sealed chain
+    /// that holds every record the log had reported durable, and the full log is one serial
+    /// chain with each producer's records in order.
+    #[test]
+    fn two_producers_group_commit_and_a_crash_image_keep_the_chain() {
+        use std::sync::{
+            Arc, Mutex,
+            atomic::{AtomicBool, Ordering},
+        };
+
+        const PER_PRODUCER: u64 = 3000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seed = audit::init(dir.path(), false).expect("init");
+        let opts = LogOptions {
+            seal_every: 250,
+            fsync_interval: Duration::ZERO,
+            segment_bytes: 256 * 1024,
+            ..options(dir.path())
+        };
+        let log = Arc::new(Mutex::new(AuditLog::open(opts).expect("open")));
+        let done = Arc::new(AtomicBool::new(false));
+        let committer = {
+            let (log, done) = (log.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let ticket = lock(&log).begin_sync().expect("begin");
+                    if let Some(t) = ticket {
+                        t.run().expect("fdatasync");
+                        lock(&log).end_sync(&t).expect("end");
+                    }
+                }
+            })
+        };
+        let producers: Vec<_> = (0..2u64)
+            .map(|p| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let owned = action(p);
+                    let Body::Action(a) = &owned else {
+                        unreachable!("testutil::action is an action")
+                    };
+                    let comm = format!("producer{p}");
+                    for i in 0..PER_PRODUCER {
+                        let mut log = lock(&log);
+                        if p == 0 {
+                            let borrowed = ActionRef {
+                                pid: i as u32,
+                                comm: comm.as_str().into(),
+                                ..borrowed_of(a)
+                            };
+                            log.append_action(i, p, &borrowed).expect("append");
+                        } else {
+                            let mut a = a.clone();
+                            a.pid = i as u32;
+                            a.comm.clone_from(&comm);
+                            log.append(i, p, Body::Action(a)).expect("append");
+                        }
+                    }
+                })
+            })
+            .collect();
+
+        // The crash image, taken while both producers and the committer run.
+        while lock(&log).head().seq.is_none_or(|s| s < PER_PRODUCER) {
+            std::thread::yield_now();
+        }
+        let durable = lock(&log).durable();
+        let crash = tempfile::tempdir().expect("tempdir");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        // The key file first: the daemon stores a key only after its seal is durable, so an
+        // older key with newer segments is what a disk can hold, never the reverse.
+        names.sort_by_key(|n| *n != *files::SEAL_KEY);
+        for name in names {
+            fs::copy(dir.path().join(&name), crash.path().join(&name)).expect("copy");
+        }
+
+        for p in producers {
+            p.join().expect("producer");
+        }
+        done.store(true, Ordering::Relaxed);
+        committer.join().expect("committer");
+        drop(Arc::into_inner(log).expect("last reference"));
+
+        let report = audit::verify(dir.path(), Some(&seed), None).expect("verify");
+        assert!(report.intact(), "{report}");
+        let records = read_all(dir.path());
+        let mut next_pid = [0u32; 2];
+        for r in &records {
+            if let Body::Action(a) = &r.body {
+                let p = usize::from(a.comm == "producer1");
+                assert_eq!(a.pid, next_pid[p], "producer {p} in order");
+                next_pid[p] += 1;
+            }
+        }
+        assert_eq!(next_pid, [PER_PRODUCER as u32; 2]);
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (0..records.len() as u64).collect::<Vec<_>>()
+        );
+
+        let recovered = AuditLog::open(options(crash.path())).expect("recover");
+        assert!(
+            recovered.head().seq >= durable,
+            "every durable record survives: head {:?}, durable {durable:?}",
+            recovered.head()
+        );
+        drop(recovered);
+        let report = audit::verify(crash.path(), Some(&seed), None).expect("verify");
+        assert!(report.intact(), "{report}");
+    }
+
+    fn borrowed_of(a: &Action) -> ActionRef<'_> {
+        let Target::Net {
+            addr,
+            port,
+            protocol,
+            name,
+        } = &a.target
+        else {
+            unreachable!("testutil::action is a network action")
+        };
+        ActionRef {
+            kind: a.kind,
+            verdict: a.verdict,
+            backend: a.backend,
+            agent: &a.agent,
+            instance: &a.instance,
+            cgroup_id: a.cgroup_id,
+            pid: a.pid,
+            tid: a.tid,
+            uid: a.uid,
+            comm: a.comm.as_str().into(),
+            target: TargetRef::Net {
+                addr: *addr,
+                port: *port,
+                protocol: *protocol,
+                name: name.as_deref(),
+            },
+            rule: a.rule.as_deref(),
+            flags: a.flags,
+            generation: a.generation,
+        }
     }
 
     #[test]

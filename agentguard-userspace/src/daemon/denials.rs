@@ -57,7 +57,7 @@ pub struct Denials {
 impl Denials {
     /// Keeps `action` if it is a refusal (or an audit-mode would-be refusal) of a known instance.
     pub fn record(&mut self, wall_ns: u64, action: &Action) {
-        if action.instance.is_empty() || !is_refusal(action) {
+        if !wanted(&action.instance, action.verdict) {
             return;
         }
         let ring = self.rings.entry(action.cgroup_id).or_default();
@@ -111,9 +111,15 @@ impl Denials {
     }
 }
 
-fn is_refusal(a: &Action) -> bool {
+/// Whether [`Denials::record`] keeps an action of `instance` with this verdict number: lets
+/// the event pipeline build the owned record only for those.
+pub fn wanted(instance: &str, verdict: u8) -> bool {
+    !instance.is_empty() && is_refusal(verdict)
+}
+
+fn is_refusal(verdict: u8) -> bool {
     matches!(
-        a.verdict(),
+        Verdict::from_u8(verdict),
         Some(Verdict::Denied | Verdict::Killed | Verdict::Throttled | Verdict::AuditDenied)
     )
 }

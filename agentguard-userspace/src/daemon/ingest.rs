@@ -1,16 +1,25 @@
-//! Kernel -> log: drains the ring buffer, names what it can, appends to the log, accounts for
-//! drops, and turns budget breaches into freezes or kills.
+//! Kernel -> log: drains the ring buffers on a dedicated thread, names what it can, appends to
+//! the log, accounts for drops, and turns budget breaches into freezes or kills.
+//!
+//! The thread is not a tokio worker: a burst of events keeps it busy without starving the
+//! control socket, and it never waits for the disk (the log's fsync is the [`tick`] task's,
+//! outside the append lock). Per batch it takes the log lock once; names come from the
+//! published [`NameSnapshot`](super::names::NameSnapshot), not the state lock, which it takes
+//! only for events that ask for an escalation.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use agentguard_common::{
     agent::ThrottleKind,
     event::{EVENT_ESCALATE_FREEZE, EVENT_ESCALATE_KILL, EventKind},
     user::{DecodeError, KernelEvent},
 };
-use tokio::sync::watch;
+use tokio::{runtime::Handle, sync::watch};
 
-use super::{Shared, operator, state::Breach};
+use super::{Shared, denials, metrics::ActionTally, operator, state::Breach};
 use crate::{
     audit::{
         self,
@@ -18,60 +27,165 @@ use crate::{
         record::{Actor, Body},
     },
     control::proto::Selector,
-    events::{Names as _, ring::EventRing, to_action},
+    events::{
+        Names as _,
+        ring::{EventRing, Wakeups},
+        to_action_ref,
+    },
 };
 
 /// How long an escalation waits for the kernel to report the instance frozen or empty.
 const ESCALATION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Records handled per lock of the state and the log.
+/// Records handled per lock of the log.
 const BATCH: usize = 4096;
 
 /// How often the ring of allowed events is drained: the programs send those without waking the
 /// daemon (see the eBPF crate's `emit::Pending::send`) unless the ring is filling up.
 pub const DRAIN_ALLOWED: Duration = Duration::from_millis(20);
 
-/// Drains the ring buffer until shutdown, then once more: when the kernel wakes the daemon, and
-/// every `drain_every` for events sent without a wake-up. Lost-event accounting is on the
-/// [`tick`], not per batch.
-pub async fn run(
+/// Starts the ingest thread for the ring of allowed events (`events`, drained when the kernel
+/// wakes the daemon and every [`DRAIN_ALLOWED`]) and the ring of refusals and escalations
+/// (`alerts`, drained as soon as the kernel wakes the daemon, and between batches of the
+/// other). It drains both once more after shutdown is requested and accounts for drops; the
+/// returned task ends when the thread has.
+pub fn spawn(
     shared: Arc<Shared>,
-    mut ring: EventRing,
-    drain_every: Option<Duration>,
-    mut shutdown: watch::Receiver<Option<bool>>,
-) {
-    let mut drain = drain_every.map(|every| {
-        let mut drain = tokio::time::interval(every);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        drain
-    });
-    loop {
-        tokio::select! {
-            r = ring.next_batch(BATCH) => match r {
-                Ok(batch) => process(&shared, batch),
+    events: EventRing,
+    alerts: EventRing,
+    shutdown: watch::Receiver<Option<bool>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let wakeups = Wakeups::new(&events, &alerts).map_err(std::io::Error::from)?;
+    let runtime = Handle::current();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("agentguard-ingest".into())
+        .spawn(move || {
+            let mut p = Pipeline::new(shared, runtime);
+            p.run(&wakeups, events, alerts, &shutdown);
+            let _ = done.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = finished.await;
+    }))
+}
+
+/// The ingest thread's buffers, reused from batch to batch.
+struct Pipeline {
+    shared: Arc<Shared>,
+    runtime: Handle,
+    batch: Vec<Result<KernelEvent, DecodeError>>,
+    events: Vec<KernelEvent>,
+    tally: ActionTally,
+}
+
+impl Pipeline {
+    fn new(shared: Arc<Shared>, runtime: Handle) -> Self {
+        Self {
+            shared,
+            runtime,
+            batch: Vec::with_capacity(BATCH),
+            events: Vec::with_capacity(BATCH),
+            tally: ActionTally::default(),
+        }
+    }
+
+    fn run(
+        &mut self,
+        wakeups: &Wakeups,
+        mut events: EventRing,
+        mut alerts: EventRing,
+        shutdown: &watch::Receiver<Option<bool>>,
+    ) {
+        let mut next_drain = Instant::now() + DRAIN_ALLOWED;
+        // The shutdown request is seen within one drain interval.
+        while shutdown.borrow().is_none() {
+            let woken = match wakeups.wait(next_drain.saturating_duration_since(Instant::now())) {
+                Ok(w) => w,
                 Err(e) => {
-                    tracing::error!(error = %e, "event ring buffer failed");
+                    tracing::error!(error = %e, "waiting on the event ring buffers failed");
                     break;
                 }
-            },
-            _ = async { drain.as_mut()?.tick().await; Some(()) }, if drain.is_some() => {
-                let batch = ring.batch_now(BATCH);
-                if !batch.is_empty() {
-                    process(&shared, batch);
+            };
+            if woken.alerts {
+                self.drain(&mut alerts, None);
+            }
+            let now = Instant::now();
+            if woken.events || now >= next_drain {
+                self.drain(&mut events, Some(&mut alerts));
+                if now >= next_drain {
+                    next_drain = now + DRAIN_ALLOWED;
                 }
             }
-            _ = shutdown.changed() => break,
+        }
+        // Whatever the kernel produced before the stop still goes into the log.
+        self.drain(&mut alerts, None);
+        self.drain(&mut events, Some(&mut alerts));
+        check_lost(&self.shared, &self.runtime);
+    }
+
+    /// Empties `ring` batch by batch; between batches, `alerts` too, so a refusal or an
+    /// escalation never waits behind a long drain of allowed events.
+    fn drain(&mut self, ring: &mut EventRing, mut alerts: Option<&mut EventRing>) {
+        loop {
+            let n = ring.fill(BATCH, &mut self.batch);
+            self.process();
+            if let Some(alerts) = alerts.as_deref_mut() {
+                while alerts.fill(BATCH, &mut self.batch) > 0 {
+                    self.process();
+                }
+            }
+            if n < BATCH {
+                return;
+            }
         }
     }
-    // Whatever the kernel produced before the stop still goes into the log.
-    loop {
-        let batch = ring.batch_now(BATCH);
-        if batch.is_empty() {
-            break;
+
+    /// Logs the batch: escalations first (so a freeze or kill never waits for the log), then
+    /// every record in kernel order under one lock of the log.
+    fn process(&mut self) {
+        if self.batch.is_empty() {
+            return;
         }
-        process(&shared, batch);
+        self.events.clear();
+        for ev in self.batch.drain(..) {
+            match ev {
+                Ok(ev) => self.events.push(ev),
+                Err(e) => tracing::warn!(error = %e, "undecodable kernel event"),
+            }
+        }
+        let mut escalations = Vec::new();
+        for ev in &self.events {
+            let h = ev.header();
+            if h.flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL) != 0 {
+                let mut st = self.shared.lock_state();
+                if let Some(e) = escalation(&mut st, h.cgroup_id, h.flags, h.ktime_ns, Some(h.kind))
+                {
+                    escalations.push(e);
+                }
+            }
+        }
+        spawn_escalations(&self.shared, &self.runtime, escalations);
+
+        let names = self.shared.names.load();
+        let (wall, mono) = audit::now();
+        let mut log = self.shared.lock_log();
+        for ev in &self.events {
+            let action = to_action_ref(ev, &**names);
+            let ktime = ev.header().ktime_ns;
+            self.tally.add(action.agent, action.kind, action.verdict);
+            // Kernel times are CLOCK_MONOTONIC; wall time is derived from the same offset.
+            let wall_ns = wall.saturating_sub(mono.saturating_sub(ktime));
+            if denials::wanted(action.instance, action.verdict) {
+                self.shared.note_refusal(wall_ns, &action.to_owned_action());
+            }
+            if let Err(e) = log.append_action(wall_ns, ktime, &action) {
+                tracing::error!(error = %e, "cannot append to the audit log");
+            }
+        }
+        drop(log);
+        self.shared.metrics.fold(&mut self.tally);
     }
-    check_lost(&shared);
 }
 
 /// Periodic work: log durability and seals, drop accounting.
@@ -81,23 +195,37 @@ pub async fn tick(
     mut shutdown: watch::Receiver<Option<bool>>,
 ) {
     let mut interval = tokio::time::interval(Duration::from_millis(100));
-    let mut last_prune: Option<std::time::Instant> = None;
+    let mut last_prune: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.changed() => break,
         }
-        check_lost(&shared);
-        if let Err(e) = shared.lock_log().tick() {
-            tracing::error!(error = %e, "audit log tick failed");
+        check_lost(&shared, &Handle::current());
+        let committer = shared.clone();
+        match tokio::task::spawn_blocking(move || commit(&committer)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "audit log tick failed"),
+            Err(e) => tracing::error!(error = %e, "audit log tick panicked"),
         }
         if let Some(keep) = retention
             && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
         {
-            last_prune = Some(std::time::Instant::now());
+            last_prune = Some(Instant::now());
             prune(&shared, keep);
         }
     }
+}
+
+/// The log's housekeeping with its fsync outside the append lock (group commit): records
+/// appended meanwhile wait for the next one, not for this one's disk.
+pub fn commit(shared: &Shared) -> Result<(), audit::AuditError> {
+    let ticket = shared.lock_log().begin_sync()?;
+    if let Some(ticket) = ticket {
+        ticket.run()?;
+        shared.lock_log().end_sync(&ticket)?;
+    }
+    Ok(())
 }
 
 /// How often the daemon applies its log retention (segments are 64 MiB by default, so a
@@ -123,14 +251,14 @@ fn prune(shared: &Shared, keep: Retention) {
 
 /// Writes a `Lost` record when the kernel's drop counter moved since the last one logged, and
 /// `LostEvents` records for refusals lost on full rings and for events over instance budgets.
-fn check_lost(shared: &Arc<Shared>) {
+fn check_lost(shared: &Arc<Shared>, runtime: &Handle) {
     check_ring_lost(shared);
-    check_gaps(shared);
+    check_gaps(shared, runtime);
 }
 
 /// Gaps the kernel counted outside the main ring's counter: each as a `LostEvents` record, and
 /// escalations asked for by refusals that were not sent carried out all the same.
-fn check_gaps(shared: &Arc<Shared>) {
+fn check_gaps(shared: &Arc<Shared>, runtime: &Handle) {
     let mut records = Vec::new();
     let mut escalations = Vec::new();
     {
@@ -158,8 +286,8 @@ fn check_gaps(shared: &Arc<Shared>) {
                 let (agent, instance) = st.instance(cgroup_id).unwrap_or_default();
                 records.push(Body::LostEvents {
                     source: "instance-budget".into(),
-                    agent,
-                    instance,
+                    agent: agent.to_owned(),
+                    instance: instance.to_owned(),
                     cgroup_id,
                     allowed: b.lost_allowed.saturating_sub(allowed),
                     refusals: b.lost_refusals.saturating_sub(refusals),
@@ -186,7 +314,7 @@ fn check_gaps(shared: &Arc<Shared>) {
     for body in records {
         shared.log(body);
     }
-    spawn_escalations(shared, escalations);
+    spawn_escalations(shared, runtime, escalations);
 }
 
 /// The daemon's answer to a budget breach the kernel reported for `cgroup_id` at `ktime_ns`
@@ -262,57 +390,15 @@ fn throttle_kind(kind: u16) -> ThrottleKind {
     }
 }
 
-fn process(shared: &Arc<Shared>, batch: Vec<Result<KernelEvent, DecodeError>>) {
-    if batch.is_empty() {
-        return;
-    }
-    let mut actions = Vec::with_capacity(batch.len());
-    let mut escalations = Vec::new();
-    {
-        let mut st = shared.lock_state();
-        for ev in batch {
-            let ev = match ev {
-                Ok(ev) => ev,
-                Err(e) => {
-                    tracing::warn!(error = %e, "undecodable kernel event");
-                    continue;
-                }
-            };
-            let action = to_action(&ev, &*st);
-            let h = ev.header();
-            if let Some(e) = escalation(&mut st, h.cgroup_id, h.flags, h.ktime_ns, Some(h.kind)) {
-                escalations.push(e);
-            }
-            actions.push((h.ktime_ns, action));
-        }
-    }
-    {
-        let (wall, mono) = audit::now();
-        let mut log = shared.lock_log();
-        for (ktime, action) in actions {
-            let body = Body::Action(action);
-            shared.metrics.observe(&body);
-            // Kernel times are CLOCK_MONOTONIC; wall time is derived from the same offset.
-            let wall_ns = wall.saturating_sub(mono.saturating_sub(ktime));
-            if let Body::Action(action) = &body {
-                shared.note_refusal(wall_ns, action);
-            }
-            if let Err(e) = log.append(wall_ns, ktime, body) {
-                tracing::error!(error = %e, "cannot append to the audit log");
-            }
-        }
-    }
-    spawn_escalations(shared, escalations);
-}
-
 /// Freezes or kills each instance (in the background), as its budget asks.
 fn spawn_escalations(
     shared: &Arc<Shared>,
+    runtime: &Handle,
     escalations: Vec<(operator::Op, crate::cgroup::Instance, String)>,
 ) {
     for (op, inst, budget) in escalations {
         let shared = shared.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             tracing::warn!(instance = %inst.name, ?op, %budget, "budget exceeded: escalating");
             let target = Selector::Instance(inst.name.clone()).to_string();
             let out = operator::run(

@@ -553,8 +553,8 @@ impl Resolve for StateNames<'_> {
         let id = *st.first_pids.get(&pid)?;
         let (agent, instance) = crate::events::Names::instance(&*st, id)?;
         Some(Named {
-            agent,
-            instance,
+            agent: agent.to_owned(),
+            instance: instance.to_owned(),
             cgroup_id: id,
         })
     }

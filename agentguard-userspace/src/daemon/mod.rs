@@ -13,6 +13,7 @@ pub mod identity;
 mod ingest;
 pub mod landlock_audit;
 pub mod metrics;
+mod names;
 mod notify;
 mod operator;
 pub mod private_tmp;
@@ -137,6 +138,8 @@ pub enum DaemonError {
 /// What every task shares.
 pub struct Shared {
     state: Mutex<State>,
+    /// What the event pipeline needs of `state` to name events, republished on change.
+    names: names::NameCell,
     log: Mutex<AuditLog>,
     /// Backends in force.
     pub backends: Backends,
@@ -173,10 +176,17 @@ pub struct Shared {
 
 impl Shared {
     /// Locks the state; a panic elsewhere must not take enforcement bookkeeping down with it.
-    pub fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// A change to what names events (instances, policy, rules) is published to the event
+    /// pipeline before the lock is released.
+    pub fn lock_state(&self) -> StateGuard<'_> {
+        StateGuard {
+            guard: self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            names: &self.names,
+            changed: false,
+        }
     }
 
     /// Locks the loaded programs (for the open-budget tracepoints).
@@ -274,6 +284,39 @@ impl Shared {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
     let what = what.into();
     move |source| DaemonError::Io { what, source }
+}
+
+/// The locked state. Dereferences to [`State`]; after a mutable borrow, dropping it republishes
+/// the names the event pipeline reads (a cheap comparison when nothing they depend on moved).
+pub struct StateGuard<'a> {
+    guard: MutexGuard<'a, State>,
+    names: &'a names::NameCell,
+    changed: bool,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.changed = true;
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if self.changed {
+            // Still under the lock: snapshots are published in the order of the changes, and
+            // before anyone can act on the change (e.g. start a process in a new instance).
+            self.names.refresh(&self.guard);
+        }
+    }
 }
 
 /// Holds `<state-dir>/daemon.lock` for the daemon's lifetime.
@@ -400,8 +443,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let restart = loaded.is_restart();
     let pin_base = loaded.pins.base().to_owned();
     let handovers = handover_records(&loaded, &opts.object.build());
+    let names = names::NameCell::default();
+    names.refresh(&state);
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
+        names,
         log: Mutex::new(log),
         backends: backends.clone(),
         programs: Mutex::new(loaded),
@@ -453,26 +499,18 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let listener = server::bind(&opts.socket, server::Role::Admin)?;
     let agent_listener = server::bind(&opts.agent_socket, server::Role::Agent)?;
-    let events =
-        EventRing::new(rings.events).map_err(io("cannot register the event ring buffer"))?;
-    let alerts =
-        EventRing::new(rings.alerts).map_err(io("cannot register the refusal ring buffer"))?;
+    let ingest = ingest::spawn(
+        shared.clone(),
+        EventRing::new(rings.events),
+        // Refusals and escalations always wake the daemon.
+        EventRing::new(rings.alerts),
+        shutdown_rx.clone(),
+    )
+    .map_err(io("cannot start the event pipeline"))?;
     // Landlock refusals reach the log through audit records (fallback file backend).
     let landlock = landlock_audit::start(&opts.state_dir, backends.file);
     let mut tasks = vec![
-        tokio::spawn(ingest::run(
-            shared.clone(),
-            events,
-            Some(ingest::DRAIN_ALLOWED),
-            shutdown_rx.clone(),
-        )),
-        // Refusals and escalations always wake the daemon.
-        tokio::spawn(ingest::run(
-            shared.clone(),
-            alerts,
-            None,
-            shutdown_rx.clone(),
-        )),
+        ingest,
         tokio::spawn(server::run(
             shared.clone(),
             listener,

@@ -159,20 +159,24 @@ impl State {
             .map(|(id, _)| *id)
             .or_else(|| self.exited_uids.get(&uid).copied())?;
         let (agent, instance) = self.instance(id)?;
-        Some((agent, instance, id))
+        Some((agent.to_owned(), instance.to_owned(), id))
     }
 }
 
 impl Names for State {
-    fn instance(&self, cgroup_id: u64) -> Option<(String, String)> {
+    fn instance(&self, cgroup_id: u64) -> Option<(&str, &str)> {
         self.instances
             .get(&cgroup_id)
-            .map(|i| (i.agent.clone(), i.name.clone()))
-            .or_else(|| self.exited.get(&cgroup_id).cloned())
+            .map(|i| (i.agent.as_str(), i.name.as_str()))
+            .or_else(|| {
+                self.exited
+                    .get(&cgroup_id)
+                    .map(|(a, i)| (a.as_str(), i.as_str()))
+            })
     }
 
-    fn agent(&self, agent_id: u32) -> Option<String> {
-        self.policy.agent_by_id(agent_id).map(|a| a.name.clone())
+    fn agent(&self, agent_id: u32) -> Option<&str> {
+        self.policy.agent_by_id(agent_id).map(|a| a.name.as_str())
     }
 
     fn rule(&self, generation: u32, rule_id: u32) -> Option<&RuleInfo> {

@@ -6,48 +6,60 @@ use agentguard_common::{
     user::{KernelEvent, c_bytes},
 };
 
+use std::borrow::Cow;
+
 use crate::{
-    audit::record::{Action, Target},
+    audit::{
+        borrowed::{ActionRef, TargetRef},
+        record::Action,
+    },
     policy::{compile::RuleInfo, net::from_key_space},
 };
 
-/// What the daemon knows about ids the kernel reports.
+/// What the daemon knows about ids the kernel reports, borrowed from where it keeps it.
 pub trait Names {
     /// Full agent name and instance path of an instance cgroup.
-    fn instance(&self, cgroup_id: u64) -> Option<(String, String)>;
+    fn instance(&self, cgroup_id: u64) -> Option<(&str, &str)>;
     /// Full agent name of an agent id.
-    fn agent(&self, agent_id: u32) -> Option<String>;
+    fn agent(&self, agent_id: u32) -> Option<&str>;
     /// The rule a generation's rule id stands for.
     fn rule(&self, generation: u32, rule_id: u32) -> Option<&RuleInfo>;
 }
 
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(c_bytes(bytes)).into_owned()
+/// Kernel bytes up to the first NUL as text; borrowed unless they are not UTF-8.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(c_bytes(bytes))
 }
 
 /// Converts one kernel event.
 pub fn to_action(ev: &KernelEvent, names: &impl Names) -> Action {
+    to_action_ref(ev, names).to_owned_action()
+}
+
+/// Converts one kernel event without allocating (unless the kernel's text is not UTF-8): the
+/// record borrows from the event and from `names`.
+pub fn to_action_ref<'a>(ev: &'a KernelEvent, names: &'a impl Names) -> ActionRef<'a> {
     let h: &EventHeader = ev.header();
     let (agent, instance) = names
         .instance(h.cgroup_id)
-        .or_else(|| names.agent(h.agent_id).map(|a| (a, String::new())))
+        .or_else(|| names.agent(h.agent_id).map(|a| (a, "")))
         .unwrap_or_default();
     let rule = names.rule(h.generation, h.rule_id);
     let target = match ev {
         KernelEvent::Net(n) => net_target(n, rule),
-        KernelEvent::Exec(e) => Target::Exec {
+        KernelEvent::Exec(e) => TargetRef::Exec {
             path: lossy(&e.filename),
             dev: e.dev,
             ino: e.ino,
         },
-        KernelEvent::File(f) => Target::File {
+        KernelEvent::File(f) => TargetRef::File {
             op: f.op,
             access: f.access,
             path: lossy(&f.path),
             target_pid: (f.target_pid != 0).then_some(f.target_pid),
         },
     };
-    Action {
+    ActionRef {
         kind: h.kind,
         verdict: h.verdict,
         backend: h.backend,
@@ -59,18 +71,18 @@ pub fn to_action(ev: &KernelEvent, names: &impl Names) -> Action {
         uid: h.uid,
         comm: lossy(&h.comm),
         target,
-        rule: rule.map(|r| r.text.clone()),
+        rule: rule.map(|r| r.text.as_str()),
         flags: h.flags,
         generation: h.generation,
     }
 }
 
-fn net_target(n: &NetEvent, rule: Option<&RuleInfo>) -> Target {
-    Target::Net {
+fn net_target<'a>(n: &NetEvent, rule: Option<&'a RuleInfo>) -> TargetRef<'a> {
+    TargetRef::Net {
         addr: from_key_space(n.addr),
         port: n.port,
         protocol: n.protocol,
-        name: rule.and_then(|r| r.name.clone()),
+        name: rule.and_then(|r| r.name.as_deref()),
     }
 }
 
@@ -85,17 +97,17 @@ mod tests {
     };
 
     use super::*;
-    use crate::policy::compile::RuleKind;
+    use crate::{audit::record::Target, policy::compile::RuleKind};
 
     struct Fake {
         rules: HashMap<(u32, u32), RuleInfo>,
     }
 
     impl Names for Fake {
-        fn instance(&self, cgroup_id: u64) -> Option<(String, String)> {
-            (cgroup_id == 7).then(|| ("buyer".into(), "buyer/1".into()))
+        fn instance(&self, cgroup_id: u64) -> Option<(&str, &str)> {
+            (cgroup_id == 7).then_some(("buyer", "buyer/1"))
         }
-        fn agent(&self, _: u32) -> Option<String> {
+        fn agent(&self, _: u32) -> Option<&str> {
             None
         }
         fn rule(&self, generation: u32, rule_id: u32) -> Option<&RuleInfo> {
@@ -143,7 +155,13 @@ mod tests {
                 name: Some("api.example.com".into()),
             },
         );
-        let a = to_action(&ev, &Fake { rules });
+        let fake = Fake { rules };
+        let borrowed = to_action_ref(&ev, &fake);
+        assert!(
+            matches!(borrowed.comm, Cow::Borrowed(_)),
+            "no copy of the comm"
+        );
+        let a = to_action(&ev, &fake);
         assert_eq!(
             (a.agent.as_str(), a.instance.as_str(), a.comm.as_str()),
             ("buyer", "buyer/1", "curl")

@@ -4,4 +4,4 @@ pub mod convert;
 pub mod landlock;
 pub mod ring;
 
-pub use convert::{Names, to_action};
+pub use convert::{Names, to_action, to_action_ref};
