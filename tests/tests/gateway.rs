@@ -3,8 +3,8 @@
 //! tool's rules do not allow.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -25,42 +25,71 @@ type Seen = Arc<Mutex<Vec<String>>>;
 /// A minimal HTTP/1.1 upstream on loopback: records each request head, answers 200 with the
 /// request path in the body, one request per connection.
 fn upstream() -> (u16, Seen) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
     let seen: Seen = Arc::default();
     let s = seen.clone();
+    let port = serve(move |req, conn| {
+        let reply = format!("upstream-ok {}", req.path());
+        s.lock().unwrap_or_else(|e| panic!("{e}")).push(req.head);
+        let _ = write!(
+            conn,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+            reply.len()
+        );
+    });
+    (port, seen)
+}
+
+/// One HTTP/1.1 request as a test server reads it.
+struct Request {
+    /// Request line and headers, each with its CRLF, without the blank line.
+    head: String,
+    /// The body, by Content-Length.
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn read(reader: &mut impl BufRead) -> Self {
+        let mut head = String::new();
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            head.push_str(&line);
+        }
+        let mut body = vec![0u8; len];
+        let _ = reader.read_exact(&mut body);
+        Self { head, body }
+    }
+
+    fn path(&self) -> &str {
+        self.head.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A loopback server answering one request per connection with `answer`; returns its port.
+fn serve(answer: impl Fn(Request, &mut TcpStream) + Send + 'static) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
     thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut conn) = conn else { continue };
             let mut reader = BufReader::new(conn.try_clone().unwrap_or_else(|e| panic!("{e}")));
-            let mut head = String::new();
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                head.push_str(&line);
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-            s.lock().unwrap_or_else(|e| panic!("{e}")).push(head);
-            let reply = format!("upstream-ok {path}");
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                reply.len()
-            );
+            answer(Request::read(&mut reader), &mut conn);
         }
     });
-    (port, seen)
+    port
 }
 
 fn policy(port: u16) -> String {
@@ -301,86 +330,67 @@ type Calls = Arc<Mutex<Vec<String>>>;
 /// `tools/list` and `tools/call` answered as JSON, except `tools/call`, answered as an SSE
 /// stream read to the end of the connection.
 fn mcp_upstream() -> (u16, Calls) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
     let calls: Calls = Arc::default();
     let seen = calls.clone();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap_or_else(|e| panic!("{e}")));
-            let mut len = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; len];
-            let _ = reader.read_exact(&mut body);
-            let msg: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let msgs = match msg {
-                serde_json::Value::Array(a) => a,
-                one => vec![one],
-            };
-            let mut results = Vec::new();
-            let mut sse = false;
-            for m in &msgs {
-                let method = m["method"].as_str().unwrap_or_default();
-                let label = if method == "tools/call" {
-                    sse = true;
-                    format!("tools/call:{}", m["params"]["name"].as_str().unwrap_or("?"))
-                } else {
-                    method.to_owned()
-                };
-                seen.lock()
-                    .unwrap_or_else(|e| panic!("{e}"))
-                    .push(label.clone());
-                let result = match method {
-                    "initialize" => serde_json::json!({"protocolVersion": "2025-06-18",
-                        "capabilities": {"tools": {}}, "serverInfo": {"name": "market", "version": "1"}}),
-                    "tools/list" => {
-                        serde_json::json!({"tools": [{"name": "search"}, {"name": "delete_all"}]})
-                    }
-                    _ => {
-                        serde_json::json!({"content": [{"type": "text", "text": format!("did {label}")}]})
-                    }
-                };
-                if !m["id"].is_null() {
-                    results.push(
-                        serde_json::json!({"jsonrpc": "2.0", "id": m["id"], "result": result}),
-                    );
-                }
-            }
-            if sse {
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
-                );
-                for r in results {
-                    let _ = write!(conn, "event: message\ndata: {r}\n\n");
-                    let _ = conn.flush();
-                }
-            } else if results.is_empty() {
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
+    let port = serve(move |req, conn| {
+        let msg: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+        let msgs = match msg {
+            serde_json::Value::Array(a) => a,
+            one => vec![one],
+        };
+        let mut results = Vec::new();
+        let mut sse = false;
+        for m in &msgs {
+            let method = m["method"].as_str().unwrap_or_default();
+            let label = if method == "tools/call" {
+                sse = true;
+                format!("tools/call:{}", m["params"]["name"].as_str().unwrap_or("?"))
             } else {
-                let reply = if results.len() == 1 && msgs.len() == 1 {
-                    results.remove(0).to_string()
-                } else {
-                    serde_json::Value::Array(results).to_string()
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                    reply.len()
-                );
+                method.to_owned()
+            };
+            seen.lock()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .push(label.clone());
+            let result = match method {
+                "initialize" => serde_json::json!({"protocolVersion": "2025-06-18",
+                    "capabilities": {"tools": {}}, "serverInfo": {"name": "market", "version": "1"}}),
+                "tools/list" => {
+                    serde_json::json!({"tools": [{"name": "search"}, {"name": "delete_all"}]})
+                }
+                _ => {
+                    serde_json::json!({"content": [{"type": "text", "text": format!("did {label}")}]})
+                }
+            };
+            if !m["id"].is_null() {
+                results
+                    .push(serde_json::json!({"jsonrpc": "2.0", "id": m["id"], "result": result}));
             }
+        }
+        if sse {
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+            );
+            for r in results {
+                let _ = write!(conn, "event: message\ndata: {r}\n\n");
+                let _ = conn.flush();
+            }
+        } else if results.is_empty() {
+            let _ = write!(
+                conn,
+                "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        } else {
+            let reply = if results.len() == 1 && msgs.len() == 1 {
+                results.remove(0).to_string()
+            } else {
+                serde_json::Value::Array(results).to_string()
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
         }
     });
     (port, calls)
@@ -493,57 +503,33 @@ const VAULT_TOKEN: &str = "hvs.test-token-0c8e";
 /// `GET /v1/secret/data/agentguard/NAME` answers the KV v2 shape for the names it holds, 404 for
 /// others, 403 without the right `X-Vault-Token`. Records each request's path.
 fn fake_vault() -> (u16, Seen) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or_default();
     let seen: Seen = Arc::default();
     let s = seen.clone();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap_or_else(|e| panic!("{e}")));
-            let mut request_line = String::new();
-            let _ = reader.read_line(&mut request_line);
-            let mut token = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':')
-                    && k.eq_ignore_ascii_case("x-vault-token")
-                {
-                    token = v.trim().to_owned();
-                }
-            }
-            let path = request_line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("")
-                .to_owned();
-            s.lock()
-                .unwrap_or_else(|e| panic!("{e}"))
-                .push(path.clone());
-            let (status, body) = if token != VAULT_TOKEN {
-                (
-                    "403 Forbidden",
-                    r#"{"errors":["permission denied"]}"#.to_owned(),
-                )
-            } else if path == "/v1/secret/data/agentguard/db-password" {
-                (
-                    "200 OK",
-                    format!(
-                        r#"{{"request_id":"r","data":{{"data":{{"value":"{VAULT_VALUE}"}},"metadata":{{"version":3}}}}}}"#
-                    ),
-                )
-            } else {
-                ("404 Not Found", r#"{"errors":[]}"#.to_owned())
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
+    let port = serve(move |req, conn| {
+        let path = req.path().to_owned();
+        s.lock()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .push(path.clone());
+        let (status, body) = if req.header("x-vault-token") != Some(VAULT_TOKEN) {
+            (
+                "403 Forbidden",
+                r#"{"errors":["permission denied"]}"#.to_owned(),
+            )
+        } else if path == "/v1/secret/data/agentguard/db-password" {
+            (
+                "200 OK",
+                format!(
+                    r#"{{"request_id":"r","data":{{"data":{{"value":"{VAULT_VALUE}"}},"metadata":{{"version":3}}}}}}"#
+                ),
+            )
+        } else {
+            ("404 Not Found", r#"{"errors":[]}"#.to_owned())
+        };
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     });
     (port, seen)
 }
