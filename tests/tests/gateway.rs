@@ -483,15 +483,15 @@ fn mcp_calls_are_judged_per_json_rpc_call() {
     );
     // The log names the refused MCP tool.
     let rec = d.wait_record("the refused MCP call", |r| {
-        r["kind"] == "tool-call" && r["mcp"] == "tools/call:delete_all" && r["status"] == 403
+        r["kind"] == "mcp-call" && r["mcp"] == "tools/call:delete_all" && r["status"] == 403
     });
     assert_eq!(rec["verdict"], "denied", "{rec}");
     assert_eq!(rec["tool"], "market", "{rec}");
     d.wait_record("the forwarded MCP call", |r| {
-        r["kind"] == "tool-call" && r["mcp"] == "tools/call:search" && r["status"] == 200
+        r["kind"] == "mcp-call" && r["mcp"] == "tools/call:search" && r["status"] == 200
     });
     d.wait_record("the refused method", |r| {
-        r["kind"] == "tool-call" && r["mcp"] == "resources/read"
+        r["kind"] == "mcp-call" && r["mcp"] == "resources/read"
     });
 }
 

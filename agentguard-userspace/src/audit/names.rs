@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 17] = [
+pub const RECORD_KINDS: [&str; 18] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -50,6 +50,7 @@ pub const RECORD_KINDS: [&str; 17] = [
     "pruned",
     "credential",
     "handover",
+    "mcp-call",
 ];
 
 /// The name of a record kind.

@@ -206,6 +206,16 @@ pub enum Body {
         /// Why they were not (empty when they were).
         reason: String,
     },
+    /// One request to an MCP tool through the gateway (kind 17): a [`Body::ToolCall`] with the
+    /// JSON-RPC calls it carried. (A record kind of its own: kind 13's layout is fixed, so that
+    /// logs written before MCP rules existed still decode.)
+    McpCall {
+        /// The request, as for any tool.
+        call: ToolCall,
+        /// The JSON-RPC calls of the request (`tools/call:NAME`, other methods by name,
+        /// comma-separated); when refused, the calls that were refused.
+        mcp: String,
+    },
 }
 
 impl Body {
@@ -229,6 +239,7 @@ impl Body {
             Self::Pruned { .. } => 14,
             Self::Credential(_) => 15,
             Self::Handover { .. } => 16,
+            Self::McpCall { .. } => 17,
         }
     }
 }
@@ -260,9 +271,6 @@ pub struct ToolCall {
     pub lease: String,
     /// Verdict number ([`ToolVerdict`] as u8).
     pub verdict: u8,
-    /// For an MCP tool: the JSON-RPC calls of the request (`tools/call:NAME`, other methods by
-    /// name, comma-separated); when refused, the calls that were refused. Empty otherwise.
-    pub mcp: String,
 }
 
 impl ToolCall {
@@ -407,5 +415,44 @@ impl Target {
             Self::File { op, .. } => FileOp::from_u16(*op),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Record layouts are append-only: a log written by an older build must decode. A kind-13
+    /// record's bytes, as builds before MCP rules wrote them, decode to the same `ToolCall`.
+    #[test]
+    fn a_tool_call_keeps_its_layout() {
+        let call = Body::ToolCall(ToolCall {
+            agent: "a".into(),
+            instance: "a/1".into(),
+            cgroup_id: 9,
+            tool: "t".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            bytes_in: 1,
+            bytes_out: 2,
+            duration_us: 3,
+            lease: String::new(),
+            verdict: 1,
+        });
+        let written_before: &[u8] = &[
+            13, // the variant: kind 13
+            1, b'a', 3, b'a', b'/', b'1', 9, 1, b't', 3, b'G', b'E', b'T', 1, b'/', //
+            0xc8, 0x01, // status 200 (varint)
+            1, 2, 3, 0, 1,
+        ];
+        assert_eq!(
+            postcard::from_bytes::<Body>(written_before).ok(),
+            Some(call.clone())
+        );
+        assert_eq!(
+            postcard::to_allocvec(&call).ok().as_deref(),
+            Some(written_before)
+        );
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{
     clock, names,
-    record::{Action, Actor, Body, OperatorAction, Record, Target},
+    record::{Action, Actor, Body, OperatorAction, Record, Target, ToolCall},
 };
 
 /// Which records `log show` prints.
@@ -142,12 +142,8 @@ fn body_json(body: &Body) -> Value {
             "segment": segment, "cut_bytes": cut_bytes, "last_seq": last_seq, "reason": reason,
         }),
         Body::Seal { epoch, mac } => json!({ "epoch": epoch, "mac": mac }),
-        Body::ToolCall(c) => json!({
-            "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "tool": c.tool,
-            "method": c.method, "path": c.path, "status": c.status, "bytes_in": c.bytes_in,
-            "bytes_out": c.bytes_out, "duration_us": c.duration_us, "lease": c.lease,
-            "verdict": names::tool_verdict(c.verdict), "mcp": c.mcp,
-        }),
+        Body::ToolCall(c) => tool_call_json(c, None),
+        Body::McpCall { call, mcp } => tool_call_json(call, Some(mcp)),
         Body::Credential(c) => json!({
             "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "pid": c.pid,
             "name": c.name, "action": c.action, "lease": c.lease, "ttl_s": c.ttl_s,
@@ -332,25 +328,8 @@ pub fn to_line(record: &Record) -> String {
             last_seq.map_or_else(|| "none".to_owned(), |s| s.to_string())
         ),
         Body::Seal { epoch, mac } => format!("epoch={epoch} mac={mac}"),
-        Body::ToolCall(c) => format!(
-            "{} agent={:?} instance={:?} tool={:?} {} {:?} status={} in={} out={} took_us={} lease={}{}",
-            names::tool_verdict(c.verdict),
-            c.agent,
-            c.instance,
-            c.tool,
-            c.method,
-            c.path,
-            c.status,
-            c.bytes_in,
-            c.bytes_out,
-            c.duration_us,
-            if c.lease.is_empty() { "none" } else { &c.lease },
-            if c.mcp.is_empty() {
-                String::new()
-            } else {
-                format!(" mcp={:?}", c.mcp)
-            }
-        ),
+        Body::ToolCall(c) => tool_call_line(c, None),
+        Body::McpCall { call, mcp } => tool_call_line(call, Some(mcp)),
         Body::Credential(c) => format!(
             "{} agent={:?} instance={:?} pid={} name={:?} lease={} ttl_s={}{}",
             c.action,
@@ -456,6 +435,37 @@ fn actor_line(by: &Actor) -> String {
     }
 }
 
+fn tool_call_json(c: &ToolCall, mcp: Option<&str>) -> Value {
+    let mut v = json!({
+        "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "tool": c.tool,
+        "method": c.method, "path": c.path, "status": c.status, "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out, "duration_us": c.duration_us, "lease": c.lease,
+        "verdict": names::tool_verdict(c.verdict),
+    });
+    if let Some(mcp) = mcp {
+        v["mcp"] = json!(mcp);
+    }
+    v
+}
+
+fn tool_call_line(c: &ToolCall, mcp: Option<&str>) -> String {
+    format!(
+        "{} agent={:?} instance={:?} tool={:?} {} {:?} status={} in={} out={} took_us={} lease={}{}",
+        names::tool_verdict(c.verdict),
+        c.agent,
+        c.instance,
+        c.tool,
+        c.method,
+        c.path,
+        c.status,
+        c.bytes_in,
+        c.bytes_out,
+        c.duration_us,
+        if c.lease.is_empty() { "none" } else { &c.lease },
+        mcp.map(|m| format!(" mcp={m:?}")).unwrap_or_default()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
@@ -464,6 +474,23 @@ mod tests {
 
     use super::*;
     use crate::audit::{names::RECORD_KINDS, testutil::action};
+
+    fn tool_call() -> ToolCall {
+        ToolCall {
+            agent: "buyer".into(),
+            instance: "buyer/1".into(),
+            cgroup_id: 9,
+            tool: "supplier".into(),
+            method: "GET".into(),
+            path: "/v1/quotes".into(),
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 12,
+            duration_us: 800,
+            lease: "ab".into(),
+            verdict: 1,
+        }
+    }
 
     fn record(body: Body) -> Record {
         Record {
@@ -556,21 +583,7 @@ mod tests {
                 allowed: 3,
                 refusals: 4,
             },
-            Body::ToolCall(crate::audit::record::ToolCall {
-                agent: "buyer".into(),
-                instance: "buyer/1".into(),
-                cgroup_id: 9,
-                tool: "supplier".into(),
-                method: "GET".into(),
-                path: "/v1/quotes".into(),
-                status: 200,
-                bytes_in: 0,
-                bytes_out: 12,
-                duration_us: 800,
-                lease: "ab".into(),
-                verdict: 1,
-                mcp: String::new(),
-            }),
+            Body::ToolCall(tool_call()),
             Body::Pruned {
                 first_kept_seq: 10,
                 pruned_head: "00".into(),
@@ -598,6 +611,10 @@ mod tests {
                 build: "ba9876543210".into(),
                 kept_state: true,
                 reason: String::new(),
+            },
+            Body::McpCall {
+                call: tool_call(),
+                mcp: "tools/call:search".into(),
             },
         ]
     }

@@ -76,6 +76,8 @@ impl GatewayState {
 pub struct Finish {
     shared: Arc<Shared>,
     record: ToolCall,
+    /// An MCP tool's calls (empty for other tools): the record is then an `McpCall`.
+    mcp: String,
     start: Instant,
 }
 
@@ -87,7 +89,14 @@ impl Finish {
         self.record.verdict = verdict as u8;
         self.record.duration_us =
             u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.shared.log(Body::ToolCall(self.record));
+        self.shared.log(if self.mcp.is_empty() {
+            Body::ToolCall(self.record)
+        } else {
+            Body::McpCall {
+                call: self.record,
+                mcp: self.mcp,
+            }
+        });
     }
 }
 

@@ -140,8 +140,8 @@ pub async fn handle(
             duration_us: 0,
             lease: String::new(),
             verdict: 0,
-            mcp: String::new(),
         },
+        mcp: String::new(),
         start,
     };
     let Some((agent, _)) = caller else {
@@ -327,7 +327,7 @@ async fn forward(
     let body = match (&tool.mcp, &parts.method) {
         (Some(rules), &http::Method::POST) => match mcp::judge(&body, rules) {
             mcp::Judged::Forward { body, calls } => {
-                finish.record.mcp = calls;
+                finish.mcp = calls;
                 body
             }
             mcp::Judged::Refuse {
@@ -335,7 +335,7 @@ async fn forward(
                 calls,
                 malformed,
             } => {
-                finish.record.mcp = calls;
+                finish.mcp = calls;
                 let status = if malformed {
                     StatusCode::BAD_REQUEST
                 } else {
