@@ -7,6 +7,7 @@
 //! tests check every target kind byte for byte against the owned encoding.
 //!
 //! [`Record`]: super::record::Record
+//! [`Body`]: super::record::Body
 
 use std::{borrow::Cow, net::IpAddr};
 
