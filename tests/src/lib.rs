@@ -23,6 +23,11 @@ use std::{
 pub use daemon::Daemon;
 pub use scratch::{ScratchTree, open_to_agents, open_tree_to_agents};
 
+/// `agentguard-probe sleep` seconds for an agent that must outlive every step of its test, however
+/// slow the machine (an emulated guest can take minutes): the test's [`Daemon`] kills it when
+/// the test ends (teardown), so no test depends on how long its steps take.
+pub const UNTIL_TEARDOWN: &str = "86400";
+
 /// The `agentguard` binary under test.
 pub fn agentguard_bin() -> PathBuf {
     std::env::var_os("AGENTGUARD_BIN").map_or_else(

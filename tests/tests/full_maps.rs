@@ -110,7 +110,7 @@ fn max_instances_caps_running_instances() {
     let l = net::Tcp::listen("127.0.0.1");
     let d = Daemon::start(&policy(l.port(), "max_instances = 1\n"));
     let mut first = d
-        .run_command("a", &[PROBE, "sleep", "600"])
+        .run_command("a", &[PROBE, "sleep", agentguard_tests::UNTIL_TEARDOWN])
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{e}"));

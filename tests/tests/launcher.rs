@@ -188,8 +188,9 @@ fn teardown_refuses_while_agents_run_unless_forced() {
         return;
     }
     let mut d = Daemon::start(POLICY);
-    let mut agent =
-        agentguard_tests::ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "30"]));
+    let mut agent = agentguard_tests::ChildGuard::spawn(
+        &mut d.run_command("buyer", &[PROBE, "sleep", agentguard_tests::UNTIL_TEARDOWN]),
+    );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.stop();
     let out = agentguard_tests::agentguard(&["teardown", "--socket", "/nonexistent.sock"]);

@@ -101,7 +101,9 @@ fn maintainer_scripts_keep_enforcement_on_upgrade_and_remove_and_purge_tears_dow
     let scripts = Scripts::new();
     let no = net::Tcp::listen("127.0.0.1");
     let mut d = Daemon::start("[agents.buyer]\n");
-    let agent = ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "60"]));
+    let agent = ChildGuard::spawn(
+        &mut d.run_command("buyer", &[PROBE, "sleep", agentguard_tests::UNTIL_TEARDOWN]),
+    );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     let instance = instance_cgroup("buyer");
     let confined = |when: &str| {

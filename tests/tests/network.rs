@@ -238,8 +238,9 @@ fn enforcement_survives_kill_9_and_a_restart_readopts() {
     let p = Ports::new();
     let mut d = Daemon::start(&p.policy());
     // A long-lived agent started before the crash.
-    let mut agent =
-        agentguard_tests::ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "30"]));
+    let mut agent = agentguard_tests::ChildGuard::spawn(
+        &mut d.run_command("buyer", &[PROBE, "sleep", agentguard_tests::UNTIL_TEARDOWN]),
+    );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     d.kill9();
     // With no daemon at all, a process in the agent's cgroup is still refused.

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 
 use agentguard_tests::{
-    ChildGuard, Daemon, assert_eperm, instance_cgroup, net, privileged, run_in_cgroup, stdout,
+    ChildGuard, Daemon, assert_eperm, describe, instance_cgroup, net, privileged, run_in_cgroup,
+    stdout,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
@@ -60,12 +61,20 @@ fn an_upgrade_to_another_build_keeps_the_agent_confined_and_its_budget() {
     let old_builds = pinned_builds();
     assert_eq!(old_builds.len(), 1, "{old_builds:?}");
 
-    let _agent = ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "60"]));
+    let _agent = ChildGuard::spawn(
+        &mut d.run_command("buyer", &[PROBE, "sleep", agentguard_tests::UNTIL_TEARDOWN]),
+    );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     let instance = instance_cgroup("buyer");
     let connect = |port: u16| {
         let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &port.to_string()]);
-        stdout(&out).trim().to_owned()
+        let said = stdout(&out).trim().to_owned();
+        assert!(
+            !said.is_empty(),
+            "the probe said nothing: {}",
+            describe(&out)
+        );
+        said
     };
     // Two of the instance's three connects spent under the old build.
     assert_eq!(connect(ok.port()), "ok");
@@ -125,13 +134,20 @@ fn pinned_maps_of_another_layout_are_not_taken_over_and_the_agent_stays_confined
     }
     let no = net::Tcp::listen("127.0.0.1");
     let mut d = Daemon::start("[agents.buyer]\n");
-    let _agent = ChildGuard::spawn(&mut d.run_command("buyer", &[PROBE, "sleep", "60"]));
+    let _agent = ChildGuard::spawn(
+        &mut d.run_command("buyer", &[PROBE, "sleep", agentguard_tests::UNTIL_TEARDOWN]),
+    );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     let instance = instance_cgroup("buyer");
     let refused = |when: &str| {
         let out = run_in_cgroup(
             &instance,
             &[PROBE, "tcp", "127.0.0.1", &no.port().to_string()],
+        );
+        assert!(
+            !stdout(&out).trim().is_empty(),
+            "{when}: the probe said nothing: {}",
+            describe(&out)
         );
         assert_eperm(stdout(&out).trim(), when);
     };

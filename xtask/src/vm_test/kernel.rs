@@ -46,11 +46,13 @@ impl Series {
                 "confinement",
                 "exec_files",
                 "lsm_confinement",
+                "map_batch",
                 "network",
                 "self_defence",
                 "sub_agents",
                 "unix_escape",
                 "unix_sockets",
+                "upgrade",
             ]),
         }
     }
