@@ -94,7 +94,7 @@ fn serve(answer: impl Fn(Request, &mut TcpStream) + Send + 'static) -> u16 {
 
 fn policy(port: u16) -> String {
     format!(
-        "[tools.echo]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"echo-key\"\ninject = \"header:Authorization: Bearer {{secret}}\"\nmethods = [\"GET\", \"POST\"]\npaths = [\"/v1/quotes\", \"/v1/orders\"]\nrate = \"10/min\"\nmax_body = \"1KiB\"\n\n[tools.other]\nurl = \"http://127.0.0.1:{port}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"echo\"]\n\n[agents.stranger]\ntools = [\"other\"]\n"
+        "[tools.echo]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"echo-key\"\ninject = \"header:Authorization: Bearer {{secret}}\"\nmethods = [\"GET\", \"POST\"]\npaths = [\"/v1/quotes\", \"/v1/orders\"]\nrate = \"10/h\"\nmax_body = \"1KiB\"\n\n[tools.other]\nurl = \"http://127.0.0.1:{port}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"echo\"]\n\n[agents.stranger]\ntools = [\"other\"]\n"
     )
 }
 
@@ -192,7 +192,8 @@ fn the_gateway_injects_credentials_and_enforces_the_tools_rules() {
         "a refused request reached the upstream"
     );
 
-    // The budget: 10 per minute per instance, the 11th gets 429 with Retry-After.
+    // The budget: 10 an hour per instance (an hour, so that no token comes back while even an
+    // emulated guest sends the 11), the 11th gets 429 with Retry-After.
     let out = agent_sh(
         &d,
         "buyer",
@@ -206,7 +207,7 @@ fn the_gateway_injects_credentials_and_enforces_the_tools_rules() {
     let (code, retry) = codes[10].split_once(' ').unwrap_or((codes[10], ""));
     assert_eq!(code, "429", "{out}");
     assert!(
-        retry.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)),
+        retry.parse::<u64>().is_ok_and(|s| (1..=360).contains(&s)),
         "Retry-After {retry:?}"
     );
 

@@ -13,7 +13,7 @@ use agentguard_tests::{ChildGuard, Daemon, describe, net, patience, privileged, 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
 /// Seconds an agent sleeps when only the test (or its [`ChildGuard`]) should end it.
-const FOREVER: &str = "3600";
+const FOREVER: &str = agentguard_tests::UNTIL_TEARDOWN;
 
 fn policy(port: u16, throttle: &str) -> String {
     format!(
@@ -83,7 +83,7 @@ fn a_connect_budget_refuses_the_excess_with_eperm() {
         return;
     }
     let l = net::Tcp::listen("127.0.0.1");
-    let d = Daemon::start(&policy(l.port(), "connect = \"5/min\""));
+    let d = Daemon::start(&policy(l.port(), "connect = \"5/h\""));
     let out = d.run(
         "buyer",
         &[PROBE, "tcp-loop", "127.0.0.1", &l.port().to_string(), "50"],
@@ -99,7 +99,7 @@ fn an_agent_scoped_budget_is_shared_by_its_processes() {
         return;
     }
     let l = net::Tcp::listen("127.0.0.1");
-    let d = Daemon::start(&policy(l.port(), "connect = \"5/min\"\nscope = \"agent\""));
+    let d = Daemon::start(&policy(l.port(), "connect = \"5/h\"\nscope = \"agent\""));
     let port = l.port().to_string();
     let script =
         format!("{PROBE} tcp-loop 127.0.0.1 {port} 3; {PROBE} tcp-loop 127.0.0.1 {port} 3");
