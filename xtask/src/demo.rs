@@ -46,6 +46,9 @@ pub fn run(_: &Args) -> Result<()> {
     )?;
     let agent = home.join("agent.py");
     std::fs::copy(workspace::root().join("examples/demo/agent.py"), &agent)?;
+    // Writable by every uid: when the agent tries to overwrite its code, what refuses it (and
+    // logs the refusal) is the policy, not the file's permissions.
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
 
     let ag = |args: &[&str]| {
         let mut c = Command::new(&bin);
