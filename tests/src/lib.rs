@@ -216,6 +216,28 @@ pub fn run_in_cgroup(cgroup: &std::path::Path, cmd: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// What `agentguard-probe tcp 127.0.0.1 PORT` prints (`ok`, `errno=N ...`) when a process the
+/// daemon did not start runs it in `cgroup`; a probe that printed nothing fails the test.
+pub fn tcp_from_cgroup(cgroup: &std::path::Path, port: u16) -> String {
+    let probe = probe_bin();
+    let out = run_in_cgroup(
+        cgroup,
+        &[
+            &probe.to_string_lossy(),
+            "tcp",
+            "127.0.0.1",
+            &port.to_string(),
+        ],
+    );
+    let said = stdout(&out).trim().to_owned();
+    assert!(
+        !said.is_empty(),
+        "the probe said nothing: {}",
+        describe(&out)
+    );
+    said
+}
+
 /// The cgroup of `agent`'s first instance (`<cgroup root>/<agent>/<n>`).
 pub fn instance_cgroup(agent: &str) -> PathBuf {
     std::fs::read_dir(cgroup_root().join(agent))

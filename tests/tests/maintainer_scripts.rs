@@ -14,7 +14,7 @@ use std::{
 
 use agentguard_tests::{
     ChildGuard, Daemon, assert_eperm, cgroup_root, describe, instance_cgroup, net, patience,
-    privileged, run_in_cgroup, stdout,
+    privileged, tcp_from_cgroup,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
@@ -106,13 +106,7 @@ fn maintainer_scripts_keep_enforcement_on_upgrade_and_remove_and_purge_tears_dow
     );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     let instance = instance_cgroup("buyer");
-    let confined = |when: &str| {
-        let out = run_in_cgroup(
-            &instance,
-            &[PROBE, "tcp", "127.0.0.1", &no.port().to_string()],
-        );
-        assert_eperm(stdout(&out).trim(), when);
-    };
+    let confined = |when: &str| assert_eperm(&tcp_from_cgroup(&instance, no.port()), when);
     // The service manager stops the daemon; the pins stay (what a package operation finds).
     d.stop();
     assert!(pinned());

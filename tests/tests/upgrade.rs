@@ -9,8 +9,7 @@
 use std::path::PathBuf;
 
 use agentguard_tests::{
-    ChildGuard, Daemon, assert_eperm, describe, instance_cgroup, net, privileged, run_in_cgroup,
-    stdout,
+    ChildGuard, Daemon, assert_eperm, instance_cgroup, net, privileged, tcp_from_cgroup,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
@@ -66,16 +65,7 @@ fn an_upgrade_to_another_build_keeps_the_agent_confined_and_its_budget() {
     );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     let instance = instance_cgroup("buyer");
-    let connect = |port: u16| {
-        let out = run_in_cgroup(&instance, &[PROBE, "tcp", "127.0.0.1", &port.to_string()]);
-        let said = stdout(&out).trim().to_owned();
-        assert!(
-            !said.is_empty(),
-            "the probe said nothing: {}",
-            describe(&out)
-        );
-        said
-    };
+    let connect = |port: u16| tcp_from_cgroup(&instance, port);
     // Two of the instance's three connects spent under the old build.
     assert_eq!(connect(ok.port()), "ok");
     assert_eq!(connect(ok.port()), "ok");
@@ -139,18 +129,7 @@ fn pinned_maps_of_another_layout_are_not_taken_over_and_the_agent_stays_confined
     );
     d.wait_record("instance start", |r| r["kind"] == "instance-start");
     let instance = instance_cgroup("buyer");
-    let refused = |when: &str| {
-        let out = run_in_cgroup(
-            &instance,
-            &[PROBE, "tcp", "127.0.0.1", &no.port().to_string()],
-        );
-        assert!(
-            !stdout(&out).trim().is_empty(),
-            "{when}: the probe said nothing: {}",
-            describe(&out)
-        );
-        assert_eperm(stdout(&out).trim(), when);
-    };
+    let refused = |when: &str| assert_eperm(&tcp_from_cgroup(&instance, no.port()), when);
     d.stop();
     // Make the pinned state look like a build whose maps differ: another layout name, and its
     // AG_CGROUPS pin replaced by a map of another type and size (the AG_STATE array).
