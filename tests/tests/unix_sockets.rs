@@ -246,3 +246,44 @@ fn a_sub_agent_reaches_only_what_its_parent_may() {
     );
     assert_eperm(&run_sub(&s.path("no.sock")), "listed by neither");
 }
+
+/// Policy generations alternate between two map halves: an entry removed by one apply must not
+/// come back when a later apply writes the half it was in again.
+#[test]
+fn a_removed_unix_entry_stays_removed_across_applies() {
+    if !privileged("a_removed_unix_entry_stays_removed_across_applies") {
+        return;
+    }
+    let s = Sockets::new();
+    let d = Daemon::start(&s.policy());
+    let file = d.state_dir().join("unix-removed.toml");
+    let apply = |text: &str| {
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let out = d.cli(&["policy", "apply", &file.to_string_lossy()]);
+        assert!(
+            out.status.success(),
+            "policy apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ok_sock = s.path("ok.sock");
+    assert_eq!(d.probe("buyer", &["unix-stream", &ok_sock]), "ok", "listed");
+    // Three applies without the entry, each with a different TCP rule so every one is a change:
+    // the second and third write the generation halves the entry was once in.
+    for port in [10, 11, 12] {
+        apply(&format!(
+            "[agents.buyer]\nconnect = [\"127.0.0.1:{port}\"]\n"
+        ));
+        assert_eperm(
+            &d.probe("buyer", &["unix-stream", &ok_sock]),
+            &format!("unlisted after the apply with port {port}"),
+        );
+    }
+    // And listing it again allows it again.
+    apply(&format!("[agents.buyer]\nconnect = [\"unix:{ok_sock}\"]\n"));
+    assert_eq!(
+        d.probe("buyer", &["unix-stream", &ok_sock]),
+        "ok",
+        "listed again"
+    );
+}
