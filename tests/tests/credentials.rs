@@ -187,3 +187,85 @@ fn a_kill_revokes_the_checkout() {
         .count();
     assert_eq!(revocations, 1);
 }
+
+/// Reads every readable mapping of process `$1` through `/proc/$1/mem` and prints `found` if
+/// the bytes of `$2` are in it; prints why each way in failed.
+const MEMORY_SCAN: &str = r#"
+import sys
+pid, needle = sys.argv[1], sys.argv[2].encode()
+found = False
+try:
+    maps = open(f"/proc/{pid}/maps").read().splitlines()
+except OSError as e:
+    print(f"maps: {e.__class__.__name__}")
+    maps = []
+try:
+    mem = open(f"/proc/{pid}/mem", "rb", 0)
+    for line in maps:
+        span, perms = line.split()[:2]
+        if not perms.startswith("r"):
+            continue
+        start, end = (int(x, 16) for x in span.split("-"))
+        try:
+            mem.seek(start)
+            if needle in mem.read(end - start):
+                found = True
+        except OSError:
+            pass
+except OSError as e:
+    print(f"mem: {e.__class__.__name__}")
+for name in ("environ", "cmdline"):
+    try:
+        if needle in open(f"/proc/{pid}/{name}", "rb").read():
+            found = True
+    except OSError as e:
+        print(f"{name}: {e.__class__.__name__}")
+print("found" if found else "not found")
+"#;
+
+/// The value lives in the daemon's memory and, encrypted, in its state directory: an agent,
+/// even one that runs as root, reads it out of neither (the process and files of the daemon
+/// are outside every agent's reach), and its own environment never carries it.
+#[test]
+fn no_agent_reads_a_credential_out_of_the_daemon() {
+    if !privileged("no_agent_reads_a_credential_out_of_the_daemon") {
+        return;
+    }
+    let policy = format!("{POLICY}\n[agents.rooted]\nuser = \"root\"\n");
+    let d = Daemon::start(&policy);
+    d.set_secret("db-password", VALUE);
+    // The daemon has decrypted and handed out the value: it is in its memory now.
+    let out = agent_sh(&d, "buyer", "$AG credential checkout db-password");
+    assert_eq!(stdout(&out).trim(), VALUE, "{}", describe(&out));
+    let pid = d.pid().to_string();
+    let script = std::env::temp_dir().join(format!("agentguard-memscan-{pid}.py"));
+    std::fs::write(&script, MEMORY_SCAN).unwrap_or_else(|e| panic!("{e}"));
+    agentguard_tests::open_to_agents(&script);
+    let secrets = d.state.join("secrets");
+    for agent in ["stranger", "rooted"] {
+        let out = agent_sh(
+            &d,
+            agent,
+            &format!(
+                "python3 {} {pid} {VALUE}; env; cat {}/key {}/store.json; echo",
+                script.display(),
+                secrets.display(),
+                secrets.display()
+            ),
+        );
+        let text = describe(&out);
+        assert!(!text.contains(VALUE), "{agent} read the credential: {text}");
+        assert!(
+            stdout(&out).lines().any(|l| l == "not found"),
+            "{agent}: the scan did not run: {text}"
+        );
+        // Every way in was closed, not merely empty.
+        for what in ["mem: ", "environ: "] {
+            assert!(
+                stdout(&out).lines().any(|l| l.starts_with(what)),
+                "{agent}: {what}was not refused: {text}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&script);
+}
