@@ -39,6 +39,8 @@ pub struct Tail {
     last_seq: Option<u64>,
     /// Inode of the current segment, to notice it being replaced.
     ino: Option<u64>,
+    /// Records below this sequence number are not handed out.
+    start_seq: u64,
 }
 
 impl Tail {
@@ -51,6 +53,17 @@ impl Tail {
             buf: Vec::new(),
             last_seq: None,
             ino: None,
+            start_seq: 0,
+        }
+    }
+
+    /// Starts at record `seq`: reading begins with the segment that holds it (the one with
+    /// the greatest first sequence number not above it, by file name), so the segments
+    /// before it are not read at all, and the records before it in that segment are skipped.
+    pub fn from_seq(dir: impl Into<PathBuf>, seq: u64) -> Self {
+        Self {
+            start_seq: seq,
+            ..Self::new(dir)
         }
     }
 
@@ -62,7 +75,12 @@ impl Tail {
         let segments = segment::list(&self.dir)?;
         let current = match &self.current {
             Some(c) => c.clone(),
-            None => match segments.first() {
+            None => match segments
+                .iter()
+                .rev()
+                .find(|s| s.first_seq <= self.start_seq)
+                .or(segments.first())
+            {
                 Some(first) => {
                     self.current = Some(first.clone());
                     first.clone()
@@ -116,7 +134,7 @@ impl Tail {
                 "{}: replaced (the log was re-initialised?); starting over",
                 current.name()
             ));
-            *self = Self::new(self.dir.clone());
+            *self = Self::from_seq(self.dir.clone(), self.start_seq);
             return Ok(());
         }
         self.ino = ino;
@@ -149,6 +167,9 @@ impl Tail {
             match encode::parse_frame(rest) {
                 Ok(frame) if frame.self_consistent() => {
                     match frame.record() {
+                        Ok(record) if record.seq < self.start_seq => {
+                            self.last_seq = Some(record.seq);
+                        }
                         Ok(record) if self.last_seq.is_none_or(|s| record.seq > s) => {
                             self.last_seq = Some(record.seq);
                             batch.records.push(record);
@@ -248,6 +269,26 @@ mod tests {
         let (seqs, warnings) = drain(&mut tail);
         assert_eq!(seqs, (10..100).collect::<Vec<_>>());
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn starts_at_a_sequence_number_without_reading_earlier_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(small(dir.path())).expect("open");
+        for i in 0..100 {
+            log.append(i, i, action(i)).expect("append");
+        }
+        drop(log);
+        let segments = segment::list(dir.path()).expect("list");
+        assert!(segments.len() > 2, "{segments:?}");
+        let from = segments[2].first_seq + 1;
+        // A damaged earlier segment is never read: no warning about it.
+        fs::write(&segments[0].path, b"damaged").expect("write");
+        let (seqs, warnings) = drain(&mut Tail::from_seq(dir.path(), from));
+        assert_eq!(seqs, (from..100).collect::<Vec<_>>());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (seqs, _) = drain(&mut Tail::from_seq(dir.path(), 1000));
+        assert!(seqs.is_empty(), "past the end: {seqs:?}");
     }
 
     #[test]

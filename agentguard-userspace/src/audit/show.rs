@@ -23,6 +23,10 @@ pub struct Filter {
     pub since_ns: Option<u64>,
     /// Only records written at or before this wall-clock time (ns since the epoch).
     pub until_ns: Option<u64>,
+    /// Only records of these kinds ([`Body::kind_id`]); every kind when empty.
+    pub kinds: Vec<u16>,
+    /// No records of these kinds.
+    pub not_kinds: Vec<u16>,
 }
 
 impl Filter {
@@ -30,6 +34,11 @@ impl Filter {
     pub fn matches(&self, record: &Record) -> bool {
         if self.since_ns.is_some_and(|t| record.wall_ns < t)
             || self.until_ns.is_some_and(|t| record.wall_ns > t)
+        {
+            return false;
+        }
+        let kind = record.body.kind_id();
+        if (!self.kinds.is_empty() && !self.kinds.contains(&kind)) || self.not_kinds.contains(&kind)
         {
             return false;
         }
@@ -724,6 +733,16 @@ mod tests {
         );
         assert!(!window(Some(at + 1), None).matches(&denied_buyer));
         assert!(!window(None, Some(at.saturating_sub(1))).matches(&denied_buyer));
+        let kinds = |kinds: &[u16], not_kinds: &[u16]| Filter {
+            kinds: kinds.to_vec(),
+            not_kinds: not_kinds.to_vec(),
+            ..Filter::default()
+        };
+        assert!(kinds(&[0], &[]).matches(&denied_buyer));
+        assert!(!kinds(&[0], &[]).matches(&start));
+        assert!(kinds(&[0, 1], &[]).matches(&start));
+        assert!(!kinds(&[], &[0]).matches(&denied_buyer));
+        assert!(kinds(&[], &[0]).matches(&start));
 
         let Body::Action(mut v6) = action(0) else {
             unreachable!()

@@ -140,6 +140,17 @@ pub struct ShowArgs {
     /// Only records up to this time (same forms as --since); with --follow, stop after it.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub until: Option<u64>,
+    /// Only records of this kind (`action`, `lost-events`, ...; repeat for several).
+    #[arg(long, value_name = "KIND", value_parser = record_kind_name())]
+    pub kind: Vec<u16>,
+    /// No records of this kind (repeat for several).
+    #[arg(long, value_name = "KIND", value_parser = record_kind_name())]
+    pub not_kind: Vec<u16>,
+    /// Only records from this sequence number on. Reading starts at the segment that holds
+    /// it (segment files are named by their first sequence number), so the start of a long
+    /// log is not read at all.
+    #[arg(long, value_name = "SEQ")]
+    pub from_seq: Option<u64>,
 }
 
 /// A wall-clock time in ns since the epoch: `DURATION` ago, or an RFC 3339 time.
@@ -161,6 +172,17 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
 fn verdict_name() -> impl TypedValueParser<Value = Verdict> {
     PossibleValuesParser::new(Verdict::ALL.map(Verdict::name))
         .try_map(|name| Verdict::from_name(&name).ok_or("not a verdict name"))
+}
+
+/// Record kinds by their names (the ones `show` prints), as their numbers.
+fn record_kind_name() -> impl TypedValueParser<Value = u16> {
+    PossibleValuesParser::new(audit::names::RECORD_KINDS).try_map(|name| {
+        audit::names::RECORD_KINDS
+            .iter()
+            .position(|k| *k == name)
+            .and_then(|i| u16::try_from(i).ok())
+            .ok_or("not a record kind")
+    })
 }
 
 /// Runs `agentguard log ...`, printing to stdout (and warnings to stderr).
@@ -285,6 +307,8 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
         verdict: args.verdict,
         since_ns: args.since,
         until_ns: args.until,
+        kinds: args.kind.clone(),
+        not_kinds: args.not_kind.clone(),
     };
     // Watching starts before the first read, so no write between the two is missed.
     let mut changes = if args.follow {
@@ -292,7 +316,7 @@ fn show(args: &ShowArgs, out: &mut dyn Write) -> Result<ExitCode> {
     } else {
         None
     };
-    let mut tail = Tail::new(&dir);
+    let mut tail = Tail::from_seq(&dir, args.from_seq.unwrap_or(0));
     loop {
         let batch = tail.poll()?;
         for warning in &batch.warnings {
@@ -446,6 +470,35 @@ mod tests {
         );
         let search = ok(&["show", "--state-dir", sd, "--agent", "buyer/search"]);
         assert_eq!(search.lines().count(), 4, "actions 1, 3, 5 and 7");
+        let not_actions = ok(&["show", "--state-dir", sd, "--not-kind", "action", "--json"]);
+        let kinds: Vec<serde_json::Value> = not_actions
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json line")["kind"].clone()
+            })
+            .collect();
+        assert_eq!(kinds, ["seal", "seal"], "{not_actions}");
+        let seals = ok(&[
+            "show",
+            "--state-dir",
+            sd,
+            "--kind",
+            "seal",
+            "--kind",
+            "lost",
+        ]);
+        assert_eq!(seals.lines().count(), 2, "{seals}");
+        let from = ok(&["show", "--state-dir", sd, "--from-seq", "5", "--json"]);
+        let seqs: Vec<u64> = from
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json line")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .collect();
+        assert_eq!(seqs, (5..=10).collect::<Vec<_>>());
+        assert!(Cli::try_parse_from(["log", "show", "--kind", "nonsense"]).is_err());
     }
 
     #[test]

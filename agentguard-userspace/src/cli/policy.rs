@@ -106,6 +106,7 @@ fn suggest(
         verdict: None,
         since_ns,
         until_ns,
+        ..agentguard::audit::show::Filter::default()
     };
     let mut seen = suggest::Seen::default();
     let mut tail = agentguard::audit::follow::Tail::new(&dir);

@@ -5,10 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
+    cgroup::monotonic_ns,
     daemon::{Daemon, Env},
     generator::{As, Running},
     loopback::Loopback,
@@ -25,13 +26,35 @@ pub const PROCS: u64 = 4;
 /// the load comes from many instances, each under its budget.
 pub const INSTANCES: u64 = 64;
 
+/// Allowed-action events an instance may send a second, in bursts of as many
+/// (`agentguard_common::agent::EVENT_BUDGET_ALLOWED`, which xtask does not link).
+pub const EVENT_BUDGET_PER_S: f64 = 20_000.0;
+
+impl Run {
+    /// The most events a second the instances' event budgets let into the ring buffer over
+    /// the send window: each a full burst plus the refill. Sends above it are over budget by
+    /// design, so a pipeline rate near it is the budgets' ceiling, not the pipeline's.
+    pub fn budget_ceiling_per_s(&self) -> f64 {
+        if self.send_secs > 0.0 {
+            self.instances as f64 * EVENT_BUDGET_PER_S * (1.0 + 1.0 / self.send_secs)
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
 /// One load run.
 #[derive(Debug, Serialize)]
 pub struct Run {
     /// Agent instances sending at once.
     pub instances: u64,
     pub sends: u64,
-    /// From the first `agentguard run` until every sender had finished (start-ups included).
+    /// From the first `agentguard run` until every instance's generator was ready to send
+    /// (held until all are released together).
+    pub startup_secs: f64,
+    /// From the release of every instance at once until the last sender had finished (by
+    /// CLOCK_MONOTONIC, as the generators report their end). Layout 2 counted the start-ups
+    /// in.
     pub send_secs: f64,
     /// Sends per second over `send_secs` (events offered to the pipeline).
     pub offered_per_s: f64,
@@ -48,7 +71,7 @@ pub struct Run {
     /// `sends - logged - lost - over_budget` (negative would mean records the sends do not
     /// explain).
     pub unaccounted: i64,
-    /// From the first send until the log stopped growing.
+    /// From the release (the first possible send) until the log stopped growing.
     pub drain_secs: f64,
     pub logged_per_s: f64,
 }
@@ -186,49 +209,86 @@ struct Gaps {
     allowed: u64,
 }
 
+/// Reads only what the run added (`--from-seq`: the segments before it are not opened) and
+/// only the records that are not actions (`--not-kind action`, filtered in the release
+/// binary): a handful of lines, where the whole log as JSON was millions of lines by the
+/// later repetitions.
 fn gaps_from(env: &Env, from: u64) -> Result<Gaps> {
     let state = env.state.to_string_lossy().into_owned();
-    let out = cmd::stdout(&mut env.ag(&["log", "show", "--json", "--state-dir", &state]))?;
+    let from_seq = from.to_string();
+    let out = cmd::stdout(&mut env.ag(&[
+        "log",
+        "show",
+        "--json",
+        "--state-dir",
+        &state,
+        "--from-seq",
+        &from_seq,
+        "--not-kind",
+        "action",
+    ]))?;
     let mut gaps = Gaps::default();
     for line in out.lines() {
         let v: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("bad JSON from log show: {line}"))?;
-        if v["seq"].as_u64().is_some_and(|seq| seq >= from) && v["kind"] != "action" {
-            gaps.records += 1;
-            if v["kind"] == "lost-events" {
-                gaps.allowed += v["allowed"].as_u64().unwrap_or(0);
-            }
+        if v["seq"].as_u64().is_none_or(|seq| seq < from) || v["kind"] == "action" {
+            bail!("log show --from-seq {from} --not-kind action printed {line}");
+        }
+        gaps.records += 1;
+        if v["kind"] == "lost-events" {
+            gaps.allowed += v["allowed"].as_u64().unwrap_or(0);
         }
     }
     Ok(gaps)
 }
 
 /// `instances` agent instances of `procs` sending processes each, every process sending
-/// `sends_per_proc` datagrams.
+/// `sends_per_proc` datagrams. Every instance is started first and waits (`gated`); once all
+/// have said they are ready they are released together, so the send window is the load alone,
+/// not 64 `agentguard run` start-ups.
 fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u64) -> Result<Run> {
     let before = settle::log_records(env)?;
     let lost_before = lost_events(env)?;
-    let start = Instant::now();
     let args = [
+        "gated".to_owned(),
         "udp".to_owned(),
         net.udp.to_string(),
         sends_per_proc.to_string(),
         procs.to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let running = (0..instances)
+    let spawned = Instant::now();
+    let mut running = (0..instances)
         .map(|_| Running::spawn(env, As::Agent(BENCH), &args))
         .collect::<Result<Vec<_>>>()?;
+    for r in &mut running {
+        let ready = r.next_json()?;
+        if ready["ready"] != true {
+            bail!("the generator said {ready} instead of being ready");
+        }
+    }
+    let startup_secs = spawned.elapsed().as_secs_f64();
+    let released = Instant::now();
+    let released_ns = monotonic_ns();
+    for r in &mut running {
+        r.go()?;
+    }
     let mut sends = 0;
+    let mut end_ns = released_ns;
     for mut r in running {
         let v = r.next_json()?;
         sends += v["sends"].as_u64().unwrap_or(0);
+        end_ns = end_ns.max(
+            v["end_ns"]
+                .as_i64()
+                .with_context(|| format!("the generator reported no end_ns: {v}"))?,
+        );
         r.wait()?;
     }
-    let send_secs = start.elapsed().as_secs_f64();
+    let send_secs = Duration::from_nanos(u64::try_from(end_ns - released_ns)?).as_secs_f64();
     let (after, last_change) = settle::log_settled(env)?;
     let lost = lost_events(env)?.saturating_sub(lost_before);
-    let drain_secs = last_change.duration_since(start).as_secs_f64();
+    let drain_secs = last_change.duration_since(released).as_secs_f64();
     let gaps = gaps_from(env, before)?;
     // The actions, less each instance's exec of its generator.
     let logged = after
@@ -243,8 +303,13 @@ fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u
             - i64::try_from(logged)?
             - i64::try_from(lost)?
             - i64::try_from(gaps.allowed)?,
+        startup_secs,
         send_secs,
-        offered_per_s: sends as f64 / send_secs,
+        offered_per_s: if send_secs > 0.0 {
+            sends as f64 / send_secs
+        } else {
+            0.0
+        },
         logged,
         lost,
         drain_secs,

@@ -50,9 +50,19 @@ pub fn sleepers(n: u64) -> Result<Value> {
     sleep_forever()
 }
 
-fn monotonic_ns() -> i64 {
+pub fn monotonic_ns() -> i64 {
     let t = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap_or(TimeSpec::new(0, 0));
     t.tv_sec() * 1_000_000_000 + t.tv_nsec()
+}
+
+/// Says it is ready (`{"ready": true}`) and waits for a line on stdin: xtask starts every
+/// instance of a load this way and releases them together, so that the load's send window does
+/// not include the `agentguard run` start-ups.
+pub fn wait_for_go() -> Result<()> {
+    announce(&json!({ "ready": true }))?;
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go).context("stdin")?;
+    Ok(())
 }
 
 /// Says where it runs, waits for a line on stdin (xtask starts watching the cgroup first), then

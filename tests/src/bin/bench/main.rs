@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 const USAGE: &str = "usage: agentguard-bench \
     open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | \
     suite OPEN_PATH CONNECT_ADDR EXEC_PATH N_OPEN N_CONNECT N_EXEC | \
-    sleepers N | breach ADDR:PORT MAX | \
+    sleepers N | breach ADDR:PORT MAX | gated LOOP... | \
     landlock POLICY AGENT COMMAND... | seccomp COMMAND... | seccomp-groups | \
     audit status | audit set ENABLED never-rules|no-never-rules";
 
@@ -67,6 +67,11 @@ fn run(args: &[&str]) -> Result<Value> {
         // Confinement applied in this process, then any of the loops above under it.
         ["landlock", policy, agent, rest @ ..] => {
             confine::landlock(std::path::Path::new(policy), agent)?;
+            run(rest)
+        }
+        // Started, then held until xtask releases every instance at once.
+        ["gated", rest @ ..] => {
+            hold::wait_for_go()?;
             run(rest)
         }
         ["seccomp", rest @ ..] => {

@@ -185,6 +185,7 @@ pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
         bail!("udp needs at least one process");
     }
     let start = Instant::now();
+    let start_ns = crate::hold::monotonic_ns();
     let mut children = Vec::new();
     for _ in 0..procs {
         // SAFETY: this process is single-threaded, so the child may do anything the parent
@@ -207,9 +208,14 @@ pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let end_ns = crate::hold::monotonic_ns();
     let sends = n * procs;
     Ok(json!({
         "op": "udp",
+        // CLOCK_MONOTONIC (the clock xtask reads too): the load's send window runs from
+        // xtask's release of every instance to the last one's end.
+        "start_ns": start_ns,
+        "end_ns": end_ns,
         "procs": procs,
         "sends": sends,
         "secs": secs,
