@@ -20,6 +20,8 @@ use aya_ebpf::{
     maps::ring_buf::RingBufEntry,
 };
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use crate::{
     identity::Subject,
     maps::{ALERTS, EVENT_BUDGETS, EVENTS, LOST},
@@ -55,6 +57,8 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
+/// `bpf_map_update_elem` flag: create only (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
 
 /// A reserved event, written through `Deref`, sent with [`Pending::send`] (which picks the
 /// wake-up; the entry's own `submit` is not reachable through the deref).
@@ -152,11 +156,13 @@ fn within_budget(cgroup_id: u64, refusal: bool, flags: u32) -> bool {
             fresh.allowed.credit_ns -= t.cost_ns;
         }
         // A full map (more live instances than the cgroup map holds) leaves the event
-        // unmetered: the log loses nothing by it.
-        let _ = EVENT_BUDGETS.insert(cgroup_id, fresh, 0);
+        // unmetered: the log loses nothing by it. Only if still absent: another CPU's entry
+        // (and what it has counted since) is never overwritten with a fresh one.
+        let _ = EVENT_BUDGETS.insert(cgroup_id, fresh, BPF_NOEXIST);
         return true;
     };
-    // SAFETY: map value valid for this program run; races between CPUs cost at most an event.
+    // SAFETY: map value valid for this program run. Races between CPUs on the buckets cost at
+    // most an event sent early; the lost counts below are added atomically.
     let b = unsafe { &mut *b };
     let bucket: *mut Bucket = if refusal {
         &mut b.refusals
@@ -166,15 +172,31 @@ fn within_budget(cgroup_id: u64, refusal: bool, flags: u32) -> bool {
     if throttle::take(Some(bucket), t, now, |_| true) {
         return true;
     }
+    // The counts are exact: every CPU adds to the same value at once, and a plain `+= 1` from
+    // two of them loses one of the increments (an event neither logged nor counted). The
+    // escalation fields stay plain writes: a raced `escalate_ns` is still the time of an unsent
+    // refusal, and the next refusal over the budget sets its flags again, so a race at worst
+    // postpones an escalation to that refusal.
     if refusal {
-        b.lost_refusals += 1;
+        add_shared(&raw mut b.lost_refusals);
         let escalate = flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL);
         if escalate != 0 {
             b.escalate |= escalate;
             b.escalate_ns = now;
         }
     } else {
-        b.lost_allowed += 1;
+        add_shared(&raw mut b.lost_allowed);
     }
     false
+}
+
+/// Adds one to a counter in a map value every CPU writes: an atomic add (`BPF_ATOMIC` /
+/// `BPF_ADD` without fetch, which every kernel with BPF ring buffers accepts).
+/// `AtomicU64::fetch_add` is not available on the BPF target (it has no compare-and-swap, so
+/// `target_has_atomic` is off), hence the intrinsic; its result is unused so LLVM emits the
+/// non-fetching form.
+#[inline(always)]
+fn add_shared(n: *mut u64) {
+    // SAFETY: `n` points into a map value that stays valid for this program run, aligned to 8.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
 }

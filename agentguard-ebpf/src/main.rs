@@ -6,6 +6,15 @@
 //! one place ([`verdict::finish`]).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// `atomic_xadd` for counters every CPU adds to (see `emit::add_shared`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "core::intrinsics::atomic_xadd: AtomicU64::fetch_add is not available on the BPF target"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod budget;

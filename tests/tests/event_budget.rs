@@ -2,7 +2,9 @@
 //! what it causes beyond it is counted for that instance (a `lost-events` record) instead of
 //! filling the ring buffers, and refusals have a ring buffer of their own.
 
-use agentguard_tests::{Daemon, assert_eperm, privileged};
+use std::time::{Duration, Instant};
+
+use agentguard_tests::{Daemon, assert_eperm, describe, patience, privileged, probe_bin, slowdown};
 
 #[test]
 fn a_flooding_agent_loses_its_own_events_not_the_others() {
@@ -37,4 +39,97 @@ fn a_flooding_agent_loses_its_own_events_not_the_others() {
         .filter(|r| r["kind"] == "lost-events" && r["agent"] == "quiet")
         .count();
     assert_eq!(quiet_gaps, 0, "the quiet agent lost nothing");
+}
+
+/// Every refusal one instance causes is accounted for exactly, however many CPUs count at once:
+/// logged, or counted in a `lost-events` gap (over the instance's budget, or both rings full).
+/// The budget counters are shared by all CPUs; a plain `+= 1` from several CPUs at once loses
+/// increments, which showed up as "unaccounted" events in the bench.
+#[test]
+fn every_refusal_over_the_event_budget_is_counted_exactly() {
+    if !privileged("every_refusal_over_the_event_budget_is_counted_exactly") {
+        return;
+    }
+    let d = Daemon::start("[agents.flood]\nconnect = []\n");
+    // More processes than CPUs, all in one instance (one `run`), each refusing far more sends
+    // than the instance's burst of 2,000 refusal events: nearly every send is counted over the
+    // budget, by every CPU at once.
+    let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let procs = 4 * cpus.max(2);
+    let sends = 400_000 / slowdown() as usize;
+    let probe = probe_bin();
+    let script = format!(
+        "for i in $(seq {procs}); do '{}' send-loop 127.0.0.1 9 {sends} & done; wait",
+        probe.display()
+    );
+    let out = d.run("flood", &["/bin/sh", "-c", &script]);
+    assert!(out.status.success(), "the senders: {}", describe(&out));
+    // The senders have exited: the kernel's counts are final.
+    let refused: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            assert!(
+                l.starts_with("sent=0 refused="),
+                "every send is refused: {l}"
+            );
+            l.trim_start_matches("sent=0 refused=")
+                .parse::<u64>()
+                .unwrap_or_else(|e| panic!("{l}: {e}"))
+        })
+        .sum();
+    assert_eq!(
+        refused,
+        (procs * sends) as u64,
+        "every sender finished: {}",
+        describe(&out)
+    );
+    let accounted = |records: &[serde_json::Value]| {
+        let logged = records
+            .iter()
+            .filter(|r| r["action"] == "send" && r["verdict"] == "denied" && r["agent"] == "flood")
+            .count() as u64;
+        let gaps: u64 = records
+            .iter()
+            .filter(|r| {
+                r["kind"] == "lost-events"
+                    && (r["agent"] == "flood" || r["source"] == "refusal-ring")
+            })
+            .map(|r| r["refusals"].as_u64().unwrap_or(0))
+            .sum();
+        (logged, gaps)
+    };
+    // The daemon drains the rings and logs the gaps on its own: wait until everything is
+    // accounted for (a lost increment never is, and the wait times out saying by how much).
+    let start = Instant::now();
+    let (logged, gaps) = loop {
+        let (logged, gaps) = accounted(&d.records());
+        if logged + gaps >= refused {
+            break (logged, gaps);
+        }
+        assert!(
+            start.elapsed() < patience(Duration::from_secs(30)),
+            "{refused} refusals, {logged} logged + {gaps} in gaps: {} unaccounted",
+            refused - logged - gaps
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        gaps > 0,
+        "the instance went over its budget: {logged} logged"
+    );
+    assert_eq!(
+        logged + gaps,
+        refused,
+        "{logged} logged + {gaps} in gaps, none counted twice"
+    );
+    // Once more after a later refusal is logged, so a late gap that counts twice shows up.
+    assert_eperm(
+        &d.probe("flood", &["tcp", "127.0.0.1", "9"]),
+        "a later connect",
+    );
+    d.wait_record("the later refusal", |r| {
+        r["action"] == "connect" && r["verdict"] == "denied" && r["agent"] == "flood"
+    });
+    let (logged, gaps) = accounted(&d.records());
+    assert_eq!(logged + gaps, refused, "{logged} logged + {gaps} in gaps");
 }

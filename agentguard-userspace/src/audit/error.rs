@@ -56,6 +56,10 @@ pub enum AuditError {
     /// record was not accepted.
     #[error("{} bytes of records are waiting for a failing disk; record dropped", .0)]
     Backlog(usize),
+    /// A flush found the next segment being started outside the append lock: the records
+    /// wait for it (the next `tick` writes them).
+    #[error("{}: a new log segment is being started; records wait for it", .0.display())]
+    Rotating(PathBuf),
     /// Retention would keep a segment that does not start with an intact record: the kept
     /// log could not be checked from it, so nothing is removed.
     #[error("{}: not pruning before this segment: {reason}", path.display())]

@@ -73,20 +73,57 @@ struct Sealer {
 /// An fsync of the log prepared under the append lock by [`AuditLog::begin_sync`] and run
 /// outside it ([`SyncTicket::run`]), so appends continue while the disk works (group commit):
 /// every record appended before `begin_sync` is covered by one fdatasync.
+///
+/// A ticket can also carry a rotation: the full segment is fsynced and only then is the next
+/// one created (file, header and directory entry fsynced too), all outside the lock. Records
+/// appended meanwhile are numbered and chained at once but wait in memory until the ticket is
+/// ended: nothing is written into the next segment before the one before it is durable, so
+/// only the last segment can have a torn tail, as recovery expects.
 #[derive(Debug)]
 pub struct SyncTicket {
     file: Arc<File>,
     path: PathBuf,
     written: u64,
     covers: Option<u64>,
+    next: Option<NextSegment>,
+}
+
+/// The segment a rotating [`SyncTicket`] starts once the full one is durable.
+#[derive(Debug)]
+struct NextSegment {
+    dir: PathBuf,
+    header: SegmentHeader,
+    started: Option<(SegmentFile, File)>,
 }
 
 impl SyncTicket {
-    /// The fdatasync. Call without holding the log, then hand the ticket to
-    /// [`AuditLog::end_sync`].
-    pub fn run(&self) -> Result<(), AuditError> {
-        self.file.sync_data().map_err(io_at(&self.path))
+    /// The fdatasync (and, for a rotation, the new segment). Call without holding the log,
+    /// then hand the ticket to [`AuditLog::end_sync`] (or, when this failed,
+    /// [`AuditLog::abandon_sync`]).
+    pub fn run(&mut self) -> Result<(), AuditError> {
+        self.file.sync_data().map_err(io_at(&self.path))?;
+        if let Some(next) = &mut self.next
+            && next.started.is_none()
+        {
+            let segment = segment::create(&next.dir, next.header)?;
+            let file = open_append(&segment)?;
+            next.started = Some((segment, file));
+        }
+        Ok(())
     }
+}
+
+/// A rotation decided by the sequencer and not yet done: [`AuditLog::pending`] holds records
+/// of the next segment only.
+#[derive(Debug)]
+struct Rotation {
+    first_seq: u64,
+    /// Where the full segment ends (to go on writing there if the rotation fails).
+    full_len: u64,
+    /// The newest `Lost` total among the records before `first_seq`, for the new header.
+    lost_total: Option<u64>,
+    /// A ticket doing it is outside the lock: nobody else may create the segment.
+    in_flight: bool,
 }
 
 /// The open, appendable log. One per directory (an exclusive lock is held).
@@ -111,6 +148,7 @@ pub struct AuditLog {
     head: Head,
     sealer: Option<Sealer>,
     lost_total: Option<u64>,
+    rotation: Option<Rotation>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -179,6 +217,7 @@ impl AuditLog {
             head: rec.head,
             sealer,
             lost_total: rec.lost_total,
+            rotation: None,
         };
         if !rec.notes.is_empty() {
             for note in rec.notes {
@@ -232,7 +271,10 @@ impl AuditLog {
     fn make_room(&mut self) -> Result<(), AuditError> {
         if self.pending.len() >= MAX_PENDING {
             // The last chance before refusing: maybe the disk is back.
-            if self.write_pending().is_err() {
+            if self.rotate_now().is_err()
+                || self.write_pending().is_err()
+                || self.pending.len() >= MAX_PENDING
+            {
                 return Err(AuditError::Backlog(self.pending.len()));
             }
         }
@@ -257,9 +299,12 @@ impl AuditLog {
     /// Runs the fsync under `&mut self`; the daemon uses [`Self::begin_sync`] and
     /// [`Self::end_sync`] instead, so appends go on while the disk works.
     pub fn tick(&mut self) -> Result<(), AuditError> {
-        if let Some(ticket) = self.begin_sync()? {
-            ticket.run()?;
-            self.end_sync(&ticket)?;
+        if let Some(mut ticket) = self.begin_sync()? {
+            if let Err(e) = ticket.run() {
+                self.abandon_sync(ticket);
+                return Err(e);
+            }
+            self.end_sync(ticket)?;
         }
         Ok(())
     }
@@ -273,6 +318,9 @@ impl AuditLog {
             && sealer.last.elapsed() >= self.opts.seal_interval
         {
             self.seal()?;
+        }
+        if self.rotation.is_some() {
+            return Ok(self.rotation_ticket());
         }
         self.write_pending()?;
         let key_unstored = self.sealer.as_ref().is_some_and(|s| !s.stored);
@@ -290,18 +338,88 @@ impl AuditLog {
             path: self.segment.path.clone(),
             written: self.writes,
             covers: self.head.seq,
+            next: None,
         }))
     }
 
     /// The second half (under the append lock again), after [`SyncTicket::run`] succeeded:
-    /// notes what is durable and stores an evolved seal key whose seal now is.
-    pub fn end_sync(&mut self, ticket: &SyncTicket) -> Result<(), AuditError> {
+    /// notes what is durable, moves to a segment the ticket started (writing the records that
+    /// waited for it) and stores an evolved seal key whose seal now is durable.
+    pub fn end_sync(&mut self, ticket: SyncTicket) -> Result<(), AuditError> {
         if Arc::ptr_eq(&ticket.file, &self.file) && ticket.written == self.writes {
             self.unsynced = false;
         }
         self.durable = self.durable.max(ticket.covers);
         self.last_sync = Instant::now();
+        if let Some(NextSegment {
+            started: Some((segment, file)),
+            ..
+        }) = ticket.next
+        {
+            self.start_segment(segment, file);
+            self.write_pending()?;
+        }
         self.store_key_if_durable()
+    }
+
+    /// After [`SyncTicket::run`] failed: nothing is known durable by it. A rotation it
+    /// carried is given up and the waiting records go on into the full segment rather than
+    /// being lost (the next full batch tries again).
+    pub fn abandon_sync(&mut self, ticket: SyncTicket) {
+        if ticket.next.is_some()
+            && let Some(rotation) = self.rotation.take()
+        {
+            self.on_disk = rotation.full_len;
+        }
+    }
+
+    /// The ticket that does the decided rotation (`None` when none is decided or a ticket
+    /// already does it). Touches no record: the sequencer may be mid-record when it is called.
+    fn rotation_ticket(&mut self) -> Option<SyncTicket> {
+        let rotation = self.rotation.as_mut().filter(|r| !r.in_flight)?;
+        rotation.in_flight = true;
+        Some(SyncTicket {
+            file: self.file.clone(),
+            path: self.segment.path.clone(),
+            written: self.writes,
+            covers: rotation.first_seq.checked_sub(1),
+            next: Some(NextSegment {
+                dir: self.opts.dir.clone(),
+                header: SegmentHeader {
+                    first_seq: rotation.first_seq,
+                    lost_total: rotation.lost_total,
+                },
+                started: None,
+            }),
+        })
+    }
+
+    /// Switches appends to `segment` (freshly created, header only).
+    fn start_segment(&mut self, segment: SegmentFile, file: File) {
+        self.file = Arc::new(file);
+        self.segment = segment;
+        self.on_disk = SEGMENT_HEADER_LEN as u64;
+        self.unsynced = false;
+        self.rotation = None;
+    }
+
+    /// Does a decided rotation here, under `&mut self` (a caller without a committer, a flush,
+    /// or records outgrowing memory): fails when a ticket is doing it outside the lock.
+    fn rotate_now(&mut self) -> Result<(), AuditError> {
+        match &self.rotation {
+            None => Ok(()),
+            Some(r) if r.in_flight => Err(AuditError::Rotating(self.opts.dir.clone())),
+            Some(_) => match self.rotation_ticket() {
+                Some(mut ticket) => match ticket.run() {
+                    Ok(()) => self.end_sync(ticket),
+                    Err(e) => {
+                        self.abandon_sync(ticket);
+                        Err(e)
+                    }
+                },
+                None => Ok(()),
+            },
+        }
     }
 
     /// Sequence number of the newest record known to be fsynced (`None`: none is).
@@ -382,8 +500,10 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Writes pending frames, fsyncs them, then stores an evolved key.
+    /// Writes pending frames (after a decided rotation), fsyncs them, then stores an evolved
+    /// key.
     fn sync(&mut self) -> Result<(), AuditError> {
+        self.rotate_now()?;
         self.write_pending()?;
         if self.unsynced {
             self.file.sync_data().map_err(io_at(&self.segment.path))?;
@@ -395,7 +515,8 @@ impl AuditLog {
     }
 
     fn write_pending(&mut self) -> Result<(), AuditError> {
-        if self.pending.is_empty() {
+        // During a rotation the frames belong to the next segment: they wait for it.
+        if self.pending.is_empty() || self.rotation.is_some() {
             return Ok(());
         }
         self.writes += 1;
@@ -441,14 +562,31 @@ impl AuditLog {
             && in_segment + frame_len > self.opts.segment_bytes
         {
             let frame = self.pending.split_off(start);
-            match self.rotate(seq) {
-                Ok(()) => self.pending = frame,
-                Err(e) => {
+            // The next segment filled before the one before it was started: start that one
+            // here (unless a committer is doing it; then this segment grows past the size).
+            if !self.rotation.as_ref().is_some_and(|r| r.in_flight)
+                && let Err(e) = self.rotate_now()
+            {
+                tracing::warn!("starting a new log segment: {e}");
+            }
+            if self.rotation.is_none() {
+                match self.write_pending() {
+                    Ok(()) => {
+                        // Everything before `seq` is in this segment: the next one starts at
+                        // `seq`, made by the next ticket (outside the lock) or `rotate_now`.
+                        self.rotation = Some(Rotation {
+                            first_seq: seq,
+                            full_len: self.on_disk,
+                            lost_total: self.lost_total,
+                            in_flight: false,
+                        });
+                        self.on_disk = SEGMENT_HEADER_LEN as u64;
+                    }
                     // Keep logging into the old segment rather than lose records.
-                    tracing::warn!("starting a new log segment: {e}");
-                    self.pending.extend_from_slice(&frame);
+                    Err(e) => tracing::warn!("starting a new log segment: {e}"),
                 }
             }
+            self.pending.extend_from_slice(&frame);
         }
         self.head = Head {
             seq: Some(seq),
@@ -462,25 +600,6 @@ impl AuditLog {
             tracing::warn!("writing the log: {e}");
         }
         Ok(seq)
-    }
-
-    /// Closes the current segment (durably) and starts one whose first record is `first_seq`.
-    fn rotate(&mut self, first_seq: u64) -> Result<(), AuditError> {
-        self.write_pending()?;
-        self.file.sync_data().map_err(io_at(&self.segment.path))?;
-        self.unsynced = false;
-        self.durable = self.head.seq;
-        let segment = segment::create(
-            &self.opts.dir,
-            SegmentHeader {
-                first_seq,
-                lost_total: self.lost_total,
-            },
-        )?;
-        self.file = Arc::new(open_append(&segment)?);
-        self.segment = segment;
-        self.on_disk = SEGMENT_HEADER_LEN as u64;
-        Ok(())
     }
 }
 
@@ -880,6 +999,121 @@ mod tests {
         ));
     }
 
+    /// Appends until a rotation is decided; returns the first sequence number of the next
+    /// segment.
+    fn fill_segment(log: &mut AuditLog) -> u64 {
+        let mut i = log.head().seq.map_or(0, |s| s + 1);
+        while log.rotation.is_none() {
+            log.append(i, i, action(i)).expect("append");
+            i += 1;
+        }
+        log.rotation.as_ref().map_or(0, |r| r.first_seq)
+    }
+
+    /// A rotation's fsyncs run in a ticket outside the append lock: appends go on meanwhile
+    /// (numbered and chained, waiting in memory), nothing reaches the next segment before the
+    /// full one is durable, a crash image taken then recovers to an intact chain holding every
+    /// record reported durable, and ending the ticket writes the waiting records in order.
+    #[test]
+    fn rotation_fsyncs_outside_the_append_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts).expect("open");
+        let first_seq = fill_segment(&mut log);
+        let mut ticket = log
+            .begin_sync()
+            .expect("begin")
+            .expect("a rotation is a ticket");
+        assert!(
+            log.begin_sync().expect("begin").is_none(),
+            "one rotation at a time"
+        );
+        // Appends while the ticket is out (the daemon would have released the lock).
+        for i in 0..5 {
+            log.append(i, i, action(i))
+                .expect("append during the rotation");
+        }
+        let head = log.head().seq.expect("records");
+        assert_eq!(head, first_seq + 5);
+        let segments = segment::list(dir.path()).expect("list");
+        assert_eq!(segments.len(), 1, "the next segment waits for the ticket");
+        assert!(
+            log.durable() < Some(first_seq),
+            "nothing after the full segment is durable"
+        );
+        // A crash now: the disk holds the full segment only; recovery keeps its records.
+        let crash = tempfile::tempdir().expect("tempdir");
+        for e in fs::read_dir(dir.path()).expect("ls") {
+            let name = e.expect("entry").file_name();
+            fs::copy(dir.path().join(&name), crash.path().join(&name)).expect("copy");
+        }
+        let recovered = AuditLog::open(options(crash.path())).expect("recover");
+        assert!(recovered.head().seq >= log.durable());
+        drop(recovered);
+        assert!(
+            audit::verify(crash.path(), None, None)
+                .expect("verify")
+                .intact()
+        );
+
+        ticket.run().expect("fsync and new segment");
+        log.end_sync(ticket).expect("end");
+        assert_eq!(log.durable(), Some(first_seq - 1));
+        let segments = segment::list(dir.path()).expect("list");
+        assert_eq!(
+            segments.iter().map(|s| s.first_seq).collect::<Vec<_>>(),
+            [0, first_seq]
+        );
+        log.flush().expect("flush");
+        assert_eq!(log.durable(), Some(head));
+        drop(log);
+        let records = read_all(dir.path());
+        assert_eq!(
+            records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (0..=head).collect::<Vec<_>>()
+        );
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
+    }
+
+    /// A rotation whose ticket failed is given up: the records that waited for it go into the
+    /// full segment, the next record decides the rotation again, and the chain stays intact.
+    #[test]
+    fn a_failed_rotation_keeps_logging_in_the_full_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let mut log = AuditLog::open(opts).expect("open");
+        let first_seq = fill_segment(&mut log);
+        let ticket = log.begin_sync().expect("begin").expect("a rotation");
+        log.abandon_sync(ticket);
+        assert!(log.rotation.is_none());
+        log.flush().expect("flush");
+        assert_eq!(
+            log.durable(),
+            log.head().seq,
+            "the waiting record is in the full segment"
+        );
+        assert_eq!(segment::list(dir.path()).expect("list").len(), 1);
+        let next = fill_segment(&mut log);
+        assert!(next > first_seq);
+        log.tick().expect("tick: the rotation");
+        drop(log);
+        let segments = segment::list(dir.path()).expect("list");
+        assert_eq!(
+            segments.iter().map(|s| s.first_seq).collect::<Vec<_>>(),
+            [0, next]
+        );
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
+        assert_eq!(report.records, next + 1);
+    }
+
     fn lock(log: &std::sync::Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {
         log.lock().expect("not poisoned")
     }
@@ -912,9 +1146,9 @@ mod tests {
             std::thread::spawn(move || {
                 while !done.load(Ordering::Relaxed) {
                     let ticket = lock(&log).begin_sync().expect("begin");
-                    if let Some(t) = ticket {
+                    if let Some(mut t) = ticket {
                         t.run().expect("fdatasync");
-                        lock(&log).end_sync(&t).expect("end");
+                        lock(&log).end_sync(t).expect("end");
                     }
                 }
             })

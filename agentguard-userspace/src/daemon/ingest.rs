@@ -221,9 +221,13 @@ pub async fn tick(
 /// appended meanwhile wait for the next one, not for this one's disk.
 pub fn commit(shared: &Shared) -> Result<(), audit::AuditError> {
     let ticket = shared.lock_log().begin_sync()?;
-    if let Some(ticket) = ticket {
-        ticket.run()?;
-        shared.lock_log().end_sync(&ticket)?;
+    if let Some(mut ticket) = ticket {
+        // A failed ticket is handed back too: a rotation it carried must not stay pending.
+        if let Err(e) = ticket.run() {
+            shared.lock_log().abandon_sync(ticket);
+            return Err(e);
+        }
+        shared.lock_log().end_sync(ticket)?;
     }
     Ok(())
 }
