@@ -133,3 +133,41 @@ fn every_refusal_over_the_event_budget_is_counted_exactly() {
     let (logged, gaps) = accounted(&d.records());
     assert_eq!(logged + gaps, refused, "{logged} logged + {gaps} in gaps");
 }
+
+/// Agents cannot raise their own priority (no `CAP_SYS_NICE`), so busy agent processes must not
+/// be able to out-schedule the thread that drains the rings: it runs at nice -20, and nothing
+/// an agent does lowers that.
+#[test]
+fn the_ingest_thread_outranks_every_agent_process() {
+    if !privileged("the_ingest_thread_outranks_every_agent_process") {
+        return;
+    }
+    let d = Daemon::start("[agents.busy]\nconnect = []\n");
+    let nice_of = |task: &std::path::Path| -> Option<(String, i64)> {
+        let stat = std::fs::read_to_string(task.join("stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(") ")?;
+        let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+        // Fields after the comm: state is field 3, nice field 19.
+        let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+        Some((comm.trim().to_owned(), nice))
+    };
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", d.pid()));
+    let threads: Vec<(String, i64)> = std::fs::read_dir(&tasks)
+        .unwrap_or_else(|e| panic!("{}: {e}", tasks.display()))
+        .filter_map(Result::ok)
+        .filter_map(|t| nice_of(&t.path()))
+        .collect();
+    let ingest: Vec<i64> = threads
+        .iter()
+        .filter(|(comm, _)| comm.starts_with("agentguard-inge"))
+        .map(|(_, nice)| *nice)
+        .collect();
+    assert_eq!(ingest, [-20], "the ingest thread's nice value: {threads:?}");
+    // An agent asking for more is refused by the kernel.
+    let out = d.run("busy", &["/bin/sh", "-c", "renice -n -5 -p $$; echo rc=$?"]);
+    let text = describe(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
+        "an agent raised its own priority: {text}"
+    );
+}
