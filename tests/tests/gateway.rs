@@ -496,6 +496,77 @@ fn mcp_calls_are_judged_per_json_rpc_call() {
     });
 }
 
+#[test]
+fn an_mcp_tool_over_its_own_budget_gets_429_while_another_still_passes() {
+    if !privileged("an_mcp_tool_over_its_own_budget_gets_429_while_another_still_passes") {
+        return;
+    }
+    let (port, calls) = mcp_upstream();
+    // Per hour: nothing refills during the test.
+    let d = Daemon::start_with(
+        &format!(
+            "[tools.market]\nurl = \"http://127.0.0.1:{port}\"\nprotocol = \"mcp\"\npaths = [\"/mcp\"]\nmcp_tools = [{{ name = \"buy\", rate = \"3/h\" }}, \"search\"]\n\n[agents.buyer]\ntools = [\"market\"]\n"
+        ),
+        &["--gateway-listen", "127.0.0.1:0"],
+    );
+    let post = |body: &str| {
+        format!(
+            "curl --noproxy '*' -s -i -w '\\n%{{http_code}}\\n' -H 'Content-Type: application/json' \
+             -H 'Accept: application/json, text/event-stream' --data-binary '{body}' \
+             \"$AGENTGUARD_GATEWAY/tools/market/mcp\"; echo ---"
+        )
+    };
+    let call = |id: u32, name: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+        )
+    };
+    let mut script: Vec<String> = (1..=4).map(|i| post(&call(i, "buy"))).collect();
+    script.push(post(&call(5, "search")));
+    // A batch with one more buy: refused whole, the search in it not forwarded either.
+    script.push(post(&format!("[{},{}]", call(6, "search"), call(7, "buy"))));
+    let out = agent_sh(&d, "buyer", &script.join("; "));
+    let answers: Vec<&str> = out
+        .split("---\n")
+        .filter(|a| !a.trim().is_empty())
+        .collect();
+    assert_eq!(answers.len(), 6, "{out}");
+    for a in &answers[..3] {
+        assert!(a.trim_end().ends_with("200"), "within the budget: {out}");
+    }
+    for a in [answers[3], answers[5]] {
+        assert!(a.contains("429"), "over the budget: {out}");
+        assert!(a.to_ascii_lowercase().contains("retry-after: "), "{out}");
+        assert!(a.contains("\"code\":-32002"), "a JSON-RPC error: {out}");
+    }
+    assert!(
+        answers[4].trim_end().ends_with("200"),
+        "search has no budget: {out}"
+    );
+    let seen = calls.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+    assert_eq!(
+        seen,
+        [
+            "tools/call:buy",
+            "tools/call:buy",
+            "tools/call:buy",
+            "tools/call:search"
+        ],
+        "the upstream received a call over budget"
+    );
+    let rec = d.wait_record("the throttled MCP call", |r| {
+        r["kind"] == "mcp-call" && r["mcp"] == "tools/call:buy" && r["status"] == 429
+    });
+    assert_eq!(rec["verdict"], "throttled", "{rec}");
+    assert_eq!(rec["tool"], "market", "{rec}");
+    d.wait_record("the throttled batch", |r| {
+        r["kind"] == "mcp-call"
+            && r["mcp"] == "tools/call:buy"
+            && r["status"] == 429
+            && r["verdict"] == "throttled"
+    });
+}
+
 /// The value the fake Vault holds.
 const VAULT_VALUE: &str = "vault-kv-9d41c2e7a6b0";
 const VAULT_TOKEN: &str = "hvs.test-token-0c8e";

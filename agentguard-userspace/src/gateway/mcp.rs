@@ -12,19 +12,30 @@
 //! - responses from the client to the server's own requests (sampling, elicitation: objects
 //!   with `result` or `error` and no `method`) call nothing and pass.
 //!
+//! A `tools/call` of an MCP tool with a `rate` of its own takes from the instance's bucket for
+//! it; a body with calls over budget is refused whole (429), as a refused call would.
+//!
 //! GET (the server's SSE stream) and DELETE (end of session) carry no calls; the tool's
 //! `methods` and `paths` judge them like any request. Responses, SSE included, stream through.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::policy::tools::McpRules;
+use crate::policy::{throttle::Rate, tools::McpRules};
 
 /// JSON-RPC error codes used in refusals.
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
 /// Implementation-defined server error range: "refused by policy".
 const REFUSED: i64 = -32001;
+/// "Over the MCP tool's budget".
+const THROTTLED: i64 = -32002;
+
+/// The budgets a body's calls take: (MCP tool, its rate, calls of it in the body). `Err` names
+/// the MCP tools over budget and the time until the body would fit.
+pub type Budget<'a> = dyn FnMut(&[(&str, Rate, u64)]) -> Result<(), (Vec<String>, Duration)> + 'a;
 
 /// The verdict on one POST body.
 #[derive(Debug, PartialEq)]
@@ -44,6 +55,15 @@ pub enum Judged {
         calls: String,
         /// Whether the body could not be judged at all (400) rather than refused (403).
         malformed: bool,
+    },
+    /// Over an MCP tool's budget: refuse with this JSON-RPC body (429, `Retry-After: wait`).
+    Throttled {
+        /// The JSON-RPC error response (one object or a batch array).
+        body: Bytes,
+        /// The calls over budget, comma-separated.
+        calls: String,
+        /// Until the body would fit the budgets.
+        wait: Duration,
     },
 }
 
@@ -106,7 +126,7 @@ fn judge_one(msg: &Value, rules: &McpRules) -> (String, Option<(i64, String)>) {
         );
     };
     let what = format!("tools/call:{}", label(name));
-    if rules.tools.iter().any(|t| t == name) {
+    if rules.tool(name).is_some() {
         (what, None)
     } else {
         (
@@ -119,8 +139,8 @@ fn judge_one(msg: &Value, rules: &McpRules) -> (String, Option<(i64, String)>) {
     }
 }
 
-/// Judges a POST body of an MCP tool.
-pub fn judge(body: &[u8], rules: &McpRules) -> Judged {
+/// Judges a POST body of an MCP tool; calls with a budget take from it through `budget`.
+pub fn judge(body: &[u8], rules: &McpRules, budget: &mut Budget<'_>) -> Judged {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return malformed("agentguard: the body is not JSON; an MCP call must be JSON-RPC 2.0");
     };
@@ -131,25 +151,73 @@ pub fn judge(body: &[u8], rules: &McpRules) -> Judged {
         Value::Array(items) => (true, items),
         other => (false, vec![other]),
     };
-    let verdicts: Vec<(String, Option<(i64, String)>)> =
+    let mut verdicts: Vec<(String, Option<(i64, String)>)> =
         messages.iter().map(|m| judge_one(m, rules)).collect();
-    if verdicts.iter().all(|(_, refusal)| refusal.is_none()) {
-        let calls = verdicts
-            .iter()
-            .map(|(c, _)| c.as_str())
-            .filter(|c| *c != "response")
-            .collect::<Vec<_>>()
-            .join(",");
-        let out = if batch {
-            Value::Array(messages)
-        } else {
-            messages.into_iter().next().unwrap_or(Value::Null)
-        };
-        return Judged::Forward {
-            body: Bytes::from(out.to_string()),
+    if verdicts.iter().any(|(_, refusal)| refusal.is_some()) {
+        let (body, calls) = refusal(&messages, &verdicts, batch);
+        return Judged::Refuse {
+            body,
             calls,
+            malformed: false,
         };
     }
+    // Every call is allowed: the budgets of the MCP tools called, all or nothing.
+    let mut takes: Vec<(&str, Rate, u64)> = Vec::new();
+    for (what, _) in &verdicts {
+        let Some(t) = what
+            .strip_prefix("tools/call:")
+            .and_then(|name| rules.tool(name))
+        else {
+            continue;
+        };
+        let Some(rate) = t.rate else { continue };
+        match takes.iter_mut().find(|(n, _, _)| *n == t.name) {
+            Some(e) => e.2 += 1,
+            None => takes.push((&t.name, rate, 1)),
+        }
+    }
+    if !takes.is_empty()
+        && let Err((short, wait)) = budget(&takes)
+    {
+        for (what, refusal) in &mut verdicts {
+            if let Some(name) = what.strip_prefix("tools/call:")
+                && short.iter().any(|s| s == name)
+            {
+                *refusal = Some((
+                    THROTTLED,
+                    format!(
+                        "agentguard: over the budget of MCP tool {name:?}; retry in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                ));
+            }
+        }
+        let (body, calls) = refusal(&messages, &verdicts, batch);
+        return Judged::Throttled { body, calls, wait };
+    }
+    let calls = verdicts
+        .iter()
+        .map(|(c, _)| c.as_str())
+        .filter(|c| *c != "response")
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = if batch {
+        Value::Array(messages)
+    } else {
+        messages.into_iter().next().unwrap_or(Value::Null)
+    };
+    Judged::Forward {
+        body: Bytes::from(out.to_string()),
+        calls,
+    }
+}
+
+/// The JSON-RPC errors for a body with refused elements, and the refused calls (for the log).
+fn refusal(
+    messages: &[Value],
+    verdicts: &[(String, Option<(i64, String)>)],
+    batch: bool,
+) -> (Bytes, String) {
     let refused_calls = verdicts
         .iter()
         .filter(|(_, r)| r.is_some())
@@ -160,7 +228,7 @@ pub fn judge(body: &[u8], rules: &McpRules) -> Judged {
     // whole body was a lone notification: then an error with a null id, so the agent learns).
     let errors: Vec<Value> = messages
         .iter()
-        .zip(&verdicts)
+        .zip(verdicts)
         .filter_map(|(m, (_, refusal))| {
             let id = m.get("id").cloned();
             let (code, message) = refusal.clone().unwrap_or((
@@ -179,24 +247,34 @@ pub fn judge(body: &[u8], rules: &McpRules) -> Judged {
     } else {
         errors.into_iter().next().unwrap_or(Value::Null)
     };
-    Judged::Refuse {
-        body: Bytes::from(body.to_string()),
-        calls: refused_calls,
-        malformed: false,
-    }
+    (Bytes::from(body.to_string()), refused_calls)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::tools::McpTool;
 
     fn rules() -> McpRules {
         McpRules {
             methods: crate::policy::tools::DEFAULT_MCP_METHODS
                 .map(str::to_owned)
                 .to_vec(),
-            tools: vec!["search".into(), "get_quote".into()],
+            tools: ["search", "get_quote"]
+                .map(|n| McpTool {
+                    name: n.into(),
+                    rate: None,
+                })
+                .to_vec(),
         }
+    }
+
+    fn unlimited(_: &[(&str, Rate, u64)]) -> Result<(), (Vec<String>, Duration)> {
+        Ok(())
+    }
+
+    fn judge(body: &[u8], rules: &McpRules) -> Judged {
+        super::judge(body, rules, &mut unlimited)
     }
 
     fn call(id: u32, name: &str) -> String {
@@ -287,5 +365,61 @@ mod tests {
             judge(dup.as_bytes(), &rules()),
             Judged::Refuse { .. }
         ));
+    }
+
+    #[test]
+    fn calls_over_an_mcp_tool_budget_refuse_the_whole_body() {
+        let mut r = rules();
+        r.tools[0].rate = Some("2/h".parse().unwrap_or_else(|e| panic!("{e:?}")));
+        let mut left = 2u64;
+        let mut seen = Vec::new();
+        let mut budget = |takes: &[(&str, Rate, u64)]| {
+            seen.push(
+                takes
+                    .iter()
+                    .map(|(n, _, k)| ((*n).to_owned(), *k))
+                    .collect::<Vec<_>>(),
+            );
+            let want: u64 = takes.iter().map(|t| t.2).sum();
+            if want > left {
+                return Err((vec!["search".to_owned()], Duration::from_secs(1800)));
+            }
+            left -= want;
+            Ok(())
+        };
+        // get_quote has no budget of its own: the callback is not asked.
+        assert!(matches!(
+            super::judge(call(1, "get_quote").as_bytes(), &r, &mut budget),
+            Judged::Forward { .. }
+        ));
+        let batch = format!(
+            "[{},{},{}]",
+            call(1, "search"),
+            call(2, "search"),
+            call(3, "search")
+        );
+        let Judged::Throttled { body, calls, wait } =
+            super::judge(batch.as_bytes(), &r, &mut budget)
+        else {
+            panic!("not throttled");
+        };
+        assert_eq!(
+            calls,
+            "tools/call:search,tools/call:search,tools/call:search"
+        );
+        assert_eq!(wait, Duration::from_secs(1800));
+        let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(v[2]["error"]["code"], THROTTLED);
+        assert!(matches!(
+            super::judge(call(4, "search").as_bytes(), &r, &mut budget),
+            Judged::Forward { .. }
+        ));
+        assert_eq!(
+            seen,
+            [
+                vec![("search".to_owned(), 3)],
+                vec![("search".to_owned(), 1)]
+            ]
+        );
     }
 }

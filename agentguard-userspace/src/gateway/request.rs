@@ -74,15 +74,20 @@ fn refuse(finish: Finish, status: StatusCode, verdict: ToolVerdict, msg: &str) -
     r
 }
 
-/// An MCP refusal: a JSON-RPC error body, logged as denied.
-fn refuse_json(finish: Finish, status: StatusCode, body: Bytes) -> Response<GwBody> {
+/// An MCP refusal: a JSON-RPC error body, logged with `verdict`.
+fn refuse_json(
+    finish: Finish,
+    status: StatusCode,
+    verdict: ToolVerdict,
+    body: Bytes,
+) -> Response<GwBody> {
     let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    finish.done(status.as_u16(), 0, ToolVerdict::Denied);
+    finish.done(status.as_u16(), 0, verdict);
     r
 }
 
@@ -325,7 +330,9 @@ async fn forward(
         ));
     }
     let body = match (&tool.mcp, &parts.method) {
-        (Some(rules), &http::Method::POST) => match mcp::judge(&body, rules) {
+        (Some(rules), &http::Method::POST) => match mcp::judge(&body, rules, &mut |takes| {
+            lock(&ctx.shared.gateway.buckets).take_all(cgroup, &tool.name, takes, Instant::now())
+        }) {
             mcp::Judged::Forward { body, calls } => {
                 finish.mcp = calls;
                 body
@@ -341,7 +348,19 @@ async fn forward(
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                return Ok(refuse_json(finish, status, body));
+                return Ok(refuse_json(finish, status, ToolVerdict::Denied, body));
+            }
+            mcp::Judged::Throttled { body, calls, wait } => {
+                finish.mcp = calls;
+                let mut r = refuse_json(
+                    finish,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ToolVerdict::Throttled,
+                    body,
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after(wait)));
+                return Ok(r);
             }
         },
         _ => body,

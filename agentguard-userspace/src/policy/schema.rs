@@ -45,9 +45,47 @@ pub struct RawTool {
     /// MCP: JSON-RPC methods allowed (default: the lifecycle, `ping`, `tools/list`, `tools/call`).
     #[serde(default)]
     pub mcp_methods: Vec<Spanned<String>>,
-    /// MCP: tool names `tools/call` may name (none: no `tools/call` at all).
+    /// MCP: tool names `tools/call` may name (none: no `tools/call` at all), each with an
+    /// optional budget of its own.
     #[serde(default)]
-    pub mcp_tools: Vec<Spanned<String>>,
+    pub mcp_tools: Vec<Spanned<RawMcpTool>>,
+}
+
+/// An `mcp_tools` entry: `"search"`, or `{ name = "search", rate = "10/min" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMcpTool {
+    /// `"search"`: allowed, no budget of its own.
+    Name(String),
+    /// `{ name = "search", rate = "10/min" }`.
+    WithRate(RawMcpToolEntry),
+}
+
+/// `{ name = "search", rate = "10/min" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpToolEntry {
+    /// The MCP tool name.
+    pub name: String,
+    /// `tools/call`s of it per interval per instance.
+    pub rate: Option<String>,
+}
+
+impl RawMcpTool {
+    /// The MCP tool name.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Name(n) | Self::WithRate(RawMcpToolEntry { name: n, .. }) => n,
+        }
+    }
+
+    /// The budget as written, if any.
+    pub fn rate(&self) -> Option<&str> {
+        match self {
+            Self::Name(_) => None,
+            Self::WithRate(e) => e.rate.as_deref(),
+        }
+    }
 }
 
 /// `mode = "enforce" | "audit"`.

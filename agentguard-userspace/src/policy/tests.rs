@@ -374,7 +374,7 @@ fn mcp_tools_validate() {
     let p = parse("p.toml", mcp).unwrap_or_else(|e| panic!("{e}"));
     let t = p.tool("m").unwrap_or_else(|| panic!("no tool"));
     let rules = t.mcp.clone().unwrap_or_else(|| panic!("no MCP rules"));
-    assert_eq!(rules.tools, ["search"]);
+    assert!(rules.tools.len() == 1 && rules.tool("search").is_some_and(|t| t.rate.is_none()));
     assert!(rules.methods.iter().any(|m| m == "tools/call"));
     assert_eq!(t.methods, ["POST", "GET", "DELETE"]);
     let (line, _, field, _) = one(&mcp.replace("\"mcp\"", "\"grpc\""));
@@ -384,4 +384,34 @@ fn mcp_tools_validate() {
     assert!(msg.contains("needs protocol"), "{msg}");
     let (_, _, field, _) = one(&mcp.replace("[\"search\"]", "[\"search\", \"search\"]"));
     assert_eq!(field, "tools.m.mcp_tools[1]");
+    // Budgets per MCP tool: a table entry next to plain names.
+    let budgeted = mcp.replace(
+        "[\"search\"]",
+        "[\"search\", { name = \"buy\", rate = \"3/h\" }]",
+    );
+    let p = parse("p.toml", &budgeted).unwrap_or_else(|e| panic!("{e}"));
+    let rules = p
+        .tool("m")
+        .and_then(|t| t.mcp.clone())
+        .unwrap_or_else(|| panic!("no MCP rules"));
+    assert_eq!(rules.tool("search").and_then(|t| t.rate), None);
+    assert_eq!(
+        rules
+            .tool("buy")
+            .and_then(|t| t.rate)
+            .map(|r| r.to_string()),
+        Some("3/h".to_owned())
+    );
+    let (line, _, field, msg) = one(&budgeted.replace("3/h", "3/fortnight"));
+    assert_eq!((line, field.as_str()), (5, "tools.m.mcp_tools[1].rate"));
+    assert!(msg.contains("invalid rate"), "{msg}");
+    let (_, _, field, _) = one(&budgeted.replace("\"buy\"", "\"search\""));
+    assert_eq!(field, "tools.m.mcp_tools[1]");
+    let e = errors(&budgeted.replace("protocol = \"mcp\"\n", ""));
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!((e[1].0, e[1].2.as_str()), (4, "tools.m.mcp_tools[1]"));
+    // An entry that is neither a name nor { name, rate }: a parse error on its line.
+    let e = errors(&budgeted.replace("rate = \"3/h\"", "budget = \"3/h\""));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].0, 5, "{e:?}");
 }

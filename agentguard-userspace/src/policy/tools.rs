@@ -70,13 +70,34 @@ pub const DEFAULT_MCP_METHODS: [&str; 6] = [
     "tools/call",
 ];
 
+/// An MCP tool `tools/call` may name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct McpTool {
+    /// Its name (exact, case-sensitive).
+    pub name: String,
+    /// Calls per instance, on top of the tool's `rate` (which counts HTTP requests).
+    pub rate: Option<Rate>,
+}
+
 /// What an MCP tool's calls may be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct McpRules {
     /// JSON-RPC methods allowed (exact, case-sensitive).
     pub methods: Vec<String>,
-    /// Tool names `tools/call` may name.
-    pub tools: Vec<String>,
+    /// Tools `tools/call` may name.
+    pub tools: Vec<McpTool>,
+}
+
+impl McpRules {
+    /// The MCP tool `name`, if allowed.
+    pub fn tool(&self, name: &str) -> Option<&McpTool> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+/// Whether an MCP method or tool name is acceptable.
+fn valid_mcp_name(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && !v.chars().any(char::is_control)
 }
 
 /// A validated tool.
@@ -286,28 +307,58 @@ fn mcp_rules(
             }
         },
     };
-    let mut lists = [Vec::new(), Vec::new()];
-    for (k, (key, raw)) in [("mcp_methods", &t.mcp_methods), ("mcp_tools", &t.mcp_tools)]
-        .into_iter()
-        .enumerate()
-    {
-        for (i, e) in raw.iter().enumerate() {
-            let f = format!("{field}.{key}[{i}]");
-            let v = e.get_ref();
-            if is_mcp == Some(false) {
-                err(e.span(), f, format!("{key} needs protocol = \"mcp\""));
-            } else if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
-                err(e.span(), f, format!("invalid name {v:?}"));
-            } else if lists[k].contains(v) {
-                err(e.span(), f, format!("duplicate {v:?}"));
-            } else {
-                lists[k].push(v.clone());
-            }
+    let mut methods = Vec::new();
+    for (i, e) in t.mcp_methods.iter().enumerate() {
+        let f = format!("{field}.mcp_methods[{i}]");
+        let v = e.get_ref();
+        if is_mcp == Some(false) {
+            err(e.span(), f, "mcp_methods needs protocol = \"mcp\"".into());
+        } else if !valid_mcp_name(v) {
+            err(e.span(), f, format!("invalid name {v:?}"));
+        } else if methods.contains(v) {
+            err(e.span(), f, format!("duplicate {v:?}"));
+        } else {
+            methods.push(v.clone());
         }
     }
-    let [mut methods, tools] = lists;
     if t.mcp_methods.is_empty() {
         methods = DEFAULT_MCP_METHODS.map(str::to_owned).to_vec();
+    }
+    let mut tools: Vec<McpTool> = Vec::new();
+    for (i, e) in t.mcp_tools.iter().enumerate() {
+        let f = format!("{field}.mcp_tools[{i}]");
+        let v = e.get_ref().name();
+        if is_mcp == Some(false) {
+            err(e.span(), f, "mcp_tools needs protocol = \"mcp\"".into());
+            continue;
+        }
+        if !valid_mcp_name(v) {
+            err(e.span(), f, format!("invalid name {v:?}"));
+            continue;
+        }
+        if tools.iter().any(|t| t.name == v) {
+            err(e.span(), f, format!("duplicate {v:?}"));
+            continue;
+        }
+        let rate = match e.get_ref().rate().map(str::parse::<Rate>) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(m)) => {
+                err(
+                    e.span(),
+                    format!("{f}.rate"),
+                    format!(
+                        "invalid rate {:?}: {m}",
+                        e.get_ref().rate().unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
+        };
+        tools.push(McpTool {
+            name: v.to_owned(),
+            rate,
+        });
     }
     (is_mcp == Some(true)).then_some(McpRules { methods, tools })
 }
