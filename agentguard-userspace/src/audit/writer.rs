@@ -1010,18 +1010,24 @@ mod tests {
         log.rotation.as_ref().map_or(0, |r| r.first_seq)
     }
 
+    /// A log in a fresh directory whose segments rotate after 4 KiB.
+    fn small_segments() -> (tempfile::TempDir, AuditLog) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = LogOptions {
+            segment_bytes: 4096,
+            ..options(dir.path())
+        };
+        let log = AuditLog::open(opts).expect("open");
+        (dir, log)
+    }
+
     /// A rotation's fsyncs run in a ticket outside the append lock: appends go on meanwhile
     /// (numbered and chained, waiting in memory), nothing reaches the next segment before the
     /// full one is durable, a crash image taken then recovers to an intact chain holding every
     /// record reported durable, and ending the ticket writes the waiting records in order.
     #[test]
     fn rotation_fsyncs_outside_the_append_lock() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions {
-            segment_bytes: 4096,
-            ..options(dir.path())
-        };
-        let mut log = AuditLog::open(opts).expect("open");
+        let (dir, mut log) = small_segments();
         let first_seq = fill_segment(&mut log);
         let mut ticket = log
             .begin_sync()
@@ -1083,12 +1089,7 @@ mod tests {
     /// full segment, the next record decides the rotation again, and the chain stays intact.
     #[test]
     fn a_failed_rotation_keeps_logging_in_the_full_segment() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let opts = LogOptions {
-            segment_bytes: 4096,
-            ..options(dir.path())
-        };
-        let mut log = AuditLog::open(opts).expect("open");
+        let (dir, mut log) = small_segments();
         let first_seq = fill_segment(&mut log);
         let ticket = log.begin_sync().expect("begin").expect("a rotation");
         log.abandon_sync(ticket);
