@@ -397,30 +397,43 @@ fn mcp_upstream() -> (u16, Calls) {
     (port, calls)
 }
 
+/// A daemon whose MCP tool `market` (at the upstream on `port`, path `/mcp`) allows the calls
+/// `mcp_tools` (a TOML array) names, granted to agent `buyer`.
+fn mcp_market(port: u16, mcp_tools: &str) -> Daemon {
+    Daemon::start_with(
+        &format!(
+            "[tools.market]\nurl = \"http://127.0.0.1:{port}\"\nprotocol = \"mcp\"\npaths = [\"/mcp\"]\nmcp_tools = {mcp_tools}\n\n[agents.buyer]\ntools = [\"market\"]\n"
+        ),
+        &["--gateway-listen", "127.0.0.1:0"],
+    )
+}
+
+/// A shell command POSTing `body` to the `market` tool through the gateway (with extra curl
+/// `flags`), printing the answer, its status on a line of its own, then `---`.
+fn mcp_post(body: &str, flags: &str) -> String {
+    format!(
+        "curl --noproxy '*' -s {flags} -w '\\n%{{http_code}}\\n' -H 'Content-Type: application/json' \
+         -H 'Accept: application/json, text/event-stream' --data-binary '{body}' \
+         \"$AGENTGUARD_GATEWAY/tools/market/mcp\"; echo ---"
+    )
+}
+
+/// A JSON-RPC `tools/call` of MCP tool `name`.
+fn mcp_call(id: u32, name: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
+    )
+}
+
 #[test]
 fn mcp_calls_are_judged_per_json_rpc_call() {
     if !privileged("mcp_calls_are_judged_per_json_rpc_call") {
         return;
     }
     let (port, calls) = mcp_upstream();
-    let d = Daemon::start_with(
-        &format!(
-            "[tools.market]\nurl = \"http://127.0.0.1:{port}\"\nprotocol = \"mcp\"\npaths = [\"/mcp\"]\nmcp_tools = [\"search\", \"get_quote\"]\n\n[agents.buyer]\ntools = [\"market\"]\n"
-        ),
-        &["--gateway-listen", "127.0.0.1:0"],
-    );
-    let post = |body: &str| {
-        format!(
-            "curl --noproxy '*' -s -w '\\n%{{http_code}}\\n' -H 'Content-Type: application/json' \
-             -H 'Accept: application/json, text/event-stream' --data-binary '{body}' \
-             \"$AGENTGUARD_GATEWAY/tools/market/mcp\"; echo ---"
-        )
-    };
-    let call = |id: u32, name: &str| {
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
-        )
-    };
+    let d = mcp_market(port, r#"["search", "get_quote"]"#);
+    let post = |body: &str| mcp_post(body, "");
+    let call = mcp_call;
     let script = [
         post(r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#),
         post(&call(2, "search")),
@@ -503,24 +516,9 @@ fn an_mcp_tool_over_its_own_budget_gets_429_while_another_still_passes() {
     }
     let (port, calls) = mcp_upstream();
     // Per hour: nothing refills during the test.
-    let d = Daemon::start_with(
-        &format!(
-            "[tools.market]\nurl = \"http://127.0.0.1:{port}\"\nprotocol = \"mcp\"\npaths = [\"/mcp\"]\nmcp_tools = [{{ name = \"buy\", rate = \"3/h\" }}, \"search\"]\n\n[agents.buyer]\ntools = [\"market\"]\n"
-        ),
-        &["--gateway-listen", "127.0.0.1:0"],
-    );
-    let post = |body: &str| {
-        format!(
-            "curl --noproxy '*' -s -i -w '\\n%{{http_code}}\\n' -H 'Content-Type: application/json' \
-             -H 'Accept: application/json, text/event-stream' --data-binary '{body}' \
-             \"$AGENTGUARD_GATEWAY/tools/market/mcp\"; echo ---"
-        )
-    };
-    let call = |id: u32, name: &str| {
-        format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{}}}}}}"#
-        )
-    };
+    let d = mcp_market(port, r#"[{ name = "buy", rate = "3/h" }, "search"]"#);
+    let post = |body: &str| mcp_post(body, "-i");
+    let call = mcp_call;
     let mut script: Vec<String> = (1..=4).map(|i| post(&call(i, "buy"))).collect();
     script.push(post(&call(5, "search")));
     // A batch with one more buy: refused whole, the search in it not forwarded either.
