@@ -134,40 +134,70 @@ fn every_refusal_over_the_event_budget_is_counted_exactly() {
     assert_eq!(logged + gaps, refused, "{logged} logged + {gaps} in gaps");
 }
 
-/// Agents cannot raise their own priority (no `CAP_SYS_NICE`), so busy agent processes must not
-/// be able to out-schedule the thread that drains the rings: it runs at nice -20, and nothing
-/// an agent does lowers that.
+/// Busy agents must not out-schedule the thread that drains the rings. Nice values do not
+/// decide that where the kernel groups tasks by session (autogroups): every agent is a session
+/// of its own, so the thread runs real-time (`SCHED_FIFO`), the daemon's session has the
+/// highest autogroup weight, and an agent can raise neither its own scheduling class, nor its
+/// nice value, nor its session's weight.
 #[test]
 fn the_ingest_thread_outranks_every_agent_process() {
     if !privileged("the_ingest_thread_outranks_every_agent_process") {
         return;
     }
     let d = Daemon::start("[agents.busy]\nconnect = []\n");
-    let nice_of = |task: &std::path::Path| -> Option<(String, i64)> {
+    // Fields after the comm, from field 3 (state): nice is field 19, rt_priority 40, policy 41.
+    let sched_of = |task: &std::path::Path| -> Option<(String, [i64; 3])> {
         let stat = std::fs::read_to_string(task.join("stat")).ok()?;
         let (_, rest) = stat.rsplit_once(") ")?;
         let comm = std::fs::read_to_string(task.join("comm")).ok()?;
-        // Fields after the comm: state is field 3, nice field 19.
-        let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
-        Some((comm.trim().to_owned(), nice))
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse().ok();
+        Some((comm.trim().to_owned(), [field(19)?, field(40)?, field(41)?]))
     };
     let tasks = std::path::PathBuf::from(format!("/proc/{}/task", d.pid()));
-    let threads: Vec<(String, i64)> = std::fs::read_dir(&tasks)
+    let threads: Vec<(String, [i64; 3])> = std::fs::read_dir(&tasks)
         .unwrap_or_else(|e| panic!("{}: {e}", tasks.display()))
         .filter_map(Result::ok)
-        .filter_map(|t| nice_of(&t.path()))
+        .filter_map(|t| sched_of(&t.path()))
         .collect();
-    let ingest: Vec<i64> = threads
+    let ingest: Vec<[i64; 3]> = threads
         .iter()
         .filter(|(comm, _)| comm.starts_with("agentguard-inge"))
-        .map(|(_, nice)| *nice)
+        .map(|(_, sched)| *sched)
         .collect();
-    assert_eq!(ingest, [-20], "the ingest thread's nice value: {threads:?}");
-    // An agent asking for more is refused by the kernel.
-    let out = d.run("busy", &["/bin/sh", "-c", "renice -n -5 -p $$; echo rc=$?"]);
-    let text = describe(&out);
+    const SCHED_FIFO: i64 = 1;
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("rc=1"),
-        "an agent raised its own priority: {text}"
+        matches!(ingest[..], [[_, prio, SCHED_FIFO]] if prio >= 1),
+        "the ingest thread is not SCHED_FIFO ([nice, rt_priority, policy] per thread): {threads:?}"
     );
+    let autogroup = std::path::PathBuf::from(format!("/proc/{}/autogroup", d.pid()));
+    if autogroup.exists() {
+        let group = std::fs::read_to_string(&autogroup).unwrap_or_default();
+        assert!(
+            group.trim_end().ends_with("nice -20"),
+            "the daemon's autogroup: {group:?}"
+        );
+    }
+    // An agent asking for more is refused by the kernel, in every form.
+    let out = d.run(
+        "busy",
+        &[
+            "/bin/sh",
+            "-c",
+            "renice -n -5 -p $$ >/dev/null 2>&1; echo renice=$?; \
+             chrt -f -p 1 $$ >/dev/null 2>&1; echo chrt=$?; \
+             (echo -5 > /proc/self/autogroup) 2>/dev/null; echo autogroup=$?",
+        ],
+    );
+    let text = describe(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for what in ["renice", "chrt", "autogroup"] {
+        assert!(
+            stdout.lines().any(|l| l
+                .strip_prefix(what)
+                .and_then(|r| r.strip_prefix('='))
+                .is_some_and(|rc| rc != "0")),
+            "an agent raised its own priority ({what}): {text}"
+        );
+    }
 }

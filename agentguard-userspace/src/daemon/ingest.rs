@@ -61,7 +61,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("agentguard-ingest".into())
         .spawn(move || {
-            raise_priority();
+            super::priority::raise_ingest_thread();
             let mut p = Pipeline::new(shared, runtime);
             p.run(&wakeups, events, alerts, &shutdown);
             let _ = done.send(());
@@ -69,26 +69,6 @@ pub fn spawn(
     Ok(tokio::spawn(async move {
         let _ = finished.await;
     }))
-}
-
-/// The ingest thread's nice value. Agents cannot go below nice 0 (no `CAP_SYS_NICE`), and
-/// without a CPU controller over their cgroups (hybrid hosts have none) the scheduler weighs
-/// every agent process against this one thread: at nice 0, an agent that forks a few dozen busy
-/// processes takes nearly every cycle from it and the kernel drops what the rings cannot hold
-/// (counted, but the log loses the detail). At -20 (CFS weight 88761, 87 times nice 0's), it
-/// keeps most of a CPU against all of them. It only runs while events are queued, and the
-/// instances' event budgets bound how many there are.
-const INGEST_NICE: i32 = -20;
-
-/// Gives the calling thread (only: `setpriority` on a thread id) [`INGEST_NICE`].
-fn raise_priority() {
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), INGEST_NICE) {
-        tracing::warn!(
-            "the ingest thread keeps its priority (setpriority {INGEST_NICE}: {e}): agents \
-             that keep every CPU busy can make the kernel drop more events"
-        );
-    }
 }
 
 /// The ingest thread's buffers, reused from batch to batch.
