@@ -155,6 +155,10 @@ impl<'a> Daemon<'a> {
         Ok(d)
     }
 
+    pub fn env(&self) -> &'a Env {
+        self.env
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -167,6 +171,29 @@ impl<'a> Daemon<'a> {
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .with_context(|| format!("{path} has no {field}"))
+    }
+
+    /// CPU time the daemon's ingest thread (the one draining the ring buffers) has run, from
+    /// its `schedstat`.
+    pub fn ingest_cpu(&self) -> Result<Duration> {
+        let tasks = format!("/proc/{}/task", self.pid());
+        for task in fs::read_dir(&tasks).with_context(|| format!("cannot list {tasks}"))? {
+            let task = task?.path();
+            // The kernel keeps 15 bytes of the thread's name `agentguard-ingest`.
+            let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if comm.trim_end() != "agentguard-inge" {
+                continue;
+            }
+            let stat = fs::read_to_string(task.join("schedstat"))
+                .with_context(|| format!("cannot read {}/schedstat", task.display()))?;
+            let ns = stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{}/schedstat: {stat:?}", task.display()))?;
+            return Ok(Duration::from_nanos(ns));
+        }
+        bail!("the daemon has no agentguard-ingest thread in {tasks}")
     }
 
     /// Fails if the daemon has exited (e.g. another user's teardown stopped it).

@@ -74,6 +74,14 @@ pub struct Run {
     /// From the release (the first possible send) until the log stopped growing.
     pub drain_secs: f64,
     pub logged_per_s: f64,
+    /// CPU time of the daemon's ingest thread over the run (draining, naming, chaining and
+    /// appending every record), from its `schedstat`.
+    #[serde(default)]
+    pub ingest_cpu_secs: f64,
+    /// Records the run added to the log per second of the ingest thread's CPU time: what one
+    /// CPU given to it would carry, whatever the senders on this machine could offer.
+    #[serde(default)]
+    pub ingest_capacity_per_s: f64,
 }
 
 /// The log writer on synthetic records, one run.
@@ -149,10 +157,10 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
         for rep in 1..=reps {
             eprintln!("    events: repetition {rep}/{reps}");
             out.runs
-                .push(load(env, net, INSTANCES, 1, total_sends / INSTANCES)?);
+                .push(load(&daemon, net, INSTANCES, 1, total_sends / INSTANCES)?);
             daemon.check_alive()?;
             out.one_instance
-                .push(load(env, net, 1, PROCS, total_sends / PROCS)?);
+                .push(load(&daemon, net, 1, PROCS, total_sends / PROCS)?);
             daemon.check_alive()?;
         }
         out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
@@ -246,8 +254,16 @@ fn gaps_from(env: &Env, from: u64) -> Result<Gaps> {
 /// `sends_per_proc` datagrams. Every instance is started first and waits (`gated`); once all
 /// have said they are ready they are released together, so the send window is the load alone,
 /// not 64 `agentguard run` start-ups.
-fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u64) -> Result<Run> {
+fn load(
+    daemon: &Daemon<'_>,
+    net: &Loopback,
+    instances: u64,
+    procs: u64,
+    sends_per_proc: u64,
+) -> Result<Run> {
+    let env = daemon.env();
     let before = settle::log_records(env)?;
+    let cpu_before = daemon.ingest_cpu()?;
     let lost_before = lost_events(env)?;
     let args = [
         "gated".to_owned(),
@@ -289,6 +305,10 @@ fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u
     let (after, last_change) = settle::log_settled(env)?;
     let lost = lost_events(env)?.saturating_sub(lost_before);
     let drain_secs = last_change.duration_since(released).as_secs_f64();
+    let ingest_cpu_secs = daemon
+        .ingest_cpu()?
+        .saturating_sub(cpu_before)
+        .as_secs_f64();
     let gaps = gaps_from(env, before)?;
     // The actions, less each instance's exec of its generator.
     let logged = after
@@ -315,6 +335,12 @@ fn load(env: &Env, net: &Loopback, instances: u64, procs: u64, sends_per_proc: u
         drain_secs,
         logged_per_s: if drain_secs > 0.0 {
             logged as f64 / drain_secs
+        } else {
+            0.0
+        },
+        ingest_cpu_secs,
+        ingest_capacity_per_s: if ingest_cpu_secs > 0.0 {
+            after.saturating_sub(before) as f64 / ingest_cpu_secs
         } else {
             0.0
         },

@@ -379,6 +379,7 @@ fn runs_summary(runs: &[super::events::Run]) -> Value {
         "offered_per_s": f(|r| r.offered_per_s),
         "budget_ceiling_per_s": f(super::events::Run::budget_ceiling_per_s),
         "logged_per_s": f(|r| r.logged_per_s),
+        "ingest_capacity_per_s": f(|r| r.ingest_capacity_per_s),
         "lost_fraction": f(|r| r.lost as f64 / r.sends.max(1) as f64),
         "lost": f(|r| r.lost as f64),
         "over_budget": f(|r| r.over_budget as f64),
@@ -491,7 +492,7 @@ fn events_table(s: &mut String, e: &Events) {
         s,
         "| measure | {instances} instances | 1 instance |\n|---|---|---|"
     );
-    let rows: [Row; 8] = [
+    let rows: [Row; 9] = [
         (
             "sends/s offered (from releasing every instance at once to the last sender's end)",
             |r| r.offered_per_s,
@@ -505,6 +506,11 @@ fn events_table(s: &mut String, e: &Events) {
         (
             "events/s into the log (until the log stopped growing)",
             |r| r.logged_per_s,
+            rate_cell,
+        ),
+        (
+            "records/s the ingest thread carries per second of its own CPU time (its capacity on one CPU)",
+            |r| r.ingest_capacity_per_s,
             rate_cell,
         ),
         ("events logged per run", |r| r.logged as f64, rate_cell),
