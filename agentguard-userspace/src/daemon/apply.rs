@@ -8,7 +8,7 @@ use tokio::sync::OwnedMutexGuard;
 use crate::{
     audit::record::{Actor, Body},
     dns::cache::Addresses,
-    ebpf::maps::{self, GRACE},
+    ebpf::maps,
     policy::{
         self, Policy, compile,
         resolve::{self, Resolved},
@@ -219,17 +219,19 @@ async fn install(
         applied.digest, applied.generation
     ));
     // The new rules are in force: reply now, and remove the old generation once the programs
-    // running at the flip (they run for microseconds) are done with it. The next apply waits
-    // for that (it holds `serial`), so it never writes a generation still being read.
+    // running at the flip are done with it (one RCU grace period, see `ebpf::quiesce`). The
+    // next apply waits for that (it holds `serial`), so it never writes a generation still
+    // being read.
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        tokio::time::sleep(GRACE).await;
         // The state lock only for a reference to what was written; the deletes hold the
         // policy maps' lock alone, so ingest and the control socket carry on meanwhile.
         let written = shared.lock_state().compiled[usize::from(old & 1)].clone();
         let t = std::time::Instant::now();
         let purged = tokio::task::spawn_blocking(move || {
-            maps::lock(&writer).purge_if_inactive(old, written.as_deref())
+            let mut maps = maps::lock(&writer);
+            maps.wait_for_readers();
+            maps.purge_if_inactive(old, written.as_deref())
         })
         .await;
         match purged {

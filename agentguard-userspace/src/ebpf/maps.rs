@@ -2,8 +2,9 @@
 //!
 //! A policy is applied as a new generation: every entry of the inactive generation is written
 //! first; then [`GlobalState::active_generation`] flips in one word, so each program run sees
-//! the old rules or the new ones, never a mix; after a grace period (programs run for
-//! microseconds), the old generation's entries are removed. If writing fails half-way, the
+//! the old rules or the new ones, never a mix; once every program run that may have read the
+//! old word has finished ([`PolicyMaps::wait_for_readers`]), the old generation's entries are
+//! removed. If writing fails half-way, the
 //! partial new generation is removed and the old one stays in force.
 
 use std::{
@@ -29,11 +30,12 @@ use aya::{
     },
 };
 
-use super::batch;
+use super::{batch, quiesce::Quiescer};
 use crate::policy::compile::Compiled;
 
-/// How long the old generation is kept after the flip.
-pub const GRACE: Duration = Duration::from_millis(100);
+/// How long the old generation is kept after the flip where the kernel's barrier is not
+/// available (see [`super::quiesce`]): programs run for microseconds.
+const GRACE: Duration = Duration::from_millis(100);
 
 /// Errors reading or writing maps.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,8 @@ pub struct PolicyMaps {
     raw: [MapData; 5],
     /// Per generation: known to hold no entries (purged by this daemon since it started).
     clean: [bool; 2],
+    /// The barrier after a flip; `None` where the kernel refused to create it.
+    quiesce: Option<Quiescer>,
 }
 
 /// Indexes of [`PolicyMaps::raw`].
@@ -174,6 +178,15 @@ impl KernelMaps {
             state,
             raw,
             clean: [false; 2],
+            quiesce: Quiescer::new()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        "no barrier for running BPF programs (array of maps: {e}): an old \
+                         policy generation is removed {} ms after the flip instead",
+                        GRACE.as_millis()
+                    );
+                })
+                .ok(),
         };
         let maps = Self {
             policy: Arc::new(Mutex::new(policy)),
@@ -334,14 +347,31 @@ impl PolicyMaps {
         })
     }
 
-    /// Applies a compiled policy (its generation must be the inactive one) and waits out the
-    /// grace period before removing the old generation. For callers that must not block for
-    /// [`GRACE`] while holding locks, [`Self::write_and_flip`] and [`Self::purge_if_inactive`] are the
-    /// parts.
+    /// Applies a compiled policy (its generation must be the inactive one), waits for the
+    /// readers of the old generation and removes it. For callers that reply between the flip
+    /// and the purge, [`Self::write_and_flip`], [`Self::wait_for_readers`] and
+    /// [`Self::purge_if_inactive`] are the parts.
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), MapsError> {
         let old = self.write_and_flip(compiled)?;
-        thread::sleep(GRACE);
+        self.wait_for_readers();
         self.purge_if_inactive(old, None)
+    }
+
+    /// Returns once every program run that started before the call has finished, so none can
+    /// still be using a generation that was active before it: the kernel's barrier, or
+    /// [`GRACE`] where there is none.
+    pub fn wait_for_readers(&self) {
+        let Some(q) = &self.quiesce else {
+            thread::sleep(GRACE);
+            return;
+        };
+        if let Err(e) = q.wait() {
+            tracing::warn!(
+                "the barrier for running BPF programs failed ({e}): waiting {} ms instead",
+                GRACE.as_millis()
+            );
+            thread::sleep(GRACE);
+        }
     }
 
     /// Writes every entry of the compiled generation, then makes it the active one. Returns the

@@ -12,3 +12,4 @@ pub mod open_hooks;
 pub mod pins;
 pub mod probe;
 pub mod programs;
+pub mod quiesce;
