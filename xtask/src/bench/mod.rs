@@ -3,7 +3,8 @@
 //!
 //! Parts: syscall overhead per configuration and by rule count ([`overhead`]), the event
 //! pipeline and the daemon's memory under load ([`events`]), kill-switch and policy latency
-//! ([`freeze`]); `--vm` repeats the overhead part in the BPF LSM guest ([`vm`]). Everything runs
+//! ([`freeze`]), and the extra parts of [`extra`] (the tool gateway against direct requests,
+//! [`gateway`]); `--vm` repeats the overhead part in the BPF LSM guest ([`vm`]). Everything runs
 //! release builds ([`artifacts`]) against a daemon of our own ([`daemon`]) on loopback
 //! ([`loopback`]), driven by the `agentguard-bench` load generator ([`generator`]). Output:
 //! markdown tables on stdout and `target/bench/results.json` ([`report`]).
@@ -17,6 +18,7 @@ mod daemon;
 mod events;
 mod extra;
 mod freeze;
+mod gateway;
 mod generator;
 mod loopback;
 mod machine;
@@ -63,7 +65,7 @@ pub struct Args {
     /// Repetitions of every measurement (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
     reps: u64,
-    /// Run only these parts (comma-separated): overhead, events, freeze, and any extra part.
+    /// Run only these parts (comma-separated): overhead, events, freeze, gateway.
     #[arg(long, value_delimiter = ',', value_parser = part_name)]
     only: Vec<String>,
     /// Also run the syscall-overhead part in the Debian 6.12 QEMU guest (BPF LSM backend;

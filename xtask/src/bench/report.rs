@@ -25,8 +25,9 @@ pub struct Guest {
 /// shuffled order, unaccounted events, RssAnon/RssFile and steady-state RSS, freeze timed to
 /// the CLI's reply. 3: the pipeline's `send_secs` (and so `offered_per_s`) runs from the
 /// release of every instance at once, without the `agentguard run` start-ups (`startup_secs`),
-/// and `drain_secs` from that release.
-pub const VERSION: u32 = 3;
+/// and `drain_secs` from that release. 4: the tool gateway part (`parts.gateway`: requests/s
+/// and latency through the gateway against direct).
+pub const VERSION: u32 = 4;
 
 #[derive(Debug, Default, Serialize)]
 pub struct Results {
@@ -192,7 +193,7 @@ fn overhead_summary(o: &Overhead) -> Value {
 }
 
 /// `1,234`.
-fn thousands(x: f64) -> String {
+pub(super) fn thousands(x: f64) -> String {
     let n = x.round() as i64;
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
@@ -219,7 +220,7 @@ fn ns_cell(s: Option<Summary>) -> String {
     )
 }
 
-fn ratio_cell(s: Option<Summary>) -> String {
+pub(super) fn ratio_cell(s: Option<Summary>) -> String {
     s.map_or_else(
         || "n/a".into(),
         |s| format!("×{:.2} ({:.2}–{:.2})", s.median, s.min, s.max),

@@ -1,12 +1,14 @@
 //! `agentguard-bench`: the load generator of `cargo xtask bench`. Runs one tight loop of a
 //! syscall N times (usually as an agent, under `agentguard run`) and prints one JSON object on
-//! stdout: the time per operation and how many operations failed.
+//! stdout: the time per operation and how many operations failed. For the gateway part it is
+//! also the upstream HTTP server and the timed keep-alive HTTP client ([`http`]).
 //!
 //! It is deliberately free of timing policy: what to compare and how often is xtask's business;
 //! this binary only measures one loop in the process and cgroup it was started in.
 
 mod confine;
 mod hold;
+mod http;
 mod ops;
 
 use std::process::ExitCode;
@@ -18,6 +20,7 @@ const USAGE: &str = "usage: agentguard-bench \
     open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | \
     suite OPEN_PATH CONNECT_ADDR EXEC_PATH N_OPEN N_CONNECT N_EXEC | \
     sleepers N | breach ADDR:PORT MAX | gated LOOP... | \
+    http-serve CREDENTIAL | http URL N BYTES CONNECTIONS present|absent | \
     landlock POLICY AGENT COMMAND... | seccomp COMMAND... | seccomp-groups | \
     audit status | audit set ENABLED never-rules|no-never-rules";
 
@@ -64,6 +67,14 @@ fn run(args: &[&str]) -> Result<Value> {
         }
         ["sleepers", n] => hold::sleepers(count(n)?),
         ["breach", addr, max] => hold::breach(&ops::addr(addr)?, count(max)?),
+        ["http-serve", credential] => http::serve(credential),
+        ["http", url, n, bytes, connections, credential] => http::client(&http::Load {
+            url: (*url).to_owned(),
+            requests: count(n)?,
+            body: usize::try_from(count(bytes)?)?,
+            connections: count(connections)?.max(1),
+            credential: http::Credential::parse(credential)?,
+        }),
         // Confinement applied in this process, then any of the loops above under it.
         ["landlock", policy, agent, rest @ ..] => {
             confine::landlock(std::path::Path::new(policy), agent)?;
