@@ -26,7 +26,8 @@ pub struct Guest {
 /// the CLI's reply. 3: the pipeline's `send_secs` (and so `offered_per_s`) runs from the
 /// release of every instance at once, without the `agentguard run` start-ups (`startup_secs`),
 /// and `drain_secs` from that release. 4: the tool gateway part (`parts.gateway`: requests/s
-/// and latency through the gateway against direct).
+/// and latency through the gateway against direct), and the pipeline's `ingest_cpu_secs` and
+/// `ingest_capacity_per_s` (the ingest thread's own CPU time).
 pub const VERSION: u32 = 4;
 
 #[derive(Debug, Default, Serialize)]
