@@ -684,3 +684,63 @@ fn secrets_come_from_vault_when_the_store_has_none() {
         "a Vault value in the log"
     );
 }
+
+/// A tool's budget belongs to the instance tree: an agent that starts sub-agents (or restarts
+/// one) with the same tool gets no fresh bucket, so it cannot multiply the tool's `rate`.
+#[test]
+fn sub_agents_spend_their_parents_budget() {
+    if !privileged("sub_agents_spend_their_parents_budget") {
+        return;
+    }
+    let (port, seen) = upstream();
+    let d = Daemon::start_with(
+        &format!(
+            "[tools.echo]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"echo-key\"\ninject = \"header:Authorization: Bearer {{secret}}\"\npaths = [\"/v1/quotes\"]\nrate = \"4/h\"\n\n[agents.buyer]\ntools = [\"echo\"]\n\n[agents.buyer.sub.helper]\ntools = [\"echo\"]\n"
+        ),
+        &["--gateway-listen", "127.0.0.1:0"],
+    );
+    d.set_secret("echo-key", KEY);
+    let ag = agentguard_tests::agentguard_bin();
+    let ag = ag.to_string_lossy();
+    // Two of the four from the parent, then two sub-agent instances ask for two each.
+    let call = format!("{CURL} \"$AGENTGUARD_GATEWAY/tools/echo/v1/quotes\"");
+    let out = agent_sh(
+        &d,
+        "buyer",
+        &format!(
+            "{call}; {call}; \
+             {ag} run --agent buyer/helper -- /bin/sh -c '{quoted}; {quoted}'; \
+             {ag} run --agent buyer/helper -- /bin/sh -c '{quoted}; {quoted}'; \
+             {call}",
+            quoted = call.replace('\'', "'\\''")
+        ),
+    );
+    let codes: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        codes,
+        ["200", "200", "200", "200", "429", "429", "429"],
+        "the parent's two, the first sub-agent's two, then nothing for anyone: {out}"
+    );
+    assert_eq!(
+        seen.lock().unwrap_or_else(|e| panic!("{e}")).len(),
+        4,
+        "only the budget's four requests reach the upstream"
+    );
+    // The sub-agent's requests are its own (logged under its instance), only the budget is
+    // shared.
+    let records = d.wait_records("the seven tool calls", |r| {
+        r.iter().filter(|r| r["kind"] == "tool-call").count() >= 7
+    });
+    let by: Vec<String> = records
+        .iter()
+        .filter(|r| r["kind"] == "tool-call")
+        .map(|r| format!("{} {}", r["instance"].as_str().unwrap_or("?"), r["status"]))
+        .collect();
+    assert!(
+        by[2].contains("/helper/") && by[4].contains("/helper/") && !by[0].contains("helper"),
+        "tool calls by instance: {by:?}"
+    );
+}

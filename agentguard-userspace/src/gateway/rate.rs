@@ -1,6 +1,7 @@
 //! Per-instance request budgets: a token bucket per (instance, tool) holding `count` requests,
 //! refilled at `count` per interval (the tool's `rate`), and one per (instance, tool, MCP tool)
-//! for an MCP tool's `mcp_tools` entries with a `rate` of their own.
+//! for an MCP tool's `mcp_tools` entries with a `rate` of their own. The instance is the
+//! top-level one: its sub-agents spend from its buckets (see `request::Caller`).
 
 use std::{
     collections::HashMap,
@@ -15,7 +16,8 @@ struct Bucket {
     at: Instant,
 }
 
-/// Buckets by (instance cgroup id, tool, MCP tool name or "" for the tool's own `rate`).
+/// Buckets by (top-level instance cgroup id, tool, MCP tool name or "" for the tool's own
+/// `rate`).
 #[derive(Debug, Default)]
 pub struct Buckets {
     buckets: HashMap<(u64, String, String), Bucket>,

@@ -128,7 +128,7 @@ pub async fn handle(
             .lock_state()
             .instances
             .get(&id)
-            .map(|i| (i.agent.clone(), i.name.clone()))
+            .map(|i| (i.agent.clone(), i.name.clone(), i.root_instance))
     });
     let finish = Finish {
         shared: ctx.shared.clone(),
@@ -149,7 +149,7 @@ pub async fn handle(
         mcp: String::new(),
         start,
     };
-    let Some((agent, _)) = caller else {
+    let Some((agent, _, budget_owner)) = caller else {
         return Ok(refuse(
             finish,
             StatusCode::FORBIDDEN,
@@ -224,30 +224,44 @@ pub async fn handle(
         }
     }
     if let Some(rate) = tool.rate
-        && let Err(wait) = lock(&ctx.shared.gateway.buckets).take(
-            cgroup.unwrap_or(0),
-            &tool.name,
-            rate,
-            Instant::now(),
-        )
+        && let Err(wait) =
+            lock(&ctx.shared.gateway.buckets).take(budget_owner, &tool.name, rate, Instant::now())
     {
         let mut r = refuse(
             finish,
             StatusCode::TOO_MANY_REQUESTS,
             ToolVerdict::Throttled,
-            &format!("over the rate of tool {tool_name:?} ({rate} per instance)"),
+            &format!(
+                "over the rate of tool {tool_name:?} ({rate} per instance, shared with its sub-agents)"
+            ),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(retry_after(wait)));
         return Ok(r);
     }
-    forward(ctx, cgroup.unwrap_or(0), tool, sub, query, req, finish).await
+    let caller = Caller {
+        cgroup: cgroup.unwrap_or(0),
+        budget_owner,
+    };
+    forward(ctx, caller, tool, sub, query, req, finish).await
+}
+
+/// Who calls: the instance (leases are its own) and the top-level instance whose budgets it
+/// spends. Budgets belong to the instance tree, so an agent cannot multiply a tool's `rate` by
+/// starting sub-agents, nor reset it by restarting one.
+#[derive(Clone, Copy, Debug)]
+struct Caller {
+    cgroup: u64,
+    budget_owner: u64,
 }
 
 /// The judged request, forwarded.
 async fn forward(
     ctx: Ctx,
-    cgroup: u64,
+    Caller {
+        cgroup,
+        budget_owner,
+    }: Caller,
     tool: Tool,
     sub: String,
     query: Option<String>,
@@ -331,7 +345,12 @@ async fn forward(
     }
     let body = match (&tool.mcp, &parts.method) {
         (Some(rules), &http::Method::POST) => match mcp::judge(&body, rules, &mut |takes| {
-            lock(&ctx.shared.gateway.buckets).take_all(cgroup, &tool.name, takes, Instant::now())
+            lock(&ctx.shared.gateway.buckets).take_all(
+                budget_owner,
+                &tool.name,
+                takes,
+                Instant::now(),
+            )
         }) {
             mcp::Judged::Forward { body, calls } => {
                 finish.mcp = calls;
