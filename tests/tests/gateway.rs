@@ -721,14 +721,16 @@ fn fake_dynamic_vault() -> (u16, Arc<Mutex<DynamicVault>>) {
                 )
             }
             ("PUT" | "POST", "/v1/sys/leases/revoke") => {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&req.body).unwrap_or_default();
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
                 match body["lease_id"].as_str() {
                     Some(id) => {
                         st.revoked.push(id.to_owned());
                         ("204 No Content", String::new())
                     }
-                    None => ("400 Bad Request", r#"{"errors":["no lease_id"]}"#.to_owned()),
+                    None => (
+                        "400 Bad Request",
+                        r#"{"errors":["no lease_id"]}"#.to_owned(),
+                    ),
                 }
             }
             _ => ("404 Not Found", r#"{"errors":[]}"#.to_owned()),
@@ -775,8 +777,20 @@ fn vault_dynamic_secrets_are_per_instance_and_revoked_at_vault() {
             "orders-db=database/creds/buyer#password",
         ],
     );
-    let issued = || vault.lock().unwrap_or_else(|e| panic!("{e}")).issued.clone();
-    let revoked = || vault.lock().unwrap_or_else(|e| panic!("{e}")).revoked.clone();
+    let issued = || {
+        vault
+            .lock()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .issued
+            .clone()
+    };
+    let revoked = || {
+        vault
+            .lock()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .revoked
+            .clone()
+    };
     let upstream_key = |path: &str| {
         let heads = seen.lock().unwrap_or_else(|e| panic!("{e}")).clone();
         heads
@@ -849,7 +863,10 @@ fn vault_dynamic_secrets_are_per_instance_and_revoked_at_vault() {
         r["kind"] == "tool-call" && r["path"] == "/b2" && r["verdict"] == "secret-in-request"
     });
 
-    assert_ne!(c_value, b_value, "a checkout shares a gateway lease's credential");
+    assert_ne!(
+        c_value, b_value,
+        "a checkout shares a gateway lease's credential"
+    );
     let checkout = d.wait_record("B's checkout", |r| {
         r["kind"] == "credential" && r["action"] == "checkout"
     });
@@ -902,7 +919,11 @@ fn vault_dynamic_secrets_are_per_instance_and_revoked_at_vault() {
     // No value in the log; the chain verifies.
     let state = d.state.to_string_lossy().into_owned();
     let all = stdout(&agentguard_tests::agentguard(&[
-        "log", "show", "--json", "--state-dir", &state,
+        "log",
+        "show",
+        "--json",
+        "--state-dir",
+        &state,
     ]));
     for (value, _) in issued() {
         assert!(!all.contains(&value), "a dynamic credential in the log");

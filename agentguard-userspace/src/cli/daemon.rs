@@ -248,9 +248,14 @@ mod tests {
 
     #[test]
     fn a_dynamic_secret_named_twice_is_refused_naming_the_flag() {
-        let one = |s: &str| agentguard::secrets::vault::parse_dynamic(s).unwrap_or_else(|e| panic!("{e}"));
-        let ok = dynamic_secrets(vec![one("a=database/creds/x"), one("b=database/creds/y#username")])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let one = |s: &str| {
+            agentguard::secrets::vault::parse_dynamic(s).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let ok = dynamic_secrets(vec![
+            one("a=database/creds/x"),
+            one("b=database/creds/y#username"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok.len(), 2);
         let twice = dynamic_secrets(vec![one("a=database/creds/x"), one("a=database/creds/y")]);
         assert!(twice.is_err_and(|e| e.to_string().contains("--vault-dynamic")));

@@ -224,7 +224,9 @@ impl Shared {
     pub async fn secret_value(&self, name: &str) -> Result<Option<String>, String> {
         if self.is_dynamic(name) {
             // Never one value for all: issued per lease (see crate::gateway::dynamic).
-            return Err(format!("{name:?} is a Vault dynamic secret, issued per lease"));
+            return Err(format!(
+                "{name:?} is a Vault dynamic secret, issued per lease"
+            ));
         }
         if let Some(v) = self.read_secrets().get(name) {
             return Ok(Some(v.to_owned()));

@@ -45,7 +45,9 @@ pub async fn issue(
     ttl: Duration,
 ) -> Result<(Dynamic, Duration), String> {
     let Some(vault) = shared.vault() else {
-        return Err(format!("{name:?} is a Vault dynamic secret but no Vault is configured"));
+        return Err(format!(
+            "{name:?} is a Vault dynamic secret but no Vault is configured"
+        ));
     };
     let issued = vault.issue(name).await.map_err(|e| {
         tracing::warn!(secret = %name, %instance, error = %e, "Vault issued no dynamic credential");

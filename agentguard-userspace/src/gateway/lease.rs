@@ -240,7 +240,10 @@ mod tests {
         let ended = l.drain_ended();
         assert_eq!(ended.len(), 1);
         assert_eq!(
-            (ended[0].dynamic.issued.value.as_str(), ended[0].why.as_str()),
+            (
+                ended[0].dynamic.issued.value.as_str(),
+                ended[0].why.as_str()
+            ),
             ("cred-b-123", "unused")
         );
         // Revoked: instance 7's alone.

@@ -502,9 +502,14 @@ async fn dynamic_lease(
     let lease = match live {
         Some(l) => l,
         None => {
-            let (d, ttl) =
-                dynamic::issue(&ctx.shared, &call.agent, &call.instance, secret, tool.lease_ttl)
-                    .await?;
+            let (d, ttl) = dynamic::issue(
+                &ctx.shared,
+                &call.agent,
+                &call.instance,
+                secret,
+                tool.lease_ttl,
+            )
+            .await?;
             let (l, new) = lock(&ctx.shared.gateway.leases).get_or_take(
                 cgroup,
                 &tool.name,
@@ -522,10 +527,12 @@ async fn dynamic_lease(
             l
         }
     };
-    let value = lease
-        .dynamic
-        .map(|d| d.issued.value)
-        .ok_or_else(|| format!("the lease on tool {:?} holds no Vault credential", tool.name))?;
+    let value = lease.dynamic.map(|d| d.issued.value).ok_or_else(|| {
+        format!(
+            "the lease on tool {:?} holds no Vault credential",
+            tool.name
+        )
+    })?;
     Ok((lease.id, value))
 }
 

@@ -214,14 +214,13 @@ impl Vault {
         if !status.is_success() {
             return Err(VaultError::Status(status));
         }
-        parse_issued(name, &dynamic.field, &body)
-            .and_then(|i| {
-                if i.lease_id.is_empty() {
-                    Err(VaultError::NoLease(name.to_owned(), dynamic.path.clone()))
-                } else {
-                    Ok(i)
-                }
-            })
+        parse_issued(name, &dynamic.field, &body).and_then(|i| {
+            if i.lease_id.is_empty() {
+                Err(VaultError::NoLease(name.to_owned(), dynamic.path.clone()))
+            } else {
+                Ok(i)
+            }
+        })
     }
 
     /// Revokes a lease [`Vault::issue`] took: the credential stops working at its source.
@@ -449,10 +448,7 @@ mod tests {
         ] {
             assert!(parse_dynamic(bad).is_err(), "{bad}");
         }
-        assert!(
-            parse_dynamic("db=database")
-                .is_err_and(|e| e.contains("MOUNT/creds/ROLE")),
-        );
+        assert!(parse_dynamic("db=database").is_err_and(|e| e.contains("MOUNT/creds/ROLE")),);
     }
 
     #[test]
@@ -463,7 +459,10 @@ mod tests {
         assert_eq!(i.value, "A1a-pw-0123456");
         assert_eq!(i.lease_id, "database/creds/ro/AbC");
         assert_eq!(i.lease_duration, Duration::from_secs(3600));
-        assert!(!format!("{i:?}").contains("A1a-pw"), "Debug shows the value");
+        assert!(
+            !format!("{i:?}").contains("A1a-pw"),
+            "Debug shows the value"
+        );
         // Another field; an answer without it, a short value, no JSON.
         let user = parse_issued("db", "username", db).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(user.value, "v-token-ro-x1");
@@ -472,13 +471,21 @@ mod tests {
             Err(VaultError::Shape { .. })
         ));
         assert!(matches!(
-            parse_issued("db", "password", br#"{"lease_id":"l","data":{"password":"short"}}"#),
+            parse_issued(
+                "db",
+                "password",
+                br#"{"lease_id":"l","data":{"password":"short"}}"#
+            ),
             Err(VaultError::Value(..))
         ));
         assert!(parse_issued("db", "password", b"<html>").is_err());
         // No lease: parsed, refused by issue.
-        let kv = parse_issued("db", "password", br#"{"data":{"password":"long-enough-1"}}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let kv = parse_issued(
+            "db",
+            "password",
+            br#"{"data":{"password":"long-enough-1"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(kv.lease_id.is_empty());
         assert_eq!(kv.lease_duration, Duration::ZERO);
     }
