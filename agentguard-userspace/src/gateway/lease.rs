@@ -160,8 +160,8 @@ impl Leases {
         });
     }
 
-    /// Every dynamic credential of a live lease (`now` or later): all are searched for in
-    /// requests, whichever instance holds them.
+    /// Every dynamic credential not yet revoked: all are searched for in requests, whichever
+    /// instance holds them.
     pub fn dynamic_values(&self, out: &mut Vec<String>) {
         out.extend(
             self.live
