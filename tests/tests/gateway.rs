@@ -685,6 +685,253 @@ fn secrets_come_from_vault_when_the_store_has_none() {
     );
 }
 
+/// What a fake dynamic-secret Vault did: credentials issued (value, lease id) and lease ids
+/// revoked, in order.
+#[derive(Default)]
+struct DynamicVault {
+    issued: Vec<(String, String)>,
+    revoked: Vec<String>,
+}
+
+/// A fake Vault dynamic secrets engine (protocol logic only: no Vault binary exists offline):
+/// `GET /v1/database/creds/buyer` issues a new credential on every call (the database engine's
+/// answer: `lease_id`, `lease_duration`, `data.username`, `data.password`), and
+/// `PUT /v1/sys/leases/revoke` records the `lease_id` of its JSON body; both want the token.
+fn fake_dynamic_vault() -> (u16, Arc<Mutex<DynamicVault>>) {
+    let state: Arc<Mutex<DynamicVault>> = Arc::default();
+    let s = state.clone();
+    let port = serve(move |req, conn| {
+        let mut st = s.lock().unwrap_or_else(|e| panic!("{e}"));
+        let method = req.head.split_whitespace().next().unwrap_or("").to_owned();
+        let (status, body) = match (method.as_str(), req.path()) {
+            _ if req.header("x-vault-token") != Some(VAULT_TOKEN) => (
+                "403 Forbidden",
+                r#"{"errors":["permission denied"]}"#.to_owned(),
+            ),
+            ("GET", "/v1/database/creds/buyer") => {
+                let n = st.issued.len() + 1;
+                let value = format!("dyn-pass-{n}-4f0c9a7e");
+                let lease = format!("database/creds/buyer/lease{n}x7Qe");
+                st.issued.push((value.clone(), lease.clone()));
+                (
+                    "200 OK",
+                    format!(
+                        r#"{{"request_id":"r{n}","lease_id":"{lease}","renewable":true,"lease_duration":3600,"data":{{"username":"v-buyer-{n}","password":"{value}"}}}}"#
+                    ),
+                )
+            }
+            ("PUT" | "POST", "/v1/sys/leases/revoke") => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+                match body["lease_id"].as_str() {
+                    Some(id) => {
+                        st.revoked.push(id.to_owned());
+                        ("204 No Content", String::new())
+                    }
+                    None => (
+                        "400 Bad Request",
+                        r#"{"errors":["no lease_id"]}"#.to_owned(),
+                    ),
+                }
+            }
+            _ => ("404 Not Found", r#"{"errors":[]}"#.to_owned()),
+        };
+        drop(st);
+        let _ = write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    (port, state)
+}
+
+/// Every instance gets a credential of its own from Vault's dynamic secrets engine; the end
+/// of an instance's lease (its exit, a freeze) revokes exactly its credential at Vault, and a
+/// thawed instance gets a new one. An instance sending another's credential is refused.
+#[test]
+fn vault_dynamic_secrets_are_per_instance_and_revoked_at_vault() {
+    if !privileged("vault_dynamic_secrets_are_per_instance_and_revoked_at_vault") {
+        return;
+    }
+    let (vault_port, vault) = fake_dynamic_vault();
+    let (port, seen) = upstream();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let addr = format!("http://127.0.0.1:{vault_port}");
+    let d = Daemon::start_with(
+        &format!(
+            "[tools.db]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"orders-db\"\ninject = \"header:X-Key: {{secret}}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"db\"]\ncredentials = [\"orders-db\"]\n"
+        ),
+        &[
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--vault-addr",
+            &addr,
+            "--vault-token-file",
+            &token_arg,
+            "--vault-dynamic",
+            "orders-db=database/creds/buyer#password",
+        ],
+    );
+    let issued = || {
+        vault
+            .lock()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .issued
+            .clone()
+    };
+    let revoked = || {
+        vault
+            .lock()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .revoked
+            .clone()
+    };
+    let upstream_key = |path: &str| {
+        let heads = seen.lock().unwrap_or_else(|e| panic!("{e}")).clone();
+        heads
+            .iter()
+            .find(|h| h.split_whitespace().nth(1) == Some(path))
+            .and_then(|h| {
+                h.lines().find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("x-key").then(|| v.trim().to_owned())
+                })
+            })
+            .unwrap_or_else(|| panic!("the upstream got no {path} with a key: {heads:?}"))
+    };
+
+    // Instance A: one call, then a second one once the test says go.
+    let go = dir.path().join("go");
+    let script = format!(
+        "{CURL} \"$AGENTGUARD_GATEWAY/tools/db/a1\"; \
+         while [ ! -e {go} ]; do sleep 0.05; done; \
+         {CURL} \"$AGENTGUARD_GATEWAY/tools/db/a2\"",
+        go = go.display()
+    );
+    let mut cmd = d.run_command("buyer", &["/bin/sh", "-c", &script]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = ChildGuard::spawn(&mut cmd);
+    let a1 = d.wait_record("A's first call", |r| {
+        r["kind"] == "tool-call" && r["path"] == "/a1"
+    });
+    assert_eq!(a1["status"], 200, "{a1}");
+    let a_issue = d.wait_record("A's credential issued", |r| {
+        r["kind"] == "vault-lease" && r["action"] == "issued" && r["lease"] == a1["lease"]
+    });
+    assert_eq!(issued().len(), 1);
+    let (a_value, a_vault_lease) = issued()[0].clone();
+    assert_eq!(upstream_key("/a1"), a_value);
+    assert_eq!(a_issue["vault_lease"], a_vault_lease.as_str(), "{a_issue}");
+    assert_eq!(a_issue["instance"], a1["instance"], "{a_issue}");
+    assert!(
+        a_issue["ttl_s"].as_u64().is_some_and(|t| t > 0 && t <= 900),
+        "{a_issue}"
+    );
+
+    // Instance B, while A's credential lives: a credential of its own; A's, sent by B, refused;
+    // its checkout another credential of its own.
+    let out = agent_sh(
+        &d,
+        "buyer",
+        &format!(
+            "{CURL} \"$AGENTGUARD_GATEWAY/tools/db/b1\"; \
+             {CURL} -H 'X-Note: {a_value}' \"$AGENTGUARD_GATEWAY/tools/db/b2\"; \
+             {ag} credential checkout orders-db",
+            ag = agentguard_tests::agentguard_bin().display()
+        ),
+    );
+    let (c_value, c_vault_lease) = issued()[2].clone();
+    assert_eq!(
+        out.lines().map(str::trim).collect::<Vec<_>>(),
+        ["200", "403", c_value.as_str()],
+        "{out}"
+    );
+    let b1 = d.wait_record("B's call", |r| {
+        r["kind"] == "tool-call" && r["path"] == "/b1"
+    });
+    assert_ne!(b1["instance"], a1["instance"]);
+    assert_ne!(b1["lease"], a1["lease"]);
+    let (b_value, b_vault_lease) = issued()[1].clone();
+    assert_eq!(upstream_key("/b1"), b_value);
+    assert_ne!(a_value, b_value, "two instances share a credential");
+    d.wait_record("B's smuggled credential", |r| {
+        r["kind"] == "tool-call" && r["path"] == "/b2" && r["verdict"] == "secret-in-request"
+    });
+
+    assert_ne!(
+        c_value, b_value,
+        "a checkout shares a gateway lease's credential"
+    );
+    let checkout = d.wait_record("B's checkout", |r| {
+        r["kind"] == "credential" && r["action"] == "checkout"
+    });
+
+    // B ended: its credentials, and only its, are revoked at Vault.
+    let b_revoked = d.wait_record("B's credential revoked", |r| {
+        r["kind"] == "vault-lease" && r["action"] == "revoked" && r["lease"] == b1["lease"]
+    });
+    assert_eq!(b_revoked["reason"], "instance ended", "{b_revoked}");
+    assert_eq!(b_revoked["vault_lease"], b_vault_lease.as_str());
+    let c_revoked = d.wait_record("B's checked-out credential revoked", |r| {
+        r["kind"] == "vault-lease" && r["action"] == "revoked" && r["lease"] == checkout["lease"]
+    });
+    assert_eq!(c_revoked["vault_lease"], c_vault_lease.as_str());
+    let mut gone = revoked();
+    gone.sort();
+    let mut b_leases = vec![b_vault_lease.clone(), c_vault_lease.clone()];
+    b_leases.sort();
+    assert_eq!(gone, b_leases, "A's credential was revoked with B's");
+
+    // A frozen: its credential is revoked at Vault; thawed, its next call gets a new one.
+    let frozen = d.cli(&["freeze", "buyer"]);
+    assert!(frozen.status.success(), "{}", describe(&frozen));
+    let a_revoked = d.wait_record("A's credential revoked", |r| {
+        r["kind"] == "vault-lease" && r["action"] == "revoked" && r["lease"] == a1["lease"]
+    });
+    assert_eq!(a_revoked["reason"], "freeze", "{a_revoked}");
+    assert_eq!(revoked().len(), 3);
+    assert_eq!(revoked()[2], a_vault_lease);
+    let thawed = d.cli(&["thaw", "buyer"]);
+    assert!(thawed.status.success(), "{}", describe(&thawed));
+    std::fs::write(&go, "").unwrap_or_else(|e| panic!("{e}"));
+    let a2 = d.wait_record("A's second call", |r| {
+        r["kind"] == "tool-call" && r["path"] == "/a2"
+    });
+    assert_eq!(a2["status"], 200, "{a2}");
+    assert_eq!(a2["instance"], a1["instance"]);
+    assert_ne!(a2["lease"], a1["lease"], "a freeze must end the lease");
+    assert_eq!(issued().len(), 4);
+    let (a2_value, _) = issued()[3].clone();
+    assert_eq!(upstream_key("/a2"), a2_value);
+    let out = child.wait_with_output();
+    assert_eq!(
+        stdout(&out).lines().map(str::trim).collect::<Vec<_>>(),
+        ["200", "200"],
+        "{}",
+        describe(&out)
+    );
+
+    // No value in the log; the chain verifies.
+    let state = d.state.to_string_lossy().into_owned();
+    let all = stdout(&agentguard_tests::agentguard(&[
+        "log",
+        "show",
+        "--json",
+        "--state-dir",
+        &state,
+    ]));
+    for (value, _) in issued() {
+        assert!(!all.contains(&value), "a dynamic credential in the log");
+    }
+    let verify = agentguard_tests::agentguard(&["log", "verify", "--state-dir", &state]);
+    assert!(verify.status.success(), "{}", describe(&verify));
+}
+
 /// A tool's budget belongs to the instance tree: an agent that starts sub-agents (or restarts
 /// one) with the same tool gets no fresh bucket, so it cannot multiply the tool's `rate`.
 #[test]

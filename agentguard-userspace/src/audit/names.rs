@@ -32,7 +32,7 @@ pub const FLAGS: [(u32, &str); 8] = [
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.
-pub const RECORD_KINDS: [&str; 18] = [
+pub const RECORD_KINDS: [&str; 19] = [
     "action",
     "daemon-start",
     "daemon-stop",
@@ -51,6 +51,7 @@ pub const RECORD_KINDS: [&str; 18] = [
     "credential",
     "handover",
     "mcp-call",
+    "vault-lease",
 ];
 
 /// The name of a record kind.

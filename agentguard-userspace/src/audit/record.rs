@@ -216,6 +216,9 @@ pub enum Body {
         /// comma-separated); when refused, the calls that were refused.
         mcp: String,
     },
+    /// A Vault dynamic credential issued for one agentguard lease, or revoked at Vault when
+    /// the lease ended (kind 18). Never holds the value.
+    VaultLease(VaultLease),
 }
 
 impl Body {
@@ -240,6 +243,7 @@ impl Body {
             Self::Credential(_) => 15,
             Self::Handover { .. } => 16,
             Self::McpCall { .. } => 17,
+            Self::VaultLease(_) => 18,
         }
     }
 }
@@ -301,6 +305,33 @@ pub struct CredentialUse {
     pub ttl_s: u64,
     /// Why (a refusal's reason, a revocation's cause), empty otherwise.
     pub reason: String,
+}
+
+/// What happened to a Vault dynamic credential. Never holds the value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultLease {
+    /// Full agent name.
+    pub agent: String,
+    /// Instance path.
+    pub instance: String,
+    /// The instance's cgroup id.
+    pub cgroup_id: u64,
+    /// The secret's name.
+    pub name: String,
+    /// `issued`, `revoked` or `revoke-failed`.
+    pub action: String,
+    /// Our lease's id (the one `tool-call` and `credential` records name).
+    pub lease: String,
+    /// Vault's lease id: names the lease at Vault (and in Vault's audit log), grants nothing.
+    pub vault_lease: String,
+    /// Seconds our lease runs (issued: the shorter of the policy's TTL and Vault's
+    /// `lease_duration`), 0 otherwise.
+    pub ttl_s: u64,
+    /// Why the lease ended (`expired`, `return`, `freeze`, `kill`, `instance ended`, `unused`,
+    /// `shutdown`), empty when issued.
+    pub reason: String,
+    /// Vault's refusal or the failure, for `revoke-failed`; empty otherwise.
+    pub error: String,
 }
 
 /// A freeze, thaw or kill.

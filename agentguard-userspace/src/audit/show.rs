@@ -153,6 +153,11 @@ fn body_json(body: &Body) -> Value {
         Body::Seal { epoch, mac } => json!({ "epoch": epoch, "mac": mac }),
         Body::ToolCall(c) => tool_call_json(c, None),
         Body::McpCall { call, mcp } => tool_call_json(call, Some(mcp)),
+        Body::VaultLease(v) => json!({
+            "agent": v.agent, "instance": v.instance, "cgroup_id": v.cgroup_id, "name": v.name,
+            "action": v.action, "lease": v.lease, "vault_lease": v.vault_lease, "ttl_s": v.ttl_s,
+            "reason": v.reason, "error": v.error,
+        }),
         Body::Credential(c) => json!({
             "agent": c.agent, "instance": c.instance, "cgroup_id": c.cgroup_id, "pid": c.pid,
             "name": c.name, "action": c.action, "lease": c.lease, "ttl_s": c.ttl_s,
@@ -339,6 +344,26 @@ pub fn to_line(record: &Record) -> String {
         Body::Seal { epoch, mac } => format!("epoch={epoch} mac={mac}"),
         Body::ToolCall(c) => tool_call_line(c, None),
         Body::McpCall { call, mcp } => tool_call_line(call, Some(mcp)),
+        Body::VaultLease(v) => format!(
+            "{} agent={:?} instance={:?} name={:?} lease={} vault_lease={:?} ttl_s={}{}{}",
+            v.action,
+            v.agent,
+            v.instance,
+            v.name,
+            v.lease,
+            v.vault_lease,
+            v.ttl_s,
+            if v.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" reason={:?}", v.reason)
+            },
+            if v.error.is_empty() {
+                String::new()
+            } else {
+                format!(" error={:?}", v.error)
+            }
+        ),
         Body::Credential(c) => format!(
             "{} agent={:?} instance={:?} pid={} name={:?} lease={} ttl_s={}{}",
             c.action,
@@ -625,6 +650,18 @@ mod tests {
                 call: tool_call(),
                 mcp: "tools/call:search".into(),
             },
+            Body::VaultLease(crate::audit::record::VaultLease {
+                agent: "buyer".into(),
+                instance: "buyer/1".into(),
+                cgroup_id: 9,
+                name: "orders-db".into(),
+                action: "revoke-failed".into(),
+                lease: "ab".into(),
+                vault_lease: "database/creds/ro/x".into(),
+                ttl_s: 0,
+                reason: "freeze".into(),
+                error: "Vault answered 403 Forbidden".into(),
+            }),
         ]
     }
 

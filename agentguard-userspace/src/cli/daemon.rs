@@ -7,7 +7,7 @@ use agentguard::{
     control::{AGENT_SOCKET_ENV, DEFAULT_AGENT_SOCKET},
     daemon::{self, ClientLimits, DEFAULT_STATE_DIR, Options},
     dns,
-    secrets::vault::VaultConfig,
+    secrets::vault::{Dynamic, VaultConfig},
 };
 use clap::Args;
 use tracing_subscriber::EnvFilter;
@@ -114,6 +114,12 @@ pub struct DaemonArgs {
     /// Seconds a value read from Vault is used before it is read again.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     vault_cache_secs: u64,
+    /// Secret NAME is a Vault dynamic secret (repeatable): every agentguard lease on it gets a
+    /// credential of its own from `GET /v1/MOUNT/creds/ROLE`, the string at `data.FIELD`
+    /// (default `password`), revoked at Vault when the lease ends (TTL, return, freeze, kill,
+    /// instance end). The token needs `read` on the path and `update` on `sys/leases/revoke`.
+    #[arg(long, value_name = "NAME=MOUNT/creds/ROLE[#FIELD]", value_parser = agentguard::secrets::vault::parse_dynamic, requires = "vault_addr")]
+    vault_dynamic: Vec<(String, Dynamic)>,
 }
 
 fn parse_loopback(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -154,7 +160,21 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// The `--vault-dynamic` entries by name; a name given twice is an error.
+fn dynamic_secrets(
+    entries: Vec<(String, Dynamic)>,
+) -> anyhow::Result<std::collections::BTreeMap<String, Dynamic>> {
+    let mut map = std::collections::BTreeMap::new();
+    for (name, d) in entries {
+        if map.insert(name.clone(), d).is_some() {
+            anyhow::bail!("--vault-dynamic: secret {name:?} is given more than once");
+        }
+    }
+    Ok(map)
+}
+
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let dynamic = dynamic_secrets(args.vault_dynamic)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -207,6 +227,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             prefix: args.vault_prefix.trim_start_matches('/').to_owned(),
             field: args.vault_field,
             cache_ttl: Duration::from_secs(args.vault_cache_secs),
+            dynamic,
         }),
         log_retention: match (args.log_keep_days, args.log_keep_bytes) {
             (Some(d), _) => Some(Retention::Days(d)),
@@ -219,4 +240,24 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         ),
     }))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_secret_named_twice_is_refused_naming_the_flag() {
+        let one = |s: &str| {
+            agentguard::secrets::vault::parse_dynamic(s).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let ok = dynamic_secrets(vec![
+            one("a=database/creds/x"),
+            one("b=database/creds/y#username"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.len(), 2);
+        let twice = dynamic_secrets(vec![one("a=database/creds/x"), one("a=database/creds/y")]);
+        assert!(twice.is_err_and(|e| e.to_string().contains("--vault-dynamic")));
+    }
 }

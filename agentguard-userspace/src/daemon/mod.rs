@@ -223,6 +223,12 @@ impl Shared {
     /// A secret's value: the embedded store's, else Vault's (when configured). `Err` when
     /// Vault could not answer: the caller refuses rather than go on without it.
     pub async fn secret_value(&self, name: &str) -> Result<Option<String>, String> {
+        if self.is_dynamic(name) {
+            // Never one value for all: issued per lease (see crate::gateway::dynamic).
+            return Err(format!(
+                "{name:?} is a Vault dynamic secret, issued per lease"
+            ));
+        }
         if let Some(v) = self.read_secrets().get(name) {
             return Ok(Some(v.to_owned()));
         }
@@ -235,13 +241,26 @@ impl Shared {
         }
     }
 
-    /// Every secret value the daemon knows now (the embedded store's and those fetched from
-    /// Vault), for the gateway's search for secrets in requests and responses.
+    /// Whether `name` is a Vault dynamic secret (`--vault-dynamic`): issued per lease, it takes
+    /// precedence over a value of that name in the embedded store.
+    pub fn is_dynamic(&self, name: &str) -> bool {
+        self.vault.as_ref().is_some_and(|v| v.is_dynamic(name))
+    }
+
+    /// The Vault backend, if configured.
+    pub fn vault(&self) -> Option<&crate::secrets::vault::Vault> {
+        self.vault.as_ref()
+    }
+
+    /// Every secret value the daemon knows now (the embedded store's, those fetched from
+    /// Vault and the dynamic credentials of live leases), for the gateway's search for secrets
+    /// in requests and responses.
     pub fn known_secret_values(&self) -> Vec<String> {
         let mut all: Vec<String> = self.read_secrets().values().map(str::to_owned).collect();
         if let Some(v) = &self.vault {
             all.extend(v.cached_values());
         }
+        all.extend(self.gateway.dynamic_values());
         all
     }
 
@@ -554,6 +573,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         tasks.push(tokio::spawn(crate::gateway::serve(
             shared.clone(),
             l,
+            shutdown_rx.clone(),
+        )));
+    }
+    if shared.vault.is_some() {
+        // Revokes Vault dynamic credentials at the end of their leases.
+        tasks.push(tokio::spawn(crate::gateway::dynamic::run(
+            shared.clone(),
             shutdown_rx.clone(),
         )));
     }

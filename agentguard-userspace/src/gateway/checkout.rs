@@ -10,8 +10,9 @@
 //!
 //! Unlike a gateway credential, a checked-out value is in the agent's hands: ending the lease
 //! (return, TTL, freeze, kill, instance end) ends what the log attributes to the instance and
-//! what the daemon will hand out under it, not the value's validity upstream. Short-lived
-//! values need a backend that issues them (see docs/gateway.md).
+//! what the daemon will hand out under it, not the value's validity upstream, unless the secret
+//! is a Vault dynamic secret (`--vault-dynamic`): then each checkout gets a credential of its
+//! own from Vault, and the end of the lease revokes it at Vault (see docs/gateway.md).
 
 use std::{
     collections::HashMap,
@@ -19,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::lease::new_id;
+use super::{
+    dynamic,
+    lease::{Dynamic, DynamicEnded, ended_into, new_id},
+};
 use crate::{
     audit::record::{Body, CredentialUse},
     cgroup::Instance,
@@ -41,12 +45,15 @@ pub struct Checkout {
     pub agent: String,
     /// Instance path.
     pub instance: String,
+    /// The credential issued for this checkout alone (a Vault dynamic secret), if any.
+    pub dynamic: Option<Dynamic>,
 }
 
 /// Checkouts by (instance cgroup id, secret name).
 #[derive(Debug, Default)]
 pub struct Checkouts {
     live: HashMap<(u64, String), Checkout>,
+    ended: Vec<DynamicEnded>,
 }
 
 /// A checkout ended by the daemon.
@@ -61,38 +68,89 @@ pub struct Ended {
 }
 
 impl Checkouts {
-    /// The live checkout of `name` by the instance, or a new one; the flag says whether new.
+    /// The live checkout of `name` by the instance, if any.
+    pub fn live(&self, cgroup_id: u64, name: &str, now: Instant) -> Option<Checkout> {
+        self.live
+            .get(&(cgroup_id, name.to_owned()))
+            .filter(|c| c.expires > now)
+            .cloned()
+    }
+
+    /// The live checkout of `name` by the instance, or a new one (holding `dynamic`, when
+    /// given); the flag says whether new. A `dynamic` credential not used is kept for
+    /// revocation.
     pub fn take(
         &mut self,
         inst: &Instance,
         name: &str,
         ttl: Duration,
         now: Instant,
+        dynamic: Option<Dynamic>,
     ) -> (Checkout, bool) {
         let key = (inst.id, name.to_owned());
         if let Some(c) = self.live.get(&key).filter(|c| c.expires > now) {
-            return (c.clone(), false);
+            let c = c.clone();
+            ended_into(&mut self.ended, inst.id, &c.lease, dynamic, "unused");
+            return (c, false);
         }
         let c = Checkout {
             lease: new_id(),
             expires: now + ttl,
             agent: inst.agent.clone(),
             instance: inst.name.clone(),
+            dynamic,
         };
-        self.live.insert(key, c.clone());
+        if let Some(old) = self.live.insert(key, c.clone()) {
+            ended_into(&mut self.ended, inst.id, &old.lease, old.dynamic, "expired");
+        }
         (c, true)
     }
 
     /// Ends the instance's checkout of `name`; `None` when it holds no live one (an expired
     /// one is dropped as well).
     pub fn give_back(&mut self, cgroup_id: u64, name: &str, now: Instant) -> Option<Checkout> {
-        self.live
-            .remove(&(cgroup_id, name.to_owned()))
-            .filter(|c| c.expires > now)
+        let mut c = self.live.remove(&(cgroup_id, name.to_owned()))?;
+        let live = c.expires > now;
+        let why = if live { "return" } else { "expired" };
+        ended_into(&mut self.ended, cgroup_id, &c.lease, c.dynamic.take(), why);
+        live.then_some(c)
+    }
+
+    /// Drops the checkouts that expired by `now`.
+    pub fn sweep(&mut self, now: Instant) {
+        let ended = &mut self.ended;
+        self.live.retain(|(id, _), c| {
+            let live = c.expires > now;
+            if !live {
+                ended_into(ended, *id, &c.lease, c.dynamic.take(), "expired");
+            }
+            live
+        });
+    }
+
+    /// Every dynamic credential not yet revoked, for the search for secrets in requests.
+    pub fn dynamic_values(&self, out: &mut Vec<String>) {
+        out.extend(
+            self.live
+                .values()
+                .filter_map(|c| c.dynamic.as_ref().map(|d| d.issued.value.clone())),
+        );
+    }
+
+    /// Ends every checkout's dynamic credential with `why` (at shutdown).
+    pub fn end_all(&mut self, why: &str) {
+        for ((id, _), mut c) in std::mem::take(&mut self.live) {
+            ended_into(&mut self.ended, id, &c.lease, c.dynamic.take(), why);
+        }
+    }
+
+    /// The dynamic credentials whose checkouts ended since the last call.
+    pub fn drain_ended(&mut self) -> Vec<DynamicEnded> {
+        std::mem::take(&mut self.ended)
     }
 
     /// Ends every checkout of these instances.
-    pub fn revoke(&mut self, cgroup_ids: &[u64]) -> Vec<Ended> {
+    pub fn revoke(&mut self, cgroup_ids: &[u64], why: &str) -> Vec<Ended> {
         let keys: Vec<(u64, String)> = self
             .live
             .keys()
@@ -102,10 +160,14 @@ impl Checkouts {
         let mut ended: Vec<Ended> = keys
             .into_iter()
             .filter_map(|k| {
-                self.live.remove(&k).map(|checkout| Ended {
-                    cgroup_id: k.0,
-                    name: k.1,
-                    checkout,
+                self.live.remove(&k).map(|mut checkout| {
+                    let dynamic = checkout.dynamic.take();
+                    ended_into(&mut self.ended, k.0, &checkout.lease, dynamic, why);
+                    Ended {
+                        cgroup_id: k.0,
+                        name: k.1,
+                        checkout,
+                    }
                 })
             })
             .collect();
@@ -163,6 +225,9 @@ pub async fn checkout(
             ),
         ));
     };
+    if shared.is_dynamic(name) {
+        return checkout_dynamic(shared, peer, caller, name, ttl).await;
+    }
     let value = match shared.secret_value(name).await {
         Ok(Some(v)) => v,
         Ok(None) => {
@@ -185,19 +250,90 @@ pub async fn checkout(
         }
     };
     let now = Instant::now();
-    let (c, _new) = shared.gateway.checkouts().take(caller, name, ttl, now);
+    let (c, _new) = shared
+        .gateway
+        .checkouts()
+        .take(caller, name, ttl, now, None);
+    Ok(reply(shared, peer, caller, name, c, value, now))
+}
+
+/// Logs a checkout and answers it.
+fn reply(
+    shared: &Shared,
+    peer: &Peer,
+    caller: &Instance,
+    name: &str,
+    c: Checkout,
+    value: String,
+    now: Instant,
+) -> Reply {
     let ttl_s = c.expires.saturating_duration_since(now).as_secs();
     shared.log(Body::Credential(CredentialUse {
         lease: c.lease.clone(),
         ttl_s,
         ..record(caller, peer.pid, name, "checkout")
     }));
-    Ok(Reply::Credential {
+    Reply::Credential {
         name: name.to_owned(),
         value: SecretValue(value),
         lease: c.lease,
         ttl_s,
-    })
+    }
+}
+
+/// The checkout of a Vault dynamic secret: the live checkout's own credential, or a new one
+/// issued by Vault for a new checkout.
+async fn checkout_dynamic(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    caller: &Instance,
+    name: &str,
+    ttl: Duration,
+) -> Result<Reply, String> {
+    let live = shared
+        .gateway
+        .checkouts()
+        .live(caller.id, name, Instant::now());
+    let c = match live {
+        Some(c) => c,
+        None => {
+            let (d, ttl) =
+                match dynamic::issue(shared, &caller.agent, &caller.name, name, ttl).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        return Err(refused(
+                            shared,
+                            caller,
+                            peer.pid,
+                            name,
+                            format!("credential {name:?} cannot be issued by Vault: {e}"),
+                        ));
+                    }
+                };
+            let (c, new) =
+                shared
+                    .gateway
+                    .checkouts()
+                    .take(caller, name, ttl, Instant::now(), Some(d.clone()));
+            if new {
+                dynamic::log_issued(shared, caller.id, &c.lease, &d, ttl);
+            } else {
+                // Another checkout of the instance came first; ours is revoked unused.
+                shared.gateway.wake_revoker();
+            }
+            c
+        }
+    };
+    let Some(value) = c.dynamic.as_ref().map(|d| d.issued.value.clone()) else {
+        return Err(refused(
+            shared,
+            caller,
+            peer.pid,
+            name,
+            format!("credential {name:?} has no Vault credential in its lease"),
+        ));
+    };
+    Ok(reply(shared, peer, caller, name, c, value, Instant::now()))
 }
 
 /// `credential return NAME` from a process of `caller`.
@@ -217,6 +353,7 @@ pub fn give_back(
             caller.name
         ));
     };
+    shared.gateway.wake_revoker();
     shared.log(Body::Credential(CredentialUse {
         lease: c.lease.clone(),
         ..record(caller, peer.pid, name, "return")
@@ -261,17 +398,17 @@ mod tests {
         let mut c = Checkouts::default();
         let t0 = Instant::now();
         let ttl = Duration::from_secs(60);
-        let (a, new) = c.take(&inst(1), "db", ttl, t0);
+        let (a, new) = c.take(&inst(1), "db", ttl, t0, None);
         assert!(new);
-        let (again, new) = c.take(&inst(1), "db", ttl, t0 + Duration::from_secs(1));
+        let (again, new) = c.take(&inst(1), "db", ttl, t0 + Duration::from_secs(1), None);
         assert!(!new);
         assert_eq!(a, again);
         // Another instance's lease is its own; returning goes by the caller's instance.
-        let (b, _) = c.take(&inst(2), "db", ttl, t0);
+        let (b, _) = c.take(&inst(2), "db", ttl, t0, None);
         assert_ne!(a.lease, b.lease);
         assert_eq!(c.give_back(1, "db", t0), Some(a.clone()));
         assert_eq!(c.give_back(1, "db", t0), None, "a second return");
-        let (fresh, new) = c.take(&inst(1), "db", ttl, t0);
+        let (fresh, new) = c.take(&inst(1), "db", ttl, t0, None);
         assert!(new);
         assert_ne!(
             fresh.lease, a.lease,
@@ -279,9 +416,9 @@ mod tests {
         );
         // Expired: nothing to return.
         assert_eq!(c.give_back(2, "db", t0 + ttl), None);
-        let ended = c.revoke(&[1]);
+        let ended = c.revoke(&[1], "kill");
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].checkout.lease, fresh.lease);
-        assert!(c.revoke(&[1]).is_empty());
+        assert!(c.revoke(&[1], "kill").is_empty());
     }
 }

@@ -9,6 +9,7 @@
 
 mod body;
 pub mod checkout;
+pub mod dynamic;
 pub mod identity;
 pub mod lease;
 pub mod mcp;
@@ -42,6 +43,8 @@ pub struct GatewayState {
     leases: Mutex<lease::Leases>,
     buckets: Mutex<rate::Buckets>,
     checkouts: Mutex<checkout::Checkouts>,
+    /// Woken when a lease holding a Vault dynamic credential ended (see [`dynamic::run`]).
+    dynamic_ended: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -53,11 +56,47 @@ impl GatewayState {
     /// their next request, if any, takes a new lease. Returns the checkouts ended, for the
     /// caller to log (with no lock of its own held).
     pub fn revoke(&self, cgroup_ids: &[u64], why: &str) -> Vec<checkout::Ended> {
-        let ended = lock(&self.leases).revoke(cgroup_ids);
+        let ended = lock(&self.leases).revoke(cgroup_ids, why);
         if !ended.is_empty() {
             tracing::info!(leases = ?ended, why, "gateway leases revoked");
         }
-        lock(&self.checkouts).revoke(cgroup_ids)
+        let checkouts = lock(&self.checkouts).revoke(cgroup_ids, why);
+        // Their Vault dynamic credentials, if any, are revoked at Vault now.
+        self.dynamic_ended.notify_one();
+        checkouts
+    }
+
+    /// Drops expired leases and checkouts (their Vault credentials are then revoked).
+    fn sweep(&self, now: Instant) {
+        lock(&self.leases).sweep(now);
+        lock(&self.checkouts).sweep(now);
+    }
+
+    /// Ends every lease's and checkout's Vault credential (at shutdown).
+    fn end_all(&self, why: &str) {
+        lock(&self.leases).end_all(why);
+        lock(&self.checkouts).end_all(why);
+    }
+
+    /// The Vault credentials whose leases ended, to revoke.
+    fn drain_dynamic_ended(&self) -> Vec<lease::DynamicEnded> {
+        let mut ended = lock(&self.leases).drain_ended();
+        ended.extend(lock(&self.checkouts).drain_ended());
+        ended
+    }
+
+    /// Wakes the revoker after a lease ended outside [`GatewayState::revoke`].
+    pub(crate) fn wake_revoker(&self) {
+        self.dynamic_ended.notify_one();
+    }
+
+    /// The values of every Vault dynamic credential not yet revoked: the gateway refuses
+    /// requests that carry any of them, whichever instance holds it.
+    pub fn dynamic_values(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        lock(&self.leases).dynamic_values(&mut out);
+        lock(&self.checkouts).dynamic_values(&mut out);
+        out
     }
 
     /// Forgets everything about instances that ended; returns the checkouts ended.

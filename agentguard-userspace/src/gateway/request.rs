@@ -17,7 +17,7 @@ use hyper_util::{
 };
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::{Ctx, Finish, body::BoxError, body::Logged, lock, mcp, scan};
+use super::{Ctx, Finish, body::BoxError, body::Logged, dynamic, lock, mcp, scan};
 use crate::{
     audit::record::ToolCall,
     policy::tools::{Inject, Tool, path_is_plain},
@@ -304,9 +304,15 @@ async fn forward(
     };
     finish.record.bytes_in = body.len() as u64;
     // The tool's own credential first: from Vault it becomes known (and searched for) only
-    // once fetched.
+    // once fetched. A Vault dynamic secret is issued for the instance's lease, below, once
+    // the request passed every check (a credential not yet issued cannot be in the request).
+    let dynamic_secret = tool
+        .credential
+        .as_ref()
+        .is_some_and(|(secret, _)| ctx.shared.is_dynamic(secret));
     let value = match &tool.credential {
         None => None,
+        Some(_) if dynamic_secret => None,
         Some((secret, _)) => match ctx.shared.secret_value(secret).await {
             Ok(Some(v)) => Some(v),
             Ok(None) => {
@@ -384,13 +390,40 @@ async fn forward(
         },
         _ => body,
     };
+    let mut secrets = secrets;
     let credential = match (&tool.credential, value) {
+        (Some((secret, inject)), _) if dynamic_secret => {
+            match dynamic_lease(&ctx, cgroup, &tool, secret, &finish.record).await {
+                Ok((lease, value)) => {
+                    finish.record.lease = lease;
+                    // The response is searched for this credential too, new as it may be.
+                    if !secrets.contains(&value) {
+                        let mut more = (*secrets).clone();
+                        more.push(value.clone());
+                        secrets = Arc::new(more);
+                    }
+                    Some((inject.clone(), inject.render(&value)))
+                }
+                Err(e) => {
+                    return Ok(refuse(
+                        finish,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ToolVerdict::NoCredential,
+                        &format!(
+                            "the credential of tool {:?} cannot be issued by Vault: {e}",
+                            tool.name
+                        ),
+                    ));
+                }
+            }
+        }
         (Some((_, inject)), Some(value)) => {
             let (lease, new) = lock(&ctx.shared.gateway.leases).get_or_take(
                 cgroup,
                 &tool.name,
                 tool.lease_ttl,
                 Instant::now(),
+                None,
             );
             if new {
                 tracing::info!(lease = %lease.id, tool = %tool.name, instance = %finish.record.instance, "gateway lease taken");
@@ -473,6 +506,53 @@ async fn forward(
     let status = parts.status.as_u16();
     let body = Logged::new(body, finish, status, secrets).boxed();
     Ok(Response::from_parts(parts, body))
+}
+
+/// The instance's live lease on `tool` and its own Vault dynamic credential for `secret`,
+/// issued (and logged) with a new lease when there is none.
+async fn dynamic_lease(
+    ctx: &Ctx,
+    cgroup: u64,
+    tool: &Tool,
+    secret: &str,
+    call: &ToolCall,
+) -> Result<(String, String), String> {
+    let live = lock(&ctx.shared.gateway.leases).live(cgroup, &tool.name, Instant::now());
+    let lease = match live {
+        Some(l) => l,
+        None => {
+            let (d, ttl) = dynamic::issue(
+                &ctx.shared,
+                &call.agent,
+                &call.instance,
+                secret,
+                tool.lease_ttl,
+            )
+            .await?;
+            let (l, new) = lock(&ctx.shared.gateway.leases).get_or_take(
+                cgroup,
+                &tool.name,
+                ttl,
+                Instant::now(),
+                Some(d.clone()),
+            );
+            if new {
+                tracing::info!(lease = %l.id, tool = %tool.name, instance = %call.instance, "gateway lease taken");
+                dynamic::log_issued(&ctx.shared, cgroup, &l.id, &d, ttl);
+            } else {
+                // Another request of the instance took the lease first; ours goes back unused.
+                ctx.shared.gateway.wake_revoker();
+            }
+            l
+        }
+    };
+    let value = lease.dynamic.map(|d| d.issued.value).ok_or_else(|| {
+        format!(
+            "the lease on tool {:?} holds no Vault credential",
+            tool.name
+        )
+    })?;
+    Ok((lease.id, value))
 }
 
 /// `Retry-After` for a wait, whole seconds rounded up (at least 1).
