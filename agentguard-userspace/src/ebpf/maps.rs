@@ -359,7 +359,7 @@ impl PolicyMaps {
 
     /// Returns once every program run that started before the call has finished, so none can
     /// still be using a generation that was active before it: the kernel's barrier, or
-    /// [`GRACE`] where there is none.
+    /// a fixed 100 ms where there is none.
     pub fn wait_for_readers(&self) {
         let Some(q) = &self.quiesce else {
             thread::sleep(GRACE);
