@@ -15,14 +15,13 @@
 //! own from Vault, and the end of the lease revokes it at Vault (see docs/gateway.md).
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{
     dynamic,
-    lease::{Dynamic, DynamicEnded, ended_into, new_id},
+    lease::{Dynamic, Held, Lease, Table},
 };
 use crate::{
     audit::record::{Body, CredentialUse},
@@ -37,23 +36,25 @@ use crate::{
 /// A live checkout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checkout {
-    /// Random id, hex.
-    pub lease: String,
-    /// When it ends.
-    pub expires: Instant,
+    /// Id, expiry, and the credential issued for this checkout alone (a Vault dynamic
+    /// secret), if any.
+    pub lease: Lease,
     /// Full agent name (for the revocation record, after the instance is gone).
     pub agent: String,
     /// Instance path.
     pub instance: String,
-    /// The credential issued for this checkout alone (a Vault dynamic secret), if any.
-    pub dynamic: Option<Dynamic>,
 }
 
 /// Checkouts by (instance cgroup id, secret name).
-#[derive(Debug, Default)]
-pub struct Checkouts {
-    live: HashMap<(u64, String), Checkout>,
-    ended: Vec<DynamicEnded>,
+pub type Checkouts = Table<Checkout>;
+
+impl Held for Checkout {
+    fn lease(&self) -> &Lease {
+        &self.lease
+    }
+    fn lease_mut(&mut self) -> &mut Lease {
+        &mut self.lease
+    }
 }
 
 /// A checkout ended by the daemon.
@@ -68,14 +69,6 @@ pub struct Ended {
 }
 
 impl Checkouts {
-    /// The live checkout of `name` by the instance, if any.
-    pub fn live(&self, cgroup_id: u64, name: &str, now: Instant) -> Option<Checkout> {
-        self.live
-            .get(&(cgroup_id, name.to_owned()))
-            .filter(|c| c.expires > now)
-            .cloned()
-    }
-
     /// The live checkout of `name` by the instance, or a new one (holding `dynamic`, when
     /// given); the flag says whether new. A `dynamic` credential not used is kept for
     /// revocation.
@@ -87,92 +80,29 @@ impl Checkouts {
         now: Instant,
         dynamic: Option<Dynamic>,
     ) -> (Checkout, bool) {
-        let key = (inst.id, name.to_owned());
-        if let Some(c) = self.live.get(&key).filter(|c| c.expires > now) {
-            let c = c.clone();
-            ended_into(&mut self.ended, inst.id, &c.lease, dynamic, "unused");
-            return (c, false);
-        }
-        let c = Checkout {
-            lease: new_id(),
-            expires: now + ttl,
+        self.get_or_make(inst.id, name, ttl, now, dynamic, |lease| Checkout {
+            lease,
             agent: inst.agent.clone(),
             instance: inst.name.clone(),
-            dynamic,
-        };
-        if let Some(old) = self.live.insert(key, c.clone()) {
-            ended_into(&mut self.ended, inst.id, &old.lease, old.dynamic, "expired");
-        }
-        (c, true)
+        })
     }
 
     /// Ends the instance's checkout of `name`; `None` when it holds no live one (an expired
     /// one is dropped as well).
     pub fn give_back(&mut self, cgroup_id: u64, name: &str, now: Instant) -> Option<Checkout> {
-        let mut c = self.live.remove(&(cgroup_id, name.to_owned()))?;
-        let live = c.expires > now;
-        let why = if live { "return" } else { "expired" };
-        ended_into(&mut self.ended, cgroup_id, &c.lease, c.dynamic.take(), why);
-        live.then_some(c)
-    }
-
-    /// Drops the checkouts that expired by `now`.
-    pub fn sweep(&mut self, now: Instant) {
-        let ended = &mut self.ended;
-        self.live.retain(|(id, _), c| {
-            let live = c.expires > now;
-            if !live {
-                ended_into(ended, *id, &c.lease, c.dynamic.take(), "expired");
-            }
-            live
-        });
-    }
-
-    /// Every dynamic credential not yet revoked, for the search for secrets in requests.
-    pub fn dynamic_values(&self, out: &mut Vec<String>) {
-        out.extend(
-            self.live
-                .values()
-                .filter_map(|c| c.dynamic.as_ref().map(|d| d.issued.value.clone())),
-        );
-    }
-
-    /// Ends every checkout's dynamic credential with `why` (at shutdown).
-    pub fn end_all(&mut self, why: &str) {
-        for ((id, _), mut c) in std::mem::take(&mut self.live) {
-            ended_into(&mut self.ended, id, &c.lease, c.dynamic.take(), why);
-        }
-    }
-
-    /// The dynamic credentials whose checkouts ended since the last call.
-    pub fn drain_ended(&mut self) -> Vec<DynamicEnded> {
-        std::mem::take(&mut self.ended)
+        self.end_one(cgroup_id, name, now, "return")
     }
 
     /// Ends every checkout of these instances.
     pub fn revoke(&mut self, cgroup_ids: &[u64], why: &str) -> Vec<Ended> {
-        let keys: Vec<(u64, String)> = self
-            .live
-            .keys()
-            .filter(|(id, _)| cgroup_ids.contains(id))
-            .cloned()
-            .collect();
-        let mut ended: Vec<Ended> = keys
+        self.end_instances(cgroup_ids, why)
             .into_iter()
-            .filter_map(|k| {
-                self.live.remove(&k).map(|mut checkout| {
-                    let dynamic = checkout.dynamic.take();
-                    ended_into(&mut self.ended, k.0, &checkout.lease, dynamic, why);
-                    Ended {
-                        cgroup_id: k.0,
-                        name: k.1,
-                        checkout,
-                    }
-                })
+            .map(|((cgroup_id, name), checkout)| Ended {
+                cgroup_id,
+                name,
+                checkout,
             })
-            .collect();
-        ended.sort_by(|a, b| a.checkout.lease.cmp(&b.checkout.lease));
-        ended
+            .collect()
     }
 }
 
@@ -267,16 +197,16 @@ fn reply(
     value: String,
     now: Instant,
 ) -> Reply {
-    let ttl_s = c.expires.saturating_duration_since(now).as_secs();
+    let ttl_s = c.lease.expires.saturating_duration_since(now).as_secs();
     shared.log(Body::Credential(CredentialUse {
-        lease: c.lease.clone(),
+        lease: c.lease.id.clone(),
         ttl_s,
         ..record(caller, peer.pid, name, "checkout")
     }));
     Reply::Credential {
         name: name.to_owned(),
         value: SecretValue(value),
-        lease: c.lease,
+        lease: c.lease.id,
         ttl_s,
     }
 }
@@ -316,7 +246,7 @@ async fn checkout_dynamic(
                     .checkouts()
                     .take(caller, name, ttl, Instant::now(), Some(d.clone()));
             if new {
-                dynamic::log_issued(shared, caller.id, &c.lease, &d, ttl);
+                dynamic::log_issued(shared, caller.id, &c.lease.id, &d, ttl);
             } else {
                 // Another checkout of the instance came first; ours is revoked unused.
                 shared.gateway.wake_revoker();
@@ -324,7 +254,7 @@ async fn checkout_dynamic(
             c
         }
     };
-    let Some(value) = c.dynamic.as_ref().map(|d| d.issued.value.clone()) else {
+    let Some(value) = c.lease.dynamic.as_ref().map(|d| d.issued.value.clone()) else {
         return Err(refused(
             shared,
             caller,
@@ -355,10 +285,10 @@ pub fn give_back(
     };
     shared.gateway.wake_revoker();
     shared.log(Body::Credential(CredentialUse {
-        lease: c.lease.clone(),
+        lease: c.lease.id.clone(),
         ..record(caller, peer.pid, name, "return")
     }));
-    Ok(Reply::CredentialReturned { lease: c.lease })
+    Ok(Reply::CredentialReturned { lease: c.lease.id })
 }
 
 /// Logs the checkouts a freeze, kill or instance end revoked.
@@ -371,7 +301,7 @@ pub fn log_revoked(shared: &Shared, ended: Vec<Ended>, why: &str) {
             pid: 0,
             name: e.name,
             action: "revoke".to_owned(),
-            lease: e.checkout.lease,
+            lease: e.checkout.lease.id,
             ttl_s: 0,
             reason: why.to_owned(),
         }));
@@ -405,20 +335,20 @@ mod tests {
         assert_eq!(a, again);
         // Another instance's lease is its own; returning goes by the caller's instance.
         let (b, _) = c.take(&inst(2), "db", ttl, t0, None);
-        assert_ne!(a.lease, b.lease);
+        assert_ne!(a.lease.id, b.lease.id);
         assert_eq!(c.give_back(1, "db", t0), Some(a.clone()));
         assert_eq!(c.give_back(1, "db", t0), None, "a second return");
         let (fresh, new) = c.take(&inst(1), "db", ttl, t0, None);
         assert!(new);
         assert_ne!(
-            fresh.lease, a.lease,
+            fresh.lease.id, a.lease.id,
             "a checkout after return is a new lease"
         );
         // Expired: nothing to return.
         assert_eq!(c.give_back(2, "db", t0 + ttl), None);
         let ended = c.revoke(&[1], "kill");
         assert_eq!(ended.len(), 1);
-        assert_eq!(ended[0].checkout.lease, fresh.lease);
+        assert_eq!(ended[0].checkout.lease.id, fresh.lease.id);
         assert!(c.revoke(&[1], "kill").is_empty());
     }
 }

@@ -55,15 +55,8 @@ pub struct DynamicEnded {
     pub why: String,
 }
 
-/// Leases by (instance cgroup id, tool).
-#[derive(Debug, Default)]
-pub struct Leases {
-    live: HashMap<(u64, String), Lease>,
-    ended: Vec<DynamicEnded>,
-}
-
 /// Keeps `lease`'s dynamic credential, if any, for revocation.
-pub(crate) fn ended_into(
+fn ended_into(
     ended: &mut Vec<DynamicEnded>,
     cgroup_id: u64,
     lease: &str,
@@ -95,66 +88,131 @@ pub(crate) fn new_id() -> String {
     hex::encode(b)
 }
 
-impl Leases {
-    /// The live lease of `cgroup_id` for `tool`, if any.
-    pub fn live(&self, cgroup_id: u64, tool: &str, now: Instant) -> Option<Lease> {
+/// What a lease table holds: a [`Lease`], perhaps with more about its holder. Gateway leases
+/// are bare leases; credential checkouts ([`super::checkout::Checkout`]) also name the instance.
+pub trait Held: Clone {
+    /// The lease.
+    fn lease(&self) -> &Lease;
+    /// The lease, to take its Vault credential out for revocation.
+    fn lease_mut(&mut self) -> &mut Lease;
+}
+
+/// Live leases by (instance cgroup id, key: a tool or a secret name), and the Vault
+/// credentials of those that ended since [`Table::drain_ended`]: every way a lease ends
+/// (expiry, replacement, return, revocation, shutdown) hands its credential over exactly once.
+#[derive(Debug)]
+pub struct Table<T> {
+    live: HashMap<(u64, String), T>,
+    ended: Vec<DynamicEnded>,
+}
+
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            live: HashMap::new(),
+            ended: Vec::new(),
+        }
+    }
+}
+
+/// Leases by (instance cgroup id, tool).
+pub type Leases = Table<Lease>;
+
+impl<T: Held> Table<T> {
+    /// The live lease of `cgroup_id` for `key`, if any.
+    pub fn live(&self, cgroup_id: u64, key: &str, now: Instant) -> Option<T> {
         self.live
-            .get(&(cgroup_id, tool.to_owned()))
-            .filter(|l| l.expires > now)
+            .get(&(cgroup_id, key.to_owned()))
+            .filter(|l| l.lease().expires > now)
             .cloned()
     }
 
-    /// The live lease of `cgroup_id` for `tool`, taking a new one (holding `dynamic`, when
-    /// given) when there is none or it expired; the flag says whether it is new. A `dynamic`
-    /// credential not used (a live lease was there) is kept for revocation.
-    pub fn get_or_take(
+    /// The live lease of `cgroup_id` for `key`, or a new one (holding `dynamic`, wrapped by
+    /// `make`) when there is none or it expired; the flag says whether it is new. A
+    /// `dynamic` credential not used (a live lease was there) is kept for revocation.
+    pub(super) fn get_or_make(
         &mut self,
         cgroup_id: u64,
-        tool: &str,
+        key: &str,
         ttl: Duration,
         now: Instant,
         dynamic: Option<Dynamic>,
-    ) -> (Lease, bool) {
-        let key = (cgroup_id, tool.to_owned());
-        if let Some(l) = self.live.get(&key).filter(|l| l.expires > now) {
+        make: impl FnOnce(Lease) -> T,
+    ) -> (T, bool) {
+        let key = (cgroup_id, key.to_owned());
+        if let Some(l) = self.live.get(&key).filter(|l| l.lease().expires > now) {
             let l = l.clone();
-            ended_into(&mut self.ended, cgroup_id, &l.id, dynamic, "unused");
+            ended_into(&mut self.ended, cgroup_id, &l.lease().id, dynamic, "unused");
             return (l, false);
         }
-        let lease = Lease {
+        let lease = make(Lease {
             id: new_id(),
             expires: now + ttl,
             dynamic,
-        };
-        if let Some(old) = self.live.insert(key, lease.clone()) {
-            ended_into(&mut self.ended, cgroup_id, &old.id, old.dynamic, "expired");
+        });
+        if let Some(mut old) = self.live.insert(key, lease.clone()) {
+            let dynamic = old.lease_mut().dynamic.take();
+            ended_into(
+                &mut self.ended,
+                cgroup_id,
+                &old.lease().id,
+                dynamic,
+                "expired",
+            );
         }
         (lease, true)
     }
 
-    /// Ends every lease of these instances; returns the ids ended.
-    pub fn revoke(&mut self, cgroup_ids: &[u64], why: &str) -> Vec<String> {
-        let mut ids = Vec::new();
-        let ended = &mut self.ended;
-        self.live.retain(|(id, _), l| {
-            let gone = cgroup_ids.contains(id);
-            if gone {
-                ids.push(l.id.clone());
-                ended_into(ended, *id, &l.id, l.dynamic.take(), why);
-            }
-            !gone
-        });
-        ids.sort();
-        ids
+    /// Ends the lease of `cgroup_id` for `key`, if any: `why` when still live, `expired` if
+    /// not. Returns it when it was live.
+    pub(super) fn end_one(
+        &mut self,
+        cgroup_id: u64,
+        key: &str,
+        now: Instant,
+        why: &str,
+    ) -> Option<T> {
+        let mut l = self.live.remove(&(cgroup_id, key.to_owned()))?;
+        let live = l.lease().expires > now;
+        let dynamic = l.lease_mut().dynamic.take();
+        let why = if live { why } else { "expired" };
+        ended_into(&mut self.ended, cgroup_id, &l.lease().id, dynamic, why);
+        live.then_some(l)
+    }
+
+    /// Ends every lease of these instances, in lease id order, with their keys.
+    pub(super) fn end_instances(
+        &mut self,
+        cgroup_ids: &[u64],
+        why: &str,
+    ) -> Vec<((u64, String), T)> {
+        let keys: Vec<(u64, String)> = self
+            .live
+            .keys()
+            .filter(|(id, _)| cgroup_ids.contains(id))
+            .cloned()
+            .collect();
+        let mut gone: Vec<((u64, String), T)> = keys
+            .into_iter()
+            .filter_map(|k| {
+                let mut l = self.live.remove(&k)?;
+                let dynamic = l.lease_mut().dynamic.take();
+                ended_into(&mut self.ended, k.0, &l.lease().id, dynamic, why);
+                Some((k, l))
+            })
+            .collect();
+        gone.sort_by(|a, b| a.1.lease().id.cmp(&b.1.lease().id));
+        gone
     }
 
     /// Drops the leases that expired by `now`.
     pub fn sweep(&mut self, now: Instant) {
         let ended = &mut self.ended;
         self.live.retain(|(id, _), l| {
-            let live = l.expires > now;
+            let live = l.lease().expires > now;
             if !live {
-                ended_into(ended, *id, &l.id, l.dynamic.take(), "expired");
+                let dynamic = l.lease_mut().dynamic.take();
+                ended_into(ended, *id, &l.lease().id, dynamic, "expired");
             }
             live
         });
@@ -166,20 +224,53 @@ impl Leases {
         out.extend(
             self.live
                 .values()
-                .filter_map(|l| l.dynamic.as_ref().map(|d| d.issued.value.clone())),
+                .filter_map(|l| l.lease().dynamic.as_ref().map(|d| d.issued.value.clone())),
         );
     }
 
     /// Every dynamic credential of a live lease, ended with `why` (at shutdown).
     pub fn end_all(&mut self, why: &str) {
         for ((id, _), mut l) in std::mem::take(&mut self.live) {
-            ended_into(&mut self.ended, id, &l.id, l.dynamic.take(), why);
+            let dynamic = l.lease_mut().dynamic.take();
+            ended_into(&mut self.ended, id, &l.lease().id, dynamic, why);
         }
     }
 
     /// The dynamic credentials whose leases ended since the last call.
     pub fn drain_ended(&mut self) -> Vec<DynamicEnded> {
         std::mem::take(&mut self.ended)
+    }
+}
+
+impl Held for Lease {
+    fn lease(&self) -> &Lease {
+        self
+    }
+    fn lease_mut(&mut self) -> &mut Lease {
+        self
+    }
+}
+
+impl Leases {
+    /// The live lease of `cgroup_id` for `tool`, taking a new one (holding `dynamic`, when
+    /// given) when there is none or it expired; the flag says whether it is new.
+    pub fn get_or_take(
+        &mut self,
+        cgroup_id: u64,
+        tool: &str,
+        ttl: Duration,
+        now: Instant,
+        dynamic: Option<Dynamic>,
+    ) -> (Lease, bool) {
+        self.get_or_make(cgroup_id, tool, ttl, now, dynamic, |lease| lease)
+    }
+
+    /// Ends every lease of these instances; returns the ids ended.
+    pub fn revoke(&mut self, cgroup_ids: &[u64], why: &str) -> Vec<String> {
+        self.end_instances(cgroup_ids, why)
+            .into_iter()
+            .map(|(_, l)| l.id)
+            .collect()
     }
 }
 
