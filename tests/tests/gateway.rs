@@ -92,6 +92,15 @@ fn serve(answer: impl Fn(Request, &mut TcpStream) + Send + 'static) -> u16 {
     port
 }
 
+/// Writes a whole JSON answer and closes the exchange.
+fn answer_json(conn: &mut TcpStream, status: &str, body: &str) {
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
 fn policy(port: u16) -> String {
     format!(
         "[tools.echo]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"echo-key\"\ninject = \"header:Authorization: Bearer {{secret}}\"\nmethods = [\"GET\", \"POST\"]\npaths = [\"/v1/quotes\", \"/v1/orders\"]\nrate = \"10/h\"\nmax_body = \"1KiB\"\n\n[tools.other]\nurl = \"http://127.0.0.1:{port}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"echo\"]\n\n[agents.stranger]\ntools = [\"other\"]\n"
@@ -387,11 +396,7 @@ fn mcp_upstream() -> (u16, Calls) {
             } else {
                 serde_json::Value::Array(results).to_string()
             };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-                reply.len()
-            );
+            answer_json(conn, "200 OK", &reply);
         }
     });
     (port, calls)
@@ -595,13 +600,28 @@ fn fake_vault() -> (u16, Seen) {
         } else {
             ("404 Not Found", r#"{"errors":[]}"#.to_owned())
         };
-        let _ = write!(
-            conn,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        answer_json(conn, status, &body);
     });
     (port, seen)
+}
+
+/// A daemon with the gateway and the Vault backend at the fake Vault on `vault_port`, its
+/// token in `dir/token`, and `more` Vault options.
+fn start_with_vault(policy: &str, vault_port: u16, dir: &std::path::Path, more: &[&str]) -> Daemon {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let addr = format!("http://127.0.0.1:{vault_port}");
+    let mut args = vec![
+        "--gateway-listen",
+        "127.0.0.1:0",
+        "--vault-addr",
+        &addr,
+        "--vault-token-file",
+        &token_arg,
+    ];
+    args.extend_from_slice(more);
+    Daemon::start_with(policy, &args)
 }
 
 #[test]
@@ -612,26 +632,13 @@ fn secrets_come_from_vault_when_the_store_has_none() {
     let (vault_port, vault_seen) = fake_vault();
     let (port, seen) = upstream();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
-    let token_arg = token_file.to_string_lossy().into_owned();
-    let addr = format!("http://127.0.0.1:{vault_port}");
-    let d = Daemon::start_with(
+    let d = start_with_vault(
         &format!(
             "[tools.db]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"db-password\"\ninject = \"header:X-Key: {{secret}}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"db\"]\ncredentials = [\"db-password\", \"nowhere\"]\n"
         ),
-        &[
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--vault-addr",
-            &addr,
-            "--vault-token-file",
-            &token_arg,
-            "--vault-prefix",
-            "agentguard/",
-            "--vault-cache-secs",
-            "0",
-        ],
+        vault_port,
+        dir.path(),
+        &["--vault-prefix", "agentguard/", "--vault-cache-secs", "0"],
     );
     let ag = agentguard_tests::agentguard_bin();
     let out = agent_sh(
@@ -659,7 +666,7 @@ fn secrets_come_from_vault_when_the_store_has_none() {
         "{paths:?}"
     );
     // A token Vault refuses: the checkout and the tool call fail closed.
-    std::fs::write(&token_file, "hvs.revoked\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("token"), "hvs.revoked\n").unwrap_or_else(|e| panic!("{e}"));
     let out = agent_sh(
         &d,
         "buyer",
@@ -736,11 +743,7 @@ fn fake_dynamic_vault() -> (u16, Arc<Mutex<DynamicVault>>) {
             _ => ("404 Not Found", r#"{"errors":[]}"#.to_owned()),
         };
         drop(st);
-        let _ = write!(
-            conn,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        answer_json(conn, status, &body);
     });
     (port, state)
 }
@@ -758,24 +761,13 @@ fn vault_dynamic_secrets_are_per_instance_and_revoked_at_vault() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .unwrap_or_else(|e| panic!("{e}"));
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{VAULT_TOKEN}\n")).unwrap_or_else(|e| panic!("{e}"));
-    let token_arg = token_file.to_string_lossy().into_owned();
-    let addr = format!("http://127.0.0.1:{vault_port}");
-    let d = Daemon::start_with(
+    let d = start_with_vault(
         &format!(
             "[tools.db]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"orders-db\"\ninject = \"header:X-Key: {{secret}}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"db\"]\ncredentials = [\"orders-db\"]\n"
         ),
-        &[
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--vault-addr",
-            &addr,
-            "--vault-token-file",
-            &token_arg,
-            "--vault-dynamic",
-            "orders-db=database/creds/buyer#password",
-        ],
+        vault_port,
+        dir.path(),
+        &["--vault-dynamic", "orders-db=database/creds/buyer#password"],
     );
     let issued = || {
         vault
