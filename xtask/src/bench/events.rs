@@ -111,6 +111,10 @@ pub struct Events {
     pub procs: u64,
     /// The pipeline load: [`INSTANCES`] instances of one sending process each.
     pub runs: Vec<Run>,
+    /// The same with UDP connects instead of sends: one event each, no packet, so the senders
+    /// offer more than sends allow.
+    #[serde(default)]
+    pub connect_runs: Vec<Run>,
     /// One instance of `procs` processes: its event budget keeps what is over it out of the
     /// ring buffer (logged as gaps), the rest must be logged.
     pub one_instance: Vec<Run>,
@@ -156,11 +160,26 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
         out.daemon_rss_idle_kib = out.idle.rss_kib;
         for rep in 1..=reps {
             eprintln!("    events: repetition {rep}/{reps}");
-            out.runs
-                .push(load(&daemon, net, INSTANCES, 1, total_sends / INSTANCES)?);
+            out.runs.push(load(
+                &daemon,
+                net,
+                "udp",
+                INSTANCES,
+                1,
+                total_sends / INSTANCES,
+            )?);
+            daemon.check_alive()?;
+            out.connect_runs.push(load(
+                &daemon,
+                net,
+                "udp-connect",
+                INSTANCES,
+                1,
+                total_sends / INSTANCES,
+            )?);
             daemon.check_alive()?;
             out.one_instance
-                .push(load(&daemon, net, 1, PROCS, total_sends / PROCS)?);
+                .push(load(&daemon, net, "udp", 1, PROCS, total_sends / PROCS)?);
             daemon.check_alive()?;
         }
         out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
@@ -251,12 +270,14 @@ fn gaps_from(env: &Env, from: u64) -> Result<Gaps> {
 }
 
 /// `instances` agent instances of `procs` sending processes each, every process sending
-/// `sends_per_proc` datagrams. Every instance is started first and waits (`gated`); once all
+/// `sends_per_proc` datagrams (`op` `udp`) or connecting its UDP socket as often
+/// (`udp-connect`). Every instance is started first and waits (`gated`); once all
 /// have said they are ready they are released together, so the send window is the load alone,
 /// not 64 `agentguard run` start-ups.
 fn load(
     daemon: &Daemon<'_>,
     net: &Loopback,
+    op: &str,
     instances: u64,
     procs: u64,
     sends_per_proc: u64,
@@ -267,7 +288,7 @@ fn load(
     let lost_before = lost_events(env)?;
     let args = [
         "gated".to_owned(),
-        "udp".to_owned(),
+        op.to_owned(),
         net.udp.to_string(),
         sends_per_proc.to_string(),
         procs.to_string(),

@@ -404,6 +404,7 @@ fn events_summary(e: &Events) -> Value {
         obj.extend(
             json!({
                 "one_instance": runs_summary(&e.one_instance),
+                "connects": runs_summary(&e.connect_runs),
                 "daemon_hwm_kib": e.daemon_hwm_kib,
                 "daemon_rss_idle_kib": e.daemon_rss_idle_kib,
                 "daemon_idle": e.idle,
@@ -474,7 +475,12 @@ fn events_table(s: &mut String, e: &Events) {
         let of = |runs: &[super::events::Run]| {
             cell(Summary::of(&runs.iter().map(get).collect::<Vec<_>>()))
         };
-        format!("{} | {}", of(&e.runs), of(&e.one_instance))
+        format!(
+            "{} | {} | {}",
+            of(&e.runs),
+            of(&e.connect_runs),
+            of(&e.one_instance)
+        )
     };
     let sends = e.runs.first().map_or(0, |r| r.sends);
     let instances = e.runs.first().map_or(0, |r| r.instances);
@@ -483,16 +489,18 @@ fn events_table(s: &mut String, e: &Events) {
         "### Event pipeline\n\n{} UDP sends per run, every send allowed and logged: from {} \
          agent instances of one process each (each under its instance event budget of 20,000 \
          events/s in bursts of as many: the pipeline's capacity, up to what the budgets let \
-         through), and from one instance of {} processes (over its budget: the budget at \
-         work). Every instance is started first and all are released at once: the rates \
-         count from the release.\n",
+         through); the same with UDP connects instead of sends (an event each, judged by the \
+         connect hook, but no packet: the senders' cost drops so that two cores offer more); \
+         and from one instance of {} processes (over its budget: the budget at work). Every \
+         instance is started first and all are released at once: the rates count from the \
+         release.\n",
         thousands(sends as f64),
         instances,
         e.procs
     );
     let _ = writeln!(
         s,
-        "| measure | {instances} instances | 1 instance |\n|---|---|---|"
+        "| measure | {instances} instances, sends | {instances} instances, connects | 1 instance |\n|---|---|---|---|"
     );
     let rows: [Row; 9] = [
         (

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage: agentguard-bench \
-    open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | \
+    open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | udp-connect ADDR:PORT N PROCS | \
     suite OPEN_PATH CONNECT_ADDR EXEC_PATH N_OPEN N_CONNECT N_EXEC | \
     sleepers N | breach ADDR:PORT MAX | gated LOOP... | \
     http-serve CREDENTIAL | http URL N BYTES CONNECTIONS present|absent | \
@@ -44,8 +44,16 @@ fn run(args: &[&str]) -> Result<Value> {
         ["open", path, n] => Ok(ops::open(path, count(n)?)?.json()),
         ["connect", addr, n] => Ok(ops::connect(&ops::addr(addr)?, count(n)?).json()),
         ["exec", path, n] => Ok(ops::exec(path, count(n)?).json()),
-        ["udp", addr, n] => ops::udp(&ops::addr(addr)?, count(n)?, 1),
-        ["udp", addr, n, procs] => ops::udp(&ops::addr(addr)?, count(n)?, count(procs)?),
+        ["udp", addr, n] => ops::udp(&ops::addr(addr)?, count(n)?, 1, ops::Udp::Send),
+        ["udp", addr, n, procs] => {
+            ops::udp(&ops::addr(addr)?, count(n)?, count(procs)?, ops::Udp::Send)
+        }
+        ["udp-connect", addr, n, procs] => ops::udp(
+            &ops::addr(addr)?,
+            count(n)?,
+            count(procs)?,
+            ops::Udp::Connect,
+        ),
         [
             "suite",
             open_path,

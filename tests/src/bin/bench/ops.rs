@@ -180,7 +180,16 @@ pub fn exec(path: &str, n: u64) -> Measured {
 
 /// `procs` processes each sending `n` datagrams to `a` from one unconnected socket (every send
 /// is judged, and logged when the agent logs allowed actions). Reports the sum.
-pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
+/// What each process of a UDP load does `n` times: send a datagram (judged by the `sendmsg`
+/// hook) or connect its UDP socket (judged by the `connect` hook, and no packet: about a third
+/// of the cost, so that two cores can offer the pipeline more events than they could send).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Udp {
+    Send,
+    Connect,
+}
+
+pub fn udp(a: &SocketAddr, n: u64, procs: u64, how: Udp) -> Result<Value> {
     if procs == 0 {
         bail!("udp needs at least one process");
     }
@@ -192,7 +201,7 @@ pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
         // could; it only sends datagrams and leaves with _exit.
         match unsafe { fork() }.context("fork")? {
             ForkResult::Child => {
-                let errors = udp_sender(a, n);
+                let errors = udp_sender(a, n, how);
                 // SAFETY: _exit ends the child without running the parent's atexit handlers or
                 // flushing its copy of stdout.
                 unsafe { libc::_exit(i32::from(errors > 0)) }
@@ -211,7 +220,10 @@ pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
     let end_ns = crate::hold::monotonic_ns();
     let sends = n * procs;
     Ok(json!({
-        "op": "udp",
+        "op": match how {
+            Udp::Send => "udp",
+            Udp::Connect => "udp-connect",
+        },
         // CLOCK_MONOTONIC (the clock xtask reads too): the load's send window runs from
         // xtask's release of every instance to the last one's end.
         "start_ns": start_ns,
@@ -224,13 +236,18 @@ pub fn udp(a: &SocketAddr, n: u64, procs: u64) -> Result<Value> {
     }))
 }
 
-/// Sends `n` datagrams; returns how many failed.
-fn udp_sender(a: &SocketAddr, n: u64) -> u64 {
+/// Sends `n` datagrams, or connects `n` times; returns how many failed.
+fn udp_sender(a: &SocketAddr, n: u64, how: Udp) -> u64 {
     let Ok(fd) = socket(family(a), SockType::Datagram, SockFlag::SOCK_CLOEXEC, None) else {
         return n;
     };
     let to = SockaddrStorage::from(*a);
     (0..n)
-        .filter(|_| sendto(fd.as_raw_fd(), b"agentguard-bench", &to, MsgFlags::empty()).is_err())
+        .filter(|_| match how {
+            Udp::Send => {
+                sendto(fd.as_raw_fd(), b"agentguard-bench", &to, MsgFlags::empty()).is_err()
+            }
+            Udp::Connect => sock_connect(fd.as_raw_fd(), &to).is_err(),
+        })
         .count() as u64
 }
