@@ -13,7 +13,7 @@ use crate::{cmd, workspace};
 pub const TESTS_PACKAGE: &str = "agentguard-tests";
 
 /// One test executable built by cargo.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct TestExe {
     /// `<target kind>-<target name>`, e.g. `test-net` or `lib-agentguard_tests`.
     pub name: String,

@@ -162,3 +162,17 @@ pub fn console_tail(results: &Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// The guest kernel's panic, if the console shows one: the `Oops`/`BUG` line that caused it
+/// and the panic line.
+pub fn guest_panic(results: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(results.join("vng.log")).ok()?;
+    let panic = text
+        .lines()
+        .find(|l| l.contains("Kernel panic - not syncing"))?;
+    let cause = text
+        .lines()
+        .find(|l| l.contains("Oops:") || l.contains("BUG:"))
+        .unwrap_or_default();
+    Some(format!("{} / {}", cause.trim(), panic.trim()))
+}

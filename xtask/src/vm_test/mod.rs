@@ -15,7 +15,7 @@ mod script;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 pub use kernel::Series;
 
@@ -103,44 +103,103 @@ fn run_one(args: &Args, series: Series) -> Result<()> {
     let kernel = cmd::step(&format!("guest kernel {}", series.name()), || {
         kernel::ensure(series)
     })?;
-    let results = new_results_dir()?;
-    let guest_script = results.join("guest.sh");
-    let plan = script::Plan {
-        results: &results,
-        tests: &tests,
-        agentguard_bin: &workspace::agentguard_bin(),
-        ci: std::env::var("CI").ok(),
-        extra_args: &args.extra,
+    let guest = Guest {
+        args,
+        vng: &vng,
+        kernel: &kernel,
     };
-    std::fs::write(&guest_script, script::render(&plan))
-        .with_context(|| format!("cannot write {}", guest_script.display()))?;
-    let what = format!(
-        "VM (kernel {}): {} test executable(s), results in {}",
-        kernel.release,
-        tests.len(),
-        results.display()
-    );
-    let scratch = workspace::target_dir().join("tmp");
-    std::fs::create_dir_all(&scratch)
-        .with_context(|| format!("cannot create {}", scratch.display()))?;
-    let booted = cmd::step(&what, || {
-        launch::boot(&launch::Boot {
-            vng: &vng,
-            kernel: &kernel,
-            results: &results,
-            script: &guest_script,
-            scratch: &scratch,
-            timeout: Duration::from_secs(args.timeout_secs),
-        })
-    });
-    if let Err(e) = booted {
-        // Show what the guest got through before it was stopped.
-        let _ = results::read(&results, &tests);
-        return Err(e);
+    let (results, report) = guest.run(&tests)?;
+    let Err(stopped) = report else {
+        let report = report?;
+        report.print(&results);
+        return report.check();
+    };
+    // A guest kernel that panics under TCG is the emulator's or the guest kernel's failure,
+    // not a test's: seen twice as an `int3` Oops in a BPF LSM hook's patched entry, while BPF
+    // trampolines were attached or detached during a syscall on the other vCPU (cross-modifying
+    // code under multi-threaded TCG). The executables that did not finish get one fresh
+    // guest; any that finished must have passed, and a second panic fails the run.
+    let Some(panic) = launch::guest_panic(&results) else {
+        return Err(stopped);
+    };
+    let finished = results::read_outcomes(&results, &tests);
+    if let Some((name, rc)) = finished.iter().find(|(_, rc)| rc.is_some_and(|rc| rc != 0)) {
+        bail!("{name} failed (exit {rc:?}) before the guest kernel panicked ({panic})");
     }
-    let report = results::read(&results, &tests)?;
-    report.print(&results);
+    let rest: Vec<TestExe> = tests
+        .iter()
+        .filter(|t| finished.iter().any(|(n, rc)| n == &t.name && rc.is_none()))
+        .cloned()
+        .collect();
+    eprintln!(
+        "warning: the guest kernel panicked ({panic}); its console is in {}. The {} test \
+         executable(s) that did not finish run once more in a fresh guest: {}",
+        results.join("vng.log").display(),
+        rest.len(),
+        rest.iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let (again, report) = guest.run(&rest)?;
+    let report = report.with_context(|| {
+        format!("the fresh guest after a kernel panic ({panic}) did not finish either")
+    })?;
+    report.print(&again);
     report.check()
+}
+
+/// What booting the guest needs besides the tests.
+struct Guest<'a> {
+    args: &'a Args,
+    vng: &'a Path,
+    kernel: &'a kernel::Kernel,
+}
+
+impl Guest<'_> {
+    /// Boots a guest for `tests` in a new results dir: the dir, and the guest's report (`Err`
+    /// when it did not boot, stopped before the end, or has no BPF LSM).
+    fn run(&self, tests: &[TestExe]) -> Result<(PathBuf, Result<results::Report>)> {
+        let results = new_results_dir()?;
+        let guest_script = results.join("guest.sh");
+        let plan = script::Plan {
+            results: &results,
+            tests,
+            agentguard_bin: &workspace::agentguard_bin(),
+            ci: std::env::var("CI").ok(),
+            extra_args: &self.args.extra,
+        };
+        std::fs::write(&guest_script, script::render(&plan))
+            .with_context(|| format!("cannot write {}", guest_script.display()))?;
+        let what = format!(
+            "VM (kernel {}): {} test executable(s), results in {}",
+            self.kernel.release,
+            tests.len(),
+            results.display()
+        );
+        let scratch = workspace::target_dir().join("tmp");
+        std::fs::create_dir_all(&scratch)
+            .with_context(|| format!("cannot create {}", scratch.display()))?;
+        let booted = cmd::step(&what, || {
+            launch::boot(&launch::Boot {
+                vng: self.vng,
+                kernel: self.kernel,
+                results: &results,
+                script: &guest_script,
+                scratch: &scratch,
+                timeout: Duration::from_secs(self.args.timeout_secs),
+            })
+        });
+        let report = match booted {
+            Ok(()) => results::read(&results, tests),
+            Err(e) => {
+                // Show what the guest got through before it was stopped.
+                let _ = results::read(&results, tests);
+                Err(e)
+            }
+        };
+        Ok((results, report))
+    }
 }
 
 /// The test targets named in `names`; a name without a target is an error, so renaming a test

@@ -33,13 +33,7 @@ pub fn read(results: &Path, tests: &[TestExe]) -> Result<Report> {
     let kernel = read("kernel")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    let outcomes = tests
-        .iter()
-        .map(|t| {
-            let rc = read(&format!("{}.rc", t.name)).and_then(|s| s.trim().parse().ok());
-            (t.name.clone(), rc)
-        })
-        .collect();
+    let outcomes = read_outcomes(results, tests);
     let report = Report {
         kernel,
         lsm,
@@ -53,6 +47,19 @@ pub fn read(results: &Path, tests: &[TestExe]) -> Result<Report> {
         );
     }
     Ok(report)
+}
+
+/// (test name, exit code) per test; `None` when the test did not finish.
+pub fn read_outcomes(results: &Path, tests: &[TestExe]) -> Vec<(String, Option<i32>)> {
+    tests
+        .iter()
+        .map(|t| {
+            let rc = std::fs::read_to_string(results.join(format!("{}.rc", t.name)))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            (t.name.clone(), rc)
+        })
+        .collect()
 }
 
 impl Report {
