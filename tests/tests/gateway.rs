@@ -877,7 +877,10 @@ fn vault_dynamic_secrets_are_per_instance_and_revoked_at_vault() {
     gone.sort();
     let mut b_leases = vec![b_vault_lease.clone(), c_vault_lease.clone()];
     b_leases.sort();
-    assert_eq!(gone, b_leases, "A's credential was revoked with B's");
+    assert_eq!(
+        gone, b_leases,
+        "Vault must have revoked exactly B's two credentials"
+    );
 
     // A frozen: its credential is revoked at Vault; thawed, its next call gets a new one.
     let frozen = d.cli(&["freeze", "buyer"]);
