@@ -170,9 +170,13 @@ pub fn guest_panic(results: &Path) -> Option<String> {
     let panic = text
         .lines()
         .find(|l| l.contains("Kernel panic - not syncing"))?;
-    let cause = text
-        .lines()
-        .find(|l| l.contains("Oops:") || l.contains("BUG:"))
-        .unwrap_or_default();
-    Some(format!("{} / {}", cause.trim(), panic.trim()))
+    Some(
+        match text
+            .lines()
+            .find(|l| l.contains("Oops:") || l.contains("BUG:"))
+        {
+            Some(cause) => format!("{} / {}", cause.trim(), panic.trim()),
+            None => panic.trim().to_owned(),
+        },
+    )
 }
