@@ -220,48 +220,36 @@ async fn checkout_dynamic(
     name: &str,
     ttl: Duration,
 ) -> Result<Reply, String> {
-    let live = shared
-        .gateway
-        .checkouts()
-        .live(caller.id, name, Instant::now());
-    let c = match live {
-        Some(c) => c,
-        None => {
-            let (d, ttl) =
-                match dynamic::issue(shared, &caller.agent, &caller.name, name, ttl).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        return Err(refused(
-                            shared,
-                            caller,
-                            peer.pid,
-                            name,
-                            format!("credential {name:?} cannot be issued by Vault: {e}"),
-                        ));
-                    }
-                };
-            let (c, new) =
-                shared
-                    .gateway
-                    .checkouts()
-                    .take(caller, name, ttl, Instant::now(), Some(d.clone()));
-            if new {
-                dynamic::log_issued(shared, caller.id, &c.lease.id, &d, ttl);
-            } else {
-                // Another checkout of the instance came first; ours is revoked unused.
-                shared.gateway.wake_revoker();
-            }
-            c
-        }
+    let holder = dynamic::Holder {
+        cgroup_id: caller.id,
+        agent: &caller.agent,
+        instance: &caller.name,
+        key: name,
     };
-    let Some(value) = c.lease.dynamic.as_ref().map(|d| d.issued.value.clone()) else {
-        return Err(refused(
-            shared,
-            caller,
-            peer.pid,
-            name,
-            format!("credential {name:?} has no Vault credential in its lease"),
-        ));
+    let made = dynamic::leased(
+        shared,
+        &shared.gateway.checkouts,
+        &holder,
+        name,
+        ttl,
+        |lease| Checkout {
+            lease,
+            agent: caller.agent.clone(),
+            instance: caller.name.clone(),
+        },
+    )
+    .await;
+    let (c, value) = match made {
+        Ok(x) => x,
+        Err(e) => {
+            return Err(refused(
+                shared,
+                caller,
+                peer.pid,
+                name,
+                format!("credential {name:?} cannot be issued by Vault: {e}"),
+            ));
+        }
     };
     Ok(reply(shared, peer, caller, name, c, value, Instant::now()))
 }

@@ -14,13 +14,16 @@
 //! what an operator needs when a revocation failed.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
 
-use super::lease::{Dynamic, DynamicEnded};
+use super::{
+    lease::{Dynamic, DynamicEnded, Held, Lease, Table},
+    lock,
+};
 use crate::{
     audit::record::{Body, VaultLease},
     daemon::Shared,
@@ -69,6 +72,60 @@ pub async fn issue(
     ))
 }
 
+/// Whose lease a dynamic credential is for: one instance's, on `key` (a tool for a gateway
+/// lease, a secret name for a checkout).
+pub struct Holder<'a> {
+    /// The instance's cgroup id.
+    pub cgroup_id: u64,
+    /// Full agent name.
+    pub agent: &'a str,
+    /// Instance path.
+    pub instance: &'a str,
+    /// The lease table's key.
+    pub key: &'a str,
+}
+
+/// `table`'s live lease of `holder`, or a new one (wrapped by `make`) holding a credential
+/// Vault issued for it alone, logged as `issued`; with the credential's value. A credential
+/// issued while another request of the instance took the lease first goes back unused.
+pub async fn leased<T: Held>(
+    shared: &Shared,
+    table: &Mutex<Table<T>>,
+    holder: &Holder<'_>,
+    secret: &str,
+    ttl: Duration,
+    make: impl FnOnce(Lease) -> T,
+) -> Result<(T, String), String> {
+    let live = lock(table).live(holder.cgroup_id, holder.key, Instant::now());
+    let held = match live {
+        Some(held) => held,
+        None => {
+            let (d, ttl) = issue(shared, holder.agent, holder.instance, secret, ttl).await?;
+            let (held, new) = lock(table).get_or_make(
+                holder.cgroup_id,
+                holder.key,
+                ttl,
+                Instant::now(),
+                Some(d.clone()),
+                make,
+            );
+            if new {
+                log_issued(shared, holder.cgroup_id, &held.lease().id, &d, ttl);
+            } else {
+                shared.gateway.wake_revoker();
+            }
+            held
+        }
+    };
+    let value = held
+        .lease()
+        .dynamic
+        .as_ref()
+        .map(|d| d.issued.value.clone())
+        .ok_or_else(|| format!("the lease on {:?} holds no Vault credential", holder.key))?;
+    Ok((held, value))
+}
+
 fn record(cgroup_id: u64, lease: &str, d: &Dynamic, action: &str) -> VaultLease {
     VaultLease {
         agent: d.agent.clone(),
@@ -85,7 +142,7 @@ fn record(cgroup_id: u64, lease: &str, d: &Dynamic, action: &str) -> VaultLease 
 }
 
 /// Logs a credential issued for a new lease.
-pub fn log_issued(shared: &Shared, cgroup_id: u64, lease: &str, d: &Dynamic, ttl: Duration) {
+fn log_issued(shared: &Shared, cgroup_id: u64, lease: &str, d: &Dynamic, ttl: Duration) {
     tracing::info!(lease, vault_lease = %d.issued.lease_id, secret = %d.name, instance = %d.instance, "Vault dynamic credential issued");
     shared.log(Body::VaultLease(VaultLease {
         ttl_s: ttl.as_secs(),

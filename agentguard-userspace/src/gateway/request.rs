@@ -393,9 +393,17 @@ async fn forward(
     let mut secrets = secrets;
     let credential = match (&tool.credential, value) {
         (Some((secret, inject)), _) if dynamic_secret => {
-            match dynamic_lease(&ctx, cgroup, &tool, secret, &finish.record).await {
+            let holder = dynamic::Holder {
+                cgroup_id: cgroup,
+                agent: &finish.record.agent,
+                instance: &finish.record.instance,
+                key: &tool.name,
+            };
+            let leases = &ctx.shared.gateway.leases;
+            match dynamic::leased(&ctx.shared, leases, &holder, secret, tool.lease_ttl, |l| l).await
+            {
                 Ok((lease, value)) => {
-                    finish.record.lease = lease;
+                    finish.record.lease = lease.id;
                     // The response is searched for this credential too, new as it may be.
                     if !secrets.contains(&value) {
                         let mut more = (*secrets).clone();
@@ -506,53 +514,6 @@ async fn forward(
     let status = parts.status.as_u16();
     let body = Logged::new(body, finish, status, secrets).boxed();
     Ok(Response::from_parts(parts, body))
-}
-
-/// The instance's live lease on `tool` and its own Vault dynamic credential for `secret`,
-/// issued (and logged) with a new lease when there is none.
-async fn dynamic_lease(
-    ctx: &Ctx,
-    cgroup: u64,
-    tool: &Tool,
-    secret: &str,
-    call: &ToolCall,
-) -> Result<(String, String), String> {
-    let live = lock(&ctx.shared.gateway.leases).live(cgroup, &tool.name, Instant::now());
-    let lease = match live {
-        Some(l) => l,
-        None => {
-            let (d, ttl) = dynamic::issue(
-                &ctx.shared,
-                &call.agent,
-                &call.instance,
-                secret,
-                tool.lease_ttl,
-            )
-            .await?;
-            let (l, new) = lock(&ctx.shared.gateway.leases).get_or_take(
-                cgroup,
-                &tool.name,
-                ttl,
-                Instant::now(),
-                Some(d.clone()),
-            );
-            if new {
-                tracing::info!(lease = %l.id, tool = %tool.name, instance = %call.instance, "gateway lease taken");
-                dynamic::log_issued(&ctx.shared, cgroup, &l.id, &d, ttl);
-            } else {
-                // Another request of the instance took the lease first; ours goes back unused.
-                ctx.shared.gateway.wake_revoker();
-            }
-            l
-        }
-    };
-    let value = lease.dynamic.map(|d| d.issued.value).ok_or_else(|| {
-        format!(
-            "the lease on tool {:?} holds no Vault credential",
-            tool.name
-        )
-    })?;
-    Ok((lease.id, value))
 }
 
 /// `Retry-After` for a wait, whole seconds rounded up (at least 1).
