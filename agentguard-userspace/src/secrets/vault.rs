@@ -179,9 +179,7 @@ impl Vault {
         {
             return Ok(Some(v.clone()));
         }
-        let fetched = tokio::time::timeout(FETCH_TIMEOUT, self.fetch(name))
-            .await
-            .map_err(|_| VaultError::Request(format!("no answer within {FETCH_TIMEOUT:?}")))?;
+        let fetched = self.fetch(name).await;
         match fetched {
             Ok(Some(v)) => {
                 self.cache().insert(name.to_owned(), (v.clone(), now));
@@ -208,9 +206,7 @@ impl Vault {
             )));
         };
         let req = self.request(http::Method::GET, &dynamic.path, Bytes::new())?;
-        let (status, body) = tokio::time::timeout(FETCH_TIMEOUT, self.send(req))
-            .await
-            .map_err(|_| VaultError::Request(format!("no answer within {FETCH_TIMEOUT:?}")))??;
+        let (status, body) = self.send(req).await?;
         if !status.is_success() {
             return Err(VaultError::Status(status));
         }
@@ -227,9 +223,7 @@ impl Vault {
     pub async fn revoke(&self, lease_id: &str) -> Result<(), VaultError> {
         let body = serde_json::json!({ "lease_id": lease_id }).to_string();
         let req = self.request(http::Method::PUT, "sys/leases/revoke", Bytes::from(body))?;
-        let (status, _) = tokio::time::timeout(FETCH_TIMEOUT, self.send(req))
-            .await
-            .map_err(|_| VaultError::Request(format!("no answer within {FETCH_TIMEOUT:?}")))??;
+        let (status, _) = self.send(req).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -263,8 +257,15 @@ impl Vault {
             .map_err(|e| VaultError::Request(e.to_string()))
     }
 
-    /// Sends `req`; the status and (for a success) the body, at most [`MAX_ANSWER`] bytes.
+    /// Sends `req` and reads the answer within [`FETCH_TIMEOUT`]: the status and (for a
+    /// success) the body, at most [`MAX_ANSWER`] bytes.
     async fn send(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), VaultError> {
+        tokio::time::timeout(FETCH_TIMEOUT, self.exchange(req))
+            .await
+            .map_err(|_| VaultError::Request(format!("no answer within {FETCH_TIMEOUT:?}")))?
+    }
+
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), VaultError> {
         let resp = self
             .client
             .request(req)
