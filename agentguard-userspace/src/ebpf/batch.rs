@@ -9,10 +9,7 @@
 //! in aya's terms (or accepts it, e.g. a key already absent on delete), and the batch resumes
 //! after it.
 
-use std::{
-    io,
-    os::fd::{AsFd, AsRawFd},
-};
+use std::os::fd::{AsFd, AsRawFd};
 
 use aya::{Pod, maps::MapData};
 
@@ -136,22 +133,13 @@ fn batch<K: Pod, V: Pod>(
         Op::Update => BPF_MAP_UPDATE_BATCH,
         Op::Delete => BPF_MAP_DELETE_BATCH,
     };
-    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` and `values`
-    // point at `count` packed elements of the map's key and value sizes (checked by the
-    // caller), which the kernel only reads; `fd` is open for the duration of the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &raw mut attr,
-            size_of::<BatchAttr>() as libc::c_uint,
-        )
-    };
-    if r == 0 {
+    // SAFETY: `attr` is the batch layout of `bpf_attr`; `keys` and `values` point at `count`
+    // packed elements of the map's key and value sizes (checked by the caller), which the
+    // kernel only reads; `fd` is open for the duration of the call.
+    let Err(e) = (unsafe { super::sys::bpf(cmd, &mut attr) }) else {
         return Ok(());
-    }
-    let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    match errno {
+    };
+    match e.raw_os_error().unwrap_or(0) {
         libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP => Err(Stopped::Unsupported),
         // The kernel wrote back how many elements it processed (never more than asked).
         _ => Err(Stopped::At(

@@ -9,11 +9,13 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
 };
+
+use super::sys::{bpf, bpf_fd};
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -37,24 +39,6 @@ struct LinkUpdateAttr {
     old_prog_fd: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, initialised `repr(C)` struct of the layout the kernel expects
-    // for `cmd`, and its size is passed with it; the kernel reads at most that many bytes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr).cast::<libc::c_void>(),
-            size_of::<T>(),
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// Opens the pinned object at `path` (a link, here).
 pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes())
@@ -66,10 +50,9 @@ pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
         path_fd: 0,
         _pad: 0,
     };
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    let fd = i32::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: the `BPF_OBJ_GET` layout; `pathname` points at `c`, alive for the call; the
+    // command returns a new fd.
+    unsafe { bpf_fd(BPF_OBJ_GET, &mut attr) }
 }
 
 /// Makes `link` run `program` instead of its current program, atomically.
@@ -81,5 +64,6 @@ pub fn update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
         flags: 0,
         old_prog_fd: 0,
     };
-    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+    // SAFETY: the `BPF_LINK_UPDATE` layout; both fds are borrowed, open for the call.
+    unsafe { bpf(BPF_LINK_UPDATE, &mut attr) }.map(drop)
 }

@@ -4,8 +4,8 @@
 //! first; then [`GlobalState::active_generation`] flips in one word, so each program run sees
 //! the old rules or the new ones, never a mix; once every program run that may have read the
 //! old word has finished ([`PolicyMaps::wait_for_readers`]), the old generation's entries are
-//! removed. If writing fails half-way, the
-//! partial new generation is removed and the old one stays in force.
+//! removed. If writing fails half-way, the partial new generation is removed and the old one
+//! stays in force.
 
 use std::{
     os::fd::AsFd as _,

@@ -13,3 +13,4 @@ pub mod pins;
 pub mod probe;
 pub mod programs;
 pub mod quiesce;
+pub mod sys;

@@ -10,12 +10,15 @@
 //! an exact barrier: typically a few milliseconds, against a fixed sleep that has to guess
 //! how long a program run may take.
 //!
-//! aya 0.14 cannot create a map-in-map outside an object, hence the two raw `bpf(2)` calls.
+//! aya 0.14 cannot create a map-in-map outside an object, hence the two raw `bpf(2)` calls
+//! ([`super::sys`]).
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
 };
+
+use super::sys::{bpf, bpf_fd};
 
 /// `enum bpf_cmd` values (uapi/linux/bpf.h).
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -47,24 +50,10 @@ struct ElemAttr {
     flags: u64,
 }
 
-/// Issues `bpf(cmd, attr)`.
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, initialised `#[repr(C)]` prefix of `union bpf_attr` of the
-    // size passed; the kernel zero-extends what it does not receive.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<T>()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// Creates a map and owns its fd.
 fn create(attr: &mut CreateAttr) -> io::Result<OwnedFd> {
-    let fd = sys_bpf(BPF_MAP_CREATE, attr)?;
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf(2) returned no fd"))?;
-    // SAFETY: the kernel just returned this fd to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    // SAFETY: the `BPF_MAP_CREATE` layout, without pointers; the command returns a new fd.
+    unsafe { bpf_fd(BPF_MAP_CREATE, attr) }
 }
 
 /// A one-slot array of maps and the map it holds; [`Quiescer::wait`] is the barrier.
@@ -100,15 +89,15 @@ impl Quiescer {
     pub fn wait(&self) -> io::Result<()> {
         let key: u32 = 0;
         let value = u32::try_from(self.inner.as_raw_fd()).unwrap_or_default();
-        sys_bpf(
-            BPF_MAP_UPDATE_ELEM,
-            &mut ElemAttr {
-                map_fd: u32::try_from(self.outer.as_raw_fd()).unwrap_or_default(),
-                key: std::ptr::from_ref(&key) as u64,
-                value: std::ptr::from_ref(&value) as u64,
-                ..ElemAttr::default()
-            },
-        )?;
+        let mut attr = ElemAttr {
+            map_fd: u32::try_from(self.outer.as_raw_fd()).unwrap_or_default(),
+            key: std::ptr::from_ref(&key) as u64,
+            value: std::ptr::from_ref(&value) as u64,
+            ..ElemAttr::default()
+        };
+        // SAFETY: the `BPF_MAP_UPDATE_ELEM` layout; `key` and `value` are live u32s, the sizes
+        // the maps were created with, which the kernel only reads; `outer` is open.
+        unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }?;
         Ok(())
     }
 }
