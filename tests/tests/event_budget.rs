@@ -136,8 +136,8 @@ fn every_refusal_over_the_event_budget_is_counted_exactly() {
 
 /// Busy agents must not out-schedule the thread that drains the rings. Nice values do not
 /// decide that where the kernel groups tasks by session (autogroups): every agent is a session
-/// of its own, so the thread runs real-time (`SCHED_FIFO`), the daemon's session has the
-/// highest autogroup weight, and an agent can raise neither its own scheduling class, nor its
+/// of its own, so the thread runs real-time (`SCHED_FIFO`), the daemon's session (where it has
+/// one) and its threads have the highest weight, and an agent can raise neither its own scheduling class, nor its
 /// nice value, nor its session's weight.
 #[test]
 fn the_ingest_thread_outranks_every_agent_process() {
@@ -170,9 +170,17 @@ fn the_ingest_thread_outranks_every_agent_process() {
         matches!(ingest[..], [[_, prio, SCHED_FIFO]] if prio >= 1),
         "the ingest thread is not SCHED_FIFO ([nice, rt_priority, policy] per thread): {threads:?}"
     );
+    // Every thread at nice -20: they are weighed one by one when the daemon sits in the root
+    // autogroup (started from the initial session, as CI starts it).
+    assert!(
+        threads.iter().all(|(_, [nice, _, _])| *nice == -20),
+        "a daemon thread is not at nice -20 ([nice, rt_priority, policy] per thread): {threads:?}"
+    );
+    // An empty file is the root autogroup, which has no weight of its own.
     let autogroup = std::path::PathBuf::from(format!("/proc/{}/autogroup", d.pid()));
-    if autogroup.exists() {
-        let group = std::fs::read_to_string(&autogroup).unwrap_or_default();
+    if let Ok(group) = std::fs::read_to_string(&autogroup)
+        && !group.trim().is_empty()
+    {
         assert!(
             group.trim_end().ends_with("nice -20"),
             "the daemon's autogroup: {group:?}"

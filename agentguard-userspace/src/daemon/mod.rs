@@ -364,7 +364,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     kernel::check_minimum(&release)?;
     let policy = policy::load(&opts.policy)?;
     let _lock = lock_state_dir(&opts.state_dir)?;
-    priority::raise_daemon_session();
+    priority::raise_daemon();
     let secrets = SecretStore::open(&opts.state_dir)?;
     // Bound before the policy is compiled: with port 0 the kernel picks the port the implicit
     // `connect` rule of agents with tools must name.

@@ -53,21 +53,66 @@ pub fn raise_ingest_thread() {
     );
 }
 
-/// The daemon's autogroup nice value (`/proc/self/autogroup`): weight 88761, as much as 87
-/// sessions at nice 0, which agents cannot lower theirs below (`CAP_SYS_NICE`).
-const AUTOGROUP_NICE: i32 = -20;
+/// The nice value of the daemon's threads and of its autogroup (`/proc/self/autogroup`):
+/// weight 88761, as much as 87 entities at nice 0, below which agents cannot go
+/// (`CAP_SYS_NICE`).
+const DAEMON_NICE: i32 = -20;
 
-/// Gives the daemon's session [`AUTOGROUP_NICE`] where the kernel has autogroups; a kernel
-/// without them (or a daemon in a CPU cgroup of its own, where autogroups do not apply) weighs
-/// the daemon by its cgroup instead, and the file is absent or the write harmless.
-pub fn raise_daemon_session() {
-    let path = std::path::Path::new("/proc/self/autogroup");
-    if !path.exists() {
-        return;
+/// Gives the daemon [`DAEMON_NICE`] wherever its weight is decided.
+///
+/// A daemon in a session of its own (a service manager's `setsid`) is weighed as its session's
+/// autogroup, whose nice value counts. A daemon started from the initial session (a container's
+/// or an init script's, without `setsid`) is in the root autogroup: there every daemon thread is
+/// an entity of its own beside each agent session's group, so the threads' nice values count.
+/// Both are set, so neither start-up leaves the control socket, freezes and kills at the weight
+/// of one agent session. A kernel without autogroups (or a daemon in a CPU cgroup of its own)
+/// weighs the daemon by its cgroup instead, and both settings are harmless there.
+pub fn raise_daemon() {
+    raise_daemon_threads();
+    raise_daemon_session();
+}
+
+/// Every current thread gets [`DAEMON_NICE`]; threads started later inherit it from the thread
+/// that starts them (`setpriority` acts on one thread id).
+fn raise_daemon_threads() {
+    let tasks = match std::fs::read_dir("/proc/self/task") {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            tracing::warn!("the daemon's threads keep their priority (/proc/self/task: {e})");
+            return;
+        }
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|tid| tid.parse().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            continue;
+        };
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), DAEMON_NICE) {
+            tracing::warn!(
+                "daemon thread {tid} keeps its priority (nice {DAEMON_NICE}: {e}): agents in \
+                 many sessions can slow its answers, freezes and kills"
+            );
+        }
     }
-    if let Err(e) = std::fs::write(path, AUTOGROUP_NICE.to_string()) {
+}
+
+/// The daemon's session's autogroup gets [`DAEMON_NICE`]; the root autogroup (an empty
+/// `/proc/self/autogroup`) has no weight of its own to set.
+fn raise_daemon_session() {
+    let path = std::path::Path::new("/proc/self/autogroup");
+    match std::fs::read_to_string(path) {
+        Ok(group) if group.trim().is_empty() => return,
+        Ok(_) => {}
+        // No autogroups in this kernel.
+        Err(_) => return,
+    }
+    if let Err(e) = std::fs::write(path, DAEMON_NICE.to_string()) {
         tracing::warn!(
-            "the daemon's autogroup keeps its weight (nice {AUTOGROUP_NICE} into {}: {e}): agents \
+            "the daemon's autogroup keeps its weight (nice {DAEMON_NICE} into {}: {e}): agents \
              in many sessions can slow its answers, freezes and kills",
             path.display()
         );
