@@ -20,8 +20,11 @@ use super::kernel::Kernel;
 use super::script;
 use crate::cmd;
 
-/// Active LSMs on the guest's command line (`bpf` is the point).
-const LSM_CMDLINE: &str = "lsm=landlock,lockdown,yama,bpf";
+/// The guest's kernel command line: the active LSMs (`bpf` is the point), and full preemption,
+/// under which a task can be preempted inside a BPF program (which runs with migration, not
+/// preemption, disabled): the strictest schedule the programs must be correct under, and the
+/// one that shows when two tasks share per-CPU state.
+const GUEST_CMDLINE: &str = "lsm=landlock,lockdown,yama,bpf preempt=full";
 
 pub struct Boot<'a> {
     pub vng: &'a Path,
@@ -33,6 +36,8 @@ pub struct Boot<'a> {
     /// (the rest of the host root is read-only in the guest).
     pub scratch: &'a Path,
     pub timeout: Duration,
+    /// Virtual CPUs.
+    pub cpus: u32,
 }
 
 /// Boots the guest and waits for vng to exit. vng's exit status says nothing about the guest
@@ -43,14 +48,13 @@ pub fn boot(boot: &Boot<'_>) -> Result<()> {
         "--verbose",
         "--disable-kvm",
         "--force-9p",
-        "--cpus",
-        "2",
         "--memory",
         "2G",
     ])
+    .args(["--cpus", &boot.cpus.to_string()])
     .arg("--run")
     .arg(boot.kernel.vmlinuz())
-    .args(["--append", LSM_CMDLINE])
+    .args(["--append", GUEST_CMDLINE])
     .arg(format!("--rwdir={}", boot.results.display()))
     .arg(format!("--rwdir={}", boot.scratch.display()))
     .arg("--exec")

@@ -23,6 +23,7 @@ use crate::integration::{self, TestExe};
 use crate::{build_ebpf, cmd, workspace};
 
 const DEFAULT_TIMEOUT_SECS: u64 = 50 * 60;
+const DEFAULT_CPUS: u32 = 2;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -40,6 +41,9 @@ pub struct Args {
     /// subset; see `Series::ci_subset`).
     #[arg(long)]
     full: bool,
+    /// Virtual CPUs of the guest.
+    #[arg(long, default_value_t = DEFAULT_CPUS)]
+    cpus: u32,
     /// Extra arguments for every test executable, after `--test-threads=1`.
     #[arg(last = true)]
     extra: Vec<String>,
@@ -54,6 +58,7 @@ impl Args {
             timeout_secs: DEFAULT_TIMEOUT_SECS,
             test_exe: Vec::new(),
             full: false,
+            cpus: DEFAULT_CPUS,
             extra: Vec::new(),
         }
     }
@@ -188,6 +193,7 @@ impl Guest<'_> {
                 script: &guest_script,
                 scratch: &scratch,
                 timeout: Duration::from_secs(self.args.timeout_secs),
+                cpus: self.args.cpus,
             })
         });
         let report = match booted {
