@@ -38,33 +38,29 @@ pub struct Boot<'a> {
     pub timeout: Duration,
     /// Virtual CPUs.
     pub cpus: u32,
+    /// Prefixes the guest's echoed lines.
+    pub label: &'a str,
 }
 
 /// Boots the guest and waits for vng to exit. vng's exit status says nothing about the guest
 /// (it exits 255 whatever happened), so success here only means "exited before the timeout".
 pub fn boot(boot: &Boot<'_>) -> Result<()> {
     let mut vng = Command::new(boot.vng);
-    vng.args([
-        "--verbose",
-        "--disable-kvm",
-        "--force-9p",
-        "--memory",
-        "2G",
-    ])
-    .args(["--cpus", &boot.cpus.to_string()])
-    .arg("--run")
-    .arg(boot.kernel.vmlinuz())
-    .args(["--append", GUEST_CMDLINE])
-    .arg(format!("--rwdir={}", boot.results.display()))
-    .arg(format!("--rwdir={}", boot.scratch.display()))
-    .arg("--exec")
-    .arg(format!(
-        "sh {}",
-        script::quote(&boot.script.to_string_lossy())
-    ))
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    vng.args(["--verbose", "--disable-kvm", "--force-9p", "--memory", "2G"])
+        .args(["--cpus", &boot.cpus.to_string()])
+        .arg("--run")
+        .arg(boot.kernel.vmlinuz())
+        .args(["--append", GUEST_CMDLINE])
+        .arg(format!("--rwdir={}", boot.results.display()))
+        .arg(format!("--rwdir={}", boot.scratch.display()))
+        .arg("--exec")
+        .arg(format!(
+            "sh {}",
+            script::quote(&boot.script.to_string_lossy())
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Its own process group, so a timeout kills QEMU along with vng; as subreaper we inherit
     // (and can reap) the processes orphaned by that kill.
     std::os::unix::process::CommandExt::process_group(&mut vng, 0);
@@ -94,7 +90,8 @@ pub fn boot(boot: &Boot<'_>) -> Result<()> {
     .flatten()
     .map(|stream| {
         let (log, echoing) = (Arc::clone(&log), Arc::clone(&echoing));
-        thread::spawn(move || copy_console(stream, &log, &echoing))
+        let label = boot.label.to_owned();
+        thread::spawn(move || copy_console(stream, &log, &echoing, &label))
     })
     .collect();
     let waited = wait_or_kill(&mut child, boot.timeout);
@@ -140,7 +137,12 @@ fn reap_orphans() {
 
 /// Copies console lines into the log; echoes the guest script's lines (and everything between
 /// its begin and end markers, i.e. the tests' output) to our stderr.
-fn copy_console(stream: Box<dyn Read + Send>, log: &Mutex<File>, echoing: &AtomicBool) {
+fn copy_console(
+    stream: Box<dyn Read + Send>,
+    log: &Mutex<File>,
+    echoing: &AtomicBool,
+    label: &str,
+) {
     for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches('\r');
@@ -151,7 +153,7 @@ fn copy_console(stream: Box<dyn Read + Send>, log: &Mutex<File>, echoing: &Atomi
             echoing.store(true, Ordering::Relaxed);
         }
         if echoing.load(Ordering::Relaxed) || text.contains(script::MARKER) {
-            eprintln!("  | {text}");
+            eprintln!("  {label:>4} | {text}");
         }
         if text.contains(script::END) {
             echoing.store(false, Ordering::Relaxed);

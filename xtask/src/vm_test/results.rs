@@ -63,9 +63,13 @@ pub fn read_outcomes(results: &Path, tests: &[TestExe]) -> Vec<(String, Option<i
 }
 
 impl Report {
-    /// Prints one line per test with its exit code and log file.
+    /// Prints one line per test with its exit code and log file, in one piece (guests finish
+    /// side by side).
     pub fn print(&self, results: &Path) {
-        println!(
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
             "VM (BPF LSM backend, kernel {}), active LSMs: {}",
             self.kernel, self.lsm
         );
@@ -76,7 +80,7 @@ impl Report {
                 None => "DID NOT FINISH".to_owned(),
             };
             let log = results.join(format!("{name}.log"));
-            println!("  {name:<40} {verdict:<16} {}", log.display());
+            let _ = writeln!(out, "  {name:<40} {verdict:<16} {}", log.display());
         }
     }
 
