@@ -104,7 +104,7 @@ impl<T: 'static> Pending<T> {
 #[inline(always)]
 pub fn reserve<T: 'static>(subject: &Subject, j: &Judgement) -> Option<Pending<T>> {
     let refusal = j.verdict != Verdict::Allowed;
-    if !within_budget(subject.cgroup_id, refusal, j.flags) {
+    if !within_budget(subject, refusal, j.flags) {
         return None;
     }
     let urgent = refusal || j.flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL) != 0;
@@ -126,10 +126,17 @@ fn lost(slot: u32) {
     }
 }
 
-/// Spends one event of the instance's budget; false (and counted for the instance) when none is
-/// left.
+/// Spends one event of the budget of the instance's tree (the top-level instance and all its
+/// sub-agents share one: an agent cannot multiply it by starting sub-agents); false, and
+/// counted for the tree, when none is left.
 #[inline(always)]
-fn within_budget(cgroup_id: u64, refusal: bool, flags: u32) -> bool {
+fn within_budget(subject: &Subject, refusal: bool, flags: u32) -> bool {
+    // An entry written before trees were recorded has no root: the instance is its own tree.
+    let tree = if subject.root_instance_id != 0 {
+        subject.root_instance_id
+    } else {
+        subject.cgroup_id
+    };
     // SAFETY: helper without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let t = if refusal {
@@ -137,7 +144,7 @@ fn within_budget(cgroup_id: u64, refusal: bool, flags: u32) -> bool {
     } else {
         &EVENT_BUDGET_ALLOWED
     };
-    let Some(b) = EVENT_BUDGETS.get_ptr_mut(cgroup_id) else {
+    let Some(b) = EVENT_BUDGETS.get_ptr_mut(tree) else {
         let full = Bucket {
             credit_ns: EVENT_BUDGET_ALLOWED.burst_ns,
             last_ns: now,
@@ -158,7 +165,7 @@ fn within_budget(cgroup_id: u64, refusal: bool, flags: u32) -> bool {
         // A full map (more live instances than the cgroup map holds) leaves the event
         // unmetered: the log loses nothing by it. Only if still absent: another CPU's entry
         // (and what it has counted since) is never overwritten with a fresh one.
-        let _ = EVENT_BUDGETS.insert(cgroup_id, fresh, BPF_NOEXIST);
+        let _ = EVENT_BUDGETS.insert(tree, fresh, BPF_NOEXIST);
         return true;
     };
     // SAFETY: map value valid for this program run. Races between CPUs on the buckets cost at
@@ -181,13 +188,28 @@ fn within_budget(cgroup_id: u64, refusal: bool, flags: u32) -> bool {
         add_shared(&raw mut b.lost_refusals);
         let escalate = flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL);
         if escalate != 0 {
-            b.escalate |= escalate;
-            b.escalate_ns = now;
+            escalate_unsent(subject.cgroup_id, escalate, now);
         }
     } else {
         add_shared(&raw mut b.lost_allowed);
     }
     false
+}
+
+/// Leaves the escalation of an unsent refusal in the entry of the instance that breached (not
+/// its tree's: the daemon acts on the entry's instance), created when the instance has none
+/// (a sub-agent's entry only carries escalations).
+#[inline(always)]
+fn escalate_unsent(cgroup_id: u64, escalate: u32, now: u64) {
+    if EVENT_BUDGETS.get_ptr_mut(cgroup_id).is_none() {
+        let _ = EVENT_BUDGETS.insert(cgroup_id, EventBudget::default(), BPF_NOEXIST);
+    }
+    if let Some(b) = EVENT_BUDGETS.get_ptr_mut(cgroup_id) {
+        // SAFETY: map value valid for this program run.
+        let b = unsafe { &mut *b };
+        b.escalate |= escalate;
+        b.escalate_ns = now;
+    }
 }
 
 /// Adds one to a counter in a map value every CPU writes: an atomic add (`BPF_ATOMIC` /

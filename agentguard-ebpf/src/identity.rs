@@ -13,6 +13,9 @@ use crate::maps::{AGENT_CONFIG, CGROUPS, STATE};
 pub struct Subject {
     /// cgroup id of the instance (the nearest known one when the task sits in a child cgroup).
     pub cgroup_id: u64,
+    /// cgroup id of the top-level instance whose tree this instance belongs to (its own for a
+    /// top-level instance or an unknown cgroup): what the tree shares, such as its event budget.
+    pub root_instance_id: u64,
     /// Agent id; 0 for a task in the agentguard subtree that belongs to no known instance.
     pub agent_id: u32,
     /// Policy generation every lookup of this program run uses.
@@ -86,6 +89,7 @@ pub fn current() -> Option<Subject> {
     if let Some(entry) = unsafe { CGROUPS.get(cgroup_id) } {
         return Some(Subject {
             cgroup_id,
+            root_instance_id: entry.root_instance_id,
             agent_id: entry.agent_id,
             generation,
             config: agent_config(generation, entry.agent_id),
@@ -104,6 +108,7 @@ pub fn current() -> Option<Subject> {
             if let Some(entry) = unsafe { CGROUPS.get(ancestor) } {
                 return Some(Subject {
                     cgroup_id: ancestor,
+                    root_instance_id: entry.root_instance_id,
                     agent_id: entry.agent_id,
                     generation,
                     config: agent_config(generation, entry.agent_id),
@@ -115,6 +120,7 @@ pub fn current() -> Option<Subject> {
     }
     Some(Subject {
         cgroup_id,
+        root_instance_id: cgroup_id,
         agent_id: 0,
         generation,
         config: None,

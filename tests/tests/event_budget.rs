@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use agentguard_tests::{Daemon, assert_eperm, describe, patience, privileged, probe_bin, slowdown};
+use agentguard_tests::{
+    Daemon, agentguard_bin, assert_eperm, describe, patience, privileged, probe_bin, slowdown,
+};
 
 #[test]
 fn a_flooding_agent_loses_its_own_events_not_the_others() {
@@ -83,36 +85,7 @@ fn every_refusal_over_the_event_budget_is_counted_exactly() {
         "every sender finished: {}",
         describe(&out)
     );
-    let accounted = |records: &[serde_json::Value]| {
-        let logged = records
-            .iter()
-            .filter(|r| r["action"] == "send" && r["verdict"] == "denied" && r["agent"] == "flood")
-            .count() as u64;
-        let gaps: u64 = records
-            .iter()
-            .filter(|r| {
-                r["kind"] == "lost-events"
-                    && (r["agent"] == "flood" || r["source"] == "refusal-ring")
-            })
-            .map(|r| r["refusals"].as_u64().unwrap_or(0))
-            .sum();
-        (logged, gaps)
-    };
-    // The daemon drains the rings and logs the gaps on its own: wait until everything is
-    // accounted for (a lost increment never is, and the wait times out saying by how much).
-    let start = Instant::now();
-    let (logged, gaps) = loop {
-        let (logged, gaps) = accounted(&d.records());
-        if logged + gaps >= refused {
-            break (logged, gaps);
-        }
-        assert!(
-            start.elapsed() < patience(Duration::from_secs(30)),
-            "{refused} refusals, {logged} logged + {gaps} in gaps: {} unaccounted",
-            refused - logged - gaps
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (logged, gaps) = wait_accounted(&d, refused, "flood");
     assert!(
         gaps > 0,
         "the instance went over its budget: {logged} logged"
@@ -130,8 +103,107 @@ fn every_refusal_over_the_event_budget_is_counted_exactly() {
     d.wait_record("the later refusal", |r| {
         r["action"] == "connect" && r["verdict"] == "denied" && r["agent"] == "flood"
     });
-    let (logged, gaps) = accounted(&d.records());
+    let (logged, gaps) = accounted(&d.records(), "flood");
     assert_eq!(logged + gaps, refused, "{logged} logged + {gaps} in gaps");
+}
+
+/// Refused sends of `agent`'s tree (it and its sub-agents) logged, and refusals counted in its
+/// gaps (named after the agent's top-level instance) or in the shared refusal ring's.
+fn accounted(records: &[serde_json::Value], agent: &str) -> (u64, u64) {
+    let in_tree = |r: &serde_json::Value| {
+        r["agent"]
+            .as_str()
+            .is_some_and(|a| a == agent || a.starts_with(&format!("{agent}/")))
+    };
+    let logged = records
+        .iter()
+        .filter(|r| r["action"] == "send" && r["verdict"] == "denied" && in_tree(r))
+        .count() as u64;
+    let gaps: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "lost-events" && (in_tree(r) || r["source"] == "refusal-ring"))
+        .map(|r| r["refusals"].as_u64().unwrap_or(0))
+        .sum();
+    (logged, gaps)
+}
+
+/// Waits until all `refused` sends of `agent`'s tree are accounted for ([`accounted`]): the
+/// daemon drains the rings and logs the gaps on its own. A lost increment never is, and the
+/// wait times out saying by how much.
+fn wait_accounted(d: &Daemon, refused: u64, agent: &str) -> (u64, u64) {
+    let start = Instant::now();
+    loop {
+        let (logged, gaps) = accounted(&d.records(), agent);
+        if logged + gaps >= refused {
+            return (logged, gaps);
+        }
+        assert!(
+            start.elapsed() < patience(Duration::from_secs(30)),
+            "{refused} refusals, {logged} logged + {gaps} in gaps: {} unaccounted",
+            refused - logged - gaps
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sub-agents share their top-level instance's event budget: an agent that starts sub-agents
+/// (or many instances of one) cannot multiply what it may put into the log, nor the work of the
+/// thread that drains the rings. Before, every sub-agent instance had a budget of its own.
+#[test]
+fn sub_agents_share_their_parents_event_budget() {
+    if !privileged("sub_agents_share_their_parents_event_budget") {
+        return;
+    }
+    let d =
+        Daemon::start("[agents.flood]\nconnect = []\n\n[agents.flood.sub.child]\nconnect = []\n");
+    // The parent and three sub-agent instances each refuse far more sends than one burst of
+    // 2,000 refusal events, all at once.
+    let sends = 200_000 / slowdown() as usize;
+    let probe = probe_bin();
+    let ag = agentguard_bin();
+    let sender = format!("'{}' send-loop 127.0.0.1 9 {sends}", probe.display());
+    let script = format!(
+        "for i in 1 2 3; do '{}' run --agent flood/child -- {sender} & done; {sender} & wait",
+        ag.display()
+    );
+    let start = Instant::now();
+    let out = d.run("flood", &["/bin/sh", "-c", &script]);
+    // One budget refills at 2,000 refusal events a second after its burst of 2,000: no more
+    // can have been sent in this window, however the four instances shared it.
+    let window = start.elapsed();
+    assert!(out.status.success(), "the senders: {}", describe(&out));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 4, "four senders: {}", describe(&out));
+    let refused: u64 = lines
+        .iter()
+        .map(|l| {
+            l.strip_prefix("sent=0 refused=")
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("every send is refused: {l}"))
+        })
+        .sum();
+    assert_eq!(refused, 4 * sends as u64, "{}", describe(&out));
+    let (logged, gaps) = wait_accounted(&d, refused, "flood");
+    assert_eq!(logged + gaps, refused, "{logged} logged + {gaps} in gaps");
+    let most = 2_000 + (2_000.0 * window.as_secs_f64()).ceil() as u64;
+    assert!(
+        logged <= most,
+        "the tree logged {logged} refusals in {window:?}: more than one budget lets through \
+         ({most})"
+    );
+    // The gaps name the top-level instance, whose budget the tree spent.
+    let records = d.records();
+    let child_gaps: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "lost-events" && r["agent"] == "flood/child")
+        .collect();
+    assert!(
+        child_gaps.is_empty(),
+        "gaps charged to sub-agents: {child_gaps:?}"
+    );
 }
 
 /// Busy agents must not out-schedule the thread that drains the rings. Nice values do not

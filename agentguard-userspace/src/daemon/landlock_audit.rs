@@ -51,10 +51,11 @@ const GRACE: Duration = Duration::from_millis(100);
 const PENDING_MAX: usize = 4096;
 /// Domains remembered.
 const DOMAINS_MAX: usize = 16384;
-/// Refusal records logged per instance per one-second window; beyond it they are counted and
-/// logged as a `lost-events` gap (`source` = `landlock-budget`). The same figure as the
-/// kernel's per-instance refusal event budget, so an agent hammering a refused path loses its
-/// own records, not the daemon's time or the disk.
+/// Refusal records logged per instance tree (a top-level instance and its sub-agents) per
+/// one-second window; beyond it they are counted and logged as a `lost-events` gap (`source` =
+/// `landlock-budget`, naming the top-level instance). The same figure as the kernel's refusal
+/// event budget, so an agent hammering a refused path loses its own tree's records, not the
+/// daemon's time or the disk, however many sub-agents it starts.
 pub const PER_INSTANCE_PER_SECOND: u64 = 2000;
 /// The audit backlog the daemon asks for when it switches audit on (the kernel's default is
 /// 64 records); the limit found is put back on exit.
@@ -420,22 +421,54 @@ struct Window {
     instance: String,
 }
 
-/// Per-instance budget of logged refusal records (cgroup id 0: refusals naming no instance).
+/// The top-level instance whose tree (it and its sub-agents) shares a refusal budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    pub cgroup_id: u64,
+    pub agent: String,
+    pub instance: String,
+}
+
+impl Tree {
+    /// The tree of `a`'s instance, from the live instances; an instance the daemon does not
+    /// know (cgroup id 0: refusals naming no instance) is a tree of its own.
+    fn of(shared: &Shared, a: &Action) -> Self {
+        let st = shared.lock_state();
+        let root = st.instances.get(&a.cgroup_id).map(|i| i.root_instance);
+        match root.and_then(|r| st.instances.get(&r).map(|i| (r, i))) {
+            Some((cgroup_id, i)) => Self {
+                cgroup_id,
+                agent: i.agent.clone(),
+                instance: i.name.clone(),
+            },
+            None => Self {
+                cgroup_id: a.cgroup_id,
+                agent: a.agent.clone(),
+                instance: a.instance.clone(),
+            },
+        }
+    }
+}
+
+/// Per-tree budget of logged refusal records.
 #[derive(Debug, Default)]
 pub struct Budget {
     windows: HashMap<u64, Window>,
 }
 
 impl Budget {
-    /// Whether `a` may be logged now; if not, it is counted for its instance.
-    pub fn admit(&mut self, a: &Action, now: Instant) -> bool {
-        let w = self.windows.entry(a.cgroup_id).or_insert_with(|| Window {
-            start: now,
-            used: 0,
-            over: 0,
-            agent: a.agent.clone(),
-            instance: a.instance.clone(),
-        });
+    /// Whether a refusal in `tree` may be logged now; if not, it is counted for the tree.
+    pub fn admit(&mut self, tree: &Tree, now: Instant) -> bool {
+        let w = self
+            .windows
+            .entry(tree.cgroup_id)
+            .or_insert_with(|| Window {
+                start: now,
+                used: 0,
+                over: 0,
+                agent: tree.agent.clone(),
+                instance: tree.instance.clone(),
+            });
         if now.saturating_duration_since(w.start) >= Duration::from_secs(1) {
             w.start = now;
             w.used = 0;
@@ -680,7 +713,7 @@ fn append(shared: &Shared, budget: &mut Budget, actions: Vec<Action>) {
     let (wall, mono) = audit::now();
     let now = Instant::now();
     for a in actions {
-        if !budget.admit(&a, now) {
+        if !budget.admit(&Tree::of(shared, &a), now) {
             continue;
         }
         shared.note_refusal(wall, &a);
@@ -801,29 +834,13 @@ mod tests {
     fn an_instance_over_its_budget_loses_its_own_records_as_a_counted_gap() {
         let mut b = Budget::default();
         let t0 = Instant::now();
-        let action = |cgroup_id: u64, instance: &str| Action {
-            kind: EventKind::FileOpen as u16,
-            verdict: Verdict::Denied as u8,
-            backend: Backend::Landlock as u8,
+        let tree = |cgroup_id: u64, instance: &str| Tree {
+            cgroup_id,
             agent: "flood".into(),
             instance: instance.into(),
-            cgroup_id,
-            pid: 1,
-            tid: 1,
-            uid: 0,
-            comm: String::new(),
-            target: Target::File {
-                op: 1,
-                access: 1,
-                path: "/etc/shadow".into(),
-                target_pid: None,
-            },
-            rule: None,
-            flags: 0,
-            generation: 0,
         };
-        let loud = action(7, "flood/1");
-        let quiet = action(8, "flood/2");
+        let loud = tree(7, "flood/1");
+        let quiet = tree(8, "flood/2");
         let admitted = (0..PER_INSTANCE_PER_SECOND + 500)
             .filter(|_| b.admit(&loud, t0))
             .count();
