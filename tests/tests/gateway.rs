@@ -698,6 +698,10 @@ fn secrets_come_from_vault_when_the_store_has_none() {
 struct DynamicVault {
     issued: Vec<(String, String)>,
     revoked: Vec<String>,
+    /// Revocations are answered 503 (Vault sealed or overloaded) while set.
+    refuse_revokes: bool,
+    /// Revocations asked for, answered or not.
+    revoke_attempts: usize,
 }
 
 /// A fake Vault dynamic secrets engine (protocol logic only: no Vault binary exists offline):
@@ -710,6 +714,9 @@ fn fake_dynamic_vault() -> (u16, Arc<Mutex<DynamicVault>>) {
     let port = serve(move |req, conn| {
         let mut st = s.lock().unwrap_or_else(|e| panic!("{e}"));
         let method = req.head.split_whitespace().next().unwrap_or("").to_owned();
+        if req.path() == "/v1/sys/leases/revoke" {
+            st.revoke_attempts += 1;
+        }
         let (status, body) = match (method.as_str(), req.path()) {
             _ if req.header("x-vault-token") != Some(VAULT_TOKEN) => (
                 "403 Forbidden",
@@ -727,6 +734,10 @@ fn fake_dynamic_vault() -> (u16, Arc<Mutex<DynamicVault>>) {
                     ),
                 )
             }
+            ("PUT" | "POST", "/v1/sys/leases/revoke") if st.refuse_revokes => (
+                "503 Service Unavailable",
+                r#"{"errors":["Vault is sealed"]}"#.to_owned(),
+            ),
             ("PUT" | "POST", "/v1/sys/leases/revoke") => {
                 let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
                 match body["lease_id"].as_str() {
@@ -984,5 +995,75 @@ fn sub_agents_spend_their_parents_budget() {
     assert!(
         by[2].contains("/helper/") && by[4].contains("/helper/") && !by[0].contains("helper"),
         "tool calls by instance: {by:?}"
+    );
+}
+
+/// A revocation Vault refused, waiting for its retry when the daemon stops, is tried once more
+/// at once and ends in a record: before, the retry was dropped with the daemon, and the log
+/// never said the credential outlived its lease.
+#[test]
+fn a_revocation_waiting_for_its_retry_is_logged_when_the_daemon_stops() {
+    if !privileged("a_revocation_waiting_for_its_retry_is_logged_when_the_daemon_stops") {
+        return;
+    }
+    let (vault_port, vault) = fake_dynamic_vault();
+    vault
+        .lock()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .refuse_revokes = true;
+    let (port, _seen) = upstream();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut d = start_with_vault(
+        &format!(
+            "[tools.db]\nurl = \"http://127.0.0.1:{port}\"\ncredential = \"orders-db\"\ninject = \"header:X-Key: {{secret}}\"\npaths = [\"/\"]\n\n[agents.buyer]\ntools = [\"db\"]\n"
+        ),
+        vault_port,
+        dir.path(),
+        &["--vault-dynamic", "orders-db=database/creds/buyer#password"],
+    );
+    // One call, then the instance ends: its lease ends, and Vault refuses the revocation.
+    let out = agent_sh(
+        &d,
+        "buyer",
+        &format!("{CURL} \"$AGENTGUARD_GATEWAY/tools/db/x\""),
+    );
+    assert_eq!(out.trim(), "200", "{out}");
+    let call = d.wait_record("the call", |r| {
+        r["kind"] == "tool-call" && r["path"] == "/x"
+    });
+    let attempts = || {
+        vault
+            .lock()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .revoke_attempts
+    };
+    let start = Instant::now();
+    while attempts() == 0 {
+        assert!(
+            start.elapsed() < patience(Duration::from_secs(10)),
+            "the daemon never asked Vault to revoke the ended lease"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let before = attempts();
+    // Its retries wait 1, 5 and 30 s: the daemon stops while one waits.
+    d.stop();
+    assert!(
+        attempts() > before,
+        "no last try at shutdown ({before} before the stop, {} after)",
+        attempts()
+    );
+    let records = d.records();
+    let outcome: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "vault-lease" && r["lease"] == call["lease"] && r["action"] != "issued"
+        })
+        .collect();
+    assert!(
+        matches!(&outcome[..], [r] if r["action"] == "revoke-failed" && r["error"].as_str().is_some_and(|e| !e.is_empty())),
+        "the ended lease's revocation must end in one revoke-failed record: {outcome:?}"
     );
 }

@@ -5,7 +5,7 @@
 //! The lease tables ([`super::lease::Leases`], [`super::checkout::Checkouts`]) hand every
 //! ended lease's credential over, however it ended; [`run`] revokes them at Vault
 //! (`PUT /v1/sys/leases/revoke`). A refused or unanswered revocation is retried (after 1, 5 and
-//! 30 seconds); after the last try the credential is left to Vault's own `lease_duration`,
+//! 30 seconds, or at once, one last time, when the daemon stops); after the last try the credential is left to Vault's own `lease_duration`,
 //! which is at least the lease's TTL, and a `vault-lease` record `revoke-failed` names the
 //! Vault lease for an operator to revoke by hand (`vault lease revoke ID`).
 //!
@@ -150,8 +150,14 @@ fn log_issued(shared: &Shared, cgroup_id: u64, lease: &str, d: &Dynamic, ttl: Du
     }));
 }
 
-/// Revokes one ended credential at Vault, retrying; logs the outcome.
-async fn revoke(shared: Arc<Shared>, ended: DynamicEnded, retries: &[Duration]) {
+/// Revokes one ended credential at Vault, retrying; logs the outcome. At shutdown a retry
+/// waiting its turn is tried at once, one last time, so every revocation ends in a record.
+async fn revoke(
+    shared: Arc<Shared>,
+    ended: DynamicEnded,
+    retries: &[Duration],
+    mut shutdown: watch::Receiver<Option<bool>>,
+) {
     let Some(vault) = shared.vault() else {
         return;
     };
@@ -162,7 +168,10 @@ async fn revoke(shared: Arc<Shared>, ended: DynamicEnded, retries: &[Duration]) 
             Err(e) => {
                 tracing::warn!(lease = %ended.lease, vault_lease = %ended.dynamic.issued.lease_id, error = %e, "cannot revoke a Vault lease");
                 match waits.next() {
-                    Some(w) => tokio::time::sleep(*w).await,
+                    Some(w) => tokio::select! {
+                        () = tokio::time::sleep(*w) => {}
+                        _ = shutdown.wait_for(Option::is_some) => waits = [].iter(),
+                    },
                     None => break Some(e.to_string()),
                 }
             }
@@ -181,9 +190,11 @@ async fn revoke(shared: Arc<Shared>, ended: DynamicEnded, retries: &[Duration]) 
 }
 
 /// Revokes ended credentials at Vault until shutdown; then revokes every credential still
-/// issued (the daemon keeps no lease across a restart), one try each.
+/// issued (the daemon keeps no lease across a restart), one try each, and waits for every
+/// revocation still retrying (see [`revoke`]) so that none ends without its record.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool>>) {
     let gw = &shared.gateway;
+    let mut revoking = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             () = gw.dynamic_ended.notified() => {}
@@ -192,13 +203,13 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool>
         }
         gw.sweep(Instant::now());
         for ended in gw.drain_dynamic_ended() {
-            tokio::spawn(revoke(shared.clone(), ended, &RETRIES));
+            revoking.spawn(revoke(shared.clone(), ended, &RETRIES, shutdown.clone()));
         }
+        while revoking.try_join_next().is_some() {}
     }
     gw.end_all("shutdown");
-    let mut last = tokio::task::JoinSet::new();
     for ended in gw.drain_dynamic_ended() {
-        last.spawn(revoke(shared.clone(), ended, &[]));
+        revoking.spawn(revoke(shared.clone(), ended, &[], shutdown.clone()));
     }
-    while last.join_next().await.is_some() {}
+    while revoking.join_next().await.is_some() {}
 }
