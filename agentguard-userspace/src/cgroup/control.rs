@@ -75,8 +75,12 @@ fn wait_for(
     let start = Instant::now();
     let events_path = cgroup.join("cgroup.events");
     // An emptied instance may be removed by the daemon while this waits: for "empty", a cgroup
-    // that no longer exists is the awaited state.
-    let gone = |e: &std::io::Error| state == "empty" && e.kind() == std::io::ErrorKind::NotFound;
+    // that no longer exists is the awaited state. Removed between our open and our read, its
+    // file says ENODEV (a kernfs node deactivated under an open file), not ENOENT.
+    let gone = |e: &std::io::Error| {
+        state == "empty"
+            && (e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV))
+    };
     let mut inotify = Inotify::init().map_err(io_err(&events_path))?;
     match inotify.watches().add(&events_path, WatchMask::MODIFY) {
         Ok(_) => {}
