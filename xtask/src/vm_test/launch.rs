@@ -75,6 +75,7 @@ pub fn boot(boot: &Boot<'_>) -> Result<()> {
     let mut child = vng
         .spawn()
         .with_context(|| format!("cannot start `{}`", cmd::describe(&vng)))?;
+    let _group = running::Group::register(&child);
     let echoing = Arc::new(AtomicBool::new(false));
     let copiers: Vec<_> = [
         child
@@ -185,4 +186,69 @@ pub fn guest_panic(results: &Path) -> Option<String> {
             None => panic.trim().to_owned(),
         },
     )
+}
+
+/// The process groups of the guests running now, killed (QEMU with vng) when xtask is
+/// interrupted or terminated: each guest has a group of its own, so the terminal's Ctrl-C does
+/// not reach it, and a killed xtask would otherwise leave QEMU emulating on.
+mod running {
+    use std::sync::Once;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, killpg, sigaction};
+    use nix::unistd::Pid;
+
+    /// Guests at once: `cargo xtask vm-test` boots one per kernel series, a retry one more.
+    static GROUPS: [AtomicI32; 8] = [const { AtomicI32::new(0) }; 8];
+    static HANDLERS: Once = Once::new();
+    const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+    /// A registered guest group, unregistered when dropped (the guest has exited by then).
+    pub struct Group(Option<usize>);
+
+    impl Group {
+        pub fn register(child: &std::process::Child) -> Self {
+            HANDLERS.call_once(install);
+            let Ok(pgid) = i32::try_from(child.id()) else {
+                return Self(None);
+            };
+            Self(GROUPS.iter().position(|g| {
+                g.compare_exchange(0, pgid, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            }))
+        }
+    }
+
+    impl Drop for Group {
+        fn drop(&mut self) {
+            if let Some(slot) = self.0 {
+                GROUPS[slot].store(0, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn install() {
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESETHAND,
+            SigSet::empty(),
+        );
+        for signal in SIGNALS {
+            // SAFETY: `on_signal` only makes async-signal-safe calls (atomic loads, kill, raise).
+            let _ = unsafe { sigaction(signal, &action) };
+        }
+    }
+
+    extern "C" fn on_signal(signo: i32) {
+        for group in &GROUPS {
+            let pgid = group.load(Ordering::SeqCst);
+            if pgid > 0 {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
+        }
+        // SA_RESETHAND put the default action back: die of the signal as if never caught.
+        if let Ok(signal) = Signal::try_from(signo) {
+            let _ = nix::sys::signal::raise(signal);
+        }
+    }
 }
