@@ -78,6 +78,8 @@ pub fn run(args: &Args) -> Result<()> {
     // apt hold locks of their own); then only the guests run concurrently.
     let built = if args.test_exe.is_empty() {
         build_ebpf::build_release()?;
+        // The upgrade test loads it as the next build.
+        build_ebpf::build_variant()?;
         integration::build_agentguard()?;
         Some(integration::build_test_executables()?)
     } else {
