@@ -191,7 +191,7 @@ async fn revoke(
 
 /// Revokes ended credentials at Vault until shutdown; then revokes every credential still
 /// issued (the daemon keeps no lease across a restart), one try each, and waits for every
-/// revocation still retrying (see [`revoke`]) so that none ends without its record.
+/// revocation still retrying so that none ends without its record.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<Option<bool>>) {
     let gw = &shared.gateway;
     let mut revoking = tokio::task::JoinSet::new();
