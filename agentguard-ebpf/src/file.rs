@@ -133,12 +133,12 @@ fn try_file_open(file: *const u8) -> bool {
     {
         let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
         let Some(claim) = Claim::take(&SCRATCH) else {
-            return refuse_protected(&subject, None, Some(BUSY), access, FileOp::Open);
+            return refuse_protected(&subject, NO_SCRATCH, Some(BUSY), access, FileOp::Open);
         };
         let s = claim.get();
         return refuse_protected(
             &subject,
-            Some(s),
+            s,
             resolve::<false>(s, claim.index(), f_path),
             access,
             FileOp::Open,
@@ -160,7 +160,7 @@ fn try_file_open(file: *const u8) -> bool {
                 len: usize::MAX,
                 target_pid: 0,
             };
-            emit_file(&subject, &j, &info, None);
+            emit_file(&subject, &j, &info, NO_SCRATCH);
         }
         return j.permits();
     }
@@ -179,6 +179,10 @@ const TOO_LONG: Resolved = Resolved {
     flags: EVENT_PATH_TOO_LONG,
 };
 
+/// No scratch memory to take a path from (a null pointer rather than `None`: an
+/// `Option<*mut _>` is two registers, and BPF functions take at most five).
+const NO_SCRATCH: *mut Scratch = core::ptr::null_mut();
+
 /// No scratch slot was free on this CPU to render the path in: refused (see [`crate::scratch`]).
 const BUSY: Resolved = Resolved {
     len: usize::MAX,
@@ -191,7 +195,7 @@ const BUSY: Resolved = Resolved {
 fn refuse_busy(subject: &Subject, access: u8, op: FileOp) -> bool {
     settle(
         subject,
-        None,
+        NO_SCRATCH,
         Some(BUSY),
         access,
         op,
@@ -582,7 +586,7 @@ fn judge(
     op: FileOp,
 ) -> bool {
     let decision = decide(subject, s, &resolved, access);
-    settle(subject, Some(s), resolved, access, op, decision)
+    settle(subject, s, resolved, access, op, decision)
 }
 
 /// Finishes a decision about a file operation (budget, audit mode, counters) and logs it, with
@@ -590,7 +594,7 @@ fn judge(
 #[inline(always)]
 fn settle(
     subject: &Subject,
-    s: Option<*mut Scratch>,
+    s: *mut Scratch,
     resolved: Option<Resolved>,
     access: u8,
     op: FileOp,
@@ -620,9 +624,9 @@ fn settle(
     j.permits()
 }
 
-/// Sends a [`FileEvent`] with the path in the key of `s` (if there is one and `info.len` is
-/// valid).
-pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo, s: Option<*mut Scratch>) {
+/// Sends a [`FileEvent`] with the path in the key of `s` (if it is not [`NO_SCRATCH`] and
+/// `info.len` is valid).
+pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo, s: *mut Scratch) {
     let FileInfo {
         kind,
         op,
@@ -643,9 +647,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo, s: Option<*m
         (*ev)._pad = 0;
         (*ev).target_pid = target_pid;
         (*ev).path[0] = 0;
-        if len < PATH_KEY_LEN
-            && let Some(s) = s
-        {
+        if len < PATH_KEY_LEN && !s.is_null() {
             let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
             bpf_probe_read_kernel(
                 (*ev).path.as_mut_ptr().cast(),
@@ -663,7 +665,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo, s: Option<*m
 #[inline(always)]
 fn refuse_protected(
     subject: &Subject,
-    s: Option<*mut Scratch>,
+    s: *mut Scratch,
     resolved: Option<Resolved>,
     access: u8,
     op: FileOp,
@@ -684,7 +686,7 @@ fn refuse_protected(
 #[inline(always)]
 fn busy_verdict(subject: &Subject, protected: bool, op: FileOp) -> i32 {
     let permitted = if protected {
-        refuse_protected(subject, None, Some(BUSY), ACCESS_WRITE, op)
+        refuse_protected(subject, NO_SCRATCH, Some(BUSY), ACCESS_WRITE, op)
     } else {
         refuse_busy(subject, ACCESS_WRITE, op)
     };
@@ -707,7 +709,7 @@ fn path_child_op<const WALK: bool>(dir: *mut path, dentry: *const u8, op: FileOp
     let s = claim.get();
     let resolved = resolve_child::<WALK>(s, claim.index(), dir, dentry);
     let permitted = if protected {
-        refuse_protected(&subject, Some(s), resolved, ACCESS_WRITE, op)
+        refuse_protected(&subject, s, resolved, ACCESS_WRITE, op)
     } else {
         judge(&subject, s, resolved, ACCESS_WRITE, op)
     };
@@ -730,7 +732,7 @@ fn path_op<const WALK: bool>(p: *mut path, op: FileOp) -> i32 {
     let s = claim.get();
     let resolved = resolve::<WALK>(s, claim.index(), p);
     let permitted = if protected {
-        refuse_protected(&subject, Some(s), resolved, ACCESS_WRITE, op)
+        refuse_protected(&subject, s, resolved, ACCESS_WRITE, op)
     } else {
         judge(&subject, s, resolved, ACCESS_WRITE, op)
     };
@@ -829,7 +831,7 @@ fn path_link<const WALK: bool>(ctx: &LsmContext) -> i32 {
         return 0;
     }
     let claim = Claim::take(&SCRATCH);
-    let s = claim.as_ref().map(Claim::get);
+    let s = claim.as_ref().map_or(NO_SCRATCH, Claim::get);
     let resolved = match &claim {
         Some(c) => resolve_child::<WALK>(c.get(), c.index(), ctx.arg(1), ctx.arg(2)),
         None => Some(BUSY),

@@ -8,8 +8,10 @@
 //! The VM runner boots its guests with `preempt=full`; run it with `--cpus 1` for the tightest
 //! schedule. The file test targets the BPF LSM `file_open` program; on the fallback backend
 //! Landlock judges opens (it keeps no per-CPU state), and the same assertions hold there. The
-//! AF_UNIX test judges through `unix_may_send` (BPF LSM) or `cgroup/sendmsg_unix` (fallback),
-//! both programs of agentguard's.
+//! AF_UNIX test judges through `cgroup/sendmsg_unix` on the fallback, which runs preemptible, or
+//! through `unix_may_send` with BPF LSM, which the kernel calls under the peer's state spinlock
+//! (so preemptible only on PREEMPT_RT): there it checks the slot handling does not refuse what
+//! is allowed or allow what is not.
 
 use std::{
     os::unix::net::UnixDatagram,
