@@ -49,6 +49,9 @@ pub const EVENT_PATH_TOO_LONG: u32 = 1 << 5;
 pub const EVENT_PROC_SELF: u32 = 1 << 6;
 /// The action targeted agentguard's own state (cgroupfs, bpffs), which no agent may change.
 pub const EVENT_PROTECTED_FS: u32 = 1 << 7;
+/// Every per-CPU scratch slot was taken by runs preempted inside agentguard's programs on this
+/// CPU: the action could not be judged, so it was refused (fail closed).
+pub const EVENT_SCRATCH_BUSY: u32 = 1 << 8;
 
 /// Common start of every event.
 #[repr(C)]

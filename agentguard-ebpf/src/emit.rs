@@ -121,8 +121,10 @@ pub fn reserve<T: 'static>(subject: &Subject, j: &Judgement) -> Option<Pending<T
 #[inline(always)]
 fn lost(slot: u32) {
     if let Some(n) = LOST.get_ptr_mut(slot) {
-        // SAFETY: this CPU's slot of a per-CPU array, valid for this program run.
-        unsafe { *n += 1 };
+        // Per-CPU, but a program run can be preempted on its CPU by another run of a program
+        // that counts here: a plain `+= 1` could lose an increment (an event neither logged
+        // nor counted).
+        add_shared(n);
     }
 }
 
@@ -212,13 +214,15 @@ fn escalate_unsent(cgroup_id: u64, escalate: u32, now: u64) {
     }
 }
 
-/// Adds one to a counter in a map value every CPU writes: an atomic add (`BPF_ATOMIC` /
-/// `BPF_ADD` without fetch, which every kernel with BPF ring buffers accepts).
+/// Adds one to a counter in a map value that another program run may add to meanwhile (on
+/// another CPU, or on this one after preempting this run): an atomic add (`BPF_ATOMIC` /
+/// `BPF_ADD` without fetch, which every kernel with BPF ring buffers accepts; uncontended on
+/// per-CPU memory, it costs about what a plain add does).
 /// `AtomicU64::fetch_add` is not available on the BPF target (it has no compare-and-swap, so
 /// `target_has_atomic` is off), hence the intrinsic; its result is unused so LLVM emits the
 /// non-fetching form.
 #[inline(always)]
-fn add_shared(n: *mut u64) {
+pub fn add_shared(n: *mut u64) {
     // SAFETY: `n` points into a map value that stays valid for this program run, aligned to 8.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(n, 1) };
 }

@@ -18,8 +18,8 @@ use core::ffi::c_void;
 use agentguard_common::{
     agent::{AGENT_FILE_RULES, ThrottleKind},
     event::{
-        EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EVENT_PROTECTED_FS, EventKind,
-        FILE_PATH_LEN, FileEvent, FileOp,
+        EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EVENT_PROTECTED_FS,
+        EVENT_SCRATCH_BUSY, EventKind, FILE_PATH_LEN, FileEvent, FileOp,
     },
     maps::MAX_AGENT_DEPTH,
     rules::{NO_RULE, PATH_KEY_FIXED_BITS, PATH_KEY_LEN, PathKey},
@@ -42,6 +42,7 @@ use crate::{
     identity::{self, Subject},
     kernel,
     maps::{AG_FILE_F_PATH, PATH_RULES, SCRATCH},
+    scratch::Claim,
     verdict::{self, Judgement},
 };
 
@@ -66,7 +67,8 @@ const WALK_STEPS: u32 = 160;
 /// NAME_MAX: no component is longer.
 const NAME_MAX: usize = 255;
 
-/// Per-CPU working memory for one lookup.
+/// Per-CPU working memory for one lookup: a slot of [`SCRATCH`] that the run claimed
+/// ([`Claim`]), so no other run on the CPU writes it while this one is preempted.
 #[repr(C)]
 pub struct Scratch {
     /// The LPM key being built.
@@ -130,7 +132,17 @@ fn try_file_open(file: *const u8) -> bool {
             .is_some_and(|i| kernel::inode_protected(&o, i))
     {
         let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
-        return refuse_protected(&subject, resolve::<false>(f_path), access, FileOp::Open);
+        let Some(claim) = Claim::take(&SCRATCH) else {
+            return refuse_protected(&subject, NO_SCRATCH, Some(BUSY), access, FileOp::Open);
+        };
+        let s = claim.get();
+        return refuse_protected(
+            &subject,
+            s,
+            resolve::<false>(s, claim.index(), f_path),
+            access,
+            FileOp::Open,
+        );
     }
     if !subject.files_restricted() {
         // No file rules: only the open budget applies; only its breaches are logged (the daemon
@@ -148,13 +160,17 @@ fn try_file_open(file: *const u8) -> bool {
                 len: usize::MAX,
                 target_pid: 0,
             };
-            emit_file(&subject, &j, &info);
+            emit_file(&subject, &j, &info, NO_SCRATCH);
         }
         return j.permits();
     }
     let f_path = file.wrapping_add(AG_FILE_F_PATH.load() as usize) as *mut path;
-    let resolved = resolve::<false>(f_path);
-    judge(&subject, resolved, access, FileOp::Open)
+    let Some(claim) = Claim::take(&SCRATCH) else {
+        return refuse_busy(&subject, access, FileOp::Open);
+    };
+    let s = claim.get();
+    let resolved = resolve::<false>(s, claim.index(), f_path);
+    judge(&subject, s, resolved, access, FileOp::Open)
 }
 
 /// A path that cannot be judged: refused.
@@ -163,15 +179,39 @@ const TOO_LONG: Resolved = Resolved {
     flags: EVENT_PATH_TOO_LONG,
 };
 
+/// No scratch memory to take a path from (a null pointer rather than `None`: an
+/// `Option<*mut _>` is two registers, and BPF functions take at most five).
+const NO_SCRATCH: *mut Scratch = core::ptr::null_mut();
+
+/// No scratch slot was free on this CPU to render the path in: refused (see [`crate::scratch`]).
+const BUSY: Resolved = Resolved {
+    len: usize::MAX,
+    flags: EVENT_SCRATCH_BUSY,
+};
+
+/// Refuses an action whose path could not be rendered for want of a scratch slot, logging it
+/// (without a path) like any refusal.
+#[inline(always)]
+fn refuse_busy(subject: &Subject, access: u8, op: FileOp) -> bool {
+    settle(
+        subject,
+        NO_SCRATCH,
+        Some(BUSY),
+        access,
+        op,
+        Judgement::refuse(Verdict::Denied, EVENT_SCRATCH_BUSY),
+    )
+}
+
 /// Renders `p` at the start of the scratch stage (with `bpf_d_path`, or by a dentry walk when
 /// `WALK`); its length without the NUL, or `None` when it could not be rendered in
-/// [`PATH_KEY_LEN`] bytes.
+/// [`PATH_KEY_LEN`] bytes. `s` is the claimed slot number `slot` of [`SCRATCH`].
 #[inline(always)]
-fn render<const WALK: bool>(s: *mut Scratch, p: *mut path) -> Option<usize> {
+fn render<const WALK: bool>(s: *mut Scratch, slot: u32, p: *mut path) -> Option<usize> {
     if WALK {
-        return walk(s, p.cast_const().cast());
+        return walk(s, slot, p.cast_const().cast());
     }
-    // SAFETY: `s` is this CPU's scratch entry, valid for the program run; `p` is a kernel
+    // SAFETY: `s` is this run's scratch slot, valid for the program run; `p` is a kernel
     // `struct path` the hook received (or derived from one at a BTF offset).
     let n = unsafe { bpf_d_path(p, (*s).stage.as_mut_ptr().cast(), PATH_KEY_LEN as u32) };
     if n <= 0 { None } else { Some((n - 1) as usize) }
@@ -186,7 +226,7 @@ fn render<const WALK: bool>(s: *mut Scratch, p: *mut path) -> Option<usize> {
 /// unrolling a loop of [`WALK_STEPS`] (which took seconds per program on an emulated 6.1).
 /// Programs run under RCU, so the dentries and names read here stay valid; a concurrent rename
 /// of an ancestor can give a path that existed just before or just after it, as `d_path` can.
-fn walk(s: *mut Scratch, p: *const u8) -> Option<usize> {
+fn walk(s: *mut Scratch, slot: u32, p: *const u8) -> Option<usize> {
     let o = kernel::offsets()?;
     // SAFETY: helper without memory arguments.
     let task = unsafe { bpf_get_current_task() } as *const u8;
@@ -202,23 +242,26 @@ fn walk(s: *mut Scratch, p: *const u8) -> Option<usize> {
     // The state lives in the scratch map, not on this stack: the 6.1 verifier checks a bpf_loop
     // callback once, so it would take the values one step leaves on the caller's stack for the
     // only ones possible after the loop and hard-wire the branches that test them.
-    // SAFETY: `s` is this CPU's scratch entry; WALK_END is inside `walk`.
+    // SAFETY: `s` is this run's scratch slot; WALK_END is inside `walk`.
     unsafe {
         (*s).walk_state = start;
         *core::ptr::addr_of_mut!((*s).walk)
             .cast::<u8>()
             .add(WALK_END) = 0;
     }
-    // SAFETY: `walk_step` has the callback signature bpf_loop expects; it takes no context.
+    // The callback finds the slot by its number: bpf_loop passes it only stack memory.
+    let mut slot = slot;
+    // SAFETY: `walk_step` has the callback signature bpf_loop expects; its context is `slot`,
+    // which outlives the loop.
     unsafe {
         bpf_loop(
             WALK_STEPS,
             walk_step as *mut c_void,
-            core::ptr::null_mut(),
+            (&raw mut slot).cast(),
             0,
         )
     };
-    // SAFETY: this CPU's scratch entry, as above.
+    // SAFETY: this run's scratch slot, as above.
     let (state, end) = unsafe { ((*s).walk_state.state, (*s).walk_state.end) };
     if state != WALK_DONE {
         return None;
@@ -246,15 +289,19 @@ pub struct WalkState {
     state: u64,
 }
 
-/// One step of [`walk`] on this CPU's scratch entry: 0 to go on, 1 to stop (with `state`
-/// saying how it ended).
-extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+/// One step of [`walk`] on the run's scratch slot, whose number `ctx` points to: 0 to go on, 1
+/// to stop (with `state` saying how it ended).
+extern "C" fn walk_step(_index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `walk` passes a pointer to the slot number on its stack.
+    let slot = unsafe { *ctx.cast::<u32>() };
+    let Some(s) = SCRATCH.get_ptr_mut(slot) else {
         return 1;
     };
-    // SAFETY: this CPU's scratch entry, valid for the program run; `walk` set it up.
+    // SAFETY: the slot `walk`'s run claimed (and set up), valid for the program run.
+    let s = unsafe { &raw mut (*s).data };
+    // SAFETY: as above.
     let w = unsafe { &mut (*s).walk_state };
-    match step(w) {
+    match step(s, w) {
         Some(true) => 0,
         Some(false) => {
             w.state = WALK_DONE;
@@ -270,7 +317,7 @@ extern "C" fn walk_step(_index: u32, _ctx: *mut c_void) -> i64 {
 /// Moves `w` one dentry or one mount up; `Some(false)` when the path is complete, `None` when
 /// it cannot be rendered.
 #[inline(always)]
-fn step(w: &mut WalkState) -> Option<bool> {
+fn step(s: *mut Scratch, w: &mut WalkState) -> Option<bool> {
     if w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt {
         return Some(false);
     }
@@ -298,8 +345,7 @@ fn step(w: &mut WalkState) -> Option<bool> {
     }
     // Masked for the verifier, which does not see that `end - len` is in 10..=255.
     let at = ((end - len) & 0xff) as usize;
-    let s = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch entry; `at` and `len` are each below 256 and `walk` holds 512.
+    // SAFETY: the run's scratch slot; `at` and `len` are each below 256 and `walk` holds 512.
     unsafe {
         let buf = core::ptr::addr_of_mut!((*s).walk).cast::<u8>();
         if bpf_probe_read_kernel(buf.add(at).cast(), (len & 0xff) as u32, name.cast()) != 0 {
@@ -318,7 +364,7 @@ fn finish_walk(s: *mut Scratch, end: u64) -> Option<usize> {
     if end > WALK_END as u64 || end < WALK_MIN_END {
         return None;
     }
-    // SAFETY: `s` is this CPU's scratch entry; the copy lands in the stage, which is longer than
+    // SAFETY: `s` is this run's scratch slot; the copy lands in the stage, which is longer than
     // PATH_KEY_LEN, and reads scratch memory from `end`, which is inside `walk`.
     unsafe {
         let buf = core::ptr::addr_of_mut!((*s).walk).cast::<u8>();
@@ -338,20 +384,23 @@ fn finish_walk(s: *mut Scratch, end: u64) -> Option<usize> {
     }
 }
 
-/// Renders `p` into the scratch stage and prepares the lookup key.
-fn resolve<const WALK: bool>(p: *mut path) -> Option<Resolved> {
-    let s = SCRATCH.get_ptr_mut(0)?;
-    match render::<WALK>(s, p) {
+/// Renders `p` into the scratch stage of `s` (slot number `slot`) and prepares the lookup key.
+fn resolve<const WALK: bool>(s: *mut Scratch, slot: u32, p: *mut path) -> Option<Resolved> {
+    match render::<WALK>(s, slot, p) {
         Some(len) => finish_key(s, len),
         None => Some(TOO_LONG),
     }
 }
 
 /// Renders `dir` + "/" + the name of `dentry` (a path that is about to exist or stop existing).
-fn resolve_child<const WALK: bool>(dir: *mut path, dentry: *const u8) -> Option<Resolved> {
+fn resolve_child<const WALK: bool>(
+    s: *mut Scratch,
+    slot: u32,
+    dir: *mut path,
+    dentry: *const u8,
+) -> Option<Resolved> {
     let o = kernel::offsets()?;
-    let s = SCRATCH.get_ptr_mut(0)?;
-    let Some(mut start) = render::<WALK>(s, dir) else {
+    let Some(mut start) = render::<WALK>(s, slot, dir) else {
         return Some(TOO_LONG);
     };
     if start >= PATH_KEY_LEN {
@@ -383,7 +432,7 @@ fn finish_key(s: *mut Scratch, len: usize) -> Option<Resolved> {
     if len >= PATH_KEY_LEN {
         return Some(TOO_LONG);
     }
-    // SAFETY: `s` is this CPU's scratch entry; copies stay inside the key and the stage (the
+    // SAFETY: `s` is this run's scratch slot; copies stay inside the key and the stage (the
     // stage is twice a key long, so reading PATH_KEY_LEN bytes past any offset below is fine).
     unsafe {
         let key_path = core::ptr::addr_of_mut!((*s).key.data.path).cast::<u8>();
@@ -449,7 +498,7 @@ fn own_proc_prefix(stage: &[u8; STAGE_LEN]) -> Option<usize> {
 }
 
 fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option<u32> {
-    // SAFETY: this CPU's scratch entry; the key was prepared by `finish_key`.
+    // SAFETY: this run's scratch slot; the key was prepared by `finish_key`.
     unsafe {
         (*s).key.data.agent_id = agent_id;
         (*s).key.data.generation = generation as u8;
@@ -461,19 +510,21 @@ fn lookup(s: *mut Scratch, generation: u32, agent_id: u32, access: u8) -> Option
     }
 }
 
-/// The rule decision for the path in the scratch key: every access asked for must be allowed by
+/// The rule decision for the path in the key of `s`: every access asked for must be allowed by
 /// the agent's rules (when it has any) and by each ancestor agent that has file rules, so a
 /// sub-agent without file rules of its own is still held to its parent's.
-fn decide(subject: &Subject, resolved: &Option<Resolved>, access: u8) -> Judgement {
+fn decide(
+    subject: &Subject,
+    s: *mut Scratch,
+    resolved: &Option<Resolved>,
+    access: u8,
+) -> Judgement {
     let Some(r) = resolved else {
         return Judgement::refuse(Verdict::Denied, 0);
     };
     if r.len == usize::MAX || subject.config.is_none() {
         return Judgement::refuse(Verdict::Denied, r.flags);
     }
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return Judgement::refuse(Verdict::Denied, r.flags);
-    };
     let own_rules = subject.flags() & AGENT_FILE_RULES != 0;
     let mut rule_id = NO_RULE;
     for bit in [ACCESS_READ, ACCESS_WRITE] {
@@ -520,22 +571,30 @@ pub struct FileInfo {
     pub op: FileOp,
     /// Access asked for.
     pub access: u8,
-    /// Length of the path in the scratch key, or `usize::MAX` for none.
+    /// Length of the path in the scratch key given with it, or `usize::MAX` for none.
     pub len: usize,
     /// Target pid (ptrace).
     pub target_pid: u32,
 }
 
 #[inline(always)]
-fn judge(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) -> bool {
-    let decision = decide(subject, &resolved, access);
-    settle(subject, resolved, access, op, decision)
+fn judge(
+    subject: &Subject,
+    s: *mut Scratch,
+    resolved: Option<Resolved>,
+    access: u8,
+    op: FileOp,
+) -> bool {
+    let decision = decide(subject, s, &resolved, access);
+    settle(subject, s, resolved, access, op, decision)
 }
 
-/// Finishes a decision about a file operation (budget, audit mode, counters) and logs it.
+/// Finishes a decision about a file operation (budget, audit mode, counters) and logs it, with
+/// the path in the key of `s` when there is one.
 #[inline(always)]
 fn settle(
     subject: &Subject,
+    s: *mut Scratch,
     resolved: Option<Resolved>,
     access: u8,
     op: FileOp,
@@ -559,13 +618,15 @@ fn settle(
                 len,
                 target_pid: 0,
             },
+            s,
         );
     }
     j.permits()
 }
 
-/// Sends a [`FileEvent`] with the path currently in the scratch key (if `info.len` is valid).
-pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
+/// Sends a [`FileEvent`] with the path in the key of `s` (if it is not [`NO_SCRATCH`] and
+/// `info.len` is valid).
+pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo, s: *mut Scratch) {
     let FileInfo {
         kind,
         op,
@@ -578,7 +639,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
     };
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` is reserved ring buffer memory of the right size, written field by field;
-    // the path comes from this CPU's scratch entry.
+    // the path comes from this run's scratch slot.
     unsafe {
         (*ev).header = emit::header(kind, Backend::BpfLsm, subject, j);
         (*ev).op = op as u16;
@@ -586,9 +647,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
         (*ev)._pad = 0;
         (*ev).target_pid = target_pid;
         (*ev).path[0] = 0;
-        if len < PATH_KEY_LEN
-            && let Some(s) = SCRATCH.get_ptr_mut(0)
-        {
+        if len < PATH_KEY_LEN && !s.is_null() {
             let src = core::ptr::addr_of!((*s).key.data.path).cast::<u8>();
             bpf_probe_read_kernel(
                 (*ev).path.as_mut_ptr().cast(),
@@ -604,10 +663,17 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo) {
 /// Agents may never change agentguard's own state (its cgroups, its pinned programs), whatever
 /// their file rules say: that is how an agent would leave its identity or its enforcement.
 #[inline(always)]
-fn refuse_protected(subject: &Subject, resolved: Option<Resolved>, access: u8, op: FileOp) -> bool {
+fn refuse_protected(
+    subject: &Subject,
+    s: *mut Scratch,
+    resolved: Option<Resolved>,
+    access: u8,
+    op: FileOp,
+) -> bool {
     let flags = resolved.as_ref().map_or(0, |r| r.flags) | EVENT_PROTECTED_FS;
     settle(
         subject,
+        s,
         resolved,
         access,
         op,
@@ -615,28 +681,39 @@ fn refuse_protected(subject: &Subject, resolved: Option<Resolved>, access: u8, o
     )
 }
 
+/// The answer of a path operation that found no free scratch slot: refused, as protected when
+/// it was.
+#[inline(always)]
+fn busy_verdict(subject: &Subject, protected: bool, op: FileOp) -> i32 {
+    let permitted = if protected {
+        refuse_protected(subject, NO_SCRATCH, Some(BUSY), ACCESS_WRITE, op)
+    } else {
+        refuse_busy(subject, ACCESS_WRITE, op)
+    };
+    if permitted { 0 } else { -EPERM }
+}
+
 /// A write-rule check for a path operation on `dir`/`dentry`.
 fn path_child_op<const WALK: bool>(dir: *mut path, dentry: *const u8, op: FileOp) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
-    if kernel::offsets().is_some_and(|o| kernel::path_protected(&o, dir.cast_const().cast())) {
-        let resolved = resolve_child::<WALK>(dir, dentry);
-        return if refuse_protected(&subject, resolved, ACCESS_WRITE, op) {
-            0
-        } else {
-            -EPERM
-        };
-    }
-    if !subject.files_restricted() {
+    let protected =
+        kernel::offsets().is_some_and(|o| kernel::path_protected(&o, dir.cast_const().cast()));
+    if !protected && !subject.files_restricted() {
         return 0;
     }
-    let resolved = resolve_child::<WALK>(dir, dentry);
-    if judge(&subject, resolved, ACCESS_WRITE, op) {
-        0
+    let Some(claim) = Claim::take(&SCRATCH) else {
+        return busy_verdict(&subject, protected, op);
+    };
+    let s = claim.get();
+    let resolved = resolve_child::<WALK>(s, claim.index(), dir, dentry);
+    let permitted = if protected {
+        refuse_protected(&subject, s, resolved, ACCESS_WRITE, op)
     } else {
-        -EPERM
-    }
+        judge(&subject, s, resolved, ACCESS_WRITE, op)
+    };
+    if permitted { 0 } else { -EPERM }
 }
 
 /// A write-rule check for a path operation on an existing `path`.
@@ -644,23 +721,22 @@ fn path_op<const WALK: bool>(p: *mut path, op: FileOp) -> i32 {
     let Some(subject) = identity::current() else {
         return 0;
     };
-    if kernel::offsets().is_some_and(|o| kernel::path_protected(&o, p.cast_const().cast())) {
-        let resolved = resolve::<WALK>(p);
-        return if refuse_protected(&subject, resolved, ACCESS_WRITE, op) {
-            0
-        } else {
-            -EPERM
-        };
-    }
-    if !subject.files_restricted() {
+    let protected =
+        kernel::offsets().is_some_and(|o| kernel::path_protected(&o, p.cast_const().cast()));
+    if !protected && !subject.files_restricted() {
         return 0;
     }
-    let resolved = resolve::<WALK>(p);
-    if judge(&subject, resolved, ACCESS_WRITE, op) {
-        0
+    let Some(claim) = Claim::take(&SCRATCH) else {
+        return busy_verdict(&subject, protected, op);
+    };
+    let s = claim.get();
+    let resolved = resolve::<WALK>(s, claim.index(), p);
+    let permitted = if protected {
+        refuse_protected(&subject, s, resolved, ACCESS_WRITE, op)
     } else {
-        -EPERM
-    }
+        judge(&subject, s, resolved, ACCESS_WRITE, op)
+    };
+    if permitted { 0 } else { -EPERM }
 }
 
 /// A hook on a directory entry about to be created or removed, judged by the write rules; in
@@ -754,9 +830,17 @@ fn path_link<const WALK: bool>(ctx: &LsmContext) -> i32 {
     if !subject.files_restricted() {
         return 0;
     }
-    let resolved = resolve_child::<WALK>(ctx.arg(1), ctx.arg(2));
+    let claim = Claim::take(&SCRATCH);
+    let s = claim.as_ref().map_or(NO_SCRATCH, Claim::get);
+    let resolved = match &claim {
+        Some(c) => resolve_child::<WALK>(c.get(), c.index(), ctx.arg(1), ctx.arg(2)),
+        None => Some(BUSY),
+    };
     let len = resolved.as_ref().map_or(usize::MAX, |r| r.len);
-    let (j, log) = verdict::finish(&subject, None, Judgement::refuse(Verdict::Denied, 0));
+    let flags = resolved
+        .as_ref()
+        .map_or(0, |r| r.flags & EVENT_SCRATCH_BUSY);
+    let (j, log) = verdict::finish(&subject, None, Judgement::refuse(Verdict::Denied, flags));
     if log {
         emit_file(
             &subject,
@@ -768,6 +852,7 @@ fn path_link<const WALK: bool>(ctx: &LsmContext) -> i32 {
                 len,
                 target_pid: 0,
             },
+            s,
         );
     }
     if j.permits() { 0 } else { -EPERM }

@@ -6,13 +6,13 @@
 //! one place ([`verdict::finish`]).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// `atomic_xadd` for counters every CPU adds to (see `emit::add_shared`).
+// `atomic_xadd` for counters (see `emit::add_shared`), `atomic_xchg` to claim scratch slots.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(
     target_arch = "bpf",
     expect(
         internal_features,
-        reason = "core::intrinsics::atomic_xadd: AtomicU64::fetch_add is not available on the BPF target"
+        reason = "core::intrinsics::atomic_xadd and atomic_xchg: AtomicU64 is not available on the BPF target"
     )
 )]
 
@@ -36,6 +36,8 @@ mod maps;
 mod net;
 #[cfg(target_arch = "bpf")]
 mod privileged;
+#[cfg(target_arch = "bpf")]
+mod scratch;
 #[cfg(target_arch = "bpf")]
 mod throttle;
 #[cfg(target_arch = "bpf")]

@@ -4,6 +4,7 @@
 //! `maps::*`, which a userspace unit test checks against the built object. [`SENT`] and
 //! [`SCRATCH`] are the programs' own memory: not pinned, recreated empty on each load.
 
+use crate::scratch::{SLOTS, Slot};
 use agentguard_common::{
     agent::{
         AgentConfig, AgentKey, Bucket, BucketKey, CgroupEntry, Counters, EventBudget, GlobalState,
@@ -81,14 +82,16 @@ pub struct SentKey {
 #[map(name = "AG_SENT")]
 pub static SENT: LruHashMap<SentKey, u8> = LruHashMap::with_max_entries(65_536, 0);
 
-/// Per-CPU scratch space for path lookups (too large for the 512-byte BPF stack).
+/// Per-CPU scratch space for path lookups (too large for the 512-byte BPF stack), one slot per
+/// program run (see [`crate::scratch`]).
 #[map(name = "AG_SCRATCH")]
-pub static SCRATCH: PerCpuArray<crate::file::Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Slot<crate::file::Scratch>> =
+    PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// Per-CPU scratch space for the AF_UNIX address being judged (a 120-byte key, copied into the
-/// event too: kept off the 512-byte BPF stack).
+/// event too: kept off the 512-byte BPF stack), one slot per program run.
 #[map(name = "AG_UNIX_SCRATCH")]
-pub static UNIX_SCRATCH: PerCpuArray<UnixKey> = PerCpuArray::with_max_entries(1, 0);
+pub static UNIX_SCRATCH: PerCpuArray<Slot<UnixKey>> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// `struct file::f_path`, separately from [`AG_OFFSETS`]: the verifier must see it as a
 /// constant (read straight from frozen `.rodata`) to accept `bpf_d_path(&file->f_path)`.

@@ -39,6 +39,7 @@ fn refuse(subject: &Subject, op: FileOp, target_pid: u32) -> i32 {
                 len: usize::MAX,
                 target_pid,
             },
+            core::ptr::null_mut(),
         );
     }
     if j.permits() { 0 } else { -EPERM }

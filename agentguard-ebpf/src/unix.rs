@@ -23,7 +23,7 @@
 
 use agentguard_common::{
     agent::{AGENT_UNIX_RULES, unix_restricted},
-    event::{EVENT_PARENT_DENIED, EventKind, FILE_PATH_LEN, FileEvent, FileOp},
+    event::{EVENT_PARENT_DENIED, EVENT_SCRATCH_BUSY, EventKind, FILE_PATH_LEN, FileEvent, FileOp},
     maps::MAX_AGENT_DEPTH,
     rules::{NO_RULE, UNIX_PATH_LEN, UnixKey},
     verdict::{Backend, Verdict},
@@ -40,6 +40,7 @@ use crate::{
     identity::{self, Subject},
     kernel,
     maps::{UNIX_RULES, UNIX_SCRATCH},
+    scratch::Claim,
     verdict::{self, Judgement},
 };
 
@@ -99,12 +100,14 @@ pub fn ag_unix_may_send(ctx: LsmContext) -> i32 {
 
 /// What the address of a judged action turned out to be.
 enum Address {
-    /// Read into the scratch key.
-    Read(*mut UnixKey),
+    /// Read into the key of a scratch slot this run owns.
+    Read(Claim<UnixKey>),
     /// The peer has no address (socketpair): nothing to judge.
     Unnamed,
     /// Could not be read: judged as an address no rule allows.
     Unreadable,
+    /// No scratch slot was free on this CPU to read it into: refused (see [`crate::scratch`]).
+    Busy,
 }
 
 #[inline(always)]
@@ -152,17 +155,19 @@ fn judged(subject: &Subject) -> bool {
     subject.config.is_none() || unix_restricted(subject.flags())
 }
 
-/// The zeroed scratch key, or `None` (cannot happen: a one-slot per-CPU array).
+/// A scratch slot for the key, claimed by this run and zeroed; `None` when every slot of this
+/// CPU is taken.
 #[inline(always)]
-fn scratch() -> Option<*mut UnixKey> {
-    let key = UNIX_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU map memory, valid for the program run and not shared with another run.
+fn scratch() -> Option<Claim<UnixKey>> {
+    let claim = Claim::take(&UNIX_SCRATCH)?;
+    let key = claim.get();
+    // SAFETY: per-CPU map memory, valid for the program run and owned by this run.
     unsafe {
         (*key).agent_id = 0;
         (*key).generation = 0;
         (*key).len = 0;
     }
-    Some(key)
+    Some(claim)
 }
 
 /// Turns the `name_len` bytes of `sun_path` in the key into the kernel's encoding: a pathname
@@ -203,13 +208,14 @@ fn read_sock_addr(ctx: &SockAddrContext) -> Address {
     let Ok(kern) = (unsafe { bpf_probe_read_kernel(ctx.sock_addr.cast::<SockAddrKern>()) }) else {
         return Address::Unreadable;
     };
-    let Some(key) = scratch() else {
-        return Address::Unreadable;
-    };
     // The kernel checked the length (`unix_validate_addr`) before running the program.
     if kern.uaddrlen as usize <= SUN_PATH_OFFSET {
         return Address::Unreadable;
     }
+    let Some(claim) = scratch() else {
+        return Address::Busy;
+    };
+    let key = claim.get();
     // SAFETY: `key` is valid; the read tolerates any source address.
     let read = unsafe {
         bpf_probe_read_kernel_buf(kern.uaddr.wrapping_add(SUN_PATH_OFFSET), &mut (*key).path)
@@ -218,7 +224,7 @@ fn read_sock_addr(ctx: &SockAddrContext) -> Address {
         return Address::Unreadable;
     }
     normalise(key, kern.uaddrlen - SUN_PATH_OFFSET as u32);
-    Address::Read(key)
+    Address::Read(claim)
 }
 
 /// The address `sk` (a `struct unix_sock`) is bound to.
@@ -242,9 +248,10 @@ fn read_bound(sk: *const u8) -> Address {
     if len as usize <= SUN_PATH_OFFSET {
         return Address::Unnamed;
     }
-    let Some(key) = scratch() else {
-        return Address::Unreadable;
+    let Some(claim) = scratch() else {
+        return Address::Busy;
     };
+    let key = claim.get();
     let src = addr
         .wrapping_add(o.unix_address_name as usize)
         .wrapping_add(SUN_PATH_OFFSET);
@@ -254,7 +261,7 @@ fn read_bound(sk: *const u8) -> Address {
         return Address::Unreadable;
     }
     normalise(key, len as u32 - SUN_PATH_OFFSET as u32);
-    Address::Read(key)
+    Address::Read(claim)
 }
 
 #[inline(always)]
@@ -305,14 +312,17 @@ fn decide(subject: &Subject, key: *mut UnixKey) -> Judgement {
 /// Judges `address` for `subject`, logs it, and says whether it goes ahead.
 #[inline(always)]
 fn judge(subject: &Subject, address: Address, kind: EventKind, backend: Backend) -> bool {
-    let key = match address {
+    let (claim, busy) = match address {
         Address::Unnamed => return true,
-        Address::Read(key) => Some(key),
-        Address::Unreadable => None,
+        Address::Read(claim) => (Some(claim), 0),
+        Address::Unreadable => (None, 0),
+        Address::Busy => (None, EVENT_SCRATCH_BUSY),
     };
+    // The claim lives to the end of this function: the key is copied into the event below.
+    let key = claim.as_ref().map(Claim::get);
     let decision = match key {
         Some(key) => decide(subject, key),
-        None => Judgement::refuse(Verdict::Denied, 0),
+        None => Judgement::refuse(Verdict::Denied, busy),
     };
     let (j, log) = verdict::finish(subject, None, decision);
     if log && let Some(mut entry) = emit::reserve::<FileEvent>(subject, &j) {
@@ -323,7 +333,7 @@ fn judge(subject: &Subject, address: Address, kind: EventKind, backend: Backend)
             FileOp::UnixConnect
         };
         // SAFETY: reserved ring buffer memory of the right size, written field by field (the
-        // event is too large for the BPF stack); `key` is the scratch key.
+        // event is too large for the BPF stack); `key` is this run's scratch key.
         unsafe {
             (*ev).header = emit::header(kind, backend, subject, &j);
             (*ev).op = op as u16;

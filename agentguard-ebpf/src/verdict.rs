@@ -7,7 +7,10 @@ use agentguard_common::{
     verdict::Verdict,
 };
 
-use crate::{identity::Subject, maps::COUNTERS, throttle};
+use crate::{emit::add_shared, identity::Subject, maps::COUNTERS, throttle};
+
+/// `bpf_map_update_elem` flag: create only (uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
 
 /// A decision about one action.
 pub struct Judgement {
@@ -77,34 +80,44 @@ pub fn finish(
 
 #[inline(always)]
 fn count(cgroup_id: u64, verdict: Verdict) {
-    match COUNTERS.get_ptr_mut(cgroup_id) {
-        Some(c) => {
-            // SAFETY: per-CPU value of a map entry, valid for this program run; no other
-            // program touches this CPU's copy concurrently.
-            let c = unsafe { &mut *c };
-            match verdict {
-                Verdict::Allowed => c.allowed += 1,
-                Verdict::AuditDenied => c.audit_denied += 1,
-                Verdict::Throttled => {
-                    c.denied += 1;
-                    c.throttled += 1;
-                }
-                Verdict::Denied | Verdict::Killed => c.denied += 1,
-            }
+    if let Some(c) = COUNTERS.get_ptr_mut(cgroup_id) {
+        add(c, verdict);
+        return;
+    }
+    let mut c = Counters::default();
+    match verdict {
+        Verdict::Allowed => c.allowed = 1,
+        Verdict::AuditDenied => c.audit_denied = 1,
+        Verdict::Throttled => {
+            c.denied = 1;
+            c.throttled = 1;
         }
-        None => {
-            let mut c = Counters::default();
-            match verdict {
-                Verdict::Allowed => c.allowed = 1,
-                Verdict::AuditDenied => c.audit_denied = 1,
-                Verdict::Throttled => {
-                    c.denied = 1;
-                    c.throttled = 1;
-                }
-                Verdict::Denied | Verdict::Killed => c.denied = 1,
+        Verdict::Denied | Verdict::Killed => c.denied = 1,
+    }
+    // Only if still absent: another run on this CPU (which preempted this one) may have created
+    // the entry meanwhile, and overwriting it would drop what it counted. A full map only loses
+    // statistics, never a verdict.
+    if COUNTERS.insert(cgroup_id, c, BPF_NOEXIST).is_err()
+        && let Some(c) = COUNTERS.get_ptr_mut(cgroup_id)
+    {
+        add(c, verdict);
+    }
+}
+
+/// Counts `verdict` in this CPU's value of an entry. Atomic adds: a program run can be preempted
+/// on its CPU by another run counting in the same value.
+#[inline(always)]
+fn add(c: *mut Counters, verdict: Verdict) {
+    // SAFETY: per-CPU value of a map entry, valid for this program run, aligned to 8.
+    unsafe {
+        match verdict {
+            Verdict::Allowed => add_shared(&raw mut (*c).allowed),
+            Verdict::AuditDenied => add_shared(&raw mut (*c).audit_denied),
+            Verdict::Throttled => {
+                add_shared(&raw mut (*c).denied);
+                add_shared(&raw mut (*c).throttled);
             }
-            // A full map only loses statistics, never a verdict.
-            let _ = COUNTERS.insert(cgroup_id, c, 0);
+            Verdict::Denied | Verdict::Killed => add_shared(&raw mut (*c).denied),
         }
     }
 }

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use agentguard_common::{
     event::{
         EVENT_ESCALATE_FREEZE, EVENT_ESCALATE_KILL, EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG,
-        EVENT_PROC_SELF, EVENT_PROTECTED_FS, EVENT_TRUNCATED, EVENT_UNKNOWN_CGROUP, EventKind,
-        FileOp, PROTO_TCP, PROTO_UDP,
+        EVENT_PROC_SELF, EVENT_PROTECTED_FS, EVENT_SCRATCH_BUSY, EVENT_TRUNCATED,
+        EVENT_UNKNOWN_CGROUP, EventKind, FileOp, PROTO_TCP, PROTO_UDP,
     },
     verdict::{ACCESS_READ, ACCESS_WRITE, Backend, Verdict},
 };
@@ -20,7 +20,7 @@ fn unknown(n: impl std::fmt::Display) -> Cow<'static, str> {
 }
 
 /// `EVENT_*` flag bits with their names.
-pub const FLAGS: [(u32, &str); 8] = [
+pub const FLAGS: [(u32, &str); 9] = [
     (EVENT_TRUNCATED, "truncated"),
     (EVENT_ESCALATE_FREEZE, "escalate-freeze"),
     (EVENT_ESCALATE_KILL, "escalate-kill"),
@@ -29,6 +29,7 @@ pub const FLAGS: [(u32, &str); 8] = [
     (EVENT_PATH_TOO_LONG, "path-too-long"),
     (EVENT_PROC_SELF, "proc-self"),
     (EVENT_PROTECTED_FS, "protected-fs"),
+    (EVENT_SCRATCH_BUSY, "scratch-busy"),
 ];
 
 /// Record kinds (`Body::kind_id`) with their names, in number order.

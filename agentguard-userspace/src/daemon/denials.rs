@@ -10,7 +10,7 @@ use std::{
 use agentguard_common::{
     event::{
         EVENT_PARENT_DENIED, EVENT_PATH_TOO_LONG, EVENT_PROC_SELF, EVENT_PROTECTED_FS,
-        EVENT_UNKNOWN_CGROUP, EventKind, FileOp,
+        EVENT_SCRATCH_BUSY, EVENT_UNKNOWN_CGROUP, EventKind, FileOp,
     },
     verdict::{Backend, Verdict},
 };
@@ -192,6 +192,12 @@ fn reason_and_fix(a: &Action, kind: Option<EventKind>) -> (String, Option<String
     if a.flags & EVENT_UNKNOWN_CGROUP != 0 {
         return (
             "the process is in no known agent instance (fail closed)".into(),
+            None,
+        );
+    }
+    if a.flags & EVENT_SCRATCH_BUSY != 0 {
+        return (
+            "too many actions were being judged at once on one CPU (fail closed)".into(),
             None,
         );
     }

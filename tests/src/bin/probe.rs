@@ -11,6 +11,8 @@ use std::{
 
 #[path = "probe_parts/confine.rs"]
 mod confine;
+#[path = "probe_parts/race.rs"]
+mod race;
 
 fn report(r: std::io::Result<()>) -> ExitCode {
     match r {
@@ -455,6 +457,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         [cmd, rest @ ..] if confine::COMMANDS.contains(cmd) => confine::run(cmd, rest, report),
+        [cmd, rest @ ..] if race::COMMANDS.contains(cmd) => race::run(cmd, rest, report),
         _ => {
             eprintln!(
                 "usage: agentguard-probe tcp|tcp-name|tcp-mapped|udp|udp-mapped|udp-connect HOST PORT | tcp-loop HOST PORT N | status | read PATH | write PATH | exit CODE | sleep SECS"
