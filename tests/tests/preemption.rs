@@ -29,7 +29,7 @@ const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 /// Threads on each side (allowed, refused), all on one CPU.
 const THREADS: &str = "3";
 /// Actions per thread: a fixed amount of work, not a time.
-const ACTIONS: &str = "40000";
+const ACTIONS: &str = "20000";
 
 /// The probe's counts, by name.
 struct Counts {
