@@ -3,7 +3,9 @@
 //! run the same program on the same CPU before the first one finishes: per-CPU state a program
 //! keeps across its run (the path or AF_UNIX address being judged) must belong to that run only.
 //! A hostile agent pins threads to one CPU, some acting on an allowed target and some on a
-//! refused one, and counts: not one refused action may ever go through.
+//! refused one, and counts: not one refused action may go through, and not one allowed action
+//! may be refused. With one scratch slot per CPU, the file test failed in the 1-vCPU
+//! `preempt=full` 6.12 guest (60,000 refused opens: 1 went through, 37 allowed ones refused).
 //!
 //! The VM runner boots its guests with `preempt=full`; run it with `--cpus 1` for the tightest
 //! schedule. The file test targets the BPF LSM `file_open` program; on the fallback backend
@@ -54,7 +56,7 @@ impl Counts {
             .unwrap_or_else(|| panic!("no {name} in {:?}", self.line))
     }
 
-    /// No refused action went through, every one was refused, and the allowed side ran.
+    /// No refused action went through and every allowed one did.
     fn assert_held(&self, what: &str) {
         let per_side: usize =
             THREADS.parse::<usize>().unwrap_or(0) * ACTIONS.parse::<usize>().unwrap_or(0);
@@ -72,15 +74,12 @@ impl Counts {
             self.line
         );
         assert_eq!(self.get("other"), 0, "{what}: {}", self.line);
-        assert!(
-            self.get("allowed_ok") > 0,
-            "{what}: the allowed side never ran, so nothing raced: {}",
-            self.line
-        );
+        // Judged by another run's state, an allowed action is refused as often as a refused
+        // one goes through (37 against 1 on the old code): both count.
         assert_eq!(
-            self.get("allowed_ok") + self.get("allowed_refused"),
+            self.get("allowed_ok"),
             per_side,
-            "{what}: {}",
+            "{what}: allowed actions were refused: {}",
             self.line
         );
     }
@@ -97,18 +96,22 @@ fn opens_racing_on_one_cpu_are_each_judged_by_their_own_path() {
     if !privileged("opens_racing_on_one_cpu_are_each_judged_by_their_own_path") {
         return;
     }
+    // Both files in one directory, names of one length, only one of them allowed: a path is
+    // rendered backwards from the end of the scratch buffer (`d_path`, and the dentry walk), so
+    // a run preempted after writing its file name, whose buffer another run then fills, resumes
+    // by prepending its own directory to the other run's name: the allowed path, exactly.
     let t = ScratchTree::new("agentguard-race");
-    t.dirs(&["allowed", "secret"])
-        .file("allowed/data.txt", "data")
-        .file("secret/key.txt", "secret");
-    let d = Daemon::start(&policy(&t.p("allowed"), "/nonexistent.sock"));
-    let secret = t.p("secret/key.txt");
+    t.dirs(&["shared"])
+        .file("shared/ok.txt", "data")
+        .file("shared/no.txt", "secret");
+    let d = Daemon::start(&policy(&t.p("shared/ok.txt"), "/nonexistent.sock"));
+    let secret = t.p("shared/no.txt");
     let out = d.run(
         "racer",
         &[
             PROBE,
             "race-open",
-            &t.p("allowed/data.txt"),
+            &t.p("shared/ok.txt"),
             &secret,
             THREADS,
             ACTIONS,

@@ -48,6 +48,7 @@ impl Series {
                 "lsm_confinement",
                 "map_batch",
                 "network",
+                "preemption",
                 "self_defence",
                 "sub_agents",
                 "unix_escape",
