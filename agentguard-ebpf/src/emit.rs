@@ -133,11 +133,10 @@ fn lost(slot: u32) {
 /// counted for the tree, when none is left.
 #[inline(always)]
 fn within_budget(subject: &Subject, refusal: bool, flags: u32) -> bool {
-    // An entry written before trees were recorded has no root: the instance is its own tree.
-    let tree = if subject.root_instance_id != 0 {
-        subject.root_instance_id
-    } else {
-        subject.cgroup_id
+    // An unknown cgroup, or an entry written before trees were recorded, is a tree of its own.
+    let tree = match subject.root_instance_id() {
+        0 => subject.cgroup_id,
+        root => root,
     };
     // SAFETY: helper without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -198,13 +197,32 @@ fn within_budget(subject: &Subject, refusal: bool, flags: u32) -> bool {
     false
 }
 
+/// The entry of an instance that only carries escalations, inserted from global data (a map
+/// value to the verifier) rather than from the stack: the file program on 6.1 has no 64 bytes
+/// of stack to spare beside its `bpf_loop` callback.
+static ESCALATIONS_ONLY: EventBudget = EventBudget {
+    allowed: Bucket {
+        credit_ns: 0,
+        last_ns: 0,
+    },
+    refusals: Bucket {
+        credit_ns: 0,
+        last_ns: 0,
+    },
+    lost_allowed: 0,
+    lost_refusals: 0,
+    escalate_ns: 0,
+    escalate: 0,
+    _pad: 0,
+};
+
 /// Leaves the escalation of an unsent refusal in the entry of the instance that breached (not
 /// its tree's: the daemon acts on the entry's instance), created when the instance has none
 /// (a sub-agent's entry only carries escalations).
 #[inline(always)]
 fn escalate_unsent(cgroup_id: u64, escalate: u32, now: u64) {
     if EVENT_BUDGETS.get_ptr_mut(cgroup_id).is_none() {
-        let _ = EVENT_BUDGETS.insert(cgroup_id, EventBudget::default(), BPF_NOEXIST);
+        let _ = EVENT_BUDGETS.insert(cgroup_id, &ESCALATIONS_ONLY, BPF_NOEXIST);
     }
     if let Some(b) = EVENT_BUDGETS.get_ptr_mut(cgroup_id) {
         // SAFETY: map value valid for this program run.

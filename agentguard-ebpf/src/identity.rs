@@ -13,9 +13,6 @@ use crate::maps::{AGENT_CONFIG, CGROUPS, STATE};
 pub struct Subject {
     /// cgroup id of the instance (the nearest known one when the task sits in a child cgroup).
     pub cgroup_id: u64,
-    /// cgroup id of the top-level instance whose tree this instance belongs to (its own for a
-    /// top-level instance or an unknown cgroup): what the tree shares, such as its event budget.
-    pub root_instance_id: u64,
     /// Agent id; 0 for a task in the agentguard subtree that belongs to no known instance.
     pub agent_id: u32,
     /// Policy generation every lookup of this program run uses.
@@ -48,6 +45,16 @@ impl Subject {
     #[inline(always)]
     pub fn parent_agent_id(&self) -> u32 {
         self.config.map_or(0, |c| c.parent_agent_id)
+    }
+
+    /// cgroup id of the top-level instance whose tree the instance belongs to (its own for a
+    /// top-level one), 0 when the instance is unknown. Looked up, not carried: the 6.1
+    /// verifier's 512-byte limit on the stack of a program and its `bpf_loop` callback together
+    /// leaves the file program no room for one more field.
+    #[inline(always)]
+    pub fn root_instance_id(&self) -> u64 {
+        // SAFETY: map values stay valid for the duration of the program run.
+        unsafe { CGROUPS.get(self.cgroup_id) }.map_or(0, |e| e.root_instance_id)
     }
 }
 
@@ -89,7 +96,6 @@ pub fn current() -> Option<Subject> {
     if let Some(entry) = unsafe { CGROUPS.get(cgroup_id) } {
         return Some(Subject {
             cgroup_id,
-            root_instance_id: entry.root_instance_id,
             agent_id: entry.agent_id,
             generation,
             config: agent_config(generation, entry.agent_id),
@@ -108,8 +114,7 @@ pub fn current() -> Option<Subject> {
             if let Some(entry) = unsafe { CGROUPS.get(ancestor) } {
                 return Some(Subject {
                     cgroup_id: ancestor,
-                    root_instance_id: entry.root_instance_id,
-                    agent_id: entry.agent_id,
+                            agent_id: entry.agent_id,
                     generation,
                     config: agent_config(generation, entry.agent_id),
                     event_flags: 0,
@@ -120,7 +125,6 @@ pub fn current() -> Option<Subject> {
     }
     Some(Subject {
         cgroup_id,
-        root_instance_id: cgroup_id,
         agent_id: 0,
         generation,
         config: None,

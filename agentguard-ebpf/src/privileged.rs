@@ -94,7 +94,7 @@ pub fn ag_ptrace_access_check(ctx: LsmContext) -> i32 {
         .and_then(|css| kernel::read::<*const u8>(css, o.css_set_dfl_cgrp))
         .and_then(|cg| kernel::read::<*const u8>(cg, o.cgroup_kn))
         .and_then(|kn| kernel::read::<u64>(kn, o.kernfs_node_id));
-    let own_root = own_root_instance(&subject);
+    let own_root = subject.root_instance_id();
     let same_instance = child_cgroup
         // SAFETY: map values stay valid for the program run.
         .and_then(|id| unsafe { CGROUPS.get(id) })
@@ -104,9 +104,4 @@ pub fn ag_ptrace_access_check(ctx: LsmContext) -> i32 {
     } else {
         refuse(&subject, FileOp::Ptrace, target_pid)
     }
-}
-
-fn own_root_instance(subject: &Subject) -> u64 {
-    // SAFETY: map values stay valid for the program run.
-    unsafe { CGROUPS.get(subject.cgroup_id) }.map_or(0, |e| e.root_instance_id)
 }
