@@ -114,7 +114,7 @@ pub fn current() -> Option<Subject> {
             if let Some(entry) = unsafe { CGROUPS.get(ancestor) } {
                 return Some(Subject {
                     cgroup_id: ancestor,
-                            agent_id: entry.agent_id,
+                    agent_id: entry.agent_id,
                     generation,
                     config: agent_config(generation, entry.agent_id),
                     event_flags: 0,
