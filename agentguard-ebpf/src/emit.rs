@@ -222,6 +222,10 @@ static ESCALATIONS_ONLY: EventBudget = EventBudget {
 #[inline(always)]
 fn escalate_unsent(cgroup_id: u64, escalate: u32, now: u64) {
     if EVENT_BUDGETS.get_ptr_mut(cgroup_id).is_none() {
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the 64 bytes would be copied onto the stack this avoids"
+        )]
         let _ = EVENT_BUDGETS.insert(cgroup_id, &ESCALATIONS_ONLY, BPF_NOEXIST);
     }
     if let Some(b) = EVENT_BUDGETS.get_ptr_mut(cgroup_id) {
