@@ -58,7 +58,7 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
 /// `bpf_map_update_elem` flag: create only (uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
+pub const BPF_NOEXIST: u64 = 1;
 
 /// A reserved event, written through `Deref`, sent with [`Pending::send`] (which picks the
 /// wake-up; the entry's own `submit` is not reachable through the deref).

@@ -7,10 +7,12 @@ use agentguard_common::{
     verdict::Verdict,
 };
 
-use crate::{emit::add_shared, identity::Subject, maps::COUNTERS, throttle};
-
-/// `bpf_map_update_elem` flag: create only (uapi/linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
+use crate::{
+    emit::{BPF_NOEXIST, add_shared},
+    identity::Subject,
+    maps::COUNTERS,
+    throttle,
+};
 
 /// A decision about one action.
 pub struct Judgement {
