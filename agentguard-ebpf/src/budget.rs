@@ -59,7 +59,7 @@ fn count_open() {
     let ev = entry.as_mut_ptr();
     // SAFETY: reserved ring buffer memory of the right size, written field by field.
     unsafe {
-        (*ev).header = emit::header(EventKind::FileOpen, Backend::Tracepoint, &subject, &j);
+        (*ev).header = entry.header(EventKind::FileOpen, Backend::Tracepoint, &subject, &j);
         (*ev).op = FileOp::Open as u16;
         (*ev).access = 0;
         (*ev)._pad = 0;

@@ -227,7 +227,7 @@ fn refuse(subject: &Subject, op: FileOp, target_pid: u32, text: &Text) -> i32 {
         // SAFETY: reserved ring buffer memory of the right size, written field by field (the
         // event is too large for the BPF stack).
         unsafe {
-            (*ev).header = emit::header(EventKind::Privileged, Backend::BpfLsm, subject, &j);
+            (*ev).header = entry.header(EventKind::Privileged, Backend::BpfLsm, subject, &j);
             (*ev).op = op as u16;
             (*ev).access = 0;
             (*ev)._pad = 0;

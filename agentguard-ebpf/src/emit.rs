@@ -15,7 +15,8 @@ use agentguard_common::{
 };
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_ktime_get_ns,
     },
     maps::ring_buf::RingBufEntry,
 };
@@ -29,29 +30,6 @@ use crate::{
     verdict::Judgement,
 };
 
-/// Builds the common header of an event about `subject`.
-#[inline(always)]
-pub fn header(kind: EventKind, backend: Backend, subject: &Subject, j: &Judgement) -> EventHeader {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    EventHeader {
-        kind: kind as u16,
-        verdict: j.verdict as u8,
-        backend: backend as u8,
-        rule_id: j.rule_id,
-        // SAFETY: helper without memory arguments.
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
-        cgroup_id: subject.cgroup_id,
-        agent_id: subject.agent_id,
-        generation: subject.generation,
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        flags: j.flags,
-        comm,
-    }
-}
-
 /// `bpf_ringbuf_submit` flags and `bpf_ringbuf_query` selectors (uapi/linux/bpf.h).
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
@@ -64,6 +42,9 @@ pub const BPF_NOEXIST: u64 = 1;
 /// wake-up; the entry's own `submit` is not reachable through the deref).
 pub struct Pending<T: 'static> {
     entry: RingBufEntry<T>,
+    /// When the event budget was charged: the event's time, so that an event reads the clock
+    /// once (under a hypervisor a clock read is a pvclock read, a noticeable part of a run).
+    ktime_ns: u64,
     /// A refusal or an escalation: the daemon must see it now.
     urgent: bool,
 }
@@ -82,6 +63,34 @@ impl<T: 'static> core::ops::DerefMut for Pending<T> {
 }
 
 impl<T: 'static> Pending<T> {
+    /// The common header of this event about `subject`.
+    #[inline(always)]
+    pub fn header(
+        &self,
+        kind: EventKind,
+        backend: Backend,
+        subject: &Subject,
+        j: &Judgement,
+    ) -> EventHeader {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+        EventHeader {
+            kind: kind as u16,
+            verdict: j.verdict as u8,
+            backend: backend as u8,
+            rule_id: j.rule_id,
+            ktime_ns: self.ktime_ns,
+            cgroup_id: subject.cgroup_id,
+            agent_id: subject.agent_id(),
+            generation: subject.generation,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            uid: bpf_get_current_uid_gid() as u32,
+            flags: j.flags,
+            comm,
+        }
+    }
+
     /// Commits the event. Refusals and escalations wake the daemon (the kernel's adaptive
     /// wake-up). Allowed events do not: a wake-up per event would cost every allowed action an
     /// irq_work and a daemon cycle, so the daemon drains them on a short timer instead, and is
@@ -104,18 +113,28 @@ impl<T: 'static> Pending<T> {
 #[inline(always)]
 pub fn reserve<T: 'static>(subject: &Subject, j: &Judgement) -> Option<Pending<T>> {
     let refusal = j.verdict != Verdict::Allowed;
-    if !within_budget(subject, refusal, j.flags) {
+    // SAFETY: helper without memory arguments.
+    let ktime_ns = unsafe { bpf_ktime_get_ns() };
+    if !within_budget(subject, refusal, j.flags, ktime_ns) {
         return None;
     }
     let urgent = refusal || j.flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL) != 0;
     if refusal && let Some(entry) = ALERTS.reserve::<T>(0) {
-        return Some(Pending { entry, urgent });
+        return Some(Pending {
+            entry,
+            ktime_ns,
+            urgent,
+        });
     }
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
         lost(if refusal { LOST_ALERTS } else { LOST_EVENTS });
     }
-    entry.map(|entry| Pending { entry, urgent })
+    entry.map(|entry| Pending {
+        entry,
+        ktime_ns,
+        urgent,
+    })
 }
 
 #[inline(always)]
@@ -132,14 +151,12 @@ fn lost(slot: u32) {
 /// sub-agents share one: an agent cannot multiply it by starting sub-agents); false, and
 /// counted for the tree, when none is left.
 #[inline(always)]
-fn within_budget(subject: &Subject, refusal: bool, flags: u32) -> bool {
+fn within_budget(subject: &Subject, refusal: bool, flags: u32, now: u64) -> bool {
     // An unknown cgroup, or an entry written before trees were recorded, is a tree of its own.
     let tree = match subject.root_instance_id() {
         0 => subject.cgroup_id,
         root => root,
     };
-    // SAFETY: helper without memory arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let t = if refusal {
         &EVENT_BUDGET_REFUSALS
     } else {

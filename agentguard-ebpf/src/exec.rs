@@ -87,7 +87,7 @@ fn decide(subject: &Subject, identity: Option<(u64, u64)>, refusal: Verdict) -> 
     };
     let mut rule_id = NO_RULE;
     if flags & AGENT_EXEC_RULES != 0 {
-        match lookup(subject.generation, subject.agent_id, dev, ino) {
+        match lookup(subject.generation, subject.agent_id(), dev, ino) {
             Some(id) => rule_id = id,
             None => return Judgement::refuse(refusal, 0),
         }
@@ -164,7 +164,7 @@ fn judge(bprm: *const u8, backend: Backend, refusal: Verdict) -> Option<Judgemen
                     Err(_) => (*ev).filename[0] = 0,
                 }
             }
-            let mut header = emit::header(EventKind::Exec, backend, &subject, &j);
+            let mut header = entry.header(EventKind::Exec, backend, &subject, &j);
             header.flags |= flags;
             (*ev).header = header;
         }

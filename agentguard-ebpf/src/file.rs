@@ -532,7 +532,7 @@ fn decide(
             continue;
         }
         if own_rules {
-            match lookup(s, subject.generation, subject.agent_id, bit) {
+            match lookup(s, subject.generation, subject.agent_id(), bit) {
                 Some(id) => rule_id = id,
                 None => return Judgement::refuse(Verdict::Denied, r.flags),
             }
@@ -641,7 +641,7 @@ pub fn emit_file(subject: &Subject, j: &Judgement, info: &FileInfo, s: *mut Scra
     // SAFETY: `ev` is reserved ring buffer memory of the right size, written field by field;
     // the path comes from this run's scratch slot.
     unsafe {
-        (*ev).header = emit::header(kind, Backend::BpfLsm, subject, j);
+        (*ev).header = entry.header(kind, Backend::BpfLsm, subject, j);
         (*ev).op = op as u16;
         (*ev).access = access;
         (*ev)._pad = 0;

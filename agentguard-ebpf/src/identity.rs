@@ -1,7 +1,9 @@
 //! "Which agent is this?": the current task's cgroup, looked up in [`CGROUPS`].
 
 use agentguard_common::{
-    agent::{AGENT_EXEC_RULES, AGENT_FILE_RULES, AgentConfig, AgentKey, files_restricted},
+    agent::{
+        AGENT_EXEC_RULES, AGENT_FILE_RULES, AgentConfig, AgentKey, CgroupEntry, files_restricted,
+    },
     event::EVENT_UNKNOWN_CGROUP,
     maps::MAX_CGROUP_WALK,
 };
@@ -13,13 +15,16 @@ use crate::maps::{AGENT_CONFIG, CGROUPS, STATE};
 pub struct Subject {
     /// cgroup id of the instance (the nearest known one when the task sits in a child cgroup).
     pub cgroup_id: u64,
-    /// Agent id; 0 for a task in the agentguard subtree that belongs to no known instance.
-    pub agent_id: u32,
-    /// Policy generation every lookup of this program run uses.
-    pub generation: u32,
+    /// The instance's [`CGROUPS`] entry, kept rather than looked up again (agent, tree);
+    /// `None` for a task in the agentguard subtree that belongs to no known instance. It
+    /// takes the place of a copied agent id, so `Subject` is no larger for it: the 6.1
+    /// verifier allows a program and its `bpf_loop` callback 512 bytes of stack together.
+    entry: Option<&'static CgroupEntry>,
     /// The agent's configuration in that generation; `None` when the agent is unknown or has
     /// been removed from the policy, which [`Subject::flags`] turns into deny-everything.
     pub config: Option<&'static AgentConfig>,
+    /// Policy generation every lookup of this program run uses.
+    pub generation: u32,
     /// `EVENT_*` flags describing how the subject was identified.
     pub event_flags: u32,
 }
@@ -47,14 +52,17 @@ impl Subject {
         self.config.map_or(0, |c| c.parent_agent_id)
     }
 
+    /// Agent id; 0 for a task in the agentguard subtree that belongs to no known instance.
+    #[inline(always)]
+    pub fn agent_id(&self) -> u32 {
+        self.entry.map_or(0, |e| e.agent_id)
+    }
+
     /// cgroup id of the top-level instance whose tree the instance belongs to (its own for a
-    /// top-level one), 0 when the instance is unknown. Looked up, not carried: the 6.1
-    /// verifier's 512-byte limit on the stack of a program and its `bpf_loop` callback together
-    /// leaves the file program no room for one more field.
+    /// top-level one), 0 when the instance is unknown.
     #[inline(always)]
     pub fn root_instance_id(&self) -> u64 {
-        // SAFETY: map values stay valid for the duration of the program run.
-        unsafe { CGROUPS.get(self.cgroup_id) }.map_or(0, |e| e.root_instance_id)
+        self.entry.map_or(0, |e| e.root_instance_id)
     }
 }
 
@@ -96,9 +104,9 @@ pub fn current() -> Option<Subject> {
     if let Some(entry) = unsafe { CGROUPS.get(cgroup_id) } {
         return Some(Subject {
             cgroup_id,
-            agent_id: entry.agent_id,
-            generation,
             config: agent_config(generation, entry.agent_id),
+            entry: Some(entry),
+            generation,
             event_flags: 0,
         });
     }
@@ -114,9 +122,9 @@ pub fn current() -> Option<Subject> {
             if let Some(entry) = unsafe { CGROUPS.get(ancestor) } {
                 return Some(Subject {
                     cgroup_id: ancestor,
-                    agent_id: entry.agent_id,
-                    generation,
                     config: agent_config(generation, entry.agent_id),
+                    entry: Some(entry),
+                    generation,
                     event_flags: 0,
                 });
             }
@@ -125,9 +133,9 @@ pub fn current() -> Option<Subject> {
     }
     Some(Subject {
         cgroup_id,
-        agent_id: 0,
-        generation,
+        entry: None,
         config: None,
+        generation,
         event_flags: EVENT_UNKNOWN_CGROUP,
     })
 }

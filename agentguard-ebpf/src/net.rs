@@ -20,6 +20,7 @@ use crate::{
     emit,
     identity::{self, Subject},
     maps::{NET_RULES, SENT, SentKey},
+    throttle,
     verdict::{self, Judgement},
 };
 
@@ -151,7 +152,7 @@ fn decide(subject: &Subject, dst: &Destination) -> Judgement {
     if subject.config.is_none() {
         return Judgement::refuse(Verdict::Denied, 0);
     }
-    let Some(rule_id) = lookup(subject.generation, subject.agent_id, dst) else {
+    let Some(rule_id) = lookup(subject.generation, subject.agent_id(), dst) else {
         return Judgement::refuse(Verdict::Denied, 0);
     };
     let mut parent = subject.parent_agent_id();
@@ -176,8 +177,13 @@ fn judge(ctx: &SockAddrContext, dst: &Destination, kind: EventKind) -> i32 {
     };
     // The connect budget counts connects, and datagrams only to destinations new for their
     // socket: a DNS client sending many queries to one resolver spends one token, not hundreds.
+    // Without a connect budget nothing is charged, so no datagram pays for the socket's
+    // destinations (its cookie and an LRU lookup).
+    let budgeted = subject
+        .config
+        .is_some_and(|c| throttle::budgeted(c, ThrottleKind::Connect));
     let sent = match kind {
-        EventKind::Send => Some(SentKey {
+        EventKind::Send if budgeted => Some(SentKey {
             // SAFETY: the context pointer is valid for the program run.
             cookie: unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) },
             addr: dst.addr,
@@ -204,8 +210,9 @@ fn judge(ctx: &SockAddrContext, dst: &Destination, kind: EventKind) -> i32 {
         let _ = SENT.insert(k, 0u8, 0);
     }
     if log && let Some(mut entry) = emit::reserve::<NetEvent>(&subject, &j) {
+        let header = entry.header(kind, Backend::CgroupSockAddr, &subject, &j);
         entry.write(NetEvent {
-            header: emit::header(kind, Backend::CgroupSockAddr, &subject, &j),
+            header,
             addr: dst.addr,
             port: u16::from_be_bytes(dst.port_be),
             family: dst.family,

@@ -18,16 +18,23 @@ use crate::{
     maps::{AGENT_BUCKETS, PROC_BUCKETS},
 };
 
+/// Whether the agent has a budget of `kind` at all (either scope).
+#[inline(always)]
+pub fn budgeted(config: &AgentConfig, kind: ThrottleKind) -> bool {
+    config.throttles[throttle_slot(kind, ThrottleScope::Process)].cost_ns != 0
+        || config.throttles[throttle_slot(kind, ThrottleScope::Agent)].cost_ns != 0
+}
+
 /// Charges one action of `kind` to every budget that applies. Returns `None` when all budgets
 /// had credit, or the `EVENT_*` escalation flags (possibly 0 for plain deny) of an exhausted one.
 #[inline(always)]
 pub fn charge(subject: &Subject, config: &AgentConfig, kind: ThrottleKind) -> Option<u32> {
-    let process = &config.throttles[throttle_slot(kind, ThrottleScope::Process)];
-    let agent = &config.throttles[throttle_slot(kind, ThrottleScope::Agent)];
     // Most actions have no budget: they pay no clock read and no bucket lookup.
-    if process.cost_ns == 0 && agent.cost_ns == 0 {
+    if !budgeted(config, kind) {
         return None;
     }
+    let process = &config.throttles[throttle_slot(kind, ThrottleScope::Process)];
+    let agent = &config.throttles[throttle_slot(kind, ThrottleScope::Agent)];
     // SAFETY: helper without memory arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if process.cost_ns != 0 {

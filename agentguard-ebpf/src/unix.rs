@@ -287,7 +287,7 @@ fn decide(subject: &Subject, key: *mut UnixKey) -> Judgement {
     };
     let mut rule_id = NO_RULE;
     if config.flags & AGENT_UNIX_RULES != 0 {
-        match lookup(key, subject.generation, subject.agent_id) {
+        match lookup(key, subject.generation, subject.agent_id()) {
             Some(id) => rule_id = id,
             None => return Judgement::refuse(Verdict::Denied, 0),
         }
@@ -335,7 +335,7 @@ fn judge(subject: &Subject, address: Address, kind: EventKind, backend: Backend)
         // SAFETY: reserved ring buffer memory of the right size, written field by field (the
         // event is too large for the BPF stack); `key` is this run's scratch key.
         unsafe {
-            (*ev).header = emit::header(kind, backend, subject, &j);
+            (*ev).header = entry.header(kind, backend, subject, &j);
             (*ev).op = op as u16;
             (*ev).access = 0;
             (*ev)._pad = 0;

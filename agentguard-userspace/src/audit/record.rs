@@ -155,7 +155,9 @@ pub enum Body {
     LostEvents {
         /// `instance-budget`, `refusal-ring`, `landlock-budget` (Landlock refusal records over
         /// an instance's budget), `audit-kernel` or `audit-socket` (audit records the kernel or
-        /// the daemon's socket dropped).
+        /// the daemon's socket dropped), `log-backlog` (records the log refused while too much
+        /// waited for the disk: `allowed` counts allowed actions, `refusals` every other
+        /// record).
         source: String,
         /// Full agent name, for an instance budget.
         agent: String,

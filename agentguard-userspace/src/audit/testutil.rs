@@ -147,3 +147,17 @@ impl Surgery {
         fs::write(&self.path, bytes).expect("write segment");
     }
 }
+
+/// Every record of the log in `dir`, in order (no warnings allowed).
+pub fn read_all(dir: &Path) -> Vec<Record> {
+    let mut tail = super::follow::Tail::new(dir);
+    let mut out = Vec::new();
+    loop {
+        let batch = tail.poll().expect("poll");
+        assert!(batch.warnings.is_empty(), "{:?}", batch.warnings);
+        out.extend(batch.records);
+        if !batch.more {
+            return out;
+        }
+    }
+}

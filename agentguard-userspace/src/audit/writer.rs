@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agentguard_common::verdict::Verdict;
 use serde::Serialize;
 
 use super::{
@@ -27,8 +28,10 @@ use super::{
 const WRITE_BATCH: usize = 256 * 1024;
 /// Default of [`LogOptions::seal_every`].
 pub const DEFAULT_SEAL_EVERY: u64 = 10_000;
-/// Records waiting for a failing disk are refused past this many bytes.
-const MAX_PENDING: usize = 64 * 1024 * 1024;
+/// `lost-events` source of the records the log itself refused (see [`LogOptions::max_pending`]).
+pub const LOG_BACKLOG: &str = "log-backlog";
+/// Default of [`LogOptions::max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 64 * 1024 * 1024;
 
 /// How the log is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +46,10 @@ pub struct LogOptions {
     pub seal_interval: Duration,
     /// ... and after at most this many records (0: only by time).
     pub seal_every: u64,
+    /// Records are refused once this many bytes wait for the disk (a failing disk, or a slow
+    /// one holding up a segment rotation): memory stays bounded. What is refused is counted
+    /// and chained as a `lost-events` record (`source = log-backlog`) once there is room.
+    pub max_pending: usize,
 }
 
 impl LogOptions {
@@ -54,8 +61,18 @@ impl LogOptions {
             fsync_interval: Duration::from_millis(200),
             seal_interval: Duration::from_secs(60),
             seal_every: DEFAULT_SEAL_EVERY,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
+}
+
+/// Records [`AuditLog`] refused for want of room, not yet reported in the chain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Refused {
+    /// Allowed actions.
+    allowed: u64,
+    /// Every other record (refusals and the daemon's own records).
+    other: u64,
 }
 
 struct Sealer {
@@ -149,6 +166,7 @@ pub struct AuditLog {
     sealer: Option<Sealer>,
     lost_total: Option<u64>,
     rotation: Option<Rotation>,
+    refused: Refused,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -218,6 +236,7 @@ impl AuditLog {
             sealer,
             lost_total: rec.lost_total,
             rotation: None,
+            refused: Refused::default(),
         };
         if !rec.notes.is_empty() {
             for note in rec.notes {
@@ -235,7 +254,8 @@ impl AuditLog {
     /// Appends a record; returns its sequence number. Buffered: it reaches the kernel on the
     /// next `tick` (or once a batch fills) and the disk on the next fsync.
     pub fn append(&mut self, wall_ns: u64, mono_ns: u64, body: Body) -> Result<u64, AuditError> {
-        self.make_room()?;
+        let allowed = matches!(&body, Body::Action(a) if a.verdict() == Some(Verdict::Allowed));
+        self.make_room(wall_ns, mono_ns, allowed)?;
         let lost = match &body {
             Body::Lost { total, .. } => Some(*total),
             _ => None,
@@ -256,7 +276,8 @@ impl AuditLog {
         mono_ns: u64,
         action: &ActionRef<'_>,
     ) -> Result<u64, AuditError> {
-        self.make_room()?;
+        let allowed = Verdict::from_u8(action.verdict) == Some(Verdict::Allowed);
+        self.make_room(wall_ns, mono_ns, allowed)?;
         let seq = self.push_with(|seq| ActionRecordRef {
             seq,
             wall_ns,
@@ -267,16 +288,42 @@ impl AuditLog {
         Ok(seq)
     }
 
-    /// Refuses a record when too much waits for a failing disk.
-    fn make_room(&mut self) -> Result<(), AuditError> {
-        if self.pending.len() >= MAX_PENDING {
+    /// Whether a record would be taken now without waiting for the disk.
+    pub fn has_room(&self) -> bool {
+        self.pending.len() < self.opts.max_pending
+    }
+
+    /// Refuses a record (counting it) when too much waits for the disk; once there is room
+    /// again, first chains a `lost-events` record for what was refused, so that the loss is in
+    /// the log, not only in the daemon's messages.
+    fn make_room(&mut self, wall_ns: u64, mono_ns: u64, allowed: bool) -> Result<(), AuditError> {
+        if !self.has_room() {
             // The last chance before refusing: maybe the disk is back.
-            if self.rotate_now().is_err()
-                || self.write_pending().is_err()
-                || self.pending.len() >= MAX_PENDING
-            {
+            if self.rotate_now().is_err() || self.write_pending().is_err() || !self.has_room() {
+                if allowed {
+                    self.refused.allowed += 1;
+                } else {
+                    self.refused.other += 1;
+                }
                 return Err(AuditError::Backlog(self.pending.len()));
             }
+        }
+        if self.refused != Refused::default() {
+            let Refused { allowed, other } = self.refused;
+            self.push(
+                wall_ns,
+                mono_ns,
+                Body::LostEvents {
+                    source: LOG_BACKLOG.into(),
+                    agent: String::new(),
+                    instance: String::new(),
+                    cgroup_id: 0,
+                    allowed,
+                    refusals: other,
+                },
+            )?;
+            self.refused = Refused::default();
+            self.count_for_seal();
         }
         Ok(())
     }
@@ -662,24 +709,10 @@ mod tests {
     use crate::audit::{
         self, Class, SealSeed,
         borrowed::{ActionRef, TargetRef},
-        follow::Tail,
         record::{Action, Target},
-        testutil::{Surgery, action, options},
+        testutil::{Surgery, action, options, read_all},
         verify::Seals,
     };
-
-    fn read_all(dir: &std::path::Path) -> Vec<Record> {
-        let mut tail = Tail::new(dir);
-        let mut out = Vec::new();
-        loop {
-            let batch = tail.poll().expect("poll");
-            assert!(batch.warnings.is_empty(), "{:?}", batch.warnings);
-            out.extend(batch.records);
-            if !batch.more {
-                return out;
-            }
-        }
-    }
 
     #[test]
     fn records_round_trip_and_continue_after_reopen() {
@@ -1113,6 +1146,66 @@ mod tests {
         let report = audit::verify(dir.path(), None, None).expect("verify");
         assert!(report.intact(), "{report}");
         assert_eq!(report.records, next + 1);
+    }
+
+    /// Records refused for want of room (a rotation's fsync holding everything up) are not
+    /// lost without a trace: once the rotation is done, the next record is preceded by a
+    /// `log-backlog` gap counting them (allowed actions apart), and the chain is intact.
+    #[test]
+    fn records_refused_for_want_of_room_are_chained_as_a_gap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = AuditLog::open(LogOptions {
+            segment_bytes: 4096,
+            max_pending: 8192,
+            ..options(dir.path())
+        })
+        .expect("open");
+        fill_segment(&mut log);
+        let mut ticket = log.begin_sync().expect("begin").expect("a rotation");
+        // The rotation is in flight: records wait in memory until the bound, then are refused.
+        let mut taken = 0u64;
+        let mut refused = Refused::default();
+        let mut i = 1000;
+        while refused.allowed < 5 || refused.other < 5 {
+            let body = action(i);
+            let allowed =
+                matches!(&body, Body::Action(a) if a.verdict() == Some(Verdict::Allowed));
+            match log.append(i, i, body) {
+                Ok(_) => taken += 1,
+                Err(AuditError::Backlog(_)) if allowed => refused.allowed += 1,
+                Err(AuditError::Backlog(_)) => refused.other += 1,
+                Err(e) => panic!("append: {e}"),
+            }
+            i += 1;
+        }
+        assert!(taken > 0 && !log.has_room());
+        ticket.run().expect("rotation");
+        log.end_sync(ticket).expect("end");
+        assert!(log.has_room());
+        let next = log.append(i, i, action(i)).expect("append after the rotation");
+        log.flush().expect("flush");
+        drop(log);
+
+        let records = read_all(dir.path());
+        let gaps: Vec<_> = records
+            .iter()
+            .filter_map(|r| match &r.body {
+                Body::LostEvents {
+                    source,
+                    allowed,
+                    refusals,
+                    ..
+                } => Some((r.seq, source.as_str(), *allowed, *refusals)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            gaps,
+            [(next - 1, LOG_BACKLOG, refused.allowed, refused.other)],
+            "one gap, right before the first record taken again"
+        );
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
     }
 
     fn lock(log: &std::sync::Mutex<AuditLog>) -> std::sync::MutexGuard<'_, AuditLog> {

@@ -2,8 +2,8 @@
 //! the log, accounts for drops, and turns budget breaches into freezes or kills.
 //!
 //! The thread is not a tokio worker: a burst of events keeps it busy without starving the
-//! control socket, and it never waits for the disk (the log's fsync is the [`tick`] task's,
-//! outside the append lock). Per batch it takes the log lock once; names come from the
+//! control socket, and it does not wait for the disk (the log's fsync is the [`tick`] task's,
+//! outside the append lock) unless the log has no room left ([`wait_for_room`]). Per batch it takes the log lock once; names come from the
 //! published [`NameSnapshot`](super::names::NameSnapshot), not the state lock, which it takes
 //! only for events that ask for an escalation.
 
@@ -39,6 +39,12 @@ const ESCALATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Records handled per lock of the log.
 const BATCH: usize = 4096;
+
+/// How long the ingest thread waits for the log to take records again before letting the log
+/// refuse them (counted, and chained as a `log-backlog` gap): a slow disk gets this long to
+/// finish the fsync a segment rotation waits for; a failing disk does not hold up the
+/// escalations of later events for longer.
+const ROOM_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the ring of allowed events is drained: the programs send those without waking the
 /// daemon (see the eBPF crate's `emit::Pending::send`) unless the ring is filling up.
@@ -172,6 +178,12 @@ impl Pipeline {
         let (wall, mono) = audit::now();
         let mut log = self.shared.lock_log();
         for ev in &self.events {
+            if !log.has_room() {
+                drop(log);
+                let shared = &self.shared;
+                wait_for_room(|| shared.lock_log().has_room(), || commit(shared), ROOM_WAIT);
+                log = self.shared.lock_log();
+            }
             let action = to_action_ref(ev, &**names);
             let ktime = ev.header().ktime_ns;
             self.tally.add(action.agent, action.kind, action.verdict);
@@ -231,6 +243,38 @@ pub fn commit(shared: &Shared) -> Result<(), audit::AuditError> {
         shared.lock_log().end_sync(ticket)?;
     }
     Ok(())
+}
+
+/// Waits until the log has room (`has_room`), running its `commit` (the fsync, and the segment
+/// rotation a backlog usually waits for) rather than letting it refuse records, for at most
+/// `limit`; true when there is room. Meanwhile the ring buffers hold what arrives, and what
+/// they cannot hold the kernel counts as lost, a count the log chains: a slow disk loses no
+/// record without a trace.
+fn wait_for_room(
+    has_room: impl Fn() -> bool,
+    mut commit: impl FnMut() -> Result<(), audit::AuditError>,
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    let mut reported = false;
+    loop {
+        if let Err(e) = commit()
+            && !std::mem::replace(&mut reported, true)
+        {
+            tracing::warn!(error = %e, "the audit log is waiting for the disk");
+        }
+        if has_room() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            tracing::error!(
+                "the audit log still has no room after {limit:?}: records are refused (and counted in the log)"
+            );
+            return false;
+        }
+        // Another commit (the tick's) holds the rotation: give it the CPU.
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// How often the daemon applies its log retention (segments are 64 MiB by default, so a
@@ -422,5 +466,100 @@ fn spawn_escalations(
                 tracing::error!("escalation failed: {e}");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, MutexGuard, mpsc};
+
+    use super::*;
+    use crate::audit::{
+        AuditLog,
+        testutil::{action, options, read_all},
+        writer::LogOptions,
+    };
+
+    fn lock(log: &Mutex<AuditLog>) -> MutexGuard<'_, AuditLog> {
+        log.lock().expect("not poisoned")
+    }
+
+    /// What the daemon's `commit` does, on a bare log.
+    fn commit(log: &Mutex<AuditLog>) -> Result<(), audit::AuditError> {
+        let ticket = lock(log).begin_sync()?;
+        if let Some(mut ticket) = ticket {
+            ticket.run()?;
+            lock(log).end_sync(ticket)?;
+        }
+        Ok(())
+    }
+
+    /// The log has no room while another thread (the tick) does a segment rotation: the
+    /// ingest side waits for it instead of having records refused, gets room as soon as that
+    /// rotation ends, and every record is in the chain with no gap.
+    #[test]
+    fn waiting_for_room_lets_the_rotation_in_flight_finish() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Mutex::new(
+            AuditLog::open(LogOptions {
+                segment_bytes: 4096,
+                max_pending: 8192,
+                ..options(dir.path())
+            })
+            .expect("open"),
+        );
+        let mut appended = 0u64;
+        // Fill the segment until the rotation is decided and taken by the "tick".
+        let ticket = loop {
+            lock(&log).append(appended, appended, action(appended)).expect("append");
+            appended += 1;
+            if let Some(ticket) = lock(&log).begin_sync().expect("begin") {
+                break ticket;
+            }
+        };
+        while lock(&log).has_room() {
+            lock(&log).append(appended, appended, action(appended)).expect("append");
+            appended += 1;
+        }
+        let (go, gone) = mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let log = &log;
+            s.spawn(move || {
+                // The tick's rotation, held until the ingest side is waiting for it.
+                gone.recv().expect("the waiter starts");
+                let mut ticket = ticket;
+                ticket.run().expect("rotation");
+                lock(log).end_sync(ticket).expect("end");
+            });
+            let mut first = true;
+            let room = wait_for_room(
+                || lock(log).has_room(),
+                || {
+                    if std::mem::replace(&mut first, false) {
+                        go.send(()).expect("the rotation thread waits");
+                    }
+                    commit(log)
+                },
+                // Only a bound for a broken test: the wait ends when the rotation does.
+                Duration::from_secs(600),
+            );
+            assert!(room, "room once the rotation in flight ended");
+        });
+        for _ in 0..10 {
+            lock(&log).append(appended, appended, action(appended)).expect("append");
+            appended += 1;
+        }
+        lock(&log).flush().expect("flush");
+        drop(log);
+        let records = read_all(dir.path());
+        assert!(
+            records
+                .iter()
+                .all(|r| !matches!(r.body, Body::LostEvents { .. })),
+            "nothing was refused"
+        );
+        assert_eq!(records.len() as u64, appended);
+        let report = audit::verify(dir.path(), None, None).expect("verify");
+        assert!(report.intact(), "{report}");
     }
 }

@@ -30,6 +30,9 @@ pub const INSTANCES: u64 = 64;
 /// (`agentguard_common::agent::EVENT_BUDGET_ALLOWED`, which xtask does not link).
 pub const EVENT_BUDGET_PER_S: f64 = 20_000.0;
 
+/// Datagrams per `sendmmsg` of the `udp-probe` load (the generator's `PROBE_BATCH`).
+pub const PROBE_BATCH: u64 = 64;
+
 impl Run {
     /// The most events a second the instances' event budgets let into the ring buffer over
     /// the send window: each a full burst plus the refill. Sends above it are over budget by
@@ -115,6 +118,11 @@ pub struct Events {
     /// offer more than sends allow.
     #[serde(default)]
     pub connect_runs: Vec<Run>,
+    /// The same with batched probes: [`PROBE_BATCH`] empty datagrams flagged `MSG_PROBE` to a
+    /// `sendmmsg`, each judged by the `sendmsg` hook and logged like a send but without a
+    /// packet, one syscall per batch: what two cores can offer the pipeline at most.
+    #[serde(default)]
+    pub probe_runs: Vec<Run>,
     /// One instance of `procs` processes: its event budget keeps what is over it out of the
     /// ring buffer (logged as gaps), the rest must be logged.
     pub one_instance: Vec<Run>,
@@ -173,6 +181,15 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
                 &daemon,
                 net,
                 "udp-connect",
+                INSTANCES,
+                1,
+                total_sends / INSTANCES,
+            )?);
+            daemon.check_alive()?;
+            out.probe_runs.push(load(
+                &daemon,
+                net,
+                "udp-probe",
                 INSTANCES,
                 1,
                 total_sends / INSTANCES,

@@ -405,6 +405,7 @@ fn events_summary(e: &Events) -> Value {
             json!({
                 "one_instance": runs_summary(&e.one_instance),
                 "connects": runs_summary(&e.connect_runs),
+                "probes": runs_summary(&e.probe_runs),
                 "daemon_hwm_kib": e.daemon_hwm_kib,
                 "daemon_rss_idle_kib": e.daemon_rss_idle_kib,
                 "daemon_idle": e.idle,
@@ -476,9 +477,10 @@ fn events_table(s: &mut String, e: &Events) {
             cell(Summary::of(&runs.iter().map(get).collect::<Vec<_>>()))
         };
         format!(
-            "{} | {} | {}",
+            "{} | {} | {} | {}",
             of(&e.runs),
             of(&e.connect_runs),
+            of(&e.probe_runs),
             of(&e.one_instance)
         )
     };
@@ -491,16 +493,20 @@ fn events_table(s: &mut String, e: &Events) {
          events/s in bursts of as many: the pipeline's capacity, up to what the budgets let \
          through); the same with UDP connects instead of sends (an event each, judged by the \
          connect hook, but no packet: the senders' cost drops so that two cores offer more); \
+         the same with probes: {} empty datagrams flagged `MSG_PROBE` to one `sendmmsg` (each \
+         judged by the sendmsg hook and logged like any send, but routed without building a \
+         packet, one syscall per batch: the most two cores can offer); \
          and from one instance of {} processes (over its budget: the budget at work). Every \
          instance is started first and all are released at once: the rates count from the \
          release.\n",
         thousands(sends as f64),
         instances,
+        super::events::PROBE_BATCH,
         e.procs
     );
     let _ = writeln!(
         s,
-        "| measure | {instances} instances, sends | {instances} instances, connects | 1 instance |\n|---|---|---|---|"
+        "| measure | {instances} instances, sends | {instances} instances, connects | {instances} instances, probes | 1 instance |\n|---|---|---|---|---|"
     );
     let rows: [Row; 9] = [
         (

@@ -71,8 +71,12 @@ pub fn build_variant() -> Result<PathBuf> {
     Ok(object)
 }
 
-/// Flags every eBPF build uses: BTF for the loader (debuginfo is what bpf-linker makes it from).
-const RUSTFLAGS: &str = "-Cdebuginfo=2\x1f-Clink-arg=--btf";
+/// Flags every eBPF build uses: BTF for the loader (debuginfo is what bpf-linker makes it from),
+/// and small `memset`s written out as stores. bpf-linker passes `-bpf-expand-memcpy-in-order`
+/// to LLVM by default, which turns off the inline expansion of every memory intrinsic but
+/// `memcpy`: each zeroed key, padding or default value became a call to a byte-at-a-time
+/// `memset` subprogram (180 of them, three on every UDP send's path).
+const RUSTFLAGS: &str = "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order";
 
 fn build(release: bool, linker_root: Option<&Path>) -> Result<PathBuf> {
     toolchain::ensure_rust_src()?;

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage: agentguard-bench \
-    open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | udp-connect ADDR:PORT N PROCS | \
+    open PATH N | connect ADDR:PORT N | exec PATH N | udp ADDR:PORT N [PROCS] | udp-connect ADDR:PORT N PROCS | udp-probe ADDR:PORT N PROCS | \
     suite OPEN_PATH CONNECT_ADDR EXEC_PATH N_OPEN N_CONNECT N_EXEC | \
     sleepers N | breach ADDR:PORT MAX | gated LOOP... | \
     http-serve CREDENTIAL | http URL N BYTES CONNECTIONS present|absent | \
@@ -54,6 +54,9 @@ fn run(args: &[&str]) -> Result<Value> {
             count(procs)?,
             ops::Udp::Connect,
         ),
+        ["udp-probe", addr, n, procs] => {
+            ops::udp(&ops::addr(addr)?, count(n)?, count(procs)?, ops::Udp::Probe)
+        }
         [
             "suite",
             open_path,

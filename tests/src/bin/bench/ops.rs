@@ -14,8 +14,8 @@ use nix::{
     fcntl::{OFlag, open as sys_open},
     sys::{
         socket::{
-            AddressFamily, MsgFlags, SockFlag, SockType, SockaddrStorage, connect as sock_connect,
-            sendto, setsockopt, socket, sockopt,
+            AddressFamily, MsgFlags, SockFlag, SockType, SockaddrLike as _, SockaddrStorage,
+            connect as sock_connect, sendto, setsockopt, socket, sockopt,
         },
         stat::Mode,
         wait::{WaitStatus, waitpid},
@@ -178,16 +178,25 @@ pub fn exec(path: &str, n: u64) -> Measured {
     })
 }
 
-/// `procs` processes each sending `n` datagrams to `a` from one unconnected socket (every send
-/// is judged, and logged when the agent logs allowed actions). Reports the sum.
 /// What each process of a UDP load does `n` times: send a datagram (judged by the `sendmsg`
-/// hook) or connect its UDP socket (judged by the `connect` hook, and no packet: about a third
-/// of the cost, so that two cores can offer the pipeline more events than they could send).
+/// hook), connect its UDP socket (judged by the `connect` hook, and no packet: about a third
+/// of the cost, so that two cores can offer the pipeline more events than they could send), or
+/// probe: datagrams in batches of [`PROBE_BATCH`] to one `sendmmsg`, flagged `MSG_PROBE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Udp {
     Send,
     Connect,
+    Probe,
 }
+
+/// Datagrams per `sendmmsg` of the probe load.
+const PROBE_BATCH: usize = 64;
+
+/// `MSG_PROBE` (include/linux/socket.h; libc does not export it): the kernel judges the
+/// datagram (the cgroup `sendmsg` hook, as for any send) and routes it, but builds no packet,
+/// as for tracepath's path-MTU probes. With an empty payload `sendmmsg` goes on to the next
+/// datagram (it stops at the first one whose data was not consumed).
+const MSG_PROBE: libc::c_int = 0x10;
 
 pub fn udp(a: &SocketAddr, n: u64, procs: u64, how: Udp) -> Result<Value> {
     if procs == 0 {
@@ -223,6 +232,7 @@ pub fn udp(a: &SocketAddr, n: u64, procs: u64, how: Udp) -> Result<Value> {
         "op": match how {
             Udp::Send => "udp",
             Udp::Connect => "udp-connect",
+            Udp::Probe => "udp-probe",
         },
         // CLOCK_MONOTONIC (the clock xtask reads too): the load's send window runs from
         // xtask's release of every instance to the last one's end.
@@ -242,12 +252,37 @@ fn udp_sender(a: &SocketAddr, n: u64, how: Udp) -> u64 {
         return n;
     };
     let to = SockaddrStorage::from(*a);
-    (0..n)
-        .filter(|_| match how {
-            Udp::Send => {
+    match how {
+        Udp::Send => (0..n)
+            .filter(|_| {
                 sendto(fd.as_raw_fd(), b"agentguard-bench", &to, MsgFlags::empty()).is_err()
-            }
-            Udp::Connect => sock_connect(fd.as_raw_fd(), &to).is_err(),
-        })
-        .count() as u64
+            })
+            .count() as u64,
+        Udp::Connect => (0..n)
+            .filter(|_| sock_connect(fd.as_raw_fd(), &to).is_err())
+            .count() as u64,
+        Udp::Probe => probe(fd.as_raw_fd(), &to, n),
+    }
+}
+
+/// `n` empty datagrams to `to` flagged [`MSG_PROBE`], [`PROBE_BATCH`] to a `sendmmsg`: every
+/// one judged (and logged) like a send, one syscall per batch. Returns how many failed.
+fn probe(fd: std::os::fd::RawFd, to: &SockaddrStorage, n: u64) -> u64 {
+    // SAFETY: an all-zero mmsghdr is a valid empty message (null iovec of length 0).
+    let mut batch: [libc::mmsghdr; PROBE_BATCH] = unsafe { std::mem::zeroed() };
+    for m in &mut batch {
+        // sendmmsg only reads the address; `to` outlives every call below.
+        m.msg_hdr.msg_name = to.as_ptr().cast_mut().cast();
+        m.msg_hdr.msg_namelen = to.len();
+    }
+    let mut failed = 0;
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(PROBE_BATCH as u64);
+        // SAFETY: `batch` holds at least `k` initialised headers whose address points at `to`.
+        let sent = unsafe { libc::sendmmsg(fd, batch.as_mut_ptr(), k as libc::c_uint, MSG_PROBE) };
+        failed += k - u64::try_from(sent).unwrap_or(0).min(k);
+        left -= k;
+    }
+    failed
 }
