@@ -1168,8 +1168,7 @@ mod tests {
         let mut i = 1000;
         while refused.allowed < 5 || refused.other < 5 {
             let body = action(i);
-            let allowed =
-                matches!(&body, Body::Action(a) if a.verdict() == Some(Verdict::Allowed));
+            let allowed = matches!(&body, Body::Action(a) if a.verdict() == Some(Verdict::Allowed));
             match log.append(i, i, body) {
                 Ok(_) => taken += 1,
                 Err(AuditError::Backlog(_)) if allowed => refused.allowed += 1,
@@ -1182,7 +1181,9 @@ mod tests {
         ticket.run().expect("rotation");
         log.end_sync(ticket).expect("end");
         assert!(log.has_room());
-        let next = log.append(i, i, action(i)).expect("append after the rotation");
+        let next = log
+            .append(i, i, action(i))
+            .expect("append after the rotation");
         log.flush().expect("flush");
         drop(log);
 

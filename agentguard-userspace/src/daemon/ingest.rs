@@ -181,7 +181,11 @@ impl Pipeline {
             if !log.has_room() {
                 drop(log);
                 let shared = &self.shared;
-                wait_for_room(|| shared.lock_log().has_room(), || commit(shared), ROOM_WAIT);
+                wait_for_room(
+                    || shared.lock_log().has_room(),
+                    || commit(shared),
+                    ROOM_WAIT,
+                );
                 log = self.shared.lock_log();
             }
             let action = to_action_ref(ev, &**names);
@@ -511,14 +515,18 @@ mod tests {
         let mut appended = 0u64;
         // Fill the segment until the rotation is decided and taken by the "tick".
         let ticket = loop {
-            lock(&log).append(appended, appended, action(appended)).expect("append");
+            lock(&log)
+                .append(appended, appended, action(appended))
+                .expect("append");
             appended += 1;
             if let Some(ticket) = lock(&log).begin_sync().expect("begin") {
                 break ticket;
             }
         };
         while lock(&log).has_room() {
-            lock(&log).append(appended, appended, action(appended)).expect("append");
+            lock(&log)
+                .append(appended, appended, action(appended))
+                .expect("append");
             appended += 1;
         }
         let (go, gone) = mpsc::channel::<()>();
@@ -546,7 +554,9 @@ mod tests {
             assert!(room, "room once the rotation in flight ended");
         });
         for _ in 0..10 {
-            lock(&log).append(appended, appended, action(appended)).expect("append");
+            lock(&log)
+                .append(appended, appended, action(appended))
+                .expect("append");
             appended += 1;
         }
         lock(&log).flush().expect("flush");

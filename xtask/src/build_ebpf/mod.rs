@@ -76,7 +76,8 @@ pub fn build_variant() -> Result<PathBuf> {
 /// to LLVM by default, which turns off the inline expansion of every memory intrinsic but
 /// `memcpy`: each zeroed key, padding or default value became a call to a byte-at-a-time
 /// `memset` subprogram (180 of them, three on every UDP send's path).
-const RUSTFLAGS: &str = "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order";
+const RUSTFLAGS: &str =
+    "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Clink-arg=--disable-expand-memcpy-in-order";
 
 fn build(release: bool, linker_root: Option<&Path>) -> Result<PathBuf> {
     toolchain::ensure_rust_src()?;
