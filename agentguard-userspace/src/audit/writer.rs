@@ -26,6 +26,8 @@ use super::{
 
 /// Frames are handed to the kernel once this many bytes wait (or on `tick`/`flush`).
 const WRITE_BATCH: usize = 256 * 1024;
+/// Capacity the buffer of waiting frames keeps once written: a batch and its last frame.
+const PENDING_KEPT: usize = WRITE_BATCH + 4096;
 /// Default of [`LogOptions::seal_every`].
 pub const DEFAULT_SEAL_EVERY: u64 = 10_000;
 /// `lost-events` source of the records the log itself refused (see [`LogOptions::max_pending`]).
@@ -226,7 +228,7 @@ impl AuditLog {
             segment,
             file,
             on_disk,
-            pending: Vec::with_capacity(WRITE_BATCH + 4096),
+            pending: Vec::with_capacity(PENDING_KEPT),
             unsynced: false,
             writes: 0,
             durable,
@@ -580,6 +582,11 @@ impl AuditLog {
         }
         self.on_disk += self.pending.len() as u64;
         self.pending.clear();
+        // Records waiting for a rotation can grow the buffer far past a batch (up to
+        // `max_pending`): give that memory back instead of keeping it resident for good.
+        if self.pending.capacity() > PENDING_KEPT {
+            self.pending.shrink_to(PENDING_KEPT);
+        }
         self.unsynced = true;
         Ok(())
     }
