@@ -173,6 +173,31 @@ impl<'a> Daemon<'a> {
             .with_context(|| format!("{path} has no {field}"))
     }
 
+    /// Runs of the daemon's cgroup sock_addr programs (the network hooks) and the time they
+    /// took, summed over every such program, from the `fdinfo` of the daemon's program file
+    /// descriptors. The kernel counts only while `kernel.bpf_stats_enabled` is 1
+    /// ([`BpfStats`]).
+    pub fn sock_addr_runs(&self) -> Result<HookRuns> {
+        /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` (uapi/linux/bpf.h).
+        const CGROUP_SOCK_ADDR: u64 = 18;
+        let dir = format!("/proc/{}/fdinfo", self.pid());
+        let mut total = HookRuns::default();
+        for fd in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+            // A descriptor closed meanwhile, or not a program: nothing to add.
+            let text = fs::read_to_string(fd?.path()).unwrap_or_default();
+            let field = |name: &str| -> Option<u64> {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            if field("prog_type") == Some(CGROUP_SOCK_ADDR) {
+                total.runs += field("run_cnt").unwrap_or(0);
+                total.run_ns += field("run_time_ns").unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
     /// CPU time the daemon's ingest thread (the one draining the ring buffers) has run, from
     /// its `schedstat`.
     pub fn ingest_cpu(&self) -> Result<Duration> {
@@ -227,4 +252,38 @@ fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Program runs and their summed run time, as the kernel counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookRuns {
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
+/// `kernel.bpf_stats_enabled` set to 1 (the kernel times every BPF program run, at a cost of
+/// its own: only for runs that measure it), restored to what it was when dropped.
+pub struct BpfStats {
+    was: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        let was =
+            fs::read_to_string(BPF_STATS).with_context(|| format!("cannot read {BPF_STATS}"))?;
+        fs::write(BPF_STATS, "1").with_context(|| format!("cannot write {BPF_STATS}"))?;
+        Ok(Self {
+            was: was.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(BPF_STATS, &self.was) {
+            eprintln!("    cannot restore {BPF_STATS} to {}: {e}", self.was);
+        }
+    }
 }

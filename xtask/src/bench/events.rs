@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{
     cgroup::monotonic_ns,
-    daemon::{Daemon, Env},
+    daemon::{BpfStats, Daemon, Env},
     generator::{As, Running},
     loopback::Loopback,
     policy::{BENCH, Bench},
@@ -87,6 +87,17 @@ pub struct Run {
     pub ingest_capacity_per_s: f64,
 }
 
+/// The network hooks' own cost over one load, by the kernel's count.
+#[derive(Debug, Serialize)]
+pub struct HookCost {
+    /// Runs of the cgroup sock_addr programs during the load.
+    pub runs: u64,
+    /// Their summed run time divided by `runs`.
+    pub ns_per_run: f64,
+    /// The load's sends (every one should be a run).
+    pub sends: u64,
+}
+
 /// The log writer on synthetic records, one run.
 #[derive(Debug, Serialize)]
 pub struct Writer {
@@ -126,6 +137,12 @@ pub struct Events {
     /// One instance of `procs` processes: its event budget keeps what is over it out of the
     /// ring buffer (logged as gaps), the rest must be logged.
     pub one_instance: Vec<Run>,
+    /// The probe load once more with the kernel timing every BPF program run
+    /// (`kernel.bpf_stats_enabled`, which slows every run a little, so the loads above run
+    /// without it): what one run of the network hooks costs, judging, budgeting and sending
+    /// the event included.
+    #[serde(default)]
+    pub hook_runs: Vec<HookCost>,
     /// VmRSS once start-up has settled (kept for layout version 1; `idle` has the split).
     pub daemon_rss_idle_kib: u64,
     /// VmHWM after every run: the daemon's peak resident set under the load (start-up's BTF
@@ -197,6 +214,9 @@ pub fn measure(env: &Env, net: &Loopback, quick: bool, reps: usize) -> Result<Ev
             daemon.check_alive()?;
             out.one_instance
                 .push(load(&daemon, net, "udp", 1, PROCS, total_sends / PROCS)?);
+            daemon.check_alive()?;
+            out.hook_runs
+                .push(hook_cost(&daemon, net, total_sends / 4)?);
             daemon.check_alive()?;
         }
         out.daemon_hwm_kib = daemon.status_kib("VmHWM")?;
@@ -382,6 +402,21 @@ fn load(
         } else {
             0.0
         },
+    })
+}
+
+/// The probe load of [`INSTANCES`] instances, `sends` datagrams in all, with the kernel timing
+/// every program run.
+fn hook_cost(daemon: &Daemon<'_>, net: &Loopback, sends: u64) -> Result<HookCost> {
+    let _stats = BpfStats::enable()?;
+    let before = daemon.sock_addr_runs()?;
+    let run = load(daemon, net, "udp-probe", INSTANCES, 1, sends / INSTANCES)?;
+    let after = daemon.sock_addr_runs()?;
+    let runs = after.runs.saturating_sub(before.runs);
+    Ok(HookCost {
+        runs,
+        ns_per_run: after.run_ns.saturating_sub(before.run_ns) as f64 / runs.max(1) as f64,
+        sends: run.sends,
     })
 }
 

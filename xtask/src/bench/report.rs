@@ -412,6 +412,9 @@ fn events_summary(e: &Events) -> Value {
                 "daemon_after_load": e.after_load,
                 "writer_records_per_s": w(false),
                 "writer_sealed_records_per_s": w(true),
+                "hook_ns_per_run": Summary::of(
+                    &e.hook_runs.iter().map(|c| c.ns_per_run).collect::<Vec<_>>()
+                ),
             })
             .as_object()
             .cloned()
@@ -590,8 +593,16 @@ fn events_table(s: &mut String, e: &Events) {
     );
     let _ = writeln!(
         s,
-        "| log writer alone, sealed log, records/s | {} |\n",
+        "| log writer alone, sealed log, records/s | {} |",
         w(true)
+    );
+    let per_run = |c: &super::events::HookCost| c.ns_per_run;
+    let _ = writeln!(
+        s,
+        "| network hook run, the probe load with `kernel.bpf_stats_enabled` (judging, budget, event), ns | {} |\n",
+        rate_cell(Summary::of(
+            &e.hook_runs.iter().map(per_run).collect::<Vec<_>>()
+        ))
     );
 }
 
