@@ -81,8 +81,9 @@ pub fn spawn(
 struct Pipeline {
     shared: Arc<Shared>,
     runtime: Handle,
+    /// Decoded in place and handled there: an event is the size of the largest kind (a path
+    /// event's), and each move of one is a copy of that size.
     batch: Vec<Result<KernelEvent, DecodeError>>,
-    events: Vec<KernelEvent>,
     tally: ActionTally,
 }
 
@@ -92,7 +93,6 @@ impl Pipeline {
             shared,
             runtime,
             batch: Vec::with_capacity(BATCH),
-            events: Vec::with_capacity(BATCH),
             tally: ActionTally::default(),
         }
     }
@@ -154,15 +154,15 @@ impl Pipeline {
         if self.batch.is_empty() {
             return;
         }
-        self.events.clear();
-        for ev in self.batch.drain(..) {
-            match ev {
-                Ok(ev) => self.events.push(ev),
-                Err(e) => tracing::warn!(error = %e, "undecodable kernel event"),
-            }
-        }
         let mut escalations = Vec::new();
-        for ev in &self.events {
+        for ev in &self.batch {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable kernel event");
+                    continue;
+                }
+            };
             let h = ev.header();
             if h.flags & (EVENT_ESCALATE_FREEZE | EVENT_ESCALATE_KILL) != 0 {
                 let mut st = self.shared.lock_state();
@@ -177,7 +177,7 @@ impl Pipeline {
         let names = self.shared.names.load();
         let (wall, mono) = audit::now();
         let mut log = self.shared.lock_log();
-        for ev in &self.events {
+        for ev in self.batch.iter().filter_map(|ev| ev.as_ref().ok()) {
             if !log.has_room() {
                 drop(log);
                 let shared = &self.shared;
@@ -201,6 +201,7 @@ impl Pipeline {
             }
         }
         drop(log);
+        self.batch.clear();
         self.shared.metrics.fold(&mut self.tally);
     }
 }
