@@ -50,7 +50,8 @@ const KERNEL_DEPENDENT: &[&str] = &[
 
 /// Targets that test the daemon's own logic (the control protocol, the log, DNS, the tool
 /// gateway and its credentials, packaging) under whichever backend: run once, in the 6.1
-/// guest.
+/// guest. (`policy_suggest` is not one: its suggestions come from the paths the kernel's
+/// hooks report, which 6.1 builds differently, and it fails there.)
 const KERNEL_INDEPENDENT: &[&str] = &[
     "audit_log",
     "credentials",
@@ -58,7 +59,6 @@ const KERNEL_INDEPENDENT: &[&str] = &[
     "gateway",
     "hostile_clients",
     "maintainer_scripts",
-    "policy_suggest",
     "service",
 ];
 
