@@ -85,6 +85,10 @@ struct Pipeline {
     /// event's), and each move of one is a copy of that size.
     batch: Vec<Result<KernelEvent, DecodeError>>,
     tally: ActionTally,
+    /// The last wait for room ended without any: the disk is failing, not slow. Until the log
+    /// has room again records are refused (and counted) at once, so that [`ROOM_WAIT`] bounds
+    /// the whole episode, not each record of it.
+    gave_up_on_room: bool,
 }
 
 impl Pipeline {
@@ -94,6 +98,7 @@ impl Pipeline {
             runtime,
             batch: Vec::with_capacity(BATCH),
             tally: ActionTally::default(),
+            gave_up_on_room: false,
         }
     }
 
@@ -178,10 +183,12 @@ impl Pipeline {
         let (wall, mono) = audit::now();
         let mut log = self.shared.lock_log();
         for ev in self.batch.iter().filter_map(|ev| ev.as_ref().ok()) {
-            if !log.has_room() {
+            if log.has_room() {
+                self.gave_up_on_room = false;
+            } else if !self.gave_up_on_room {
                 drop(log);
                 let shared = &self.shared;
-                wait_for_room(
+                self.gave_up_on_room = !wait_for_room(
                     || shared.lock_log().has_room(),
                     || commit(shared),
                     ROOM_WAIT,
