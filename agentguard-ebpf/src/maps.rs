@@ -91,7 +91,17 @@ pub static SCRATCH: PerCpuArray<Slot<crate::file::Scratch>> =
 /// Per-CPU scratch space for the AF_UNIX address being judged (a 120-byte key, copied into the
 /// event too: kept off the 512-byte BPF stack), one slot per program run.
 #[map(name = "AG_UNIX_SCRATCH")]
-pub static UNIX_SCRATCH: PerCpuArray<Slot<UnixKey>> = PerCpuArray::with_max_entries(SLOTS, 0);
+pub static UNIX_SCRATCH: PerCpuArray<Slot<UnixScratch>> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// The key being judged, and room after it for the NUL `bpf_probe_read_kernel_str` writes
+/// after a pathname that fills all of `sun_path`.
+#[repr(C)]
+pub struct UnixScratch {
+    /// The key.
+    pub key: UnixKey,
+    /// Written by the helper, never read.
+    pub terminator: u32,
+}
 
 /// `struct file::f_path`, separately from [`AG_OFFSETS`]: the verifier must see it as a
 /// constant (read straight from frozen `.rodata`) to accept `bpf_d_path(&file->f_path)`.

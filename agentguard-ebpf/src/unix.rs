@@ -28,9 +28,11 @@ use agentguard_common::{
     rules::{NO_RULE, UNIX_PATH_LEN, UnixKey},
     verdict::{Backend, Verdict},
 };
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
+    helpers::{bpf_probe_read_kernel, generated},
     macros::lsm,
     programs::{LsmContext, SockAddrContext},
 };
@@ -39,7 +41,7 @@ use crate::{
     emit,
     identity::{self, Subject},
     kernel,
-    maps::{UNIX_RULES, UNIX_SCRATCH},
+    maps::{UNIX_RULES, UNIX_SCRATCH, UnixScratch},
     scratch::Claim,
     verdict::{self, Judgement},
 };
@@ -101,7 +103,7 @@ pub fn ag_unix_may_send(ctx: LsmContext) -> i32 {
 /// What the address of a judged action turned out to be.
 enum Address {
     /// Read into the key of a scratch slot this run owns.
-    Read(Claim<UnixKey>),
+    Read(Claim<UnixScratch>),
     /// The peer has no address (socketpair): nothing to judge.
     Unnamed,
     /// Could not be read: judged as an address no rule allows.
@@ -158,41 +160,61 @@ fn judged(subject: &Subject) -> bool {
 /// A scratch slot for the key, claimed by this run and zeroed; `None` when every slot of this
 /// CPU is taken.
 #[inline(always)]
-fn scratch() -> Option<Claim<UnixKey>> {
+fn scratch() -> Option<Claim<UnixScratch>> {
     let claim = Claim::take(&UNIX_SCRATCH)?;
     let key = claim.get();
     // SAFETY: per-CPU map memory, valid for the program run and owned by this run.
     unsafe {
-        (*key).agent_id = 0;
-        (*key).generation = 0;
-        (*key).len = 0;
+        (*key).key.agent_id = 0;
+        (*key).key.generation = 0;
+        (*key).key.len = 0;
+        (*key).key.path = [0; UNIX_PATH_LEN];
     }
     Some(claim)
 }
 
-/// Turns the `name_len` bytes of `sun_path` in the key into the kernel's encoding: a pathname
-/// ends at its first NUL; an abstract name (first byte NUL) is all of them. Zeroes the rest.
+/// Reads the name of a `sun_path` at `src`, of which the address holds `name_len` bytes
+/// (at least one), into a scratch key, in the kernel's encoding: an abstract name (first byte
+/// NUL) is all of its bytes; a pathname ends at its first NUL. The bytes after it stay zero.
+///
+/// The helpers find the end of a pathname: a loop over the bytes that branches on each one
+/// leaves the verifier one path per possible length (over half a million instructions
+/// verified per program, seconds of every daemon start under emulation).
 #[inline(always)]
-fn normalise(key: *mut UnixKey, name_len: u32) {
-    // SAFETY: `key` is the per-CPU scratch key, valid for the program run.
-    let path = unsafe { &mut (*key).path };
-    let mut len = if name_len as usize > UNIX_PATH_LEN {
+fn read_name(src: *const u8, name_len: u32) -> Address {
+    let n = if name_len as usize > UNIX_PATH_LEN {
         UNIX_PATH_LEN as u32
     } else {
         name_len
     };
-    let abstract_name = path[0] == 0;
-    let mut i = 0;
-    while i < UNIX_PATH_LEN {
-        if i as u32 >= len {
-            path[i] = 0;
-        } else if !abstract_name && path[i] == 0 {
-            len = i as u32;
+    let Some(first) = kernel::read::<u8>(src, 0) else {
+        return Address::Unreadable;
+    };
+    let Some(claim) = scratch() else {
+        return Address::Busy;
+    };
+    let scratch = claim.get();
+    // SAFETY: `scratch` is this run's; the helpers write at most `n` + 1 bytes from the start
+    // of `path`, which the terminator after it leaves room for, and tolerate any source.
+    let len = unsafe {
+        let dst = (&raw mut (*scratch).key.path).cast::<c_void>();
+        if first == 0 {
+            if generated::bpf_probe_read_kernel(dst, n, src.cast()) < 0 {
+                return Address::Unreadable;
+            }
+            n
+        } else {
+            // Copies the name up to its first NUL, at most `n` bytes, and a NUL after it.
+            let copied = generated::bpf_probe_read_kernel_str(dst, n + 1, src.cast());
+            if copied <= 0 {
+                return Address::Unreadable;
+            }
+            copied as u32 - 1
         }
-        i += 1;
-    }
+    };
     // SAFETY: as above.
-    unsafe { (*key).len = len };
+    unsafe { (*scratch).key.len = len };
+    Address::Read(claim)
 }
 
 #[inline(always)]
@@ -212,19 +234,10 @@ fn read_sock_addr(ctx: &SockAddrContext) -> Address {
     if kern.uaddrlen as usize <= SUN_PATH_OFFSET {
         return Address::Unreadable;
     }
-    let Some(claim) = scratch() else {
-        return Address::Busy;
-    };
-    let key = claim.get();
-    // SAFETY: `key` is valid; the read tolerates any source address.
-    let read = unsafe {
-        bpf_probe_read_kernel_buf(kern.uaddr.wrapping_add(SUN_PATH_OFFSET), &mut (*key).path)
-    };
-    if read.is_err() {
-        return Address::Unreadable;
-    }
-    normalise(key, kern.uaddrlen - SUN_PATH_OFFSET as u32);
-    Address::Read(claim)
+    read_name(
+        kern.uaddr.wrapping_add(SUN_PATH_OFFSET),
+        kern.uaddrlen - SUN_PATH_OFFSET as u32,
+    )
 }
 
 /// The address `sk` (a `struct unix_sock`) is bound to.
@@ -248,20 +261,12 @@ fn read_bound(sk: *const u8) -> Address {
     if len as usize <= SUN_PATH_OFFSET {
         return Address::Unnamed;
     }
-    let Some(claim) = scratch() else {
-        return Address::Busy;
-    };
-    let key = claim.get();
-    let src = addr
-        .wrapping_add(o.unix_address_name as usize)
-        .wrapping_add(SUN_PATH_OFFSET);
-    // SAFETY: `key` is valid; the read tolerates any source address. The allocation may be
-    // shorter than `sun_path`: bytes past `len` are zeroed by `normalise`.
-    if unsafe { bpf_probe_read_kernel_buf(src, &mut (*key).path) }.is_err() {
-        return Address::Unreadable;
-    }
-    normalise(key, len as u32 - SUN_PATH_OFFSET as u32);
-    Address::Read(claim)
+    // Only the address's own `len` bytes are read: its allocation may end before `sun_path`.
+    read_name(
+        addr.wrapping_add(o.unix_address_name as usize)
+            .wrapping_add(SUN_PATH_OFFSET),
+        len as u32 - SUN_PATH_OFFSET as u32,
+    )
 }
 
 #[inline(always)]
@@ -319,7 +324,8 @@ fn judge(subject: &Subject, address: Address, kind: EventKind, backend: Backend)
         Address::Busy => (None, EVENT_SCRATCH_BUSY),
     };
     // The claim lives to the end of this function: the key is copied into the event below.
-    let key = claim.as_ref().map(Claim::get);
+    // SAFETY: the claim's slot is this run's; only the key's address is taken.
+    let key = claim.as_ref().map(|c| unsafe { &raw mut (*c.get()).key });
     let decision = match key {
         Some(key) => decide(subject, key),
         None => Judgement::refuse(Verdict::Denied, busy),
@@ -340,20 +346,17 @@ fn judge(subject: &Subject, address: Address, kind: EventKind, backend: Backend)
             (*ev).access = 0;
             (*ev)._pad = 0;
             (*ev).target_pid = 0;
-            let mut i = 0;
-            while i < FILE_PATH_LEN {
-                (*ev).path[i] = 0;
-                i += 1;
-            }
+            (*ev).path = [0; FILE_PATH_LEN];
             if let Some(key) = key {
-                let len = (*key).len as usize;
-                let mut i = 0;
-                while i < UNIX_PATH_LEN && i < len {
-                    (*ev).path[i] = (*key).path[i];
-                    i += 1;
-                }
+                // The key's bytes after its name are zero: all of them are copied, without a
+                // branch per byte for the verifier to follow.
+                core::ptr::copy_nonoverlapping(
+                    (&raw const (*key).path).cast::<u8>(),
+                    (&raw mut (*ev).path).cast::<u8>(),
+                    UNIX_PATH_LEN,
+                );
                 // An abstract name is shown as `@name`, as `ss` and the policy write it.
-                if len > 0 && (*key).path[0] == 0 {
+                if (*key).len > 0 && (*key).path[0] == 0 {
                     (*ev).path[0] = b'@';
                 }
             }

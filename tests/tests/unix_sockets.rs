@@ -20,6 +20,8 @@ struct Sockets {
     dir: tempfile::TempDir,
     _stream_ok: UnixListener,
     _stream_no: UnixListener,
+    /// Named like the allowed one and a byte longer.
+    _stream_longer: UnixListener,
     dgram_ok: UnixDatagram,
     dgram_no: UnixDatagram,
     _abstract_ok: UnixListener,
@@ -56,6 +58,7 @@ impl Sockets {
         Self {
             _stream_ok: bind("ok.sock"),
             _stream_no: bind("no.sock"),
+            _stream_longer: bind("ok.sockx"),
             dgram_ok: dgram("ok.dgram"),
             dgram_no: dgram("no.dgram"),
             _abstract_ok: abstract_listener("ok"),
@@ -114,6 +117,19 @@ fn unix_connects_and_sends_are_judged_by_address() {
         &d.probe("buyer", &["unix-stream", &s.path("no.sock")]),
         "unlisted pathname socket",
     );
+    // The same pathnames under the address lengths C code passes: the name is what the
+    // kernel resolves, not what follows it or the length's last byte.
+    for mode in ["exact", "padded"] {
+        assert_eq!(
+            d.probe("buyer", &["unix-stream-len", &s.path("ok.sock"), mode]),
+            "ok",
+            "allowed pathname socket, {mode} address length"
+        );
+        assert_eperm(
+            &d.probe("buyer", &["unix-stream-len", &s.path("ok.sockx"), mode]),
+            &format!("a byte longer than the allowed pathname, {mode} address length"),
+        );
+    }
     // Abstract sockets.
     assert_eq!(
         d.probe("buyer", &["unix-stream", &s.abstract_name("ok")]),

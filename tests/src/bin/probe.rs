@@ -268,6 +268,54 @@ fn unix_addr(a: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
     }
 }
 
+/// Connects a stream socket to the pathname `path` with an address length other than the one
+/// Rust passes (the name and its NUL): `exact`, the name without a NUL (C's `SUN_LEN`);
+/// `padded`, all of `sockaddr_un`, with other bytes after the NUL.
+fn unix_stream_len(path: &str, mode: &str) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: all-zero is a valid `sockaddr_un`.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let name = path.as_bytes();
+    if name.len() >= addr.sun_path.len() {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    let sun_path_offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    let len = match mode {
+        "exact" => sun_path_offset + name.len(),
+        "padded" => {
+            for d in addr.sun_path.iter_mut().skip(name.len() + 1) {
+                *d = b'x' as libc::c_char;
+            }
+            size_of::<libc::sockaddr_un>()
+        }
+        _ => return Err(std::io::Error::other(format!("unknown length mode {mode}"))),
+    };
+    // SAFETY: plain syscalls; the fd is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is not owned elsewhere.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::socklen_t::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&raw const addr).cast::<libc::sockaddr>(),
+            len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -278,6 +326,7 @@ fn main() -> ExitCode {
                 .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
                 .map(drop),
         ),
+        ["unix-stream-len", path, mode] => report(unix_stream_len(path, mode)),
         ["unix-dgram", a] => report(unix_addr(a).and_then(|a| {
             let s = std::os::unix::net::UnixDatagram::unbound()?;
             s.send_to_addr(b"agentguard", &a).map(drop)
