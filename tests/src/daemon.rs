@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -36,6 +37,10 @@ pub struct Daemon {
     extra_args: Vec<String>,
     /// Extra environment of the daemon, kept for restarts.
     extra_env: Vec<(String, String)>,
+    /// Where the daemon says it is ready (`NOTIFY_SOCKET`, as to a service manager): waiting
+    /// there costs nothing, where asking `agentguard status` over and over starts a process
+    /// each time, which under emulation took much of the CPU the daemon was starting with.
+    notify: UnixDatagram,
 }
 
 /// Removes everything agentguard left in the kernel.
@@ -109,7 +114,13 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let policy_path = dir.path().join("policy.toml");
         fs::write(&policy_path, policy).unwrap_or_else(|e| panic!("write policy: {e}"));
+        let notify = UnixDatagram::bind(dir.path().join("notify.sock"))
+            .unwrap_or_else(|e| panic!("readiness socket: {e}"));
+        notify
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap_or_else(|e| panic!("readiness socket: {e}"));
         Self {
+            notify,
             child: None,
             socket: dir.path().join("agentguard.sock"),
             state: dir.path().join("state"),
@@ -139,6 +150,7 @@ impl Daemon {
     }
 
     fn spawn_process(&mut self) {
+        self.drain_notifications();
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -155,6 +167,7 @@ impl Daemon {
             .arg("--agent-socket")
             .arg(self.agent_socket())
             .args(&self.extra_args)
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -169,10 +182,23 @@ impl Daemon {
         self.wait_ready_while(|| {});
     }
 
-    /// Waits for the daemon to answer, calling `each` before every check (so at least once).
+    /// Drops what an earlier daemon said, so that only the next one's READY=1 counts.
+    fn drain_notifications(&self) {
+        let mut buf = [0u8; 4096];
+        if self.notify.set_nonblocking(true).is_ok() {
+            while self.notify.recv(&mut buf).is_ok() {}
+        }
+        self.notify
+            .set_nonblocking(false)
+            .unwrap_or_else(|e| panic!("readiness socket: {e}"));
+    }
+
+    /// Waits for the daemon to say it is ready, then asks it for its backends; calls `each`
+    /// before every check (so at least once).
     fn wait_ready_while(&mut self, mut each: impl FnMut()) {
         let start = Instant::now();
         let timeout = patience(READY_TIMEOUT);
+        let mut buf = [0u8; 4096];
         loop {
             each();
             if let Some(child) = self.child.as_mut()
@@ -183,20 +209,30 @@ impl Daemon {
                     self.output()
                 );
             }
-            let out = self.cli(&["status", "--json"]);
-            if out.status.success() {
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-                self.backends = v["backends"].as_str().unwrap_or_default().to_owned();
-                self.check_backend();
-                return;
+            // A timed-out receive is the pause between checks.
+            if let Ok(n) = self.notify.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+            {
+                break;
             }
             assert!(
                 start.elapsed() < timeout,
                 "daemon not ready after {timeout:?}:\n{}",
                 self.output()
             );
-            thread::sleep(Duration::from_millis(50));
         }
+        let out = self.cli(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "the daemon said it was ready but does not answer: {}\n{}",
+            describe(&out),
+            self.output()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        self.backends = v["backends"].as_str().unwrap_or_default().to_owned();
+        self.check_backend();
     }
 
     /// Fails the test when the daemon chose another backend than the environment expects.
@@ -348,8 +384,16 @@ impl Daemon {
 
     /// The log records as `agentguard log show --json` prints them, in order.
     pub fn records(&self) -> Vec<serde_json::Value> {
+        self.records_with(&[])
+    }
+
+    /// The records `agentguard log show` selects with `filters` (e.g. `--from-seq N`,
+    /// `--kind lost-events`), as JSON values.
+    pub fn records_with(&self, filters: &[&str]) -> Vec<serde_json::Value> {
         let state = self.state.to_string_lossy().into_owned();
-        let out = agentguard(&["log", "show", "--json", "--state-dir", &state]);
+        let mut args = vec!["log", "show", "--json", "--state-dir", &state];
+        args.extend_from_slice(filters);
+        let out = agentguard(&args);
         assert!(
             out.status.success(),
             "agentguard log show failed: {}",

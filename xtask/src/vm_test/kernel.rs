@@ -24,16 +24,8 @@ pub enum Series {
     V6_12,
 }
 
-/// Which integration test targets a guest runs.
-#[derive(Clone, Copy, Debug)]
-pub enum Subset {
-    /// Every target but these.
-    AllBut(&'static [&'static str]),
-    /// The targets of these lists.
-    Only(&'static [&'static [&'static str]]),
-}
-
-/// Targets whose outcome depends on the kernel: run on every series.
+/// Targets whose outcome depends on the kernel (BPF LSM and cgroup hooks, confinement): every
+/// series runs them.
 const KERNEL_DEPENDENT: &[&str] = &[
     "confinement",
     "exec_files",
@@ -48,11 +40,22 @@ const KERNEL_DEPENDENT: &[&str] = &[
     "upgrade",
 ];
 
+/// Targets whose outcome depends on the backend (what the BPF LSM programs enforce and report)
+/// but not on the kernel series: one guest runs each, split so that the two guests side by
+/// side take about as long. `policy_suggest` is 6.12's: its suggestions come from the paths
+/// the hooks report, which 6.1 builds differently, and it fails there.
+const BACKEND_ON_6_12: &[&str] = &[
+    "event_budget",
+    "kill_switch",
+    "policy_suggest",
+    "real_agents",
+];
+const BACKEND_ON_6_1: &[&str] = &["full_maps", "launcher", "policy_apply", "refusals_visible"];
+
 /// Targets that test the daemon's own logic (the control protocol, the log, DNS, the tool
-/// gateway and its credentials, packaging) under whichever backend: run once, in the 6.1
-/// guest. (`policy_suggest` is not one: its suggestions come from the paths the kernel's
-/// hooks report, which 6.1 builds differently, and it fails there.)
-const KERNEL_INDEPENDENT: &[&str] = &[
+/// gateway and its credentials, packaging), the same under either backend: the host stage
+/// runs them; no guest does (under emulation each guest has the time for its own share only).
+const BACKEND_INDEPENDENT: &[&str] = &[
     "audit_log",
     "credentials",
     "dns",
@@ -61,6 +64,43 @@ const KERNEL_INDEPENDENT: &[&str] = &[
     "maintainer_scripts",
     "service",
 ];
+
+/// Which guests run a test target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Every series' guest.
+    EverySeries,
+    /// This series' guest only.
+    Only(Series),
+    /// No guest (the host stage runs it).
+    HostOnly,
+}
+
+/// Where `cargo xtask test` runs the target named `name` (`test-network`, `lib-...`,
+/// `bin-...`), or `None` for an integration test no list names: a new test file must be placed
+/// before the VM stage runs, so that it cannot silently run in no guest.
+pub fn placement(name: &str) -> Option<Placement> {
+    if name.starts_with("bin-") {
+        // The package's binaries (the probe, the bench) have no tests of their own.
+        return Some(Placement::HostOnly);
+    }
+    if name.starts_with("lib-") {
+        return Some(Placement::Only(Series::V6_12));
+    }
+    let target = name.strip_prefix("test-")?;
+    let listed = |list: &[&str]| list.contains(&target);
+    if listed(KERNEL_DEPENDENT) {
+        Some(Placement::EverySeries)
+    } else if listed(BACKEND_ON_6_12) {
+        Some(Placement::Only(Series::V6_12))
+    } else if listed(BACKEND_ON_6_1) {
+        Some(Placement::Only(Series::V6_1))
+    } else if listed(BACKEND_INDEPENDENT) {
+        Some(Placement::HostOnly)
+    } else {
+        None
+    }
+}
 
 impl Series {
     /// Every series, in the order `cargo xtask test` runs them.
@@ -73,15 +113,12 @@ impl Series {
         }
     }
 
-    /// The integration test targets `cargo xtask test` runs in this series' guest. Under
-    /// emulation the whole suite takes most of an hour per guest, and part of it does not
-    /// depend on the kernel: the 6.12 guest runs everything else, the 6.1 guest the tests whose
-    /// outcome does depend on the kernel (BPF LSM and cgroup hooks, confinement) and the
-    /// kernel-independent ones, so that the two guests, side by side, take about as long.
-    pub fn ci_subset(self) -> Subset {
-        match self {
-            Self::V6_12 => Subset::AllBut(KERNEL_INDEPENDENT),
-            Self::V6_1 => Subset::Only(&[KERNEL_DEPENDENT, KERNEL_INDEPENDENT]),
+    /// Whether this series' guest runs a target placed so.
+    pub fn runs(self, placement: Placement) -> bool {
+        match placement {
+            Placement::EverySeries => true,
+            Placement::Only(series) => series == self,
+            Placement::HostOnly => false,
         }
     }
 
@@ -305,7 +342,10 @@ fn remove_dir_if_present(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Series, version_key};
+    use super::{
+        BACKEND_INDEPENDENT, BACKEND_ON_6_1, BACKEND_ON_6_12, KERNEL_DEPENDENT, Series, placement,
+        version_key,
+    };
 
     #[test]
     fn generic_flavour_only() {
@@ -351,5 +391,49 @@ mod tests {
             version_key("linux-image-6.12.107+deb12-amd64-unsigned")
                 > version_key("linux-image-6.12.99+deb12-amd64-unsigned")
         );
+    }
+
+    #[test]
+    fn every_integration_test_file_is_placed_once() {
+        let lists = [
+            KERNEL_DEPENDENT,
+            BACKEND_ON_6_12,
+            BACKEND_ON_6_1,
+            BACKEND_INDEPENDENT,
+        ];
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests");
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let mut files = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(target) = name.strip_suffix(".rs") else {
+                continue;
+            };
+            files += 1;
+            let lists_naming = lists.iter().filter(|l| l.contains(&target)).count();
+            assert_eq!(
+                lists_naming, 1,
+                "tests/tests/{name} is in {lists_naming} lists"
+            );
+            assert!(placement(&format!("test-{target}")).is_some());
+        }
+        let listed: usize = lists.iter().map(|l| l.len()).sum();
+        assert_eq!(
+            listed, files,
+            "a list names a test file that does not exist"
+        );
+        assert_eq!(placement("test-no-such-file"), None);
+    }
+
+    #[test]
+    fn placements_pick_the_guests() {
+        let on = |name: &str| Series::ALL.map(|s| placement(name).is_some_and(|p| s.runs(p)));
+        // [6.12, 6.1]
+        assert_eq!(on("test-network"), [true, true]);
+        assert_eq!(on("test-policy_suggest"), [true, false]);
+        assert_eq!(on("test-launcher"), [false, true]);
+        assert_eq!(on("test-gateway"), [false, false]);
+        assert_eq!(on("bin-probe"), [false, false]);
+        assert_eq!(on("lib-agentguard_tests"), [true, false]);
     }
 }

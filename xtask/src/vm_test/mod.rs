@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 
-pub use kernel::{Series, Subset};
+pub use kernel::Series;
 
 use crate::integration::{self, TestExe};
 use crate::{build_ebpf, cmd, workspace};
@@ -43,8 +43,8 @@ pub struct Args {
     /// builds; each gets the same environment and arguments as a test executable).
     #[arg(long, value_name = "PATH")]
     test_exe: Vec<PathBuf>,
-    /// Run every test on every kernel (by default the 6.1 guest runs the kernel-dependent
-    /// subset; see `Series::ci_subset`).
+    /// Run every test on every kernel (by default each guest runs its share; see
+    /// `kernel::placement`).
     #[arg(long)]
     full: bool,
     /// Virtual CPUs of the guest.
@@ -57,7 +57,7 @@ pub struct Args {
 
 impl Args {
     /// What `cargo xtask test` runs: the agentguard-tests executables in every series' guest
-    /// (the 6.1 one its subset), no extra arguments.
+    /// (each its share), no extra arguments.
     pub fn every_series() -> Self {
         Self {
             kernel: None,
@@ -92,10 +92,7 @@ pub fn run(args: &Args) -> Result<()> {
         let kernel = cmd::step(&format!("guest kernel {}", s.name()), || kernel::ensure(s))?;
         let tests = match &built {
             Some(all) if args.full => all.clone(),
-            Some(all) => match s.ci_subset() {
-                Subset::Only(lists) => subset(all.clone(), &lists.concat())?,
-                Subset::AllBut(names) => all_but(all.clone(), names)?,
-            },
+            Some(all) => placed_in(s, all)?,
             None => args
                 .test_exe
                 .iter()
@@ -249,40 +246,32 @@ impl Guest<'_> {
     }
 }
 
-/// The test targets named in `names`; a name without a target is an error, so renaming a test
-/// file cannot silently drop it from a guest.
-fn subset(all: Vec<TestExe>, names: &[&str]) -> Result<Vec<TestExe>> {
-    let wanted: Vec<String> = names.iter().map(|n| format!("test-{n}")).collect();
-    if let Some(missing) = wanted.iter().find(|w| !all.iter().any(|e| &e.name == *w)) {
-        anyhow::bail!("the guest's test subset names {missing}, which the build did not produce");
+/// The targets `series`' guest runs ([`kernel::placement`]); a target no list places is an
+/// error, so a new or renamed test file cannot silently run in no guest.
+fn placed_in(series: Series, all: &[TestExe]) -> Result<Vec<TestExe>> {
+    let mut picked = Vec::new();
+    let mut elsewhere = Vec::new();
+    for exe in all {
+        let Some(placement) = kernel::placement(&exe.name) else {
+            bail!(
+                "{} is not placed in a guest: add it to one of the lists in xtask/src/vm_test/kernel.rs",
+                exe.name
+            );
+        };
+        if series.runs(placement) {
+            picked.push(exe.clone());
+        } else {
+            elsewhere.push(exe.name.as_str());
+        }
     }
-    let picked: Vec<TestExe> = all
-        .into_iter()
-        .filter(|e| wanted.contains(&e.name))
-        .collect();
     eprintln!(
-        "    subset for this kernel: {} (`--full` runs everything)",
-        names.join(", ")
+        "    kernel {} runs {} of {} targets; the others run on the host or in the other guest: {} (`--full` runs everything)",
+        series.name(),
+        picked.len(),
+        all.len(),
+        elsewhere.join(", ")
     );
     Ok(picked)
-}
-
-/// Every test target but those named in `names` (each of which must exist, as in [`subset`]).
-fn all_but(all: Vec<TestExe>, names: &[&str]) -> Result<Vec<TestExe>> {
-    let skipped: Vec<String> = names.iter().map(|n| format!("test-{n}")).collect();
-    if let Some(missing) = skipped.iter().find(|w| !all.iter().any(|e| &e.name == *w)) {
-        anyhow::bail!(
-            "the guest's test subset leaves out {missing}, which the build did not produce"
-        );
-    }
-    eprintln!(
-        "    this kernel leaves to the other: {} (`--full` runs everything)",
-        names.join(", ")
-    );
-    Ok(all
-        .into_iter()
-        .filter(|e| !skipped.contains(&e.name))
-        .collect())
 }
 
 fn given_exe(path: &Path) -> Result<TestExe> {

@@ -19,7 +19,7 @@ const GUEST_SLOWDOWN: u32 = 10;
 /// The most one test executable may take in the guest before it is killed (exit code 124 in its
 /// `.rc`): a hung test fails its own executable instead of holding the guest until the VM
 /// timeout and the stages after it.
-const PER_EXE_TIMEOUT_SECS: u32 = 15 * 60;
+const PER_EXE_TIMEOUT_SECS: u32 = 10 * 60;
 
 /// What the guest script needs to know.
 pub struct Plan<'a> {
@@ -124,7 +124,7 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("R='/w/target/vm/run-1'\n"));
         assert!(script.contains(
-            "run_test 'test-net' '/w/tests' timeout -k 10 900 env AGENTGUARD_BIN='/w/target/debug/agentguard' \
+            "run_test 'test-net' '/w/tests' timeout -k 10 600 env AGENTGUARD_BIN='/w/target/debug/agentguard' \
              AGENTGUARD_EXPECT_BACKEND=lsm AGENTGUARD_TEST_SLOWDOWN=10 RUST_BACKTRACE=1 CI='true' \
              '/w/target/debug/deps/net-1' --test-threads=1 '--nocapture'\n"
         ));
