@@ -21,24 +21,28 @@ fn a_flooding_agent_loses_its_own_events_not_the_others() {
         flood.starts_with("sent=0 "),
         "every send is refused: {flood}"
     );
+    // Once the daemon has taken in all the flood left in the rings: how fast it drains them
+    // is the machine's (under emulation, not much faster than one instance's budget refills),
+    // what the flood leaves for the others is the budget's.
+    wait_accounted(&d, 50_000, "flood");
+    let gaps: Vec<serde_json::Value> = d.records_with(&["--kind", "lost-events"]);
+    assert!(
+        gaps.iter().any(|r| r["source"] == "instance-budget"
+            && r["agent"] == "flood"
+            && r["refusals"].as_u64().is_some_and(|n| n > 0)),
+        "refusals over the budget are counted for the flooding instance: {gaps:?}"
+    );
     assert_eperm(
         &d.probe("quiet", &["tcp", "127.0.0.1", "9"]),
         "the other agent's connect",
-    );
-    let gap = d.wait_record("the flooding instance's gap", |r| {
-        r["kind"] == "lost-events" && r["source"] == "instance-budget" && r["agent"] == "flood"
-    });
-    assert!(
-        gap["refusals"].as_u64().is_some_and(|n| n > 0),
-        "refusals over the budget are counted: {gap}"
     );
     d.wait_record("the other agent's refusal", |r| {
         r["action"] == "connect" && r["verdict"] == "denied" && r["agent"] == "quiet"
     });
     let quiet_gaps = d
-        .records()
+        .records_with(&["--kind", "lost-events"])
         .into_iter()
-        .filter(|r| r["kind"] == "lost-events" && r["agent"] == "quiet")
+        .filter(|r| r["agent"] == "quiet")
         .count();
     assert_eq!(quiet_gaps, 0, "the quiet agent lost nothing");
 }
