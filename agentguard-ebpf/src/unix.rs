@@ -21,6 +21,8 @@
 //! compiler adds agentguard's own agent socket to every judged agent's entries. A sub-agent's
 //! address must also be allowed by every ancestor that judges AF_UNIX.
 
+use core::ffi::c_void;
+
 use agentguard_common::{
     agent::{AGENT_UNIX_RULES, unix_restricted},
     event::{EVENT_PARENT_DENIED, EVENT_SCRATCH_BUSY, EventKind, FILE_PATH_LEN, FileEvent, FileOp},
@@ -28,8 +30,6 @@ use agentguard_common::{
     rules::{NO_RULE, UNIX_PATH_LEN, UnixKey},
     verdict::{Backend, Verdict},
 };
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_probe_read_kernel, generated},

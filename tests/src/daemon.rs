@@ -43,6 +43,11 @@ pub struct Daemon {
     notify: UnixDatagram,
 }
 
+/// The socket in a test daemon's directory where it says it is ready.
+fn notify_socket(dir: &Path) -> PathBuf {
+    dir.join("notify.sock")
+}
+
 /// Removes everything agentguard left in the kernel.
 pub fn teardown() {
     let out = agentguard(&[
@@ -114,7 +119,7 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("tempdir: {e}"));
         let policy_path = dir.path().join("policy.toml");
         fs::write(&policy_path, policy).unwrap_or_else(|e| panic!("write policy: {e}"));
-        let notify = UnixDatagram::bind(dir.path().join("notify.sock"))
+        let notify = UnixDatagram::bind(notify_socket(dir.path()))
             .unwrap_or_else(|e| panic!("readiness socket: {e}"));
         notify
             .set_read_timeout(Some(Duration::from_millis(50)))
@@ -167,7 +172,7 @@ impl Daemon {
             .arg("--agent-socket")
             .arg(self.agent_socket())
             .args(&self.extra_args)
-            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
+            .env("NOTIFY_SOCKET", notify_socket(self.dir.path()))
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -272,7 +272,7 @@ fn unix_addr(a: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
 /// Rust passes (the name and its NUL): `exact`, the name without a NUL (C's `SUN_LEN`);
 /// `padded`, all of `sockaddr_un`, with other bytes after the NUL.
 fn unix_stream_len(path: &str, mode: &str) -> std::io::Result<()> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::AsRawFd as _;
     // SAFETY: all-zero is a valid `sockaddr_un`.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -294,13 +294,13 @@ fn unix_stream_len(path: &str, mode: &str) -> std::io::Result<()> {
         }
         _ => return Err(std::io::Error::other(format!("unknown length mode {mode}"))),
     };
-    // SAFETY: plain syscalls; the fd is owned from here on.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is not owned elsewhere.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     let len = libc::socklen_t::try_from(len).map_err(std::io::Error::other)?;
     // SAFETY: `addr` is a valid `sockaddr_un` of at least `len` bytes.
     let r = unsafe {
