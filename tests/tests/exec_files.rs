@@ -2,11 +2,17 @@
 //! fallback (exec killed by SIGKILL before the binary runs its own code; files refused by
 //! Landlock with EACCES).
 
-use std::{fs, os::unix::process::ExitStatusExt, process::Output};
+use std::{
+    fs,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::Output,
+};
 
 use agentguard_tests::{
     Daemon, ScratchTree, describe, open_to_agents, open_tree_to_agents, privileged, stdout,
 };
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_agentguard-probe");
 
@@ -341,4 +347,119 @@ fn a_binary_replaced_on_disk_is_re_resolved() {
         probe(&d, &["exec", &tool_s]).status.success(),
         "the replaced binary runs after re-resolution"
     );
+}
+
+/// An overlay on a tmpfs of its own (an overlay's upper layer cannot be on an overlay, which
+/// `/tmp` may be), both unmounted when dropped.
+struct Overlay {
+    tmpfs: PathBuf,
+    merged: PathBuf,
+}
+
+impl Overlay {
+    /// Mounts it in `dir`, its lower layer holding a file for each of `files`.
+    fn mount(dir: &Path, files: &[&str]) -> Self {
+        let tmpfs = dir.join("fs");
+        fs::create_dir(&tmpfs).unwrap_or_else(|e| panic!("{e}"));
+        mount(
+            Some("tmpfs"),
+            &tmpfs,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0777"),
+        )
+        .unwrap_or_else(|e| panic!("tmpfs on {}: {e}", tmpfs.display()));
+        let o = Self {
+            merged: tmpfs.join("merged"),
+            tmpfs,
+        };
+        for d in ["lower", "upper", "work", "merged"] {
+            fs::create_dir(o.tmpfs.join(d)).unwrap_or_else(|e| panic!("{d}: {e}"));
+        }
+        for f in files {
+            fs::write(o.tmpfs.join("lower").join(f), "x").unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+        open_tree_to_agents(&o.tmpfs);
+        let options = format!(
+            "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+            o.tmpfs.display()
+        );
+        mount(
+            Some("overlay"),
+            &o.merged,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("overlay on {}: {e}", o.merged.display()));
+        o
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.merged.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = umount2(&self.merged, MntFlags::MNT_DETACH);
+        let _ = umount2(&self.tmpfs, MntFlags::MNT_DETACH);
+    }
+}
+
+/// Overlayfs opens the real file under every file an agent opens on it (with the mounter's
+/// credentials; on Linux 6.1 under the overlay's own path): that open is the kernel's, not the
+/// agent's, and must not be judged, logged or charged a second time.
+#[test]
+fn an_open_on_an_overlay_is_judged_and_logged_once() {
+    if !privileged("an_open_on_an_overlay_is_judged_and_logged_once") {
+        return;
+    }
+    let t = ScratchTree::new("agentguard-overlay");
+    let o = Overlay::mount(
+        t.base(),
+        &["data.txt", "out.txt", "marker.txt", "secret.txt"],
+    );
+    let d = Daemon::start(&format!(
+        "[agents.files]\nexec = [\"{PROBE}\"]\nread = [\"@system-runtime\", \"{data}\", \"{out}\", \"{marker}\"]\nwrite = [\"{out}\"]\n",
+        data = o.p("data.txt"),
+        out = o.p("out.txt"),
+        marker = o.p("marker.txt"),
+    ));
+    assert_ok(&probe(&d, &["read", &o.p("data.txt")]), "an allowed read");
+    // A write to a lower file: overlayfs copies it up, then opens the copy.
+    assert_ok(
+        &probe(&d, &["open-write", &o.p("out.txt")]),
+        "an allowed write",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["read", &o.p("secret.txt")]),
+        "a read without a rule",
+    );
+    if !d.lsm() {
+        // Landlock logs refusals only, and judges the real file under the mounter's domain.
+        return;
+    }
+    // Allowed opens share one ring buffer, logged in the order they were made: once the last
+    // one is in the log, so is everything the earlier ones logged.
+    assert_ok(&probe(&d, &["read", &o.p("marker.txt")]), "the last read");
+    d.wait_record("for the last read", |r| {
+        r["target"]["path"] == o.p("marker.txt").as_str()
+    });
+    let records = d.records();
+    for (name, access) in [("data.txt", "read"), ("out.txt", "write")] {
+        let opens: Vec<_> = records
+            .iter()
+            .filter(|r| {
+                r["action"] == "file-open"
+                    && r["target"]["path"] == o.p(name).as_str()
+                    && r["target"]["access"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == access))
+            })
+            .collect();
+        assert_eq!(opens.len(), 1, "one open of {name}, one record: {opens:#?}");
+        assert_eq!(opens[0]["verdict"], "allowed", "{:#}", opens[0]);
+    }
 }

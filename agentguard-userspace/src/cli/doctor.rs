@@ -7,7 +7,7 @@ use agentguard::{
     daemon::landlock_audit,
     ebpf::{
         backends::{self, Backends},
-        offsets, pins, probe, programs,
+        loader, offsets, pins, probe, programs,
     },
     sys::{kernel, mounts},
 };
@@ -267,6 +267,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     ));
 
     let mut backends = None;
+    let mut own_refusal = false;
     if root {
         let probes = probe::programs();
         let find = |g: &str| {
@@ -318,10 +319,19 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 })
                 .collect(),
         };
+        // A kernel that has the hooks but refused the programs: the daemon refuses to start
+        // where they are what would judge AF_UNIX.
+        let unix_refused = unix_probe
+            .is_some_and(|p| p.result.is_ok())
+            .then(|| loader::refused_with_hook(&unix_missing).err())
+            .flatten()
+            .map(|e| e.to_string());
         checks.push(check(
             "af-unix-cgroup",
             if unix_missing.is_empty() {
                 Ok("connect_unix and sendmsg_unix programs load".into())
+            } else if let Some(e) = &unix_refused {
+                Err(e.clone())
             } else {
                 Err(unix_missing
                     .iter()
@@ -337,6 +347,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 b.notes = notes;
             }
             b.settle_unix(|| unix_missing);
+            own_refusal = b.unix != backends::UnixBackend::BpfLsm && unix_refused.is_some();
             backends = Some(b);
         }
         // Only the Landlock backend needs audit records to log file refusals; the BPF LSM
@@ -353,6 +364,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let can_enforce = backends.is_some()
+        && !own_refusal
         && checks
             .iter()
             .filter(|c| matches!(c.name, "kernel" | "cgroup2" | "cgroup-freeze" | "btf"))

@@ -33,7 +33,7 @@ use aya::{
 
 use super::{
     backends::{self, Backends, MissingProgram, UnixBackend},
-    link_update,
+    hook_probe, link_update,
     object::{EbpfObject, MapLayout, ObjectError},
     offsets::{self, OffsetError},
     open_hooks::{self, OpenHooks},
@@ -111,6 +111,30 @@ pub enum LoadError {
     /// The object could not be parsed for its maps' layouts.
     #[error(transparent)]
     ObjectFile(#[from] ObjectError),
+    /// The kernel has the hook of an optional program but refused agentguard's program for it:
+    /// a bug of this build, which does not run with less enforcement than the kernel offers.
+    #[error(
+        "the kernel has the hook of {program} ({hook}) but refused agentguard's program: {reason}. Without it {loses}, so the daemon does not start: this is a bug of this agentguard build, please report it with the output of `agentguard doctor`"
+    )]
+    OwnProgramRefused {
+        /// The program.
+        program: &'static str,
+        /// Its hook.
+        hook: String,
+        /// Why the kernel refused it.
+        reason: String,
+        /// What enforcement would lose without it.
+        loses: &'static str,
+    },
+    /// Whether the kernel has a program's hook could not be asked.
+    #[error("cannot ask the kernel whether it has the hook of {program}: {source}")]
+    HookProbe {
+        /// The program.
+        program: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// The cgroup to attach to could not be opened.
     #[error("cannot open cgroup {path}: {source}")]
     Cgroup {
@@ -314,7 +338,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // Every program of the group is optional: loading it only fails for a missing program.
     let mut unix_error = None;
     backends.settle_unix(|| match groups.take(&mut ebpf, Group::UnixSockAddr) {
-        Ok(report) => report.missing,
+        Ok(report) => {
+            unix_error = refused_with_hook(&report.missing).err();
+            report.missing
+        }
         Err(e) => {
             unix_error = Some(e);
             Vec::new()
@@ -479,6 +506,32 @@ impl Groups<'_> {
         self.pending.extend(loaded);
         Ok(report)
     }
+}
+
+/// Fails for the first program of `missing` whose hook the kernel has (asked with a trivial
+/// program): the kernel refused agentguard's own program, not a hook it lacks. Only the AF_UNIX
+/// cgroup programs are asked: the kernel may refuse an LSM hook it has for reasons of its own
+/// (hooks BPF may not attach to), which the optional LSM programs are reported with.
+pub fn refused_with_hook(missing: &[MissingProgram]) -> Result<(), LoadError> {
+    for m in missing {
+        let Some(hook) = programs::unix_sock_addr_hook(m.program) else {
+            continue;
+        };
+        let exists =
+            hook_probe::sock_addr_hook_exists(hook).map_err(|source| LoadError::HookProbe {
+                program: m.program,
+                source,
+            })?;
+        if exists {
+            return Err(LoadError::OwnProgramRefused {
+                program: m.program,
+                hook: format!("{} {hook:?}", m.hook),
+                reason: m.reason.clone(),
+                loses: m.loses,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What loading a group left to report: optional programs that did not load, and variants

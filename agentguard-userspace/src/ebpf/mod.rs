@@ -3,6 +3,7 @@
 
 pub mod backends;
 pub mod batch;
+pub mod hook_probe;
 pub mod link_update;
 pub mod loader;
 pub mod maps;

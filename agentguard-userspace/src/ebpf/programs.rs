@@ -114,6 +114,17 @@ pub const UNIX_UNJUDGED: &str =
 /// The programs that judge AF_UNIX, each a pair: connects and datagram sends.
 pub const UNIX_LSM: [&str; 2] = ["ag_unix_stream_connect", "ag_unix_may_send"];
 
+/// The cgroup hook of an AF_UNIX sock_addr program, for asking the kernel whether it has it
+/// ([`super::hook_probe`]); `None` for every other program.
+pub fn unix_sock_addr_hook(program: &str) -> Option<aya_obj::generated::bpf_attach_type> {
+    use aya_obj::generated::bpf_attach_type::{BPF_CGROUP_UNIX_CONNECT, BPF_CGROUP_UNIX_SENDMSG};
+    match program {
+        "ag_connect_unix" => Some(BPF_CGROUP_UNIX_CONNECT),
+        "ag_sendmsg_unix" => Some(BPF_CGROUP_UNIX_SENDMSG),
+        _ => None,
+    }
+}
+
 /// Every program agentguard loads.
 ///
 /// Essential LSM programs are the exec and file rules (`bprm_check_security`, `file_open`, the

@@ -32,6 +32,7 @@ const KERNEL_DEPENDENT: &[&str] = &[
     "lsm_confinement",
     "map_batch",
     "network",
+    "policy_suggest",
     "preemption",
     "self_defence",
     "sub_agents",
@@ -42,9 +43,8 @@ const KERNEL_DEPENDENT: &[&str] = &[
 
 /// Targets whose outcome depends on the backend (what the BPF LSM programs enforce and report)
 /// but not on the kernel series: one guest runs each, split so that the two guests side by
-/// side take about as long. `policy_suggest` is 6.12's: its suggestions come from the paths
-/// the hooks report, which 6.1 builds differently, and it fails there.
-const BACKEND_ON_6_12: &[&str] = &["kill_switch", "launcher", "policy_suggest", "real_agents"];
+/// side take about as long.
+const BACKEND_ON_6_12: &[&str] = &["kill_switch", "launcher", "real_agents"];
 const BACKEND_ON_6_1: &[&str] = &["full_maps", "policy_apply", "refusals_visible"];
 
 /// Targets that test the daemon's own logic (the control protocol, the log, DNS, the tool
@@ -429,7 +429,7 @@ mod tests {
         let on = |name: &str| Series::ALL.map(|s| placement(name).is_some_and(|p| s.runs(p)));
         // [6.12, 6.1]
         assert_eq!(on("test-network"), [true, true]);
-        assert_eq!(on("test-policy_suggest"), [true, false]);
+        assert_eq!(on("test-policy_suggest"), [true, true]);
         assert_eq!(on("test-launcher"), [true, false]);
         assert_eq!(on("test-policy_apply"), [false, true]);
         assert_eq!(on("test-gateway"), [false, false]);
