@@ -95,7 +95,7 @@ impl Daemon {
     }
 
     /// Starts a daemon after `prepare` ran on its (not yet existing) state directory.
-    fn start_prepared(policy: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
+    pub fn start_prepared(policy: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Self {
         let mut d = Self::prepare(policy, args, &[]);
         prepare(&d.state);
         d.spawn();

@@ -301,3 +301,124 @@ fn pruning_through_the_daemon_keeps_the_log_verifiable() {
     );
     assert!(text.contains("pruned start"), "{text}");
 }
+
+/// A tmpfs mounted on a daemon's state directory, unmounted (and the directory removed) when
+/// dropped, after the daemon.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> Self {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0700").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("tmpfs on {}: {e}", dir.display()));
+        Self(dir.to_owned())
+    }
+
+    /// Fills what is left of it with `name`, a file removed to make room again.
+    fn fill(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let mut f = fs::File::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        // Bytes a short write took are kept: the disk is full to the byte.
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A full disk loses no record: while the log cannot write, what the agents do waits in the
+/// daemon (bounded, and counted as a gap beyond the bound), and is written, chained and
+/// verifiable once there is room again. Fails if a failed write drops its batch, or leaves a
+/// torn frame that later records are chained behind.
+#[test]
+fn records_made_while_the_disk_is_full_are_written_once_there_is_room() {
+    if !privileged("records_made_while_the_disk_is_full_are_written_once_there_is_room") {
+        return;
+    }
+    let mut disk = None;
+    let d = Daemon::start_prepared("[agents.flood]\nconnect = []\n", &[], |state| {
+        disk = Some(SmallDisk::mount(state, "16m"));
+    });
+    let disk = disk.unwrap_or_else(|| panic!("the state directory was prepared"));
+    let before = d.records().len();
+    let filler = disk.fill("filler");
+    // Port 9 is allowed to nobody: every send is a refusal, and a record (or, past the
+    // instance's event budget, a count in a gap record).
+    let sends = 3_000;
+    let out = d.probe(
+        "flood",
+        &["send-loop", "127.0.0.1", "9", &sends.to_string()],
+    );
+    assert_eq!(
+        out,
+        format!("sent=0 refused={sends}"),
+        "every send is refused"
+    );
+    // The daemon has tried to write them, and failed.
+    let start = std::time::Instant::now();
+    while !d.output().contains("No space left on device") {
+        assert!(
+            start.elapsed() < agentguard_tests::patience(std::time::Duration::from_secs(30)),
+            "the daemon never met the full disk: {}",
+            d.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        d.records().len() <= before + 1,
+        "nothing was written while the disk was full"
+    );
+    fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
+    // Every refusal is in the log once there is room: logged, or counted in a gap.
+    let start = std::time::Instant::now();
+    let (logged, gaps) = loop {
+        let records = d.records();
+        let logged = records
+            .iter()
+            .filter(|r| r["action"] == "send" && r["verdict"] == "denied")
+            .count() as u64;
+        let gaps: u64 = records
+            .iter()
+            .filter(|r| r["kind"] == "lost-events")
+            .map(|r| r["refusals"].as_u64().unwrap_or(0))
+            .sum();
+        if logged + gaps >= sends {
+            break (logged, gaps);
+        }
+        assert!(
+            start.elapsed() < agentguard_tests::patience(std::time::Duration::from_secs(30)),
+            "{sends} refusals, {logged} logged + {gaps} in gaps once there was room: {}",
+            d.output()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(logged + gaps, sends, "{logged} logged + {gaps} in gaps");
+    assert!(logged > 0, "records were held, not only counted");
+    let (out, json) = verify(d.state_dir(), &[]);
+    assert!(
+        out.status.success(),
+        "the chain verifies: {}",
+        describe(&out)
+    );
+    assert_eq!(json["intact"], true, "{json}");
+}
