@@ -56,10 +56,6 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     /// `struct mount::mnt_ns`.
     pub mount_mnt_ns: u32,
-    /// `struct task_struct::nsproxy`.
-    pub task_nsproxy: u32,
-    /// `struct nsproxy::mnt_ns`.
-    pub nsproxy_mnt_ns: u32,
     /// `struct path::dentry`.
     pub path_dentry: u32,
     /// `struct super_block::s_magic`.
@@ -94,4 +90,4 @@ pub struct KernelOffsets {
     /// Non-zero once filled in by the daemon; programs that need offsets refuse to judge without.
     pub valid: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 152);
+const _: () = assert!(size_of::<KernelOffsets>() == 144);

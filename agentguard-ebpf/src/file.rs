@@ -116,9 +116,10 @@ fn try_file_open(file: *const u8) -> bool {
     if mode & FMODE_EXEC != 0 || flags & O_FMODE_EXEC != 0 {
         return true;
     }
-    // A kernel-internal open (an overlayfs layer's backing file, a file on an internal mount)
-    // of a file the agent already opened through a path it can see, which was judged.
-    if !kernel::in_own_mount_ns(&o, file.wrapping_add(o.file_path as usize)) {
+    // A file on one of the kernel's own mounts: a pipe or memfd the agent holds, reopened
+    // through /proc/self/fd, or a layer's file overlayfs opens for itself under a file the
+    // agent opened (which was judged).
+    if kernel::on_internal_mount(&o, file.wrapping_add(o.file_path as usize)) {
         return true;
     }
     // A file this open created was written into its directory: that needs write access.
@@ -150,8 +151,8 @@ fn try_file_open(file: *const u8) -> bool {
     // The real file under an overlayfs file the agent opened, whose open was judged a moment
     // before under the path it asked for (the check above still holds for the real file's
     // inode): overlayfs opens it with the mounter's credentials and, on Linux 6.1, under the
-    // overlay's own path (later kernels give it the layer's path on a private mount, which the
-    // mount check above skips). Judged again, every open on an overlay, a container's root
+    // overlay's own path (later kernels give it the layer's path on an internal mount, which
+    // the mount check above skips). Judged again, every open on an overlay, a container's root
     // among them, would be logged and charged to the open budget twice.
     if mode & FMODE_NOACCOUNT != 0 {
         return true;

@@ -19,22 +19,22 @@ pub fn read<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize).cast::<T>()) }.ok()
 }
 
-/// Whether the mount of `path` belongs to the current task's mount namespace. Overlayfs layers
-/// and other internal mounts do not; nothing an agent names by path lives on them.
+/// `MNT_NS_INTERNAL` (`ERR_PTR(-EINVAL)`, fs/mount.h): the namespace of the kernel's own mounts
+/// (`kern_mount`) and of the private clones overlayfs makes of its layers.
+const MNT_NS_INTERNAL: u64 = -22i64 as u64;
+
+/// Whether `path` is on a mount no namespace holds ([`MNT_NS_INTERNAL`]): a pipe, socket or
+/// memfd reopened through `/proc/self/fd`, or a layer's file overlayfs opens for itself. Nothing
+/// an agent could name by a path of its own lives there. A mount of *another* namespace (one the
+/// agent reaches through `/proc/<pid>/root` of a process that made one) is not internal: the
+/// file there is the same file, judged by its path like any other.
 #[inline(always)]
-pub fn in_own_mount_ns(o: &KernelOffsets, path: *const u8) -> bool {
-    // SAFETY: helper without memory arguments.
-    let task = unsafe { aya_ebpf::helpers::bpf_get_current_task() } as *const u8;
-    let own = read::<*const u8>(task, o.task_nsproxy)
-        .and_then(|ns| read::<*const u8>(ns, o.nsproxy_mnt_ns));
-    let file_ns = read::<*const u8>(path, o.path_mnt)
+pub fn on_internal_mount(o: &KernelOffsets, path: *const u8) -> bool {
+    read::<*const u8>(path, o.path_mnt)
         .map(|vfsmount| vfsmount.wrapping_sub(o.mount_mnt as usize))
-        .and_then(|mount| read::<*const u8>(mount, o.mount_mnt_ns));
-    match (own, file_ns) {
-        (Some(a), Some(b)) => a == b,
+        .and_then(|mount| read::<u64>(mount, o.mount_mnt_ns))
         // Unreadable: judge it rather than let it pass.
-        _ => true,
-    }
+        .is_some_and(|ns| ns == MNT_NS_INTERNAL)
 }
 
 /// Filesystems that hold agentguard's own state: an agent writing there could leave its

@@ -131,8 +131,6 @@ pub static AG_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     path_mnt: 0,
     mount_mnt: 0,
     mount_mnt_ns: 0,
-    task_nsproxy: 0,
-    nsproxy_mnt_ns: 0,
     path_dentry: 0,
     sb_magic: 0,
     dentry_parent: 0,

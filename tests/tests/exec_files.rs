@@ -463,3 +463,43 @@ fn an_open_on_an_overlay_is_judged_and_logged_once() {
         assert_eq!(opens[0]["verdict"], "allowed", "{:#}", opens[0]);
     }
 }
+
+/// A process of the instance in a mount namespace of its own (an agent granted `CAP_SYS_ADMIN`
+/// can make one) sees the same files on that namespace's copies of the mounts. Reached through
+/// its `/proc/<pid>/root`, a file is judged like any other open, not waved through as one the
+/// kernel makes for itself on a mount the agent cannot name.
+#[test]
+fn a_file_reached_through_another_mount_namespace_is_judged() {
+    if !privileged("a_file_reached_through_another_mount_namespace_is_judged") {
+        return;
+    }
+    let t = tree();
+    let d = Daemon::start(&format!(
+        "[agents.files]\nexec = [\"{PROBE}\", \"/bin/sh\"]\ncapabilities = [\"CAP_SYS_ADMIN\"]\nread = [\"@system-runtime\", \"{a}\"]\n",
+        a = t.p("allowed"),
+    ));
+    // Files on the kernel's own mounts are the agent's already: a pipe reopened as /dev/stdin.
+    let out = d.run(
+        "files",
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo x | {PROBE} read /dev/stdin"),
+        ],
+    );
+    assert_ok(&out, "a pipe reopened through /dev/stdin");
+    assert_refused(
+        &d,
+        &probe(&d, &["read", &t.p("secret/key.txt")]),
+        "a read outside the rules",
+    );
+    assert_refused(
+        &d,
+        &probe(&d, &["read-in-other-mount-ns", &t.p("secret/key.txt")]),
+        "the same read through another mount namespace",
+    );
+    assert_ok(
+        &probe(&d, &["read-in-other-mount-ns", &t.p("allowed/data.txt")]),
+        "an allowed read through another mount namespace (the path is the file's)",
+    );
+}

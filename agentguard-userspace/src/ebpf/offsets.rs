@@ -69,8 +69,6 @@ pub fn from_btf(btf_path: &Path) -> Result<KernelOffsets, OffsetError> {
         path_mnt: f("path", &["mnt"])?,
         mount_mnt: f("mount", &["mnt"])?,
         mount_mnt_ns: f("mount", &["mnt_ns"])?,
-        task_nsproxy: f("task_struct", &["nsproxy"])?,
-        nsproxy_mnt_ns: f("nsproxy", &["mnt_ns"])?,
         path_dentry: f("path", &["dentry"])?,
         sb_magic: f("super_block", &["s_magic"])?,
         dentry_parent: f("dentry", &["d_parent"])?,

@@ -4,7 +4,13 @@
 use std::{io, process::ExitCode};
 
 /// The commands this module answers.
-pub const COMMANDS: &[&str] = &["kill-own-child", "after-line", "send-loop"];
+pub const COMMANDS: &[&str] = &[
+    "kill-own-child",
+    "after-line",
+    "send-loop",
+    "read-in-other-mount-ns",
+    "own-mount-ns-then-wait",
+];
 
 /// Sends `n` UDP datagrams to `host:port` whatever each answer; prints `sent=OK refused=EPERMS`
 /// (a flood of actions, each of them judged and each an event).
@@ -54,6 +60,46 @@ fn after_line(args: &[&str]) -> io::Result<()> {
         .exec())
 }
 
+/// Moves to a mount namespace of its own (a copy of the current one), says `ready` (or the
+/// error) on stdout, then waits to be killed.
+fn own_mount_ns_then_wait() -> ExitCode {
+    match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
+        Ok(()) => println!("ready"),
+        Err(e) => {
+            println!("unshare errno={}", e as i32);
+            return ExitCode::FAILURE;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    ExitCode::SUCCESS
+}
+
+/// Reads `path` as a process of this instance sees it from another mount namespace, through
+/// `/proc/<pid>/root`: the same file, on that namespace's copy of its mount. Prints what
+/// [`own_mount_ns_then_wait`] said when the child could not make the namespace.
+fn read_in_other_mount_ns(path: &str) -> io::Result<()> {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("own-mount-ns-then-wait")
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let result = if line.trim() == "ready" {
+        std::fs::read(format!("/proc/{}/root{path}", child.id())).map(drop)
+    } else {
+        Err(io::Error::other(format!(
+            "no mount namespace: {}",
+            line.trim()
+        )))
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
 /// Runs one command of [`COMMANDS`].
 pub fn run(cmd: &str, args: &[&str], report: fn(io::Result<()>) -> ExitCode) -> ExitCode {
     match (cmd, args) {
@@ -63,6 +109,8 @@ pub fn run(cmd: &str, args: &[&str], report: fn(io::Result<()>) -> ExitCode) -> 
             Err(e) => report(Err(e)),
         },
         ("after-line", rest) if !rest.is_empty() => report(after_line(rest)),
+        ("own-mount-ns-then-wait", []) => own_mount_ns_then_wait(),
+        ("read-in-other-mount-ns", [path]) => report(read_in_other_mount_ns(path)),
         _ => {
             eprintln!("usage: agentguard-probe kill-own-child | after-line PROBE-ARGS...");
             ExitCode::from(2)
