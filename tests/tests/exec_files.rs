@@ -475,8 +475,9 @@ fn a_file_reached_through_another_mount_namespace_is_judged() {
     }
     let t = tree();
     let d = Daemon::start(&format!(
-        "[agents.files]\nexec = [\"{PROBE}\", \"/bin/sh\"]\ncapabilities = [\"CAP_SYS_ADMIN\"]\nread = [\"@system-runtime\", \"{a}\"]\n",
+        "[agents.files]\nexec = [\"{PROBE}\", \"/bin/sh\"]\ncapabilities = [\"CAP_SYS_ADMIN\"]\nread = [\"@system-runtime\", \"{a}\"]\nwrite = [\"{out}\"]\n",
         a = t.p("allowed"),
+        out = t.p("out"),
     ));
     // Files on the kernel's own mounts are the agent's already: a pipe reopened as /dev/stdin.
     let out = d.run(
@@ -495,11 +496,22 @@ fn a_file_reached_through_another_mount_namespace_is_judged() {
     );
     assert_refused(
         &d,
-        &probe(&d, &["read-in-other-mount-ns", &t.p("secret/key.txt")]),
+        &probe(&d, &["in-other-mount-ns", "read", &t.p("secret/key.txt")]),
         "the same read through another mount namespace",
     );
     assert_ok(
-        &probe(&d, &["read-in-other-mount-ns", &t.p("allowed/data.txt")]),
+        &probe(&d, &["in-other-mount-ns", "read", &t.p("allowed/data.txt")]),
         "an allowed read through another mount namespace (the path is the file's)",
+    );
+    // The path_* write hooks (a dentry walk on 6.1) render the same path there.
+    assert_refused(
+        &d,
+        &probe(&d, &["in-other-mount-ns", "mkdir", &t.p("secret/planted")]),
+        "a directory made without a write rule through another mount namespace",
+    );
+    assert!(!t.path("secret/planted").exists(), "nothing was planted");
+    assert_ok(
+        &probe(&d, &["in-other-mount-ns", "mkdir", &t.p("out/made")]),
+        "a directory made under a write rule through another mount namespace",
     );
 }

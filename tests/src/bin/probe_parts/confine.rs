@@ -8,7 +8,7 @@ pub const COMMANDS: &[&str] = &[
     "kill-own-child",
     "after-line",
     "send-loop",
-    "read-in-other-mount-ns",
+    "in-other-mount-ns",
     "own-mount-ns-then-wait",
 ];
 
@@ -74,10 +74,11 @@ fn own_mount_ns_then_wait() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Reads `path` as a process of this instance sees it from another mount namespace, through
-/// `/proc/<pid>/root`: the same file, on that namespace's copy of its mount. Prints what
-/// [`own_mount_ns_then_wait`] said when the child could not make the namespace.
-fn read_in_other_mount_ns(path: &str) -> io::Result<()> {
+/// Reads (`read`) or makes as a directory (`mkdir`) `path` as a process of this instance sees it from
+/// another mount namespace, through `/proc/<pid>/root`: the same file, on that namespace's copy
+/// of its mount. Fails with what [`own_mount_ns_then_wait`] said when the child could not make
+/// the namespace.
+fn in_other_mount_ns(op: &str, path: &str) -> io::Result<()> {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("own-mount-ns-then-wait")
@@ -88,7 +89,12 @@ fn read_in_other_mount_ns(path: &str) -> io::Result<()> {
         io::BufReader::new(out).read_line(&mut line)?;
     }
     let result = if line.trim() == "ready" {
-        std::fs::read(format!("/proc/{}/root{path}", child.id())).map(drop)
+        let there = format!("/proc/{}/root{path}", child.id());
+        match op {
+            "read" => std::fs::read(there).map(drop),
+            "mkdir" => std::fs::create_dir(there),
+            _ => Err(io::Error::other(format!("unknown operation {op}"))),
+        }
     } else {
         Err(io::Error::other(format!(
             "no mount namespace: {}",
@@ -110,7 +116,7 @@ pub fn run(cmd: &str, args: &[&str], report: fn(io::Result<()>) -> ExitCode) -> 
         },
         ("after-line", rest) if !rest.is_empty() => report(after_line(rest)),
         ("own-mount-ns-then-wait", []) => own_mount_ns_then_wait(),
-        ("read-in-other-mount-ns", [path]) => report(read_in_other_mount_ns(path)),
+        ("in-other-mount-ns", [op, path]) => report(in_other_mount_ns(op, path)),
         _ => {
             eprintln!("usage: agentguard-probe kill-own-child | after-line PROBE-ARGS...");
             ExitCode::from(2)
