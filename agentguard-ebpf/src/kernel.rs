@@ -23,7 +23,7 @@ pub fn read<T: Copy>(base: *const u8, offset: u32) -> Option<T> {
 /// (`kern_mount`) and of the private clones overlayfs makes of its layers.
 const MNT_NS_INTERNAL: u64 = -22i64 as u64;
 
-/// Whether `path` is on a mount no namespace holds ([`MNT_NS_INTERNAL`]): a pipe, socket or
+/// Whether `path` is on a mount no namespace holds ([`MNT_NS_INTERNAL`]): a pipe or
 /// memfd reopened through `/proc/self/fd`, or a layer's file overlayfs opens for itself. Nothing
 /// an agent could name by a path of its own lives there. A mount of *another* namespace (one the
 /// agent reaches through `/proc/<pid>/root` of a process that made one) is not internal: the
