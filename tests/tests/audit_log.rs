@@ -359,7 +359,10 @@ fn records_made_while_the_disk_is_full_are_written_once_there_is_room() {
     let d = Daemon::start_prepared("[agents.flood]\nconnect = []\n", &[], |state| {
         disk = Some(SmallDisk::mount(state, "16m"));
     });
-    let disk = disk.unwrap_or_else(|| panic!("the state directory was prepared"));
+    // Borrowed, so that the tmpfs (`disk`, declared before the daemon) is unmounted after it.
+    let disk = disk
+        .as_ref()
+        .unwrap_or_else(|| panic!("the state directory was prepared"));
     let before = d.records().len();
     let filler = disk.fill("filler");
     // Port 9 is allowed to nobody: every send is a refusal, and a record (or, past the
@@ -390,9 +393,7 @@ fn records_made_while_the_disk_is_full_are_written_once_there_is_room() {
     );
     fs::remove_file(&filler).unwrap_or_else(|e| panic!("{e}"));
     // Every refusal is in the log once there is room: logged, or counted in a gap.
-    let start = std::time::Instant::now();
-    let (logged, gaps) = loop {
-        let records = d.records();
+    let accounted = |records: &[serde_json::Value]| {
         let logged = records
             .iter()
             .filter(|r| r["action"] == "send" && r["verdict"] == "denied")
@@ -402,16 +403,13 @@ fn records_made_while_the_disk_is_full_are_written_once_there_is_room() {
             .filter(|r| r["kind"] == "lost-events")
             .map(|r| r["refusals"].as_u64().unwrap_or(0))
             .sum();
-        if logged + gaps >= sends {
-            break (logged, gaps);
-        }
-        assert!(
-            start.elapsed() < agentguard_tests::patience(std::time::Duration::from_secs(30)),
-            "{sends} refusals, {logged} logged + {gaps} in gaps once there was room: {}",
-            d.output()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        (logged, gaps)
     };
+    let records = d.wait_records("every refusal, logged or in a gap", |r| {
+        let (logged, gaps) = accounted(r);
+        logged + gaps >= sends
+    });
+    let (logged, gaps) = accounted(&records);
     assert_eq!(logged + gaps, sends, "{logged} logged + {gaps} in gaps");
     assert!(logged > 0, "records were held, not only counted");
     let (out, json) = verify(d.state_dir(), &[]);

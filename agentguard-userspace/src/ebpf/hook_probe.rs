@@ -85,20 +85,9 @@ mod tests {
 
     use super::{insn, sock_addr_hook_exists};
     use crate::{
-        ebpf::{backends::MissingProgram, loader},
+        ebpf::{backends::MissingProgram, loader, sys::privileged},
         sys::kernel,
     };
-
-    fn root() -> bool {
-        if nix::unistd::geteuid().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the unit tests as root; this one needs it"
-        );
-        false
-    }
 
     /// Whether the running kernel has the AF_UNIX sock_addr hooks (Linux 6.7).
     fn has_unix_hooks() -> bool {
@@ -110,7 +99,7 @@ mod tests {
     /// for the AF_UNIX hooks what the kernel's version says. Needs root; under CI it must run.
     #[test]
     fn the_kernel_says_which_sock_addr_hooks_it_has() {
-        if !root() {
+        if !privileged() {
             return;
         }
         let exists = |a| sock_addr_hook_exists(a).expect("the kernel answers");
@@ -124,7 +113,7 @@ mod tests {
     /// a kernel without it does not, nor does any other optional program.
     #[test]
     fn a_refused_unix_program_fails_the_start_where_the_hook_exists() {
-        if !root() {
+        if !privileged() {
             return;
         }
         let missing = |program| MissingProgram {

